@@ -1,0 +1,134 @@
+"""Shared benchmark harness: timing, environment capture, JSON-lines records, tables.
+
+Rules every bench follows (ARCHITECTURE.md, practice 5): warm-up runs are excluded; the statistic is the
+median of repeats (p20/p80 beside it); on CUDA the time comes from CUDA events after a synchronize; the
+reference and the fast path run in the SAME process and the ratio is printed with the accuracy.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass
+class Timing:
+    """Seconds per call over ``repeats`` timed runs (warm-up excluded)."""
+
+    median: float
+    p20: float
+    p80: float
+    repeats: int
+    samples: list[float] = field(default_factory=list, repr=False)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"median_s": self.median, "p20_s": self.p20, "p80_s": self.p80, "repeats": self.repeats}
+
+
+def _quantile(xs: Sequence[float], q: float) -> float:
+    s = sorted(xs)
+    if len(s) == 1:
+        return s[0]
+    pos = q * (len(s) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def measure(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5, device: str | torch.device = "cpu",
+            min_time: float = 0.0) -> Timing:
+    """Time ``fn()``: ``warmup`` untimed calls, then ``repeats`` timed calls (more while under ``min_time``)."""
+    dev = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    samples: list[float] = []
+    cuda = dev.type == "cuda"
+    start_all = time.perf_counter()
+    while len(samples) < repeats or (time.perf_counter() - start_all < min_time and len(samples) < 1000):
+        if cuda:
+            torch.cuda.synchronize(dev)
+            a = torch.cuda.Event(enable_timing=True)
+            b = torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            torch.cuda.synchronize(dev)
+            samples.append(a.elapsed_time(b) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            samples.append(time.perf_counter() - t0)
+    return Timing(statistics.median(samples), _quantile(samples, 0.2), _quantile(samples, 0.8), len(samples), samples)
+
+
+def git_commit() -> str | None:
+    """The commit of the source tree the package was imported from, when it is a git checkout."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Device and library versions recorded with every benchmark row."""
+    dev = torch.device(device)
+    env: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "commit": git_commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()),
+    }
+    for mod in ("triton", "onnxruntime", "segment_anything", "transformers"):
+        try:
+            env[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001 - optional packages; absence is recorded
+            env[mod] = None
+    from samr1 import _ext
+
+    env["samr1_cpp"] = _ext.available()
+    return env
+
+
+def write_records(rows: list[dict[str, Any]], out_dir: str | None, name: str, device: str | torch.device = "cpu") -> str | None:
+    """Append ``rows`` (with the environment merged in) to ``out_dir/<name>.jsonl``; return the path."""
+    if not out_dir:
+        return None
+    os.makedirs(out_dir, exist_ok=True)
+    env = environment(device)
+    path = os.path.join(out_dir, f"{name}.jsonl")
+    with open(path, "a", encoding="utf-8") as f:
+        for row in rows:
+            f.write(json.dumps({"bench": name, **env, **row}, default=str) + "\n")
+    return path
+
+
+def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
+    """A plain fixed-width table of ``columns`` from ``rows`` (floats shown with 4 significant digits)."""
+
+    def fmt(v: Any) -> str:
+        if isinstance(v, float):
+            return f"{v:.4g}"
+        return "" if v is None else str(v)
+
+    cells = [[fmt(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    return "\n".join(lines)

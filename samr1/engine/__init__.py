@@ -1,0 +1,228 @@
+"""The reward engine: scores a whole rollout step at once.
+
+:class:`SamEngine` turns (image, parsed answer, ground-truth mask) triples into IoUs:
+
+1. images are de-duplicated by content and their embeddings come from the :class:`EmbeddingCache`
+   (misses of the step encoded in ONE batched encoder call; SAM is frozen, so an image is never encoded
+   twice while it stays in the cache or an embedding store);
+2. all prompts of the step are decoded in one batched pass across images (image-side work once per image);
+3. the fused logits -> mask -> IoU op counts intersections and unions straight from the 256 x 256 logits,
+   never materialising the full-resolution masks.
+
+:func:`samr1.engine.reference.score_reference` is the straightforward path the engine is tested against.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from segment_anything.modeling import Sam
+
+from samr1.io import InputError, load_image, load_mask
+
+__all__ = ["SamEngine", "image_key"]
+
+
+def image_key(img: np.ndarray) -> str:
+    """Content key of an H x W x 3 uint8 image: equal pixels give equal keys, whatever the object."""
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str(img.shape).encode())
+    h.update(np.ascontiguousarray(img).data)
+    return h.hexdigest()
+
+
+class SamEngine:
+    """Batched, cached SAM scoring for GRPO rewards and inference.
+
+    Args:
+        sam: a segment-anything ``Sam`` (e.g. from :func:`samr1.sam.load_sam`); frozen, eval mode.
+        encoder: image-encoder backend: "torch", "onnx" or "tensorrt" (see :mod:`samr1.sam.encoder`).
+        cache_bytes: byte budget of the embedding LRU cache (one ViT embedding is 4 MiB in fp32).
+        multimask: ask SAM for 3 masks and keep the one with the highest predicted IoU (Seg-Zero's
+            evaluation convention); False asks for one mask.
+        device: where embeddings and decoding live (default: the model's device).
+        iou_backend: backend of :func:`samr1.ops.mask_iou_from_logits` ("auto", "torch", "cpp", "triton").
+        store: an optional :class:`samr1.store.EmbeddingStore` read before encoding.
+        threshold: mask logit threshold (SAM's ``mask_threshold`` is 0.0).
+        encoder_kwargs: passed to :func:`samr1.sam.encoder.make_encoder` (dtype, compile, cache_dir...).
+
+    ``stats`` holds counters (``encoder_images``, ``cache_hits``, ``cache_misses``, ...), the backend that
+    ran each stage and per-stage seconds of the last ``score`` call (``time_*``), for a trainer to log.
+    """
+
+    def __init__(self, sam: Sam, encoder: str = "torch", cache_bytes: int = 2 << 30, multimask: bool = True,
+                 device: str | torch.device | None = None, iou_backend: str = "auto", store: Any = None,
+                 threshold: float = 0.0, **encoder_kwargs: Any):
+        from samr1.engine.cache import EmbeddingCache
+        from samr1.sam.encoder import make_encoder
+
+        if not isinstance(sam, Sam):
+            raise TypeError(f"sam must be a segment_anything Sam model (see samr1.sam.load_sam), got {type(sam).__name__}")
+        if cache_bytes < 0:
+            raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
+        self.sam = sam.eval()
+        self.device = torch.device(device) if device is not None else next(sam.parameters()).device
+        if self.device != next(sam.parameters()).device:
+            self.sam = self.sam.to(self.device)
+        for p in self.sam.parameters():
+            p.requires_grad_(False)
+        self.multimask = bool(multimask)
+        self.iou_backend = iou_backend
+        self.threshold = float(threshold)
+        self.encoder = make_encoder(self.sam, backend=encoder, device=self.device, **encoder_kwargs)
+        self.cache = EmbeddingCache(self.encoder, cache_bytes=cache_bytes, device=self.device, store=store)
+        self._counters: dict[str, Any] = {"score_calls": 0, "answers_scored": 0, "answers_skipped": 0}
+        self._last: dict[str, Any] = {}
+
+    # ------------------------------------------------------------------ public API
+    @property
+    def stats(self) -> dict[str, Any]:
+        """Counters and timings: cache/encoder counts, backends, per-stage seconds of the last call."""
+        out = dict(self.cache.stats)
+        out.update(self._counters)
+        out.update(self._last)
+        out["encoder_backend"] = self.encoder.name
+        return out
+
+    @torch.inference_mode()
+    def score(self, images: Sequence[Any], answers: Sequence[Any], gt_masks: Sequence[Any]) -> list[float]:
+        """IoU per answer against its ground-truth mask, for a whole rollout step at once.
+
+        Args:
+            images: parallel to ``answers``; PIL images, H x W x 3 uint8 arrays or paths. Repeated images
+                (same object or equal pixels) are encoded once.
+            answers: :class:`samr1.answer.Answer` (box XYXY and points (x, y) in original image pixels); an
+                answer that is not ``ok`` scores 0.0.
+            gt_masks: parallel to ``answers``; H x W masks of each image's original size (bool/uint8
+                arrays, PIL images, COCO RLE dicts or paths).
+
+        Returns:
+            IoU per answer (float in [0, 1]), computed on the mask exactly as SAM's postprocessing makes it.
+
+        Raises:
+            InputError: lengths differ, an image or mask is malformed, or a mask's size is not its image's
+                (the message names the index and field).
+        """
+        n = len(answers)
+        if len(images) != n or len(gt_masks) != n:
+            raise InputError(f"images ({len(images)}), answers ({n}) and gt_masks ({len(gt_masks)}) must be parallel lists")
+        t0 = time.perf_counter()
+        self._counters["score_calls"] += 1
+        ok = [i for i, a in enumerate(answers) if getattr(a, "ok", False)]
+        self._counters["answers_scored"] += len(ok)
+        self._counters["answers_skipped"] += n - len(ok)
+        ious = [0.0] * n
+        if not ok:
+            self._last = {"time_load_s": 0.0, "time_encode_s": 0.0, "time_decode_s": 0.0, "time_iou_s": 0.0}
+            return ious
+        # --- load + de-duplicate: the G completions of a prompt usually share one image object
+        img_index, distinct_imgs = self._distinct_images([images[i] for i in ok], [f"images[{i}]" for i in ok])
+        gt_index, distinct_gts, gt_img = self._distinct_masks([gt_masks[i] for i in ok], [f"gt_masks[{i}]" for i in ok],
+                                                              img_index, distinct_imgs)
+        t1 = time.perf_counter()
+        # --- embeddings (cache -> store -> one batched encoder call for the misses)
+        emb, input_sizes = self.cache.get_or_encode(distinct_imgs)
+        t2 = time.perf_counter()
+        # --- batched decode of every prompt of the step
+        low_res = self._decode(emb, distinct_imgs, img_index, [answers[i] for i in ok])
+        t3 = time.perf_counter()
+        # --- fused logits -> mask -> IoU, grouped by (image, ground truth)
+        from samr1.ops import last_backend, mask_iou_grouped
+
+        iou, _, _ = mask_iou_grouped(
+            low_res, [torch.from_numpy(g) for g in distinct_gts], torch.as_tensor(gt_index, dtype=torch.long),
+            [tuple(input_sizes[j]) for j in gt_img], [g.shape for g in distinct_gts],
+            threshold=self.threshold, backend=self.iou_backend,
+        )
+        t4 = time.perf_counter()
+        for row, i in enumerate(ok):
+            ious[i] = float(iou[row])
+        self._last = {
+            "time_load_s": t1 - t0, "time_encode_s": t2 - t1, "time_decode_s": t3 - t2, "time_iou_s": t4 - t3,
+            "iou_backend": last_backend(), "step_images": len(distinct_imgs), "step_prompts": len(ok),
+        }
+        return ious
+
+    @torch.inference_mode()
+    def segment(self, image: Any, answer: Any) -> np.ndarray:
+        """The H x W bool mask SAM makes for ``answer`` on ``image`` (SAM's own postprocessing, at the
+        original size); an answer that is not ``ok`` gives an all-False mask."""
+        return self.segment_batch([image], [answer])[0]
+
+    @torch.inference_mode()
+    def segment_batch(self, images: Sequence[Any], answers: Sequence[Any]) -> list[np.ndarray]:
+        """Masks for several (image, answer) pairs in one encoder call and one decode pass."""
+        if len(images) != len(answers):
+            raise InputError(f"images ({len(images)}) and answers ({len(answers)}) must be parallel lists")
+        img_index, distinct_imgs = self._distinct_images(list(images), [f"images[{i}]" for i in range(len(images))])
+        out = [np.zeros(distinct_imgs[img_index[i]].shape[:2], dtype=bool) for i in range(len(answers))]
+        ok = [i for i, a in enumerate(answers) if getattr(a, "ok", False)]
+        if not ok:
+            return out
+        emb, input_sizes = self.cache.get_or_encode(distinct_imgs)
+        low_res = self._decode(emb, distinct_imgs, [img_index[i] for i in ok], [answers[i] for i in ok])
+        for row, i in enumerate(ok):
+            j = img_index[i]
+            up = self.sam.postprocess_masks(low_res[row][None, None], tuple(input_sizes[j]), distinct_imgs[j].shape[:2])
+            out[i] = (up[0, 0] > self.threshold).cpu().numpy()
+        return out
+
+    # ------------------------------------------------------------------ stages
+    def _decode(self, emb: torch.Tensor, imgs: list[np.ndarray], img_index: list[int], answers: list[Any]) -> torch.Tensor:
+        """Low-res logits (N x h x w) of the best (or only) mask per answer, all prompts in one batched pass."""
+        from samr1.sam.decoder import decode_batch, select_best
+        from samr1.sam.prompts import PromptBatch
+
+        boxes = [a.bbox for a in answers]
+        points = [list(a.points) for a in answers]
+        labels = [list(getattr(a, "labels", None) or [1] * len(a.points)) for a in answers]
+        batch = PromptBatch.from_lists(img_index, boxes, points, labels,
+                                       original_sizes=[im.shape[:2] for im in imgs], device=self.device)
+        logits, iou_pred = decode_batch(self.sam, emb, batch, multimask=self.multimask)
+        return select_best(logits, iou_pred)
+
+    def _distinct_images(self, images: list[Any], fields: list[str]) -> tuple[list[int], list[np.ndarray]]:
+        """Load every image once (by object identity, then by content) -> (index per input, distinct arrays)."""
+        by_obj: dict[int, int] = {}
+        by_key: dict[str, int] = {}
+        distinct: list[np.ndarray] = []
+        index: list[int] = []
+        for img, field in zip(images, fields):
+            j = by_obj.get(id(img))
+            if j is None:
+                arr = load_image(img, field=field)
+                key = image_key(arr)
+                j = by_key.get(key)
+                if j is None:
+                    j = by_key[key] = len(distinct)
+                    distinct.append(arr)
+                by_obj[id(img)] = j
+            index.append(j)
+        return index, distinct
+
+    def _distinct_masks(self, masks: list[Any], fields: list[str], img_index: list[int],
+                        imgs: list[np.ndarray]) -> tuple[list[int], list[np.ndarray], list[int]]:
+        """Load masks once per (object, image) and check each against its image's size.
+
+        Returns (group index per input, distinct masks, image index per group)."""
+        by_obj: dict[tuple[int, int], int] = {}
+        distinct: list[np.ndarray] = []
+        group_img: list[int] = []
+        index: list[int] = []
+        for m, field, j in zip(masks, fields, img_index):
+            g = by_obj.get((id(m), j))
+            if g is None:
+                arr = load_mask(m, field=field)
+                if arr.shape != imgs[j].shape[:2]:
+                    raise InputError(f"{field}: mask is {arr.shape[0]}x{arr.shape[1]} but its image is "
+                                     f"{imgs[j].shape[0]}x{imgs[j].shape[1]} (H x W); masks are at the original image size")
+                g = by_obj[(id(m), j)] = len(distinct)
+                distinct.append(arr)
+                group_img.append(j)
+            index.append(g)
+        return index, distinct, group_img

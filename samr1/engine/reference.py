@@ -1,0 +1,69 @@
+"""The straightforward scoring path: the reference every fast path of the engine is tested against.
+
+One ``SamPredictor.set_image`` per distinct image, one ``predict`` call per answer, SAM's own
+postprocessing to the original size, numpy IoU. Slow on purpose: it is exactly what Seg-Zero-style reward
+code does, minus re-encoding repeated images.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from segment_anything import SamPredictor
+from segment_anything.modeling import Sam
+
+
+def mask_iou_numpy(pred: np.ndarray, gt: np.ndarray) -> float:
+    """IoU of two H x W bool masks; two empty masks have IoU 1.0 (nothing to find, nothing found)."""
+    inter = np.logical_and(pred, gt).sum(dtype=np.int64)
+    union = np.logical_or(pred, gt).sum(dtype=np.int64)
+    return 1.0 if union == 0 else float(inter) / float(union)
+
+
+def predict_mask(predictor: SamPredictor, answer: Any, multimask: bool) -> np.ndarray:
+    """One upstream ``predict`` call for ``answer`` (box + foreground points, original pixels).
+
+    Returns the H x W bool mask; with ``multimask`` SAM gives three and the one with the highest
+    predicted IoU is kept (Seg-Zero's evaluation convention).
+    """
+    box = np.asarray(answer.bbox, dtype=np.float32) if answer.bbox is not None else None
+    pts = np.asarray(answer.points, dtype=np.float32).reshape(-1, 2) if answer.points else None
+    labels = getattr(answer, "labels", None)
+    lab = None
+    if pts is not None:
+        lab = np.asarray(labels if labels is not None else [1] * len(pts), dtype=np.int64)
+    masks, scores, _ = predictor.predict(point_coords=pts, point_labels=lab, box=box, multimask_output=multimask)
+    return masks[int(np.argmax(scores))] if multimask else masks[0]
+
+
+def score_reference(sam: Sam, images: Sequence[np.ndarray], answers: Sequence[Any], gt_masks: Sequence[np.ndarray],
+                    multimask: bool = True) -> list[float]:
+    """IoU per answer by the straightforward path.
+
+    Args:
+        sam: a segment-anything ``Sam``.
+        images: H x W x 3 uint8 arrays, parallel to ``answers`` (repeats allowed; compared by content).
+        answers: :class:`samr1.answer.Answer` objects; one that is not ``ok`` scores 0.0.
+        gt_masks: H x W bool arrays parallel to ``answers``, each the size of its image.
+    """
+    predictor = SamPredictor(sam)
+    order = sorted(range(len(answers)), key=lambda i: _image_key(images[i]))
+    ious = [0.0] * len(answers)
+    current = None
+    for i in order:
+        if not answers[i].ok:
+            continue
+        key = _image_key(images[i])
+        if key != current:
+            predictor.set_image(images[i])
+            current = key
+        ious[i] = mask_iou_numpy(predict_mask(predictor, answers[i], multimask), gt_masks[i])
+    return ious
+
+
+def _image_key(img: np.ndarray) -> tuple:
+    import hashlib
+
+    return (img.shape, hashlib.blake2b(np.ascontiguousarray(img).tobytes(), digest_size=16).hexdigest())
