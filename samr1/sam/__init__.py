@@ -99,8 +99,10 @@ def _read_state_dict(path: str, kind: str) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch raises many types for a corrupt file
+        # torch's own message runs to many lines of advice about weights_only; its first line says what broke
+        first = (str(exc).strip().splitlines() or [""])[0][:160]
         raise CheckpointError(
-            f"SAM checkpoint {path} could not be read ({type(exc).__name__}: {exc}); "
+            f"SAM checkpoint {path} could not be read ({type(exc).__name__}: {first}); "
             f"expected a {kind} state dict saved with torch.save"
         ) from None
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):

@@ -1,0 +1,403 @@
+"""Parse a policy completion into a SAM prompt: box + foreground points in ORIGINAL image pixels.
+
+This is the one parser of the project: the answer-format reward, the IoU reward, evaluation and the CLI all
+call :func:`parse_answer`, so "the answer is well formed" means the same thing everywhere.
+
+The policy writes ``<think>...</think><answer>{...}</answer>`` about an image it saw resized to the
+*model frame* (840 x 840 by default). Accepted answer payloads (all coordinates in model-frame pixels)::
+
+    {"bbox": [x1, y1, x2, y2], "points_1": [x, y], "points_2": [x, y]}   # Seg-Zero
+    {"bbox": [x1, y1, x2, y2], "points": [[x, y], [x, y], ...]}
+    {"bbox_2d": [x1, y1, x2, y2], "point_2d": [x, y]}                     # VisionReasoner (one point
+    {"bbox_2d": [x1, y1, x2, y2], "point_2d": [[x, y], ...]}              #  or a list of points)
+    [{"bbox_2d": ..., "point_2d": ...}, ...]                              # a list: the FIRST object is used
+
+See :func:`parse_answer` for the exact rules, :data:`REASON_CODES` for the failure codes.
+"""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Answer",
+    "parse_answer",
+    "extract_answer_block",
+    "extract_think",
+    "REASON_CODES",
+    "MAX_ANSWER_CHARS",
+    "MAX_DEPTH",
+    "MAX_POINTS",
+    "MIN_BOX_SIDE",
+    "DEFAULT_MODEL_SIZE",
+]
+
+DEFAULT_MODEL_SIZE: tuple[int, int] = (840, 840)
+"""(h, w) of the frame the policy sees (Seg-Zero / SAM-R1 resize every image to 840 x 840)."""
+
+MAX_ANSWER_CHARS = 8192
+"""Longest ``<answer>`` payload parsed (characters, after the tags). A Seg-Zero answer is ~80 characters;
+64 points with 4-digit decimals fit in ~2,000. Longer payloads are rejected (``answer_too_long``) without
+being parsed, which bounds the parse cost whatever the policy writes."""
+
+MAX_DEPTH = 8
+"""Deepest bracket nesting (``[``, ``{``, ``(`` counted, strings included) allowed before parsing. The
+deepest legitimate form, ``[{"points": [[x, y]]}]``, has depth 4. Checked before ``json``/``ast`` see the
+text, so their recursion limits are never reached."""
+
+MAX_POINTS = 64
+"""Most points accepted. More is REJECTED (``too_many_points``), not truncated: a policy that emits
+hundreds of points is degenerate and should not be rewarded, and SAM's decode cost grows with them."""
+
+MIN_BOX_SIDE = 1e-3
+"""A box (after sorting and clipping, in model-frame pixels) narrower or lower than this is zero-area.
+A positive floor (rather than > 0) keeps the box strictly positive after rescaling to any image size."""
+
+REASON_CODES: tuple[str, ...] = (
+    "not_text",  # input is not a str
+    "no_answer_block",  # no complete <answer>...</answer>
+    "answer_too_long",  # payload longer than MAX_ANSWER_CHARS
+    "empty_answer",  # payload empty (after whitespace and a code fence are removed)
+    "too_deep",  # bracket nesting deeper than MAX_DEPTH
+    "invalid_json",  # neither JSON, JSON with trailing commas, nor a Python literal
+    "not_object",  # not a dict, or a list whose first element is not a dict (or an empty list)
+    "missing_bbox",  # no "bbox" / "bbox_2d" key
+    "bad_bbox",  # box is not a list of exactly 4 numbers (bools and strings are not numbers)
+    "non_finite",  # a NaN / Infinity / overflowing coordinate
+    "zero_area_box",  # width or height < MIN_BOX_SIDE after sorting and clipping to the frame
+    "missing_points",  # no point given (and require_points=True)
+    "bad_points",  # a point is not a list of exactly 2 numbers
+    "too_many_points",  # more than MAX_POINTS points
+)
+"""Every failure code :func:`parse_answer` can put first in ``Answer.reason`` (stable; for counters)."""
+
+_FENCE = "```"
+# Characters that open/close nesting in JSON or a Python literal. A C-speed findall over the payload; the
+# class has no quantifier, so the scan is linear.
+_BRACKETS = re.compile(r"[\[\]{}()]")
+_OPEN = frozenset("[{(")
+# ",  ]" -> "]": trailing commas. Linear: each comma's whitespace run is scanned once.
+_TRAILING_COMMA = re.compile(r",\s*([\]}])")
+_NUMBER_TYPES = (int, float)
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A parsed completion.
+
+    Attributes:
+        ok: True when ``bbox`` (and, with ``require_points``, at least one point) is usable as a SAM prompt.
+        reason: None when ok, else ``"<code>"`` or ``"<code>: <detail>"`` with ``<code>`` in
+            :data:`REASON_CODES`; :attr:`code` gives the code alone.
+        think: the text inside the first ``<think>...</think>`` (stripped), None when absent.
+        bbox: ``(x1, y1, x2, y2)`` floats, XYXY, ORIGINAL image pixels, sorted (x1 < x2, y1 < y2) and clipped
+            to ``[0, W] x [0, H]``; None when not ok.
+        points: ``[(x, y), ...]`` floats, ORIGINAL image pixels, clipped to ``[0, W-1] x [0, H-1]`` (pixel
+            indices: SAM treats a point as the centre of the pixel it names); empty when not ok.
+        labels: one SAM label per point, all 1 (foreground).
+        syntax: how the payload parsed: "json", "json_trailing_comma" or "python_literal" (None on failure).
+        fenced: the payload was wrapped in a ```` ``` ```` code fence.
+        raw: the decoded payload object (dict or list), for debugging; not part of equality.
+    """
+
+    ok: bool
+    reason: str | None = None
+    think: str | None = None
+    bbox: tuple[float, float, float, float] | None = None
+    points: list[tuple[float, float]] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    syntax: str | None = None
+    fenced: bool = False
+    raw: Any = field(default=None, compare=False, repr=False)
+
+    @property
+    def code(self) -> str | None:
+        """The reason code alone (an element of :data:`REASON_CODES`), None when ok."""
+        if self.reason is None:
+            return None
+        return self.reason.split(":", 1)[0]
+
+
+def _fail(code: str, detail: str | None = None, think: str | None = None, syntax: str | None = None,
+          fenced: bool = False, raw: Any = None) -> Answer:
+    return Answer(ok=False, reason=code if detail is None else f"{code}: {detail}", think=think, syntax=syntax,
+                  fenced=fenced, raw=raw)
+
+
+def extract_think(text: str) -> str | None:
+    """Content of the first ``<think>...</think>`` (stripped), or None. Linear (``str.find``)."""
+    a = text.find("<think>")
+    if a < 0:
+        return None
+    a += len("<think>")
+    b = text.find("</think>", a)
+    if b < 0:
+        return None
+    return text[a:b].strip()
+
+
+def extract_answer_block(text: str) -> str | None:
+    """Raw content of the LAST complete ``<answer>...</answer>`` block, or None.
+
+    The last ``</answer>`` is found first, then the last ``<answer>`` before it, so an unclosed trailing
+    ``<answer>`` (a truncated generation) does not hide an earlier complete block. Tags are case-sensitive.
+    Linear: two ``str.rfind`` calls.
+    """
+    end = text.rfind("</answer>")
+    if end < 0:
+        return None
+    start = text.rfind("<answer>", 0, end)
+    if start < 0:
+        return None
+    return text[start + len("<answer>"):end]
+
+
+def _strip_fence(payload: str) -> tuple[str, bool]:
+    """Remove one surrounding Markdown code fence (```` ```json ... ``` ````); returns (inner, was_fenced)."""
+    if not payload.startswith(_FENCE):
+        return payload, False
+    body = payload[len(_FENCE):]
+    # Skip the info string ("json", "python", ...) up to the end of the line, or up to the first bracket when
+    # the fence and the payload share a line (```json {"bbox": ...}```).
+    nl = body.find("\n")
+    first = min((i for i in (body.find("{"), body.find("[")) if i >= 0), default=-1)
+    if nl >= 0 and (first < 0 or nl < first):
+        body = body[nl + 1:]
+    elif first >= 0:
+        body = body[first:]
+    else:
+        body = ""
+    body = body.rstrip()
+    if body.endswith(_FENCE):
+        body = body[: -len(_FENCE)]
+    return body.strip(), True
+
+
+def _max_depth(payload: str) -> int:
+    """Deepest bracket nesting, counting brackets inside strings too (an upper bound; cheap, linear)."""
+    brackets = _BRACKETS.findall(payload)
+    if len(brackets) <= MAX_DEPTH:  # cannot be deeper than the number of brackets
+        return len(brackets)
+    return max(itertools.accumulate(1 if c in _OPEN else -1 for c in brackets))
+
+
+def _decode(payload: str) -> tuple[Any, str | None, str | None]:
+    """(object, syntax, error detail): JSON, then a Python literal, then JSON without trailing commas."""
+    try:
+        return json.loads(payload), "json", None
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError; so is a >4300-digit int
+        err = f"{type(exc).__name__}: {exc}"[:120]
+    # Single-quoted, Python-style dicts ({'bbox': (1, 2, 3, 4),}). literal_eval only builds literals (never
+    # calls or looks names up); the payload is already bounded in size and nesting.
+    try:
+        return ast.literal_eval(payload), "python_literal", None
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError, OverflowError):
+        pass
+    # JSON with trailing commas and JSON-only words (true/null), which literal_eval does not know.
+    if "," in payload:
+        fixed = _TRAILING_COMMA.sub(r"\1", payload)
+        if fixed != payload:
+            try:
+                return json.loads(fixed), "json_trailing_comma", None
+            except (ValueError, RecursionError):
+                pass
+    return None, None, err
+
+
+def _number(v: Any) -> float | None:
+    """A JSON/Python number as float; None for bools, strings, None, containers. May return inf/nan."""
+    if isinstance(v, bool) or not isinstance(v, _NUMBER_TYPES):
+        return None
+    try:
+        return float(v)
+    except OverflowError:  # an int too large for a float
+        return math.inf
+
+
+def _coords(value: Any, n: int, what: str) -> tuple[list[float] | None, str | None, str | None]:
+    """Exactly ``n`` finite numbers from a list/tuple -> (floats, None, None) or (None, code, detail)."""
+    bad = "bad_bbox" if what == "bbox" else "bad_points"
+    if not isinstance(value, (list, tuple)):
+        return None, bad, f"{what} must be a list of {n} numbers, got {type(value).__name__}"
+    if len(value) != n:
+        return None, bad, f"{what} must have {n} numbers, got {len(value)}"
+    out = []
+    for i, v in enumerate(value):
+        f = _number(v)
+        if f is None:
+            return None, bad, f"{what}[{i}] is {type(v).__name__}, not a number"
+        if not math.isfinite(f):
+            return None, "non_finite", f"{what}[{i}] is {f}"
+        out.append(f)
+    return out, None, None
+
+
+def _is_point_like(value: Any) -> bool:
+    """A single point is a list whose first element is a number (or an empty list); else a list of points."""
+    return isinstance(value, (list, tuple)) and (not value or not isinstance(value[0], (list, tuple)))
+
+
+def _point_values(v: Any) -> list[Any]:
+    """One key's value -> raw points: ``[x, y]`` is one point, ``[[x, y], ...]`` a list, ``[]`` none."""
+    if isinstance(v, (list, tuple)):
+        if not v:
+            return []
+        return [v] if _is_point_like(v) else list(v)
+    return [v]  # a scalar, string, dict...: one malformed point, reported as bad_points
+
+
+def _collect_points(obj: dict) -> tuple[list[Any], str]:
+    """Raw point values and the key form used. Precedence: "points" > "points_<n>" > "point_2d"."""
+    if "points" in obj:
+        return _point_values(obj["points"]), "points"
+    numbered = [(k, v) for k, v in obj.items() if isinstance(k, str) and k.startswith("points_") and k[7:].isdigit()]
+    if numbered:
+        numbered.sort(key=lambda kv: (len(kv[0]), kv[0]))  # numeric order without int() on huge digit runs
+        return [p for _, v in numbered for p in _point_values(v)], "points_N"
+    if "point_2d" in obj:
+        return _point_values(obj["point_2d"]), "point_2d"
+    return [], "none"
+
+
+def _check_size(size: Any, name: str) -> tuple[int, int]:
+    try:
+        h, w = size
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be (height, width), got {size!r}") from None
+    if isinstance(h, bool) or isinstance(w, bool):
+        raise ValueError(f"{name} must be (height, width) positive numbers, got {size!r}")
+    try:
+        hf, wf = float(h), float(w)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be (height, width) positive numbers, got {size!r}") from None
+    if not (math.isfinite(hf) and math.isfinite(wf) and hf > 0 and wf > 0):
+        raise ValueError(f"{name} must be (height, width) positive and finite, got {size!r}")
+    return h, w
+
+
+def _clip(v: float, lo: float, hi: float) -> float:
+    return lo if v < lo else hi if v > hi else v
+
+
+def parse_answer(text: Any, image_size: tuple[int, int] | None = None,
+                 model_size: tuple[int, int] = DEFAULT_MODEL_SIZE, *, require_points: bool = True) -> Answer:
+    """Parse a completion into a box and foreground points in ORIGINAL image pixels. Never raises on input text.
+
+    Args:
+        text: the completion (a ``str``; anything else gives ``ok=False``, reason ``not_text``).
+        image_size: ``(H, W)`` of the original image; None means the model frame itself (no rescaling),
+            which is what the answer-format reward uses.
+        model_size: ``(h, w)`` of the frame the policy saw (840 x 840 for Seg-Zero / SAM-R1).
+        require_points: when True (default, Seg-Zero's answer format: a box AND points), an answer without
+            points fails with ``missing_points``; False accepts box-only answers (SAM can segment from a box).
+
+    Raises:
+        ValueError: only for a bad ``image_size`` / ``model_size`` (a programming error, not policy output).
+
+    Rules, in order:
+
+    1. ``think`` = content of the first ``<think>...</think>``. The answer is the LAST complete
+       ``<answer>...</answer>`` block (tags case-sensitive); none -> ``no_answer_block``.
+    2. The payload longer than :data:`MAX_ANSWER_CHARS` -> ``answer_too_long``. Surrounding whitespace and
+       one surrounding code fence (```` ```json ... ``` ````) are removed; nothing left -> ``empty_answer``.
+       Prose around the JSON is NOT accepted (``invalid_json``): the payload must be one value.
+    3. Bracket nesting deeper than :data:`MAX_DEPTH` -> ``too_deep`` (checked before any parser runs).
+    4. Decoded as JSON (NaN/Infinity literals are read, then rejected as ``non_finite``); failing that as a
+       Python literal (``ast.literal_eval``, never ``eval``: single quotes, tuples, trailing commas); failing
+       that as JSON with trailing commas removed; else ``invalid_json``.
+    5. A list uses its FIRST element (VisionReasoner lists one object per target; SAM-R1 segments one).
+       The object must be a dict, else ``not_object``.
+    6. Box: ``"bbox"``, else ``"bbox_2d"`` (missing -> ``missing_bbox``): exactly 4 numbers (ints/floats;
+       bools, strings, None are not numbers -> ``bad_bbox``; NaN/inf/overflow -> ``non_finite``).
+    7. Points: ``"points"``, else ``"points_1"``, ``"points_2"``, ... (in numeric order), else ``"point_2d"``.
+       Each such value is one point ``[x, y]`` or a list of points. Each point: exactly 2 finite numbers
+       (``bad_points`` / ``non_finite``). More than :data:`MAX_POINTS` -> ``too_many_points``. None given and
+       ``require_points`` -> ``missing_points``. Other keys are ignored.
+    8. In the model frame: corners sorted (x1 <= x2, y1 <= y2), box clipped to ``[0, w] x [0, h]``; width or
+       height below :data:`MIN_BOX_SIDE` -> ``zero_area_box``. ``ok`` and ``reason`` are therefore decided in
+       the model frame only and do NOT depend on ``image_size``.
+    9. Rescaled to the image: ``x * W / w``, ``y * H / h``; box clipped again to ``[0, W] x [0, H]`` (float
+       rounding), points clipped to ``[0, W-1] x [0, H-1]`` (out-of-frame points are moved to the border,
+       not rejected).
+
+    Cost: two ``rfind`` scans of the text plus work bounded by :data:`MAX_ANSWER_CHARS`; see
+    ``bench/bench_parse.py`` for measured times (200 kB of junk included).
+    """
+    mh, mw = _check_size(model_size, "model_size")
+    if image_size is None:
+        ih, iw = mh, mw
+    else:
+        ih, iw = _check_size(image_size, "image_size")
+    if not isinstance(text, str):
+        return _fail("not_text", f"expected str, got {type(text).__name__}")
+
+    think = extract_think(text)
+    block = extract_answer_block(text)
+    if block is None:
+        return _fail("no_answer_block", think=think)
+    if len(block) > MAX_ANSWER_CHARS:
+        return _fail("answer_too_long", f"{len(block)} > {MAX_ANSWER_CHARS} characters", think=think)
+    payload, fenced = _strip_fence(block.strip())
+    if not payload:
+        return _fail("empty_answer", think=think, fenced=fenced)
+    depth = _max_depth(payload)
+    if depth > MAX_DEPTH:
+        return _fail("too_deep", f"bracket depth {depth} > {MAX_DEPTH}", think=think, fenced=fenced)
+    obj, syntax, err = _decode(payload)
+    if syntax is None:
+        return _fail("invalid_json", err, think=think, fenced=fenced)
+    raw = obj
+    if isinstance(obj, (list, tuple)):
+        if not obj:
+            return _fail("not_object", "empty list", think, syntax, fenced, raw)
+        obj = obj[0]
+    if not isinstance(obj, dict):
+        return _fail("not_object", f"expected a dict, got {type(obj).__name__}", think, syntax, fenced, raw)
+
+    # --- box
+    if "bbox" in obj:
+        box_val = obj["bbox"]
+    elif "bbox_2d" in obj:
+        box_val = obj["bbox_2d"]
+    else:
+        return _fail("missing_bbox", "no 'bbox' or 'bbox_2d' key", think, syntax, fenced, raw)
+    box, code, detail = _coords(box_val, 4, "bbox")
+    if box is None:
+        return _fail(code, detail, think, syntax, fenced, raw)
+
+    # --- points
+    pvals, form = _collect_points(obj)
+    if len(pvals) > MAX_POINTS:
+        return _fail("too_many_points", f"{len(pvals)} > {MAX_POINTS}", think, syntax, fenced, raw)
+    pts: list[list[float]] = []
+    for i, pv in enumerate(pvals):
+        p, code, detail = _coords(pv, 2, f"{form}[{i}]")
+        if p is None:
+            return _fail(code, detail, think, syntax, fenced, raw)
+        pts.append(p)
+    if require_points and not pts:
+        return _fail("missing_points", "no 'points', 'points_<n>' or 'point_2d' point", think, syntax, fenced, raw)
+
+    # --- model frame: sort, clip, area (decides ok independently of the image size)
+    x1, x2 = (box[0], box[2]) if box[0] <= box[2] else (box[2], box[0])
+    y1, y2 = (box[1], box[3]) if box[1] <= box[3] else (box[3], box[1])
+    x1, x2 = _clip(x1, 0.0, float(mw)), _clip(x2, 0.0, float(mw))
+    y1, y2 = _clip(y1, 0.0, float(mh)), _clip(y2, 0.0, float(mh))
+    if x2 - x1 < MIN_BOX_SIDE or y2 - y1 < MIN_BOX_SIDE:
+        return _fail("zero_area_box", f"box {[x1, y1, x2, y2]} after sorting and clipping to the "
+                     f"{mw}x{mh} frame", think, syntax, fenced, raw)
+
+    # --- original image frame
+    sx, sy = float(iw) / float(mw), float(ih) / float(mh)
+    W, H = float(iw), float(ih)
+    bbox = (_clip(x1 * sx, 0.0, W), _clip(y1 * sy, 0.0, H), _clip(x2 * sx, 0.0, W), _clip(y2 * sy, 0.0, H))
+    xmax, ymax = max(W - 1.0, 0.0), max(H - 1.0, 0.0)
+    points = [(_clip(px * sx, 0.0, xmax), _clip(py * sy, 0.0, ymax)) for px, py in pts]
+    return Answer(ok=True, reason=None, think=think, bbox=bbox, points=points, labels=[1] * len(points),
+                  syntax=syntax, fenced=fenced, raw=raw)

@@ -1,0 +1,165 @@
+"""``samr1 demo``: score sample completions against generated scenes and draw what SAM made of them.
+
+No downloads: the scenes come from :mod:`samr1.scenes`, SAM from :func:`samr1.sam.load_sam` (random
+weights unless a checkpoint is given — then the masks, and so the IoU rewards, are meaningless, and the
+demo says so). For each scene it writes completions of several kinds — good, off-target, malformed, no
+reasoning, conversational — scores them with :class:`samr1.rewards.SamR1Reward`, prints a table with
+each reward component and failure reason, and saves one overlay PNG per scene.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+MODEL_FRAME = (840, 840)
+
+
+@dataclass
+class DemoRow:
+    scene: int
+    kind: str
+    completion: Any
+    answer: Any
+    iou: float
+    rewards: dict[str, float]
+    total: float
+
+
+def _to_frame(xy: np.ndarray, hw: tuple[int, int]) -> list[float]:
+    """Original pixels (x, y, ...) -> the policy's 840 x 840 frame, rounded like a model would write them."""
+    h, w = hw
+    scale = np.tile([MODEL_FRAME[1] / w, MODEL_FRAME[0] / h], len(xy) // 2)
+    return [int(round(v)) for v in np.asarray(xy, dtype=np.float64) * scale]
+
+
+def sample_completions(mask: np.ndarray, query: str) -> list[tuple[str, Any]]:
+    """Completions of each kind for the object ``mask`` (H x W bool), boxes/points in the 840 frame."""
+    from samr1.geometry import mask_to_box, mask_to_points
+
+    hw = mask.shape
+    box = _to_frame(np.asarray(mask_to_box(mask), dtype=np.float64), hw)
+    pts = [_to_frame(np.asarray(p, dtype=np.float64), hw) for p in mask_to_points(mask, k=2)]
+    while len(pts) < 2:
+        pts.append(pts[-1] if pts else [(box[0] + box[2]) // 2, (box[1] + box[3]) // 2])
+    good = {"bbox": box, "points_1": pts[0], "points_2": pts[1]}
+    bw = box[2] - box[0]
+    # off target: the same box moved by more than its own width, away from the object
+    dx = bw + 40 if box[0] + box[2] < MODEL_FRAME[1] else -(bw + 40)
+    off_box = [min(max(v + dx, 0), MODEL_FRAME[1]) if i % 2 == 0 else v for i, v in enumerate(box)]
+    off = {"bbox": off_box, "points_1": [(off_box[0] + off_box[2]) // 2, (off_box[1] + off_box[3]) // 2],
+           "points_2": [(off_box[0] + off_box[2]) // 2, (off_box[1] * 3 + off_box[3]) // 4]}
+    think = f"<think>The query asks for {query}. I locate it and give its box and two points inside it.</think>"
+    return [
+        ("good", f"{think}\n<answer>{json.dumps(good)}</answer>"),
+        ("box only", f"{think}\n<answer>{json.dumps({'bbox_2d': box})}</answer>"),
+        ("off-target", f"{think}\n<answer>{json.dumps(off)}</answer>"),
+        ("no think", f"<answer>{json.dumps(good)}</answer>"),
+        ("bad JSON", f"{think}\n<answer>{{\"bbox\": [{box[0]}, {box[1]}, oops]}}</answer>"),
+        ("no answer", "<think>I am not sure.</think> It is probably somewhere in the image."),
+        ("conversational", [{"role": "assistant", "content": f"{think}\n<answer>{json.dumps(good)}</answer>"}]),
+    ]
+
+
+def _overlay(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, answer: Any, title: str) -> Image.Image:
+    """Image with ground truth (green), predicted mask (red), box (yellow) and points (cyan)."""
+    out = image.astype(np.float32)
+    out[gt] = out[gt] * 0.55 + np.array([0, 255, 0]) * 0.45
+    out[pred] = out[pred] * 0.55 + np.array([255, 0, 0]) * 0.45
+    im = Image.fromarray(out.clip(0, 255).astype(np.uint8))
+    d = ImageDraw.Draw(im)
+    if getattr(answer, "ok", False):
+        d.rectangle(list(answer.bbox), outline=(255, 230, 0), width=2)
+        for x, y in answer.points:
+            d.ellipse([x - 4, y - 4, x + 4, y + 4], outline=(0, 255, 255), width=2)
+    d.rectangle([0, 0, im.width, 14], fill=(0, 0, 0))
+    d.text((3, 1), title[:80], fill=(255, 255, 255))
+    return im
+
+
+def _grid(panels: list[Image.Image], cols: int = 4) -> Image.Image:
+    w, h = panels[0].size
+    rows = (len(panels) + cols - 1) // cols
+    sheet = Image.new("RGB", (cols * w, rows * h), (30, 30, 30))
+    for i, p in enumerate(panels):
+        sheet.paste(p, ((i % cols) * w, (i // cols) * h))
+    return sheet
+
+
+def _fresh_dir(out_dir: str) -> str:
+    """Never overwrite what is there: a non-empty folder gets a new timestamped subfolder."""
+    if os.path.isdir(out_dir) and os.listdir(out_dir):
+        out_dir = os.path.join(out_dir, time.strftime("run-%Y%m%d-%H%M%S"))
+        base, k = out_dir, 1
+        while os.path.exists(out_dir):
+            out_dir, k = f"{base}-{k}", k + 1
+    os.makedirs(out_dir, exist_ok=True)
+    return out_dir
+
+
+def run_demo(out_dir: str = "demo_out", sam_kind: str = "tiny", checkpoint: str | None = None,
+             device: str = "cpu", n_scenes: int = 3, seed: int = 0, echo=print) -> tuple[list[DemoRow], str]:
+    """Score the sample completions of ``n_scenes`` scenes; returns the rows and the folder written."""
+    import torch
+
+    from samr1.answer import parse_answer
+    from samr1.engine import SamEngine
+    from samr1.rewards import SamR1Reward
+    from samr1.sam import load_sam
+    from samr1.scenes import make_scene
+
+    if checkpoint is None:
+        echo(f"NOTE: SAM '{sam_kind}' has RANDOM weights (no --sam-checkpoint given): its masks are "
+             "meaningless, so the IoU rewards below only show the plumbing, not quality.")
+    torch.manual_seed(seed)
+    sam = load_sam(sam_kind, checkpoint=checkpoint, device=device)
+    engine = SamEngine(sam)
+    reward = SamR1Reward(engine)
+    out_dir = _fresh_dir(out_dir)
+    rows: list[DemoRow] = []
+    sizes = [(480, 640), (400, 300), (333, 517), (512, 512)]
+    for s in range(n_scenes):
+        scene = make_scene(seed * 1000 + s, size=sizes[s % len(sizes)], n_objects=3)
+        obj = max(scene.objects, key=lambda o: o.mask.sum())
+        samples = sample_completions(obj.mask, obj.query)
+        completions = [c for _, c in samples]
+        n = len(completions)
+        kw = {"image": [scene.image] * n, "mask": [obj.mask] * n}
+        totals = reward([obj.query] * n, completions, **kw)
+        parts = {f.__name__: f([obj.query] * n, completions, **kw) for f in reward.functions()}
+        texts = [c if isinstance(c, str) else c[-1]["content"] for c in completions]
+        answers = [parse_answer(t, image_size=scene.image.shape[:2]) for t in texts]
+        ious = engine.score([scene.image] * n, answers, [obj.mask] * n)
+        masks = engine.segment_batch([scene.image] * n, answers)
+        panels = []
+        for i, (kind, comp) in enumerate(samples):
+            row = DemoRow(s, kind, comp, answers[i], ious[i], {k: v[i] for k, v in parts.items()}, totals[i])
+            rows.append(row)
+            panels.append(_overlay(scene.image, obj.mask, masks[i], answers[i],
+                                   f"{kind}: IoU {ious[i]:.2f} reward {totals[i]:.1f}"))
+        _grid(panels).save(os.path.join(out_dir, f"scene{s}.png"))
+        echo(f"\nscene {s}: {scene.image.shape[1]}x{scene.image.shape[0]}, query: {obj.query!r}")
+        echo(format_rows([r for r in rows if r.scene == s]))
+    echo(f"\noverlays (green = ground truth, red = SAM mask, yellow = box, cyan = points) written to {out_dir}/")
+    return rows, out_dir
+
+
+def format_rows(rows: list[DemoRow]) -> str:
+    """The demo table: completion kind, parsed box/points, IoU, each reward, the failure reason."""
+    names = list(rows[0].rewards) if rows else []
+    head = ["kind", "box (orig px)", "pts", "IoU", *[n.replace("_reward", "") for n in names], "total", "reason"]
+    lines = []
+    for r in rows:
+        a = r.answer
+        box = "-" if not a.ok else "[" + ",".join(f"{v:.0f}" for v in a.bbox) + "]"
+        lines.append([r.kind, box, str(len(a.points) if a.ok else "-"), f"{r.iou:.3f}",
+                      *[f"{r.rewards[n]:.1f}" for n in names], f"{r.total:.1f}", a.reason or ""])
+    widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*head), fmt.format(*["-" * w for w in widths])] + [fmt.format(*ln) for ln in lines])

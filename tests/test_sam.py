@@ -1,0 +1,70 @@
+"""load_sam: kinds, the tiny model's shapes, and errors that name the file and what was expected."""
+
+import numpy as np
+import pytest
+import torch
+from segment_anything import SamPredictor
+
+from samr1.sam import CheckpointError, load_sam, model_id
+
+
+def test_tiny_has_sam_shapes_and_runs_upstream_predictor():
+    sam = load_sam("tiny")
+    assert sam.image_encoder.img_size == 1024
+    pred = SamPredictor(sam)
+    rng = np.random.default_rng()
+    img = rng.integers(0, 256, (97, 131, 3), dtype=np.uint8)
+    pred.set_image(img)
+    assert tuple(pred.features.shape) == (1, 256, 64, 64)
+    masks, scores, logits = pred.predict(box=np.array([10, 10, 60, 80]), multimask_output=True)
+    assert masks.shape == (3, 97, 131) and logits.shape == (3, 256, 256) and np.isfinite(scores).all()
+
+
+def test_seeded_tiny_is_reproducible_and_ids_differ_by_seed():
+    a, b, c = load_sam("tiny", seed=1), load_sam("tiny", seed=1), load_sam("tiny", seed=2)
+    for (ka, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+        assert torch.equal(va, vb), ka
+    assert model_id(a) == model_id(b) != model_id(c)
+
+
+def test_unknown_kind():
+    with pytest.raises(ValueError, match="unknown SAM kind 'vit_x'"):
+        load_sam("vit_x")
+
+
+def test_missing_checkpoint_names_file(tmp_path):
+    path = tmp_path / "nope.pth"
+    with pytest.raises(CheckpointError, match="nope.pth"):
+        load_sam("tiny", checkpoint=path)
+
+
+def test_corrupt_checkpoint_names_file(tmp_path):
+    path = tmp_path / "corrupt.pth"
+    path.write_bytes(b"\x00not a torch file" * 10)
+    with pytest.raises(CheckpointError, match=r"corrupt\.pth could not be read.*expected a tiny state dict"):
+        load_sam("tiny", checkpoint=path)
+
+
+def test_wrong_kind_checkpoint_is_refused_with_a_guess(tmp_path):
+    sam = load_sam("tiny", seed=3)
+    path = tmp_path / "tiny.pth"
+    torch.save(sam.state_dict(), path)
+    with pytest.raises(CheckpointError, match=r"tiny\.pth does not match kind 'vit_b'.*looks like tiny"):
+        load_sam("vit_b", checkpoint=path)
+
+
+def test_checkpoint_round_trip_and_id_from_file(tmp_path):
+    sam = load_sam("tiny", seed=4)
+    path = tmp_path / "ok.pth"
+    torch.save(sam.state_dict(), path)
+    again = load_sam("tiny", checkpoint=path, seed=99)
+    for k, v in sam.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+    assert model_id(again).startswith("tiny:") and "random" not in model_id(again)
+
+
+def test_random_upstream_kind_warns():
+    with pytest.warns(UserWarning, match="random weights"):
+        sam = load_sam("vit_b")
+    assert sam.image_encoder.patch_embed.proj.weight.shape[0] == 768
+
