@@ -1,0 +1,209 @@
+"""SAM image encoder backends: latency, throughput and accuracy against torch fp32, same run.
+
+Per backend and batch size: milliseconds per image and images/s of the backend on a preprocessed batch
+(``encode_preprocessed``; the host-side preprocessing is identical for every backend and is reported once
+on its own row), the speedup over torch fp32 at the same batch, and -- on CUDA -- the achieved fraction of
+the GPU's dense bf16 peak (FLOPs per image from :func:`samr1.sam.encoder.image_encoder_flops`, ~6 TFLOP
+for ViT-H). Accuracy per backend: relative error of the embeddings (Frobenius) against torch fp32, and the
+downstream mask IoU against fp32's masks for a box prompt around the largest object of synthetic scenes
+(SAM decoder, best of 3 multimask outputs by predicted IoU, as the engine scores).
+
+Backends: CPU: torch fp32, ONNX Runtime (CPU). CUDA: torch fp32, bf16, bf16 + torch.compile, ONNX Runtime
+(CUDA, when onnxruntime-gpu is installed), TensorRT fp16 (when tensorrt is installed).
+
+    python bench/bench_encoder.py [--quick] [--device cpu|cuda] [--sam tiny|vit_b|vit_h] [--out DIR]
+
+Random weights for vit_* (no checkpoints here): speed is what it would be with real weights; the mask IoU
+of random weights only measures agreement between backends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import torch
+from samr1.bench.harness import format_table, measure, write_records
+
+# Dense (no sparsity) bf16 tensor-core peak, TFLOP/s, by substring of torch.cuda.get_device_name().
+BF16_PEAK_TFLOPS = {
+    "H200": 989.0, "H100 SXM": 989.0, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 756.0,
+    "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0, "A10": 125.0, "RTX 4090": 165.0,
+    "RTX 3090": 71.0, "V100": 125.0,  # V100: fp16 (no bf16)
+}
+
+
+def bf16_peak_tflops(device: str | torch.device) -> float | None:
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(dev)
+    for key, peak in BF16_PEAK_TFLOPS.items():
+        if key in name:
+            return peak
+    return None
+
+
+def _scenes(n: int, seed: int = 0):
+    from samr1.geometry import mask_to_box
+    from samr1.scenes import make_scene
+
+    rng = np.random.default_rng(seed)
+    images, boxes = [], []
+    for i in range(n):
+        h, w = int(rng.integers(300, 640)), int(rng.integers(300, 640))
+        scene = make_scene(seed * 1000 + i, size=(h, w), n_objects=3)
+        obj = max(scene.objects, key=lambda o: o.mask.sum())
+        images.append(scene.image)
+        boxes.append(np.asarray(mask_to_box(obj.mask), dtype=np.float32))
+    return images, boxes
+
+
+def _masks(sam, emb: torch.Tensor, images, sizes, boxes) -> list[np.ndarray]:
+    """Upstream SamPredictor.predict on given embeddings: box prompt, best of 3 by predicted IoU."""
+    from segment_anything import SamPredictor
+
+    pred = SamPredictor(sam)
+    out = []
+    for i, img in enumerate(images):
+        pred.reset_image()
+        pred.features = emb[i:i + 1].to(pred.device, torch.float32)
+        pred.original_size = img.shape[:2]
+        pred.input_size = tuple(sizes[i])
+        pred.is_image_set = True
+        masks, scores, _ = pred.predict(box=boxes[i], multimask_output=True)
+        out.append(masks[int(np.argmax(scores))])
+    return out
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+
+
+def _backends(device: str, cache_dir: str) -> list[tuple[str, dict]]:
+    from samr1.sam.encoder import tensorrt_available
+
+    if torch.device(device).type != "cuda":
+        return [("torch", {}), ("onnx", {"cache_dir": cache_dir})]
+    out = [("torch", {}), ("torch", {"dtype": "bfloat16"}), ("torch", {"dtype": "bfloat16", "compile": True})]
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        out.append(("onnx", {"cache_dir": cache_dir}))
+    else:
+        print("note: onnxruntime has no CUDAExecutionProvider (onnxruntime-gpu not installed): onnx skipped on GPU")
+    ok, reason = tensorrt_available()
+    if ok:
+        out.append(("tensorrt", {"cache_dir": cache_dir}))
+    else:
+        print(f"note: tensorrt skipped: {reason}")
+    return out
+
+
+def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_kind: str = "tiny",
+        batches: list[int] | None = None, repeats: int | None = None, cache_dir: str | None = None) -> list[dict]:
+    """Benchmark every available backend; returns one row per (backend, batch) plus a preprocessing row.
+
+    Args:
+        quick: batch sizes 1 and 2, one timed repeat (a sub-minute smoke run for tiny on a CPU).
+        out: folder for JSON-lines records (``encoder.jsonl``).
+        device: "cpu" or "cuda[:i]".
+        sam_kind: tiny, vit_b, vit_l or vit_h (random weights).
+        batches: batch sizes (default 1 and 8; for vit_* on CPU only 1: ~18 s per ViT-B image here).
+        repeats: timed repeats per point (default 3; 1 when quick or vit_* on CPU).
+        cache_dir: artefact cache root (default: a temporary folder, so the export time is measured fresh).
+    """
+    from samr1.sam import load_sam
+    from samr1.sam.encoder import image_encoder_flops, make_encoder
+
+    slow_cpu = torch.device(device).type == "cpu" and sam_kind != "tiny"
+    if batches is None:
+        batches = [1] if slow_cpu else ([1, 2] if quick else [1, 8])
+    if repeats is None:
+        repeats = 1 if (quick or slow_cpu) else 3
+    warmup = 0 if slow_cpu else 1  # an 18 s call has no start-up effect worth another 18 s
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random-weight warning for vit_*: expected here
+        sam = load_sam(sam_kind, device=device)
+    flops = image_encoder_flops(sam)
+    peak = bf16_peak_tflops(device)
+    n_acc = max(batches)
+    images, boxes = _scenes(n_acc)
+    tmp = None
+    if cache_dir is None:
+        tmp = tempfile.TemporaryDirectory(prefix="samr1-bench-encoder-")
+        cache_dir = tmp.name
+
+    rows: list[dict] = []
+    ref_emb = ref_masks = None
+    ref_time: dict[int, float] = {}
+    prep_enc = None
+    try:
+        for backend, opts in _backends(device, cache_dir):
+            t0 = time.perf_counter()
+            enc = make_encoder(sam, backend=backend, device=device, max_batch=max(batches), **opts)
+            setup_s = time.perf_counter() - t0
+            if prep_enc is None:
+                prep_enc = enc
+            x, sizes = enc.preprocess(images)
+            emb = enc.encode_preprocessed(x[:n_acc])
+            if ref_emb is None:  # the first backend is torch fp32: the reference
+                ref_emb = emb
+                ref_masks = _masks(sam, ref_emb, images, sizes, boxes)
+            rel_err = float((emb - ref_emb).norm() / ref_emb.norm())
+            masks = _masks(sam, emb, images, sizes, boxes)
+            ious = [_iou(m, r) for m, r in zip(masks, ref_masks, strict=True)]
+            for b in batches:
+                xb = x[:b].contiguous()
+                t = measure(lambda xb=xb, enc=enc: enc.encode_preprocessed(xb), warmup=warmup, repeats=repeats, device=device)
+                per_img = t.median / b
+                if enc.name == "torch-fp32":
+                    ref_time[b] = per_img
+                row = {
+                    "backend": enc.name, "sam": sam_kind, "batch": b, "ms_per_img": per_img * 1e3,
+                    "img_per_s": 1.0 / per_img, "speedup_vs_fp32": ref_time.get(b, float("nan")) / per_img,
+                    "tflops": flops / per_img / 1e12,
+                    "frac_bf16_peak": (flops / per_img / 1e12 / peak) if peak else None,
+                    "rel_err_vs_fp32": rel_err, "mask_iou_mean": float(np.mean(ious)),
+                    "mask_iou_min": float(np.min(ious)), "setup_s": setup_s, **t.as_dict(),
+                }
+                rows.append(row)
+        # Host-side preprocessing (PIL resize + normalise + pad), shared by all backends.
+        t = measure(lambda: prep_enc.preprocess(images[:1]), warmup=1, repeats=max(repeats, 3), device=device)
+        rows.append({"backend": "preprocess (any)", "sam": sam_kind, "batch": 1, "ms_per_img": t.median * 1e3,
+                     "img_per_s": 1.0 / t.median, **t.as_dict()})
+    finally:
+        if tmp is not None:
+            tmp.cleanup()
+
+    print(f"SAM {sam_kind} image encoder, {flops / 1e12:.3f} TFLOP/img, device {device}"
+          + (f" (bf16 peak {peak:.0f} TFLOP/s)" if peak else "") + f", median of {repeats}")
+    print(format_table(rows, ["backend", "batch", "ms_per_img", "img_per_s", "speedup_vs_fp32", "tflops",
+                              "frac_bf16_peak", "rel_err_vs_fp32", "mask_iou_mean", "mask_iou_min", "setup_s"]))
+    path = write_records(rows, out, "encoder", device)
+    if path:
+        print(f"records: {path}")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="batch 1 and 2, one repeat")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--sam", default="tiny", help="tiny, vit_b, vit_l or vit_h (random weights)")
+    p.add_argument("--out", default=None, help="folder for JSON-lines records")
+    p.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,8; vit_* on CPU: 1)")
+    p.add_argument("--repeats", type=int, default=None)
+    p.add_argument("--cache-dir", default=None, help="artefact cache (default: a fresh temporary folder)")
+    a = p.parse_args(argv)
+    batches = [int(v) for v in a.batches.split(",")] if a.batches else None
+    run(quick=a.quick, out=a.out, device=a.device, sam_kind=a.sam, batches=batches, repeats=a.repeats,
+        cache_dir=a.cache_dir)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Benchmark: SAM logits -> postprocessed mask -> IoU, the torch reference against the fused paths.
+
+For each original size and number of masks N, in the SAME process: the torch reference
+(``samr1.ops.mask_iou_reference``: SAM's postprocess_masks + threshold + counts), the C++ kernel on CPU
+tensors, the Triton kernel on CUDA tensors. Printed: median time (harness: warm-up excluded, median
+of repeats, p20/p80 in the records), speed-up over the reference, the process CPU time per call (all
+threads; much less sensitive than wall time to other processes on a shared machine) and its ratio, the
+largest IoU difference and count difference against the reference; on CUDA also the floor (bytes the op must read: logits + ground
+truth + tables, over a measured device-to-device copy bandwidth) and the fraction of it reached.
+
+    python -m samr1.bench.bench_mask_iou [--quick] [--device cpu|cuda] [--out DIR]
+
+CPU timings on a shared machine are noisy: the load average is recorded with every row; compare
+rows of the same run only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from samr1.bench.harness import format_table, measure, write_records
+
+from samr1.ops import mask_iou_from_logits, mask_iou_reference, select_backend
+
+FULL_SIZES = [(480, 640), (1080, 1920)]
+FULL_NS = [1, 8, 64, 256]
+QUICK_CASES = [((480, 640), 1), ((480, 640), 64), ((1080, 1920), 8)]
+
+
+def _input_size(size: tuple[int, int], frame: int = 1024) -> tuple[int, int]:
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    return ResizeLongestSide.get_preprocess_shape(size[0], size[1], frame)
+
+
+def _inputs(n: int, size: tuple[int, int], device: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """SAM-like low-res logits (smooth blobs + noise, N x 256 x 256) and a blob ground truth."""
+    smooth = F.interpolate(torch.randn(n, 1, 6, 6, generator=gen), size=(256, 256), mode="bicubic", align_corners=False)
+    logits = (smooth[:, 0] * 4.0 + 0.5 * torch.randn(n, 256, 256, generator=gen)).contiguous()
+    field = F.interpolate(torch.randn(1, 1, 5, 5, generator=gen), size=size, mode="bilinear", align_corners=False)
+    return logits.to(device), (field[0, 0] > 0).to(device)
+
+
+def _bandwidth(device: str) -> float:
+    """Measured device-to-device copy bandwidth in bytes/s (read + write of a 256 MiB buffer)."""
+    src = torch.empty(64 * 2**20, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    t = measure(lambda: dst.copy_(src), warmup=2, repeats=10, device=device)
+    return 2 * src.numel() * 4 / t.median
+
+
+def _with_cpu_time(fn, samples: list[float]):
+    """Wrap ``fn`` to record the process CPU time of each call (all threads): on a shared CPU the wall
+    time depends on the other processes, the CPU time much less."""
+
+    def call():
+        c = time.process_time()
+        fn()
+        samples.append(time.process_time() - c)
+
+    return call
+
+
+def _measure(fn, device: str, warmup: int, repeats: int) -> tuple[dict, float]:
+    cpu: list[float] = []
+    t = measure(_with_cpu_time(fn, cpu), warmup=warmup, repeats=repeats, device=device)
+    return t.as_dict(), statistics.median(cpu[warmup:])
+
+
+def _measure_reference(fn, device: str) -> tuple[dict, float]:
+    """The reference can take seconds at N=256: one warm-up, then 15 repeats when a call is under 0.1 s
+    (its time is bimodal there: page faults of its fresh frame-size buffers), 3 under 2 s, else 1."""
+    t0 = time.perf_counter()
+    fn()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    first = time.perf_counter() - t0
+    return _measure(fn, device, warmup=0, repeats=15 if first < 0.1 else 3 if first < 2.0 else 1)
+
+
+def run(quick: bool = False, out: str | None = None, device: str = "cpu") -> list[dict]:
+    """Run the benchmark, print a table, append JSON lines to ``out/bench_mask_iou.jsonl``; return the rows."""
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda requested but no CUDA device is available")
+    fast = select_backend("auto", dev)
+    if fast == "torch":
+        print(f"note: no fast path for {device} (C++ / Triton unavailable); only the reference is timed")
+    cases = QUICK_CASES if quick else [(s, n) for s in FULL_SIZES for n in FULL_NS]
+    bw = _bandwidth(device) if dev.type == "cuda" else None
+    gen = torch.Generator().manual_seed(0)
+    rows: list[dict] = []
+    for size, n in cases:
+        isz = _input_size(size)
+        logits, gt = _inputs(n, size, device, gen)
+        ref = mask_iou_reference(logits, gt, isz, size)
+        t_ref, cpu_ref = _measure_reference(lambda x=logits, g=gt, i=isz, s=size: mask_iou_reference(x, g, i, s),
+                                            device)
+        base = {"size": f"{size[0]}x{size[1]}", "N": n, "threads": torch.get_num_threads(),
+                "loadavg_1m": round(os.getloadavg()[0], 2)}
+        rows.append({**base, "backend": "torch (reference)", **t_ref, "speedup": 1.0, "cpu_s": cpu_ref,
+                     "cpu_speedup": 1.0, "max_iou_err": 0.0, "max_count_err": 0})
+        if fast == "torch":
+            continue
+        got = mask_iou_from_logits(logits, gt, isz, size, backend=fast)
+        t, cpu = _measure(lambda x=logits, g=gt, i=isz, s=size: mask_iou_from_logits(x, g, i, s, backend=fast),
+                          device, warmup=2, repeats=10 if n <= 64 else 5)
+        row = {**base, "backend": fast, **t, "speedup": t_ref["median_s"] / t["median_s"], "cpu_s": cpu,
+               "cpu_speedup": cpu_ref / max(cpu, 1e-9),
+               "max_iou_err": float((got[0] - ref[0]).abs().max()),
+               "max_count_err": int(max((got[1] - ref[1]).abs().max(), (got[2] - ref[2]).abs().max()))}
+        if bw is not None:
+            # what the op must read at least: the logits, the ground truth (bool) and the tables
+            nbytes = logits.numel() * 4 + gt.numel() + (2 * size[0] + 2 * isz[0] + 4 * size[1]) * 4 \
+                + (2 * size[0] + 2 * isz[0] + 6 * size[1]) * 4
+            row["floor_s"] = nbytes / bw
+            row["floor_fraction"] = row["floor_s"] / t["median_s"]
+        rows.append(row)
+    cols = ["size", "N", "backend", "median_s", "speedup", "cpu_s", "cpu_speedup", "max_iou_err", "max_count_err",
+            "loadavg_1m"]
+    if bw is not None:
+        cols += ["floor_s", "floor_fraction"]
+        print(f"measured copy bandwidth: {bw / 1e9:.0f} GB/s")
+    print(format_table(rows, cols))
+    path = write_records(rows, out, "bench_mask_iou", device)
+    if path:
+        print(f"records appended to {path}")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="3 small cases instead of 2 sizes x N in {1, 8, 64, 256}")
+    p.add_argument("--out", default=None, help="directory for the JSON-lines records")
+    p.add_argument("--device", default="cpu", help="cpu (reference vs C++) or cuda (reference vs Triton)")
+    args = p.parse_args(argv)
+    run(quick=args.quick, out=args.out, device=args.device)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""EmbeddingCache: content keys, one batched encode per call, LRU by bytes, store reads, threads.
+
+Reference embeddings come from the torch fp32 encoder, which equals ``SamPredictor.set_image(...).features``
+(tests/test_encoder.py). Tolerance 1e-5 absolute for embeddings the cache encoded itself (same encoder,
+possibly another batch composition), float16 rounding (rtol 1e-3) for store hits.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from samr1.engine.cache import EmbeddingCache
+from samr1.io import InputError
+from samr1.sam import load_sam
+from samr1.sam.encoder import make_encoder
+from samr1.store import EmbeddingStore, StoreError
+
+EMB_BYTES = 256 * 64 * 64 * 4  # one float32 embedding of the tiny (and every upstream) SAM
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    return make_encoder(load_sam("tiny"), backend="torch", max_batch=8)
+
+
+@pytest.fixture(scope="module")
+def pool(encoder):
+    """Four random images of odd sizes and their reference embeddings (one at a time)."""
+    rng = np.random.default_rng()
+    imgs = [rng.integers(0, 256, (h, w, 3), dtype=np.uint8) for h, w in [(31, 47), (64, 17), (29, 29), (50, 81)]]
+    refs = [encoder.encode([img])[0] for img in imgs]
+    return imgs, refs
+
+
+def _close(a, b):
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_repeats_and_equal_copies_encoded_once_in_one_call(encoder, pool):
+    imgs, refs = pool
+    a, b = imgs[0], imgs[1]
+    cache = EmbeddingCache(encoder, cache_bytes=16 * EMB_BYTES)
+    emb, sizes = cache.get_or_encode([a, b, a, a.copy(), b.copy()])  # equal pixels, different objects
+    s = cache.stats
+    assert (s["encoder_images"], s["encoder_calls"], s["cache_misses"], s["cache_hits"]) == (2, 1, 2, 3)
+    assert emb.shape == (5, 256, 64, 64) and emb.dtype == torch.float32
+    for i, ref in zip([0, 1, 0, 0, 1], [refs[0], refs[1], refs[0], refs[0], refs[1]], strict=True):
+        _close(emb[i], ref)
+    assert sizes == encoder.input_sizes([a, b, a, a, b])
+    # A second call encodes nothing, in any order.
+    emb2, sizes2 = cache.get_or_encode([b.copy(), a])
+    s = cache.stats
+    assert (s["encoder_images"], s["encoder_calls"], s["cache_hits"]) == (2, 1, 5)
+    _close(emb2[0], refs[1])
+    _close(emb2[1], refs[0])
+    assert sizes2 == [sizes[1], sizes[0]]
+    assert s["entries"] == 2 and s["bytes_held"] == 2 * EMB_BYTES
+
+
+def test_all_misses_of_a_call_in_one_encoder_call_chunked(pool):
+    imgs, refs = pool
+    enc = make_encoder(load_sam("tiny"), backend="torch", max_batch=3)
+    cache = EmbeddingCache(enc, cache_bytes=16 * EMB_BYTES)
+    batch = cache.lookup([imgs[3], imgs[0], imgs[3], imgs[1], imgs[2]])
+    assert cache.stats["encoder_calls"] == 1 and cache.stats["encoder_images"] == 4  # chunks of 3 + 1 inside
+    assert batch.index == [0, 1, 0, 2, 3] and len(batch.keys) == 4
+    for row, i in enumerate([3, 0, 1, 2]):
+        _close(batch.embeddings[row], refs[i])
+
+
+def test_lru_evicts_least_recently_used_and_re_encodes(encoder, pool):
+    imgs, refs = pool
+    a, b, c = imgs[:3]
+    cache = EmbeddingCache(encoder, cache_bytes=2 * EMB_BYTES)
+    cache.get_or_encode([a, b])
+    ka, kb, kc = cache.key(a), cache.key(b), cache.key(c)
+    assert cache.keys() == [ka, kb]
+    cache.get_or_encode([a])  # touch a: b is now least recently used
+    assert cache.keys() == [kb, ka]
+    emb, _ = cache.get_or_encode([c])
+    assert cache.keys() == [ka, kc] and cache.stats["evictions"] == 1
+    _close(emb[0], refs[2])
+    before = cache.stats["encoder_images"]
+    emb, _ = cache.get_or_encode([b])  # evicted: encoded again, and a (now LRU) goes
+    assert cache.stats["encoder_images"] == before + 1
+    assert cache.keys() == [kc, kb] and cache.stats["evictions"] == 2
+    _close(emb[0], refs[1])
+    assert cache.stats["bytes_held"] == 2 * EMB_BYTES and len(cache) == 2
+
+
+def test_cache_smaller_than_one_embedding_still_returns(encoder, pool):
+    imgs, refs = pool
+    cache = EmbeddingCache(encoder, cache_bytes=EMB_BYTES - 1)
+    emb, _ = cache.get_or_encode([imgs[0], imgs[0]])
+    _close(emb[0], refs[0])
+    _close(emb[1], refs[0])
+    assert cache.stats["entries"] == 0 and cache.stats["bytes_held"] == 0 and cache.stats["encoder_images"] == 1
+    cache.get_or_encode([imgs[0]])
+    assert cache.stats["encoder_images"] == 2  # nothing was kept
+
+
+def test_threads_get_consistent_results_and_encode_each_image_once(encoder, pool):
+    imgs, refs = pool
+    cache = EmbeddingCache(encoder, cache_bytes=16 * EMB_BYTES)
+    n_threads = 4
+    barrier = threading.Barrier(n_threads)
+    results, errors = {}, []
+    rng = np.random.default_rng()
+    plans = [list(rng.choice(4, size=3, replace=True)) for _ in range(n_threads)]
+
+    def work(t):
+        try:
+            barrier.wait()
+            # copies: equal pixels as different objects in every thread
+            emb, _ = cache.get_or_encode([imgs[i].copy() for i in plans[t]])
+            results[t] = emb
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(n_threads)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert not errors
+    for t in range(n_threads):
+        for row, i in enumerate(plans[t]):
+            _close(results[t][row], refs[i])
+    distinct = len({int(i) for p in plans for i in p})
+    s = cache.stats
+    assert s["encoder_images"] == distinct  # in-flight keys are waited for, not encoded twice
+    assert s["cache_hits"] + s["cache_misses"] == 3 * n_threads and s["cache_misses"] == distinct
+
+
+def test_store_is_read_before_encoding(encoder, pool, tmp_path):
+    imgs, refs = pool
+    store = EmbeddingStore.create(tmp_path / "store", encoder.model_id, encoder.embedding_shape, encoder.frame)
+    store.put([store.key(imgs[0])], refs[0][None], encoder.input_sizes(imgs[:1]))
+    store.flush()
+    ro = EmbeddingStore.open(tmp_path / "store", encoder.model_id)
+    cache = EmbeddingCache(encoder, cache_bytes=16 * EMB_BYTES, store=ro)
+    emb, sizes = cache.get_or_encode([imgs[1], imgs[0]])
+    s = cache.stats
+    assert s["store_hits"] == 1 and s["encoder_images"] == 1 and s["cache_misses"] == 2
+    torch.testing.assert_close(emb[1], refs[0], rtol=1e-3, atol=1e-3)  # float16 storage
+    _close(emb[0], refs[1])
+    assert sizes == encoder.input_sizes([imgs[1], imgs[0]])
+    other = EmbeddingStore.create(tmp_path / "other", "vit_h:deadbeef", encoder.embedding_shape, encoder.frame)
+    with pytest.raises(StoreError, match=r"vit_h:deadbeef.*tiny:random"):
+        EmbeddingCache(encoder, store=other)
+
+
+def test_bad_inputs(encoder):
+    with pytest.raises(ValueError, match="cache_bytes"):
+        EmbeddingCache(encoder, cache_bytes=-1)
+    with pytest.raises(TypeError, match="ImageEncoder"):
+        EmbeddingCache(object())
+    cache = EmbeddingCache(encoder)
+    with pytest.raises(InputError, match=r"images\[1\]"):
+        cache.get_or_encode([np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.float32)])
+    assert cache.stats["cache_misses"] == 0  # validation happens before any state changes
+    emb, sizes = cache.get_or_encode([])
+    assert emb.shape == (0, 256, 64, 64) and sizes == []

@@ -1,0 +1,429 @@
+"""samr1.ops.mask_iou: every backend against THE torch reference (samr1.ops.mask_iou_reference).
+
+Inputs are fresh random each run (the seed is in every failure message): smooth structure plus
+N(0, 0.05) noise, so that many postprocessed logits lie near the threshold. Tolerance: a backend's
+intersection and union may differ from the reference's by at most the number of pixels whose
+reference logit (postprocessed, before the threshold) is within 1e-4 of the threshold -- the only
+pixels where float rounding order (fma contraction, CUDA's kernel) may flip the mask. (On this
+AVX-512 machine the C++ counts are in fact identical.)
+
+Triton: TRITON_INTERPRET must be set before triton kernels are decorated, i.e. before
+samr1.kernels.mask_iou is imported, and it would make every Triton kernel of the process interpreted
+(slow, and wrong for the CUDA tests). So the interpreter tests (names containing ``triton_interp``) run
+in a child pytest process started by ``test_triton_interpreter_in_subprocess`` with TRITON_INTERPRET=1;
+in the parent they skip with that reason. On CUDA machines the same comparisons run compiled in the
+parent (``test_triton_cuda_*``).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from segment_anything.utils.transforms import ResizeLongestSide
+
+from samr1 import _ext, kernels
+from samr1.ops import (
+    last_backend,
+    mask_iou_from_logits,
+    mask_iou_grouped,
+    mask_iou_grouped_reference,
+    mask_iou_reference,
+    postprocess_reference,
+    select_backend,
+)
+from samr1.ops.mask_iou import image_plan
+
+NEAR = 1e-4  # |reference logit - threshold| <= NEAR: pixels allowed to differ
+HAS_CUDA = torch.cuda.is_available()
+HAS_CPP = _ext.available()
+needs_cpp = pytest.mark.skipif(not HAS_CPP, reason=f"C++ extension unavailable: {_ext.why_unavailable()}")
+needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device: compiled Triton tests need one")
+interp_only = pytest.mark.skipif(
+    not kernels.interpreting(), reason="runs in a subprocess with TRITON_INTERPRET=1 (test_triton_interpreter_in_subprocess)")
+
+
+def _gen() -> tuple[torch.Generator, int]:
+    seed = int.from_bytes(os.urandom(4), "little")
+    return torch.Generator().manual_seed(seed), seed
+
+
+def make_logits(n: int, gen: torch.Generator, h: int = 256, w: int = 256) -> torch.Tensor:
+    """N x h x w float32: smooth blobs crossing 0 plus N(0, 0.05) noise (many near-threshold pixels)."""
+    smooth = F.interpolate(torch.randn(n, 1, 6, 6, generator=gen), size=(h, w), mode="bicubic", align_corners=False)
+    return (smooth[:, 0] * 0.5 + 0.05 * torch.randn(n, h, w, generator=gen)).contiguous()
+
+
+def make_gt(size: tuple[int, int], gen: torch.Generator) -> torch.Tensor:
+    """H x W bool: a smooth random blob (like an object mask), with a few random pixels flipped."""
+    field = F.interpolate(torch.randn(1, 1, 5, 5, generator=gen), size=size, mode="bilinear", align_corners=False)[0, 0]
+    return (field > 0) ^ (torch.rand(size, generator=gen) < 0.02)
+
+
+def isz_of(size: tuple[int, int], frame: int = 1024) -> tuple[int, int]:
+    """input_size exactly as the engine computes it: ResizeLongestSide's shape for the original size."""
+    return ResizeLongestSide.get_preprocess_shape(size[0], size[1], frame)
+
+
+def check_against_reference(logits, gt, input_size, original_size, got, seed, backend, threshold=0.0, frame=1024):
+    """Assert ``got`` = (iou, inter, union) matches the reference within the near-threshold pixel count,
+    then run ``backend`` again with each row's own reference mask as its ground truth (grouped form):
+    there union - intersection = #(pred XOR reference) counts every differing pixel without the
+    cancellation a plain count comparison allows, and must stay within the near-threshold count too."""
+    iou, inter, union = (t.cpu() for t in got)
+    r_iou, r_inter, r_union = (t.cpu() for t in mask_iou_reference(logits, gt, input_size, original_size, threshold,
+                                                                    frame))
+    post = postprocess_reference(logits, input_size, original_size, frame)
+    near = ((post - threshold).abs() <= NEAR).sum(dim=(1, 2)).cpu()
+    assert inter.dtype == torch.int64 and union.dtype == torch.int64 and iou.dtype == torch.float32
+    assert inter.shape == union.shape == iou.shape == (logits.shape[0],)
+    di, du = (inter - r_inter).abs(), (union - r_union).abs()
+    assert bool((di <= near).all() and (du <= near).all()), (
+        f"seed={seed} size={original_size}: |d inter| {di.tolist()[:8]} |d union| {du.tolist()[:8]} "
+        f"allowed {near.tolist()[:8]}")
+    # IoU follows from the counts by the same formula in every backend
+    exact = (di == 0) & (du == 0)
+    assert torch.equal(iou[exact], r_iou[exact]), f"seed={seed}"
+    tol = (near.double() / r_union.clamp_min(1).double() * 2 + 1e-6).float()
+    assert bool(((iou - r_iou).abs() <= tol).all()), f"seed={seed}"
+    # pixel-level: XOR against the reference mask itself
+    n = logits.shape[0]
+    ref_masks = list(post > threshold)
+    _, xi, xu = mask_iou_grouped(logits, ref_masks, torch.arange(n, device=logits.device), [input_size] * n,
+                                 [original_size] * n, threshold=threshold, backend=backend, frame=frame)
+    xor = (xu - xi).cpu()
+    assert bool((xor <= near).all()), f"seed={seed} size={original_size}: {xor.tolist()[:8]} pixels differ, " \
+                                      f"allowed {near.tolist()[:8]}"
+
+
+SIZES = [(1, 1), (2, 3), (333, 517), (517, 333), (480, 640), (1500, 2000), (1024, 1024), (17, 1999)]
+CASES = [(s, 1) for s in SIZES] + [((480, 640), 64), ((333, 517), 64)]
+
+
+# ----------------------------------------------------------------------------- C++ backend
+@needs_cpp
+@pytest.mark.parametrize("size,n", CASES, ids=[f"{s[0]}x{s[1]}-N{n}" for s, n in CASES])
+def test_cpp_matches_reference(size, n):
+    gen, seed = _gen()
+    x, gt = make_logits(n, gen), make_gt(size, gen)
+    got = mask_iou_from_logits(x, gt, isz_of(size), size, backend="cpp")
+    assert last_backend() == "cpp"
+    check_against_reference(x, gt, isz_of(size), size, got, seed, "cpp")
+
+
+@needs_cpp
+@pytest.mark.parametrize("threshold", [-0.2, 0.15])
+def test_cpp_nonzero_threshold_and_uint8_gt(threshold):
+    gen, seed = _gen()
+    size = (97, 131)
+    x, gt = make_logits(4, gen), make_gt(size, gen)
+    gt_u8 = gt.to(torch.uint8) * 255  # nonzero = object
+    got = mask_iou_from_logits(x, gt_u8, isz_of(size), size, threshold=threshold, backend="cpp")
+    check_against_reference(x, gt, isz_of(size), size, got, seed, "cpp", threshold=threshold)
+
+
+@needs_cpp
+@pytest.mark.parametrize("lowres,frame,size", [((128, 192), 512, (300, 200)), ((64, 64), 256, (41, 77)),
+                                               ((256, 256), 1024, (1024, 700))])
+def test_cpp_non_square_lowres_and_other_frames(lowres, frame, size):
+    gen, seed = _gen()
+    x, gt = make_logits(3, gen, *lowres), make_gt(size, gen)
+    isz = isz_of(size, frame)
+    got = mask_iou_from_logits(x, gt, isz, size, backend="cpp", frame=frame)
+    check_against_reference(x, gt, isz, size, got, seed, "cpp", frame=frame)
+
+
+@needs_cpp
+@pytest.mark.parametrize("fused,isa", [(True, "auto"), (True, "avx2"), (False, "auto")],
+                         ids=["fma-best", "fma-avx2", "plain"])
+def test_cpp_kernel_variants_pixel_level(fused, isa):
+    """Each compiled variant (AVX-512 / AVX2 fma, plain float), at the binding level, with each row's
+    reference mask as ground truth: union - intersection = differing pixels. (The kernel runs work this
+    small on one thread whatever is asked; the N=64 cases above run on two.)"""
+    C = _ext.get()
+    if fused and not C.mask_iou_fma_supported():
+        pytest.skip("CPU without AVX2+FMA")
+    gen, seed = _gen()
+    # strong downscale (gather path), upscale (permute path), odd widths (scalar tails)
+    for size in [(31, 17), (480, 640), (7, 1999)]:
+        x, isz = make_logits(3, gen), isz_of(size)
+        post = postprocess_reference(x, isz, size)
+        idx, wts = image_plan((256, 256), isz, size, 1024, fused)
+        plans = [(idx, wts, m.numpy().view(np.uint8), isz[0]) for m in (post > 0)]
+        near = (post.abs() <= NEAR).sum(dim=(1, 2)).numpy()
+        for threads in (1, 2):
+            inter, union = C.mask_iou_counts(x.numpy(), np.arange(3, dtype=np.int64), plans, 0.0, fused, threads, isa)
+            assert ((union - inter) <= near).all(), f"seed={seed} size={size} threads={threads}: {union - inter}"
+
+
+@needs_cpp
+def test_cpp_binding_rejects_bad_arguments():
+    C = _ext.get()
+    size = (10, 12)
+    idx, wts = image_plan((256, 256), isz_of(size), size, 1024, False)
+    gt = np.zeros(size, np.uint8)
+    x = np.zeros((2, 256, 256), np.float32)
+    none = np.empty(0, np.int64)
+    with pytest.raises(TypeError):
+        C.mask_iou_counts(x.astype(np.float64), none, [(idx, wts, gt, isz_of(size)[0])], 0.0, False)
+    with pytest.raises(ValueError, match="wrong length"):
+        C.mask_iou_counts(x, none, [(idx[:-1], wts, gt, isz_of(size)[0])], 0.0, False)
+    with pytest.raises(ValueError, match="image_index"):
+        C.mask_iou_counts(x, np.array([0, 1]), [(idx, wts, gt, isz_of(size)[0])], 0.0, False)
+    with pytest.raises(ValueError, match="out of range"):
+        C.mask_iou_counts(np.ascontiguousarray(x[:, :100]), none, [(idx, wts, gt, isz_of(size)[0])], 0.0, False)
+    with pytest.raises(ValueError, match="isa"):
+        C.mask_iou_counts(x, none, [(idx, wts, gt, isz_of(size)[0])], 0.0, False, 1, "sse")
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("cpp", marks=needs_cpp)])
+def test_empty_and_full_predictions_and_ground_truths(backend):
+    size = (37, 53)
+    isz = isz_of(size)
+    x = torch.stack([torch.full((256, 256), -5.0), torch.full((256, 256), 5.0)])  # all-empty, all-full
+    empty, full = torch.zeros(size, dtype=torch.bool), torch.ones(size, dtype=torch.bool)
+    half = torch.zeros(size, dtype=torch.bool)
+    half[:, :20] = True
+    npx = size[0] * size[1]
+    iou, i, u = mask_iou_from_logits(x, empty, isz, size, backend=backend)
+    assert i.tolist() == [0, 0] and u.tolist() == [0, npx] and iou.tolist() == [1.0, 0.0]  # empty vs empty: 1.0
+    iou, i, u = mask_iou_from_logits(x, full, isz, size, backend=backend)
+    assert i.tolist() == [0, npx] and u.tolist() == [npx, npx] and iou.tolist() == [0.0, 1.0]
+    iou, i, u = mask_iou_from_logits(x, half, isz, size, backend=backend)
+    assert i.tolist() == [0, 20 * size[0]] and u.tolist() == [20 * size[0], npx]
+
+
+# ----------------------------------------------------------------------------- grouped form
+def _grouped_case(gen, n=11):
+    sizes = [(61, 45), (333, 517), (20, 300), (8, 8)]  # image 3 gets no rows
+    gts = [make_gt(s, gen) for s in sizes]
+    index = torch.randint(0, 3, (n,), generator=gen)
+    index[:3] = torch.tensor([0, 1, 2])
+    return make_logits(n, gen), gts, index, [isz_of(s) for s in sizes], sizes
+
+
+@pytest.mark.parametrize("backend", ["torch", pytest.param("cpp", marks=needs_cpp)])
+def test_grouped_matches_per_image_reference(backend):
+    gen, seed = _gen()
+    x, gts, index, iszs, sizes = _grouped_case(gen)
+    iou, inter, union = mask_iou_grouped(x, gts, index, iszs, sizes, backend=backend)
+    assert last_backend() == backend
+    for b in range(len(gts)):
+        rows = (index == b).nonzero().flatten()
+        if rows.numel():
+            check_against_reference(x[rows], gts[b], iszs[b], sizes[b], (iou[rows], inter[rows], union[rows]), seed,
+                                    backend)
+    r = mask_iou_grouped_reference(x, gts, index, iszs, sizes)
+    assert torch.equal(r[1], mask_iou_grouped(x, gts, index, iszs, sizes, backend="torch")[1])
+
+
+# ----------------------------------------------------------------------------- the reference itself
+def test_reference_is_sams_own_postprocessing():
+    from samr1.sam import load_sam
+
+    sam = load_sam("tiny")
+    gen, seed = _gen()
+    for size in [(480, 640), (17, 1999), (1, 1)]:
+        x = make_logits(3, gen)
+        ours = postprocess_reference(x, isz_of(size), size, sam.image_encoder.img_size)
+        theirs = sam.postprocess_masks(x[:, None], isz_of(size), size)[:, 0]
+        assert torch.equal(ours, theirs), f"seed={seed} size={size}"
+
+
+def test_real_predictor_masks_and_input_size():
+    """The engine's path: SamPredictor (tiny SAM) logits + its input_size -> same IoU as its own masks."""
+    from segment_anything import SamPredictor
+
+    from samr1.sam import load_sam
+
+    gen, seed = _gen()
+    pred = SamPredictor(load_sam("tiny"))
+    size = (97, 131)
+    img = torch.randint(0, 256, (*size, 3), generator=gen, dtype=torch.uint8).numpy()
+    pred.set_image(img)
+    assert tuple(pred.input_size) == isz_of(size) and tuple(pred.original_size) == size
+    masks, _, low = pred.predict(box=np.array([10, 10, 90, 80]), multimask_output=True, return_logits=False)
+    gt = make_gt(size, gen)
+    x = torch.from_numpy(low).float()
+    m = torch.from_numpy(masks)
+    post = postprocess_reference(x, pred.input_size, size)
+    near = (post.abs() <= NEAR).sum(dim=(1, 2))  # SAM's own (C=3) batch may round differently there
+    for backend in ("auto", "torch"):
+        iou, inter, union = mask_iou_from_logits(x, gt, pred.input_size, pred.original_size, backend=backend)
+        assert bool(((inter - (m & gt).sum(dim=(1, 2))).abs() <= near).all()), f"seed={seed} {backend}"
+        assert bool(((union - (m | gt).sum(dim=(1, 2))).abs() <= near).all()), f"seed={seed} {backend}"
+
+
+# ----------------------------------------------------------------------------- validation
+def _ok():
+    size = (20, 30)
+    return torch.zeros(2, 256, 256), torch.zeros(size, dtype=torch.bool), isz_of(size), size
+
+
+@pytest.mark.parametrize("mutate,exc,match", [
+    (lambda a: {**a, "logits": a["logits"][0]}, ValueError, "N x h x w"),
+    (lambda a: {**a, "logits": a["logits"].double()}, TypeError, "float32"),
+    (lambda a: {**a, "logits": torch.zeros(0, 256, 256)}, ValueError, "N, h, w > 0"),
+    (lambda a: {**a, "logits": a["logits"].numpy()}, TypeError, "torch.Tensor"),
+    (lambda a: {**a, "gt": a["gt"].float()}, TypeError, "bool or uint8"),
+    (lambda a: {**a, "gt": a["gt"][None]}, ValueError, "H x W"),
+    (lambda a: {**a, "gt": torch.zeros(21, 30, dtype=torch.bool)}, ValueError, "original image resolution"),
+    (lambda a: {**a, "gt": a["gt"].to("meta")}, ValueError, "same device"),
+    (lambda a: {**a, "input_size": (1025, 10)}, ValueError, "frame=1024"),
+    (lambda a: {**a, "input_size": (0, 10)}, ValueError, "input_size"),
+    (lambda a: {**a, "input_size": 5}, ValueError, "pair of ints"),
+    (lambda a: {**a, "original_size": (0, 30)}, ValueError, "positive"),
+    (lambda a: {**a, "threshold": float("nan")}, ValueError, "finite"),
+    (lambda a: {**a, "threshold": float("inf")}, ValueError, "finite"),
+    (lambda a: {**a, "threshold": "0"}, TypeError, "float"),
+    (lambda a: {**a, "backend": "cuda"}, ValueError, "backend must be one of"),
+    (lambda a: {**a, "frame": 0}, ValueError, "frame"),
+], ids=["ndim", "dtype", "empty", "numpy", "gt-dtype", "gt-ndim", "gt-size", "device", "isz>frame", "isz0", "isz-type",
+        "osz0", "nan", "inf", "thr-type", "backend", "frame"])
+def test_validation_errors(mutate, exc, match):
+    x, gt, isz, size = _ok()
+    args = mutate({"logits": x, "gt": gt, "input_size": isz, "original_size": size, "threshold": 0.0,
+                   "backend": "torch", "frame": 1024})
+    with pytest.raises(exc, match=match):
+        mask_iou_from_logits(**args)
+
+
+def test_grouped_validation_errors():
+    x, gt, isz, size = _ok()
+    idx = torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match="one entry per image"):
+        mask_iou_grouped(x, [gt], idx, [isz, isz], [size], backend="torch")
+    with pytest.raises(ValueError, match=r"shape \(2,\)"):
+        mask_iou_grouped(x, [gt], torch.zeros(3, dtype=torch.long), [isz], [size], backend="torch")
+    with pytest.raises(TypeError, match="integer"):
+        mask_iou_grouped(x, [gt], torch.zeros(2), [isz], [size], backend="torch")
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        mask_iou_grouped(x, [gt], torch.tensor([0, 1]), [isz], [size], backend="torch")
+    with pytest.raises(ValueError, match=r"\[image 1\] gt has shape"):
+        mask_iou_grouped(x, [gt, gt], idx, [isz, isz], [size, (5, 5)], backend="torch")
+    with pytest.raises(ValueError, match="at least one"):
+        mask_iou_grouped(x, [], idx, [], [], backend="torch")
+
+
+# ----------------------------------------------------------------------------- backends and switches
+@pytest.mark.skipif(kernels.interpreting(), reason="auto avoids the interpreter; checked in the parent process")
+def test_backend_selection_and_env_switches(monkeypatch):
+    x, gt, isz, size = _ok()
+    assert select_backend("torch", "cpu") == "torch"
+    assert select_backend("auto", "cpu") == ("cpp" if HAS_CPP else "torch")
+    if kernels.triton_available()[0]:
+        assert select_backend("auto", "cuda") == "triton"
+    with pytest.raises(RuntimeError, match="CUDA tensors"):
+        select_backend("triton", "cpu")  # no interpreter in this process
+    with pytest.raises(ValueError, match="needs CPU tensors"):
+        select_backend("cpp", "cuda")
+    mask_iou_from_logits(x, gt, isz, size)
+    assert last_backend() == select_backend("auto", "cpu")
+
+    monkeypatch.setenv("SAMR1_DISABLE_CPP", "1")
+    assert select_backend("auto", "cpu") == "torch"
+    with pytest.raises(RuntimeError, match="SAMR1_DISABLE_CPP=1"):
+        mask_iou_from_logits(x, gt, isz, size, backend="cpp")
+    mask_iou_from_logits(x, gt, isz, size)
+    assert last_backend() == "torch"
+
+    monkeypatch.setenv("SAMR1_DISABLE_TRITON", "1")
+    assert select_backend("auto", "cuda") == "torch"
+    with pytest.raises(RuntimeError, match="SAMR1_DISABLE_TRITON=1"):
+        select_backend("triton", "cuda")
+
+
+@needs_cpp
+def test_torch_compile_fullgraph():
+    gen, seed = _gen()
+    size = (45, 67)
+    x, gt = make_logits(3, gen), make_gt(size, gen)
+    gts, index = [gt, make_gt((30, 20), gen)], torch.tensor([0, 1, 1])
+
+    def step(logits, g0, g1, idx):
+        iou, inter, union = mask_iou_from_logits(logits, g0, isz_of(size), size)
+        giou, _, _ = mask_iou_grouped(logits * 2.0, [g0, g1], idx, [isz_of(size), isz_of((30, 20))],
+                                      [size, (30, 20)])
+        return iou * 2.0, inter + union, giou
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    got = compiled(x, gts[0], gts[1], index)
+    want = step(x, gts[0], gts[1], index)
+    for a, b in zip(got, want, strict=True):
+        assert torch.equal(a, b), f"seed={seed}"
+    assert last_backend() == "cpp"
+
+
+# ----------------------------------------------------------------------------- Triton
+TRITON_SIZES = [((2, 3), 1), ((17, 31), 3), ((65, 97), 2), ((1, 1), 2)]
+
+
+@interp_only
+@pytest.mark.parametrize("size,n", TRITON_SIZES, ids=[f"{s[0]}x{s[1]}-N{n}" for s, n in TRITON_SIZES])
+def test_triton_interp_matches_reference(size, n):
+    gen, seed = _gen()
+    x, gt = make_logits(n, gen), make_gt(size, gen)
+    got = mask_iou_from_logits(x, gt, isz_of(size), size, backend="triton")
+    assert last_backend() == "triton"
+    check_against_reference(x, gt, isz_of(size), size, got, seed, "triton")
+
+
+@interp_only
+def test_triton_interp_grouped_extremes_and_lowres():
+    gen, seed = _gen()
+    sizes = [(9, 14), (23, 5)]
+    gts = [make_gt(sizes[0], gen), torch.zeros(sizes[1], dtype=torch.bool)]
+    x = torch.cat([make_logits(2, gen, 64, 96), torch.full((2, 64, 96), -3.0)])
+    index = torch.tensor([1, 0, 1, 0])
+    iszs = [isz_of(s, 512) for s in sizes]
+    got = mask_iou_grouped(x, gts, index, iszs, sizes, threshold=0.1, backend="triton", frame=512)
+    for b in range(2):
+        rows = (index == b).nonzero().flatten()
+        check_against_reference(x[rows], gts[b], iszs[b], sizes[b], tuple(t[rows] for t in got), seed, "triton",
+                                threshold=0.1, frame=512)
+    assert got[0][2].item() == 1.0  # empty prediction vs empty gt
+
+
+@pytest.mark.skipif(kernels.interpreting(), reason="this is the child process")
+@pytest.mark.skipif(not kernels.triton_available()[0], reason="triton unavailable")
+def test_triton_interpreter_in_subprocess():
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    env.pop("SAMR1_DISABLE_TRITON", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "triton_interp and not subprocess", __file__],
+        env=env, capture_output=True, text=True, timeout=300)
+    tail = (proc.stdout + proc.stderr)[-3000:]
+    assert proc.returncode == 0, tail
+    assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], tail
+
+
+CUDA_CASES = [(s, 1) for s in SIZES] + [((480, 640), 64), ((1500, 2000), 64)]
+
+
+@needs_cuda
+@pytest.mark.gpu
+@pytest.mark.parametrize("size,n", CUDA_CASES, ids=[f"{s[0]}x{s[1]}-N{n}" for s, n in CUDA_CASES])
+def test_triton_cuda_matches_reference(size, n):
+    gen, seed = _gen()
+    x, gt = make_logits(n, gen).cuda(), make_gt(size, gen).cuda()
+    got = mask_iou_from_logits(x, gt, isz_of(size), size)
+    assert last_backend() == "triton" and got[0].is_cuda
+    check_against_reference(x, gt, isz_of(size), size, got, seed, "triton")
+
+
+@needs_cuda
+@pytest.mark.gpu
+def test_triton_cuda_grouped():
+    gen, seed = _gen()
+    x, gts, index, iszs, sizes = _grouped_case(gen, n=40)
+    got = mask_iou_grouped(x.cuda(), [g.cuda() for g in gts], index.cuda(), iszs, sizes)
+    assert last_backend() == "triton"
+    for b in range(3):
+        rows = (index == b).nonzero().flatten()
+        check_against_reference(x[rows].cuda(), gts[b].cuda(), iszs[b], sizes[b], tuple(t.cpu()[rows] for t in got),
+                                seed, "triton")
