@@ -58,7 +58,8 @@ def sample_completions(mask: np.ndarray, query: str) -> list[tuple[str, Any]]:
     think = f"<think>The query asks for {query}. I locate it and give its box and two points inside it.</think>"
     return [
         ("good", f"{think}\n<answer>{json.dumps(good)}</answer>"),
-        ("box only", f"{think}\n<answer>{json.dumps({'bbox_2d': box})}</answer>"),
+        ("VisionReasoner keys", f"{think}\n<answer>{json.dumps({'bbox_2d': box, 'point_2d': pts[0]})}</answer>"),
+        ("box only", f"{think}\n<answer>{json.dumps({'bbox': box})}</answer>"),
         ("off-target", f"{think}\n<answer>{json.dumps(off)}</answer>"),
         ("no think", f"<answer>{json.dumps(good)}</answer>"),
         ("bad JSON", f"{think}\n<answer>{{\"bbox\": [{box[0]}, {box[1]}, oops]}}</answer>"),
@@ -68,10 +69,16 @@ def sample_completions(mask: np.ndarray, query: str) -> list[tuple[str, Any]]:
 
 
 def _overlay(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, answer: Any, title: str) -> Image.Image:
-    """Image with ground truth (green), predicted mask (red), box (yellow) and points (cyan)."""
+    """Image with predicted mask (red tint), ground-truth outline (green), box (yellow), points (cyan)."""
     out = image.astype(np.float32)
-    out[gt] = out[gt] * 0.55 + np.array([0, 255, 0]) * 0.45
-    out[pred] = out[pred] * 0.55 + np.array([255, 0, 0]) * 0.45
+    out[pred] = out[pred] * 0.5 + np.array([255, 0, 0]) * 0.5
+    # ground truth as a 2 px outline so that it stays visible on any object colour and over the prediction
+    inner = gt.copy()
+    for _ in range(2):
+        inner[1:-1, 1:-1] &= inner[:-2, 1:-1] & inner[2:, 1:-1] & inner[1:-1, :-2] & inner[1:-1, 2:]
+        inner[[0, -1], :] = False
+        inner[:, [0, -1]] = False
+    out[gt & ~inner] = (0, 255, 0)
     im = Image.fromarray(out.clip(0, 255).astype(np.uint8))
     d = ImageDraw.Draw(im)
     if getattr(answer, "ok", False):
@@ -146,14 +153,14 @@ def run_demo(out_dir: str = "demo_out", sam_kind: str = "tiny", checkpoint: str 
         _grid(panels).save(os.path.join(out_dir, f"scene{s}.png"))
         echo(f"\nscene {s}: {scene.image.shape[1]}x{scene.image.shape[0]}, query: {obj.query!r}")
         echo(format_rows([r for r in rows if r.scene == s]))
-    echo(f"\noverlays (green = ground truth, red = SAM mask, yellow = box, cyan = points) written to {out_dir}/")
+    echo(f"\noverlays (green outline = ground truth, red = SAM mask, yellow = box, cyan = points) written to {out_dir}/")
     return rows, out_dir
 
 
 def format_rows(rows: list[DemoRow]) -> str:
     """The demo table: completion kind, parsed box/points, IoU, each reward, the failure reason."""
     names = list(rows[0].rewards) if rows else []
-    head = ["kind", "box (orig px)", "pts", "IoU", *[n.replace("_reward", "") for n in names], "total", "reason"]
+    head = ["kind", "box (orig px)", "pts", "IoU", *[n for n in names], "total", "reason"]
     lines = []
     for r in rows:
         a = r.answer

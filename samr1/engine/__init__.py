@@ -137,7 +137,7 @@ class SamEngine:
         iou, _, _ = mask_iou_grouped(
             low_res, [torch.from_numpy(g) for g in distinct_gts], torch.as_tensor(gt_index, dtype=torch.long),
             [tuple(input_sizes[j]) for j in gt_img], [g.shape for g in distinct_gts],
-            threshold=self.threshold, backend=self.iou_backend,
+            threshold=self.threshold, backend=self.iou_backend, frame=self.sam.image_encoder.img_size,
         )
         t4 = time.perf_counter()
         for row, i in enumerate(ok):

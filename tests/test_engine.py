@@ -1,0 +1,111 @@
+"""SamEngine: the batched, cached path equals the straightforward reference path."""
+
+import numpy as np
+import pytest
+import torch
+
+from samr1.answer import Answer, parse_answer
+from samr1.engine import SamEngine
+from samr1.engine.reference import mask_iou_numpy, score_reference
+from samr1.io import InputError, rle_encode
+from samr1.sam import load_sam
+
+
+@pytest.fixture(scope="module")
+def sam():
+    return load_sam("tiny", seed=0)
+
+
+def _answer(rng, h, w, n_points):
+    x1, x2 = sorted(rng.uniform(0, w, 2))
+    y1, y2 = sorted(rng.uniform(0, h, 2))
+    pts = [[float(rng.uniform(x1, x2)), float(rng.uniform(y1, y2))] for _ in range(n_points)]
+    # write it as a policy would: in the 840 frame, then parse back to original pixels
+    sx, sy = 840 / w, 840 / h
+    obj = {"bbox": [x1 * sx, y1 * sy, max(x2, x1 + 2) * sx, max(y2, y1 + 2) * sy]}
+    if pts:
+        obj["points"] = [[p[0] * sx, p[1] * sy] for p in pts]
+    import json
+
+    return parse_answer(f"<think>t</think><answer>{json.dumps(obj)}</answer>", image_size=(h, w),
+                        require_points=False)  # box-only prompts are scored too
+
+
+def _step(rng, sizes, g):
+    images, masks, answers = [], [], []
+    for h, w in sizes:
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        gt = np.zeros((h, w), dtype=bool)
+        gt[h // 4: 3 * h // 4 + 1, w // 5: 4 * w // 5 + 1] = True
+        for k in range(g):
+            images.append(img if k % 2 == 0 else img.copy())  # equal pixels, different objects
+            masks.append(gt)
+            answers.append(_answer(rng, h, w, k % 3))
+    return images, masks, answers
+
+
+@pytest.mark.parametrize("multimask", [True, False])
+def test_score_equals_reference(sam, multimask):
+    rng = np.random.default_rng()
+    images, masks, answers = _step(rng, [(120, 160), (97, 61), (64, 64)], 4)
+    answers[3] = parse_answer("not an answer", image_size=(120, 160))  # not ok -> 0.0
+    engine = SamEngine(sam, multimask=multimask)
+    got = engine.score(images, answers, masks)
+    ref = score_reference(sam, images, answers, masks, multimask=multimask)
+    assert got[3] == 0.0 and ref[3] == 0.0
+    np.testing.assert_allclose(got, ref, atol=1e-3)
+    st = engine.stats
+    assert st["encoder_images"] == 3 and st["cache_misses"] == 3
+    assert st["answers_skipped"] == 1 and st["answers_scored"] == len(answers) - 1
+    # a second call encodes nothing
+    again = engine.score(images, answers, masks)
+    assert again == got and engine.stats["encoder_images"] == 3
+
+
+def test_segment_matches_upstream_predictor(sam):
+    from segment_anything import SamPredictor
+
+    from samr1.engine.reference import predict_mask
+
+    rng = np.random.default_rng()
+    img = rng.integers(0, 256, (83, 131, 3), dtype=np.uint8)
+    ans = _answer(rng, 83, 131, 2)
+    engine = SamEngine(sam)
+    mask = engine.segment(img, ans)
+    pred = SamPredictor(sam)
+    pred.set_image(img)
+    ref = predict_mask(pred, ans, True)
+    assert mask.shape == (83, 131) and mask.dtype == bool
+    assert mask_iou_numpy(mask, ref) > 0.999 or (mask ^ ref).sum() <= 3
+    bad = engine.segment(img, Answer(ok=False, reason="x"))
+    assert bad.shape == (83, 131) and not bad.any()
+
+
+def test_score_accepts_rle_and_pil_and_checks_sizes(sam):
+    from PIL import Image
+
+    rng = np.random.default_rng()
+    images, masks, answers = _step(rng, [(50, 70)], 2)
+    engine = SamEngine(sam)
+    ref = engine.score(images, answers, masks)
+    got = engine.score([Image.fromarray(images[0])] * 2, answers, [rle_encode(masks[0])] * 2)
+    assert got == ref
+    with pytest.raises(InputError, match=r"gt_masks\[1\]: mask is 49x70 but its image is 50x70"):
+        engine.score(images, answers, [masks[0], masks[1][:49]])
+    with pytest.raises(InputError, match="parallel"):
+        engine.score(images, answers[:1], masks)
+
+
+def test_empty_prediction_and_empty_gt_give_one(sam):
+    # a box far outside any logit mass: with an empty GT and an empty prediction IoU is 1.0 by convention
+    rng = np.random.default_rng()
+    images, masks, answers = _step(rng, [(40, 40)], 1)
+    engine = SamEngine(sam, threshold=1e9)  # nothing passes: every predicted mask is empty
+    iou = engine.score(images, answers, [np.zeros((40, 40), bool)])
+    assert iou == [1.0]
+    assert engine.score(images, answers, masks) == [0.0]
+
+
+def test_engine_rejects_non_sam():
+    with pytest.raises(TypeError, match="segment_anything Sam"):
+        SamEngine(torch.nn.Linear(2, 2))
