@@ -109,3 +109,39 @@ def test_empty_prediction_and_empty_gt_give_one(sam):
 def test_engine_rejects_non_sam():
     with pytest.raises(TypeError, match="segment_anything Sam"):
         SamEngine(torch.nn.Linear(2, 2))
+
+
+def test_onnx_engine_rewards_equal_torch_engine(sam, tmp_path):
+    rng = np.random.default_rng()
+    images, masks, answers = _step(rng, [(90, 120), (75, 50)], 3)
+    torch_iou = SamEngine(sam).score(images, answers, masks)
+    onnx_engine = SamEngine(sam, encoder="onnx", cache_dir=str(tmp_path))
+    assert onnx_engine.stats["encoder_backend"].startswith("onnxruntime")
+    np.testing.assert_allclose(onnx_engine.score(images, answers, masks), torch_iou, atol=1e-3)
+
+
+def test_engine_with_store_never_runs_the_encoder(sam, tmp_path):
+    import json
+
+    from PIL import Image
+
+    from samr1.cli import main
+    from samr1.store import StoreError
+
+    rng = np.random.default_rng()
+    images, masks, answers = _step(rng, [(60, 80), (70, 40)], 2)
+    lines = []
+    for k, img in enumerate(images[::2]):
+        Image.fromarray(img).save(tmp_path / f"im{k}.png")
+        Image.fromarray(masks[2 * k].astype(np.uint8) * 255).save(tmp_path / f"m{k}.png")
+        lines.append(json.dumps({"image": f"im{k}.png", "query": "q", "mask": f"m{k}.png"}))
+    (tmp_path / "data.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["embed", "--data", str(tmp_path / "data.jsonl"), "--sam", "tiny", "--out", str(tmp_path / "store"),
+                 "--no-progress", "--device", "cpu"]) == 0
+    engine = SamEngine(sam, store=str(tmp_path / "store"))
+    got = engine.score(images, answers, masks)
+    assert engine.stats["encoder_images"] == 0 and engine.stats["store_hits"] == 2
+    # fp16 embeddings: rewards agree with the fp32 path to within what a few boundary pixels change
+    np.testing.assert_allclose(got, SamEngine(sam).score(images, answers, masks), atol=2e-2)
+    with pytest.raises(StoreError, match="was built with SAM model"):
+        SamEngine(load_sam("tiny", seed=5), store=str(tmp_path / "store"))

@@ -22,7 +22,7 @@ def test_tiny_has_sam_shapes_and_runs_upstream_predictor():
 
 def test_seeded_tiny_is_reproducible_and_ids_differ_by_seed():
     a, b, c = load_sam("tiny", seed=1), load_sam("tiny", seed=1), load_sam("tiny", seed=2)
-    for (ka, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items()):
+    for (ka, va), (_, vb) in zip(a.state_dict().items(), b.state_dict().items(), strict=True):
         assert torch.equal(va, vb), ka
     assert model_id(a) == model_id(b) != model_id(c)
 

@@ -14,7 +14,7 @@
 
 from __future__ import annotations
 
-import hashlib
+import os
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -23,17 +23,9 @@ import numpy as np
 import torch
 from segment_anything.modeling import Sam
 
-from samr1.io import InputError, load_image, load_mask
+from samr1.io import InputError, load_mask
 
-__all__ = ["SamEngine", "image_key"]
-
-
-def image_key(img: np.ndarray) -> str:
-    """Content key of an H x W x 3 uint8 image: equal pixels give equal keys, whatever the object."""
-    h = hashlib.blake2b(digest_size=16)
-    h.update(str(img.shape).encode())
-    h.update(np.ascontiguousarray(img).data)
-    return h.hexdigest()
+__all__ = ["SamEngine"]
 
 
 class SamEngine:
@@ -47,7 +39,8 @@ class SamEngine:
             evaluation convention); False asks for one mask.
         device: where embeddings and decoding live (default: the model's device).
         iou_backend: backend of :func:`samr1.ops.mask_iou_from_logits` ("auto", "torch", "cpp", "triton").
-        store: an optional :class:`samr1.store.EmbeddingStore` read before encoding.
+        store: an optional :class:`samr1.store.EmbeddingStore` (or the path of one, built by ``samr1 embed``)
+            read before encoding; it must have been built with this model (checked by model id).
         threshold: mask logit threshold (SAM's ``mask_threshold`` is 0.0).
         encoder_kwargs: passed to :func:`samr1.sam.encoder.make_encoder` (dtype, compile, cache_dir...).
 
@@ -75,6 +68,10 @@ class SamEngine:
         self.iou_backend = iou_backend
         self.threshold = float(threshold)
         self.encoder = make_encoder(self.sam, backend=encoder, device=self.device, **encoder_kwargs)
+        if isinstance(store, (str, os.PathLike)):
+            from samr1.store import EmbeddingStore
+
+            store = EmbeddingStore.open(store, self.encoder.model_id)
         self.cache = EmbeddingCache(self.encoder, cache_bytes=cache_bytes, device=self.device, store=store)
         self._counters: dict[str, Any] = {"score_calls": 0, "answers_scored": 0, "answers_skipped": 0}
         self._last: dict[str, Any] = {}
@@ -118,33 +115,33 @@ class SamEngine:
         self._counters["answers_skipped"] += n - len(ok)
         ious = [0.0] * n
         if not ok:
-            self._last = {"time_load_s": 0.0, "time_encode_s": 0.0, "time_decode_s": 0.0, "time_iou_s": 0.0}
+            self._last = {"time_encode_s": 0.0, "time_load_s": 0.0, "time_decode_s": 0.0, "time_iou_s": 0.0}
             return ious
-        # --- load + de-duplicate: the G completions of a prompt usually share one image object
-        img_index, distinct_imgs = self._distinct_images([images[i] for i in ok], [f"images[{i}]" for i in ok])
-        gt_index, distinct_gts, gt_img = self._distinct_masks([gt_masks[i] for i in ok], [f"gt_masks[{i}]" for i in ok],
-                                                              img_index, distinct_imgs)
+        # --- embeddings of the step's distinct images: the cache loads each image once (by object, then by
+        # content), serves hits, reads the store, and encodes all misses in ONE batched encoder call
+        step = self.cache.lookup([images[i] for i in ok])
         t1 = time.perf_counter()
-        # --- embeddings (cache -> store -> one batched encoder call for the misses)
-        emb, input_sizes = self.cache.get_or_encode(distinct_imgs)
-        t2 = time.perf_counter()
+        # --- ground truths, loaded once per (mask object, image) and checked against their image's size
+        gt_index, distinct_gts, gt_img = self._distinct_masks([gt_masks[i] for i in ok], [f"gt_masks[{i}]" for i in ok],
+                                                              step.index, step.original_sizes)
+        t_load = time.perf_counter()
         # --- batched decode of every prompt of the step
-        low_res = self._decode(emb, distinct_imgs, img_index, [answers[i] for i in ok])
-        t3 = time.perf_counter()
+        low_res = self._decode(step.embeddings, step.original_sizes, step.index, [answers[i] for i in ok])
+        t2 = time.perf_counter()
         # --- fused logits -> mask -> IoU, grouped by (image, ground truth)
         from samr1.ops import last_backend, mask_iou_grouped
 
         iou, _, _ = mask_iou_grouped(
             low_res, [torch.from_numpy(g) for g in distinct_gts], torch.as_tensor(gt_index, dtype=torch.long),
-            [tuple(input_sizes[j]) for j in gt_img], [g.shape for g in distinct_gts],
+            [tuple(step.input_sizes[j]) for j in gt_img], [g.shape for g in distinct_gts],
             threshold=self.threshold, backend=self.iou_backend, frame=self.sam.image_encoder.img_size,
         )
-        t4 = time.perf_counter()
+        t3 = time.perf_counter()
         for row, i in enumerate(ok):
             ious[i] = float(iou[row])
         self._last = {
-            "time_load_s": t1 - t0, "time_encode_s": t2 - t1, "time_decode_s": t3 - t2, "time_iou_s": t4 - t3,
-            "iou_backend": last_backend(), "step_images": len(distinct_imgs), "step_prompts": len(ok),
+            "time_encode_s": t1 - t0, "time_load_s": t_load - t1, "time_decode_s": t2 - t_load, "time_iou_s": t3 - t2,
+            "iou_backend": last_backend(), "step_images": len(step.keys), "step_prompts": len(ok),
         }
         return ious
 
@@ -159,21 +156,24 @@ class SamEngine:
         """Masks for several (image, answer) pairs in one encoder call and one decode pass."""
         if len(images) != len(answers):
             raise InputError(f"images ({len(images)}) and answers ({len(answers)}) must be parallel lists")
-        img_index, distinct_imgs = self._distinct_images(list(images), [f"images[{i}]" for i in range(len(images))])
-        out = [np.zeros(distinct_imgs[img_index[i]].shape[:2], dtype=bool) for i in range(len(answers))]
+        out: list[np.ndarray | None] = [None] * len(answers)
         ok = [i for i, a in enumerate(answers) if getattr(a, "ok", False)]
-        if not ok:
-            return out
-        emb, input_sizes = self.cache.get_or_encode(distinct_imgs)
-        low_res = self._decode(emb, distinct_imgs, [img_index[i] for i in ok], [answers[i] for i in ok])
-        for row, i in enumerate(ok):
-            j = img_index[i]
-            up = self.sam.postprocess_masks(low_res[row][None, None], tuple(input_sizes[j]), distinct_imgs[j].shape[:2])
-            out[i] = (up[0, 0] > self.threshold).cpu().numpy()
-        return out
+        step = self.cache.lookup(list(images))  # every image is checked, even those of failed answers
+        for i in range(len(answers)):
+            if i not in ok:
+                out[i] = np.zeros(step.original_sizes[step.index[i]], dtype=bool)
+        if ok:
+            rows = [step.index[i] for i in ok]
+            low_res = self._decode(step.embeddings, step.original_sizes, rows, [answers[i] for i in ok])
+            for r, i in enumerate(ok):
+                j = step.index[i]
+                up = self.sam.postprocess_masks(low_res[r][None, None], tuple(step.input_sizes[j]), step.original_sizes[j])
+                out[i] = (up[0, 0] > self.threshold).cpu().numpy()
+        return out  # type: ignore[return-value]
 
     # ------------------------------------------------------------------ stages
-    def _decode(self, emb: torch.Tensor, imgs: list[np.ndarray], img_index: list[int], answers: list[Any]) -> torch.Tensor:
+    def _decode(self, emb: torch.Tensor, original_sizes: list[tuple[int, int]], img_index: list[int],
+                answers: list[Any]) -> torch.Tensor:
         """Low-res logits (N x h x w) of the best (or only) mask per answer, all prompts in one batched pass."""
         from samr1.sam.decoder import decode_batch, select_best
         from samr1.sam.prompts import PromptBatch
@@ -182,31 +182,12 @@ class SamEngine:
         points = [list(a.points) for a in answers]
         labels = [list(getattr(a, "labels", None) or [1] * len(a.points)) for a in answers]
         batch = PromptBatch.from_lists(img_index, boxes, points, labels,
-                                       original_sizes=[im.shape[:2] for im in imgs], device=self.device)
+                                       original_sizes=original_sizes, device=self.device)
         logits, iou_pred = decode_batch(self.sam, emb, batch, multimask=self.multimask)
         return select_best(logits, iou_pred)
 
-    def _distinct_images(self, images: list[Any], fields: list[str]) -> tuple[list[int], list[np.ndarray]]:
-        """Load every image once (by object identity, then by content) -> (index per input, distinct arrays)."""
-        by_obj: dict[int, int] = {}
-        by_key: dict[str, int] = {}
-        distinct: list[np.ndarray] = []
-        index: list[int] = []
-        for img, field in zip(images, fields):
-            j = by_obj.get(id(img))
-            if j is None:
-                arr = load_image(img, field=field)
-                key = image_key(arr)
-                j = by_key.get(key)
-                if j is None:
-                    j = by_key[key] = len(distinct)
-                    distinct.append(arr)
-                by_obj[id(img)] = j
-            index.append(j)
-        return index, distinct
-
     def _distinct_masks(self, masks: list[Any], fields: list[str], img_index: list[int],
-                        imgs: list[np.ndarray]) -> tuple[list[int], list[np.ndarray], list[int]]:
+                        sizes: list[tuple[int, int]]) -> tuple[list[int], list[np.ndarray], list[int]]:
         """Load masks once per (object, image) and check each against its image's size.
 
         Returns (group index per input, distinct masks, image index per group)."""
@@ -214,13 +195,13 @@ class SamEngine:
         distinct: list[np.ndarray] = []
         group_img: list[int] = []
         index: list[int] = []
-        for m, field, j in zip(masks, fields, img_index):
+        for m, field, j in zip(masks, fields, img_index, strict=True):
             g = by_obj.get((id(m), j))
             if g is None:
                 arr = load_mask(m, field=field)
-                if arr.shape != imgs[j].shape[:2]:
+                if arr.shape != tuple(sizes[j]):
                     raise InputError(f"{field}: mask is {arr.shape[0]}x{arr.shape[1]} but its image is "
-                                     f"{imgs[j].shape[0]}x{imgs[j].shape[1]} (H x W); masks are at the original image size")
+                                     f"{sizes[j][0]}x{sizes[j][1]} (H x W); masks are at the original image size")
                 g = by_obj[(id(m), j)] = len(distinct)
                 distinct.append(arr)
                 group_img.append(j)

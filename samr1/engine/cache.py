@@ -51,12 +51,15 @@ class EmbeddingBatch:
         input_sizes: ``U`` resized ``(h, w)`` before padding to the model frame (for postprocessing).
         index: ``B`` ints: ``index[i]`` is the row of ``embeddings`` for the i-th requested image.
         keys: ``U`` cache keys (content key of each distinct image).
+        original_sizes: ``U`` ``(H, W)`` of each distinct image as given (for postprocessing and for
+            checking ground-truth masks against their image).
     """
 
     embeddings: torch.Tensor
     input_sizes: list[tuple[int, int]]
     index: list[int]
     keys: list[str]
+    original_sizes: list[tuple[int, int]]
 
 
 class EmbeddingCache:
@@ -185,7 +188,8 @@ class EmbeddingCache:
             emb = torch.stack([found[k][0] for k in order])
         else:
             emb = torch.empty((0, *getattr(self.encoder, "embedding_shape", (0, 0, 0))), device=self.device)
-        return EmbeddingBatch(emb, [found[k][1] for k in order], [rows[k] for k in image_keys], order)
+        return EmbeddingBatch(emb, [found[k][1] for k in order], [rows[k] for k in image_keys], order,
+                              [tuple(arrays[k].shape[:2]) for k in order])
 
     def get_or_encode(self, images: Sequence[Any]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
         """Embeddings ``B x C x h x w`` float32 on ``device`` in the order given, and the ``B`` input sizes.
