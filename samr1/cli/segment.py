@@ -52,19 +52,21 @@ def _run(args: argparse.Namespace) -> int:
 
     if os.path.exists(args.out) and not args.force:
         raise SystemExit(f"{args.out} exists; pass --force to overwrite it")
+    # check every number the user typed before reading any file
+    frame = _floats(args.model_frame, 2, "--model-frame")
+    box = _floats(args.box, 4, "--box") if args.box is not None else None
+    pts = [tuple(_floats(p, 2, "--point")) for p in args.point]
     try:
         image = load_image(args.image, field="--image")
     except InputError as exc:
         raise SystemExit(str(exc)) from None
     h, w = image.shape[:2]
     if args.answer is not None:
-        mh, mw = _floats(args.model_frame, 2, "--model-frame")
-        answer = parse_answer(args.answer, image_size=(h, w), model_size=(int(mh), int(mw)))
+        answer = parse_answer(args.answer, image_size=(h, w), model_size=(int(frame[0]), int(frame[1])))
         if not answer.ok:
             raise SystemExit(f"--answer could not be parsed: {answer.reason}")
     else:
-        x1, y1, x2, y2 = _floats(args.box, 4, "--box")
-        pts = [tuple(_floats(p, 2, "--point")) for p in args.point]
+        x1, y1, x2, y2 = box
         # go through the parser's own validation (sorting, clipping, zero-area check) in original pixels
         import json
 
