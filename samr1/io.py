@@ -96,7 +96,9 @@ def load_mask(mask: Any, *, field: str = "mask", source: str | None = None) -> n
 
 
 def _array_to_mask(arr: np.ndarray, field: str, source: str | None) -> np.ndarray:
-    if arr.ndim == 3:  # an RGB(A) PNG: object where any channel is nonzero
+    if arr.ndim == 3:  # a colour PNG: object where any colour channel is nonzero
+        if arr.shape[2] in (2, 4):
+            arr = arr[..., :-1]  # LA / RGBA: alpha is opacity, not object (an opaque background is not object)
         arr = arr.any(axis=2)
     if arr.ndim != 2:
         raise InputError(f"{_where(field, source)}: expected an HxW mask, got shape {tuple(arr.shape)}")
@@ -117,7 +119,10 @@ def _array_to_mask(arr: np.ndarray, field: str, source: str | None) -> np.ndarra
 def _decode_counts_string(s: str | bytes, field: str, source: str | None) -> list[int]:
     """COCO's compressed counts: LEB128-like 5-bit groups offset by 48, deltas from the count two back."""
     if isinstance(s, bytes):
-        s = s.decode("ascii", errors="strict")
+        try:
+            s = s.decode("ascii", errors="strict")
+        except UnicodeDecodeError:
+            raise InputError(f"{_where(field, source)}: RLE counts must be ASCII") from None
     counts: list[int] = []
     p = 0
     n = len(s)
@@ -173,12 +178,14 @@ def rle_decode(rle: dict, *, field: str = "mask", source: str | None = None) -> 
         counts = _decode_counts_string(counts, field, source)
     try:
         counts = np.asarray(counts, dtype=np.int64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InputError(f"{_where(field, source)}: RLE counts must be a string or a list of integers") from None
     if counts.ndim != 1 or (counts < 0).any():
         raise InputError(f"{_where(field, source)}: RLE counts must be non-negative integers")
-    if int(counts.sum()) != h * w:
-        raise InputError(f"{_where(field, source)}: RLE counts sum to {int(counts.sum())}, expected H*W = {h * w}")
+    # sum in Python ints: an int64 sum of huge counts can wrap around to H*W and pass a numpy check
+    total = sum(int(c) for c in counts)
+    if total != h * w:
+        raise InputError(f"{_where(field, source)}: RLE counts sum to {total}, expected H*W = {h * w}")
     values = np.zeros(len(counts), dtype=bool)
     values[1::2] = True
     flat = np.repeat(values, counts)

@@ -495,14 +495,14 @@ class SamR1Reward:
             if ik not in img_cache:
                 try:
                     img_cache[ik] = load_image(img, field=self.image_key, source=f"row {i}")
-                except (InputError, ValueError, TypeError, OSError) as exc:
+                except (InputError, ValueError, TypeError, OSError, OverflowError) as exc:
                     img_cache[ik] = exc
             a = img_cache[ik]
             mk = m if isinstance(m, str) else id(m)
             if mk not in mask_cache:
                 try:
                     mask_cache[mk] = load_mask(m, field=self.mask_key, source=f"row {i}")
-                except (InputError, ValueError, TypeError, OSError) as exc:
+                except (InputError, ValueError, TypeError, OSError, OverflowError) as exc:
                     mask_cache[mk] = exc
             g = mask_cache[mk]
             if isinstance(a, Exception):

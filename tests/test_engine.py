@@ -145,3 +145,30 @@ def test_engine_with_store_never_runs_the_encoder(sam, tmp_path):
     np.testing.assert_allclose(got, SamEngine(sam).score(images, answers, masks), atol=2e-2)
     with pytest.raises(StoreError, match="was built with SAM model"):
         SamEngine(load_sam("tiny", seed=5), store=str(tmp_path / "store"))
+
+
+def test_extreme_aspect_ratio_is_an_input_error_and_reward_survives(sam):
+    from samr1.rewards import SamR1Reward
+
+    engine = SamEngine(sam)
+    img = np.zeros((1, 3000, 3), np.uint8)
+    gt = np.ones((1, 3000), bool)
+    ans = parse_answer('<answer>{"bbox": [0, 0, 800, 840], "points_1": [5, 5], "points_2": [9, 9]}</answer>',
+                       image_size=(1, 3000))
+    with pytest.raises(InputError, match=r"images\[0\]: a 1x3000 image resizes to less than 1 px"):
+        engine.score([img], [ans], [gt])
+    good = '<think>x</think><answer>{"bbox": [0, 0, 800, 840], "points_1": [5, 5], "points_2": [9, 9]}</answer>'
+    with pytest.warns(RuntimeWarning):
+        rewards = SamR1Reward(engine)(None, [good], image=[img], mask=[gt])
+    assert rewards == [2.0]  # format rewards only; the IoU part is 0 with a counted reason
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_engine_equals_reference():
+    sam = load_sam("tiny", seed=0, device="cuda")
+    rng = np.random.default_rng()
+    images, masks, answers = _step(rng, [(120, 160), (97, 61)], 3)
+    engine = SamEngine(sam)
+    got = engine.score(images, answers, masks)
+    np.testing.assert_allclose(got, score_reference(sam, images, answers, masks), atol=1e-3)
+    assert engine.stats["iou_backend"] in ("triton", "torch")

@@ -65,3 +65,21 @@ def test_load_mask_forms(tmp_path):
         load_mask(np.full((2, 2), np.nan))
     with pytest.raises(InputError, match=r"gt_masks\[4\]: expected an HxW mask"):
         load_mask(np.zeros((2, 2, 2, 2)), field="gt_masks[4]")
+
+
+def test_alpha_channel_is_not_object():
+    rgba = np.zeros((4, 4, 4), dtype=np.uint8)
+    rgba[..., 3] = 255  # opaque everywhere
+    rgba[1:3, 1:3, :3] = 255  # a white 2x2 object
+    la = np.zeros((4, 4, 2), dtype=np.uint8)
+    la[..., 1] = 255
+    la[0, 0, 0] = 255
+    assert load_mask(rgba).sum() == 4 and load_mask(Image.fromarray(rgba, "RGBA")).sum() == 4
+    assert load_mask(la).sum() == 1
+
+
+@pytest.mark.parametrize("counts", [[2**70], "o" * 15 + "0", [2**62, 2**62, 2**62, 2**62 + 4], b"\xff\xfe", [-1, 5]])
+def test_hostile_rle_is_an_input_error(counts):
+    # a wrapped int64 sum would pass a numpy check and crash np.repeat; every case must be a clean InputError
+    with pytest.raises(InputError):
+        rle_decode({"size": [2, 2], "counts": counts})

@@ -68,3 +68,12 @@ def test_random_upstream_kind_warns():
         sam = load_sam("vit_b")
     assert sam.image_encoder.patch_embed.proj.weight.shape[0] == 768
 
+
+
+def test_checkpoint_with_extra_keys_names_them(tmp_path):
+    state = load_sam("tiny", seed=6).state_dict()
+    state["extra.weight"] = torch.zeros(3)
+    path = tmp_path / "extra.pth"
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match=r"extra\.pth does not match kind 'tiny' \(unexpected keys \['extra.weight'\]"):
+        load_sam("tiny", checkpoint=path)

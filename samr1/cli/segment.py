@@ -11,6 +11,7 @@ as a PNG (255 = object); an existing output file is never overwritten unless ``-
 from __future__ import annotations
 
 import argparse
+import math
 import os
 
 
@@ -54,6 +55,8 @@ def _run(args: argparse.Namespace) -> int:
         raise SystemExit(f"{args.out} exists; pass --force to overwrite it")
     # check every number the user typed before reading any file
     frame = _floats(args.model_frame, 2, "--model-frame")
+    if not all(math.isfinite(v) and v >= 1 for v in frame):
+        raise SystemExit(f"--model-frame expects two positive numbers H,W, got {args.model_frame!r}")
     box = _floats(args.box, 4, "--box") if args.box is not None else None
     pts = [tuple(_floats(p, 2, "--point")) for p in args.point]
     try:

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -75,14 +76,22 @@ class SamEngine:
         self.cache = EmbeddingCache(self.encoder, cache_bytes=cache_bytes, device=self.device, store=store)
         self._counters: dict[str, Any] = {"score_calls": 0, "answers_scored": 0, "answers_skipped": 0}
         self._last: dict[str, Any] = {}
+        self._lock = threading.Lock()  # score() may be called from several threads (e.g. a server)
+
+    def _now(self) -> float:
+        """A stage timestamp; on CUDA after a synchronize, so stage times are kernel times, not launch times."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter()
 
     # ------------------------------------------------------------------ public API
     @property
     def stats(self) -> dict[str, Any]:
         """Counters and timings: cache/encoder counts, backends, per-stage seconds of the last call."""
         out = dict(self.cache.stats)
-        out.update(self._counters)
-        out.update(self._last)
+        with self._lock:
+            out.update(self._counters)
+            out.update(self._last)
         out["encoder_backend"] = self.encoder.name
         return out
 
@@ -109,10 +118,11 @@ class SamEngine:
         if len(images) != n or len(gt_masks) != n:
             raise InputError(f"images ({len(images)}), answers ({n}) and gt_masks ({len(gt_masks)}) must be parallel lists")
         t0 = time.perf_counter()
-        self._counters["score_calls"] += 1
         ok = [i for i, a in enumerate(answers) if getattr(a, "ok", False)]
-        self._counters["answers_scored"] += len(ok)
-        self._counters["answers_skipped"] += n - len(ok)
+        with self._lock:
+            self._counters["score_calls"] += 1
+            self._counters["answers_scored"] += len(ok)
+            self._counters["answers_skipped"] += n - len(ok)
         ious = [0.0] * n
         if not ok:
             self._last = {"time_encode_s": 0.0, "time_load_s": 0.0, "time_decode_s": 0.0, "time_iou_s": 0.0}
@@ -120,29 +130,34 @@ class SamEngine:
         # --- embeddings of the step's distinct images: the cache loads each image once (by object, then by
         # content), serves hits, reads the store, and encodes all misses in ONE batched encoder call
         step = self.cache.lookup([images[i] for i in ok])
-        t1 = time.perf_counter()
+        t1 = self._now()
         # --- ground truths, loaded once per (mask object, image) and checked against their image's size
         gt_index, distinct_gts, gt_img = self._distinct_masks([gt_masks[i] for i in ok], [f"gt_masks[{i}]" for i in ok],
                                                               step.index, step.original_sizes)
-        t_load = time.perf_counter()
+        t_load = self._now()
         # --- batched decode of every prompt of the step
         low_res = self._decode(step.embeddings, step.original_sizes, step.index, [answers[i] for i in ok])
-        t2 = time.perf_counter()
+        t2 = self._now()
         # --- fused logits -> mask -> IoU, grouped by (image, ground truth)
         from samr1.ops import last_backend, mask_iou_grouped
 
+        dev = low_res.device  # masks go where the logits are (the fused op wants one device)
         iou, _, _ = mask_iou_grouped(
-            low_res, [torch.from_numpy(g) for g in distinct_gts], torch.as_tensor(gt_index, dtype=torch.long),
+            low_res, [torch.from_numpy(g).to(dev, non_blocking=True) for g in distinct_gts],
+            torch.as_tensor(gt_index, dtype=torch.long, device=dev),
             [tuple(step.input_sizes[j]) for j in gt_img], [g.shape for g in distinct_gts],
             threshold=self.threshold, backend=self.iou_backend, frame=self.sam.image_encoder.img_size,
         )
+        values = iou.tolist()  # one device-to-host copy (and sync) for the whole step
         t3 = time.perf_counter()
         for row, i in enumerate(ok):
-            ious[i] = float(iou[row])
-        self._last = {
-            "time_encode_s": t1 - t0, "time_load_s": t_load - t1, "time_decode_s": t2 - t_load, "time_iou_s": t3 - t2,
-            "iou_backend": last_backend(), "step_images": len(step.keys), "step_prompts": len(ok),
-        }
+            ious[i] = float(values[row])
+        with self._lock:
+            self._last = {
+                "time_encode_s": t1 - t0, "time_load_s": t_load - t1, "time_decode_s": t2 - t_load,
+                "time_iou_s": t3 - t2, "iou_backend": last_backend(), "step_images": len(step.keys),
+                "step_prompts": len(ok),
+            }
         return ious
 
     @torch.inference_mode()

@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from samr1.io import load_image
+from samr1.io import InputError, load_image
 from samr1.store import EmbeddingStore, StoreError, default_hash, image_key
 
 __all__ = ["EmbeddingCache", "EmbeddingBatch", "DEFAULT_CACHE_BYTES"]
@@ -121,6 +121,18 @@ class EmbeddingCache:
 
     # --- lookups ---
 
+    def _check_resizable(self, arr: Any, field: str) -> None:
+        """An image whose short side resizes to 0 px in the model frame cannot be encoded (e.g. 1 x 3000
+        at frame 1024): say so as an input error instead of failing deep inside the resize."""
+        frame = getattr(self.encoder, "frame", None)
+        if frame is None:
+            return
+        h, w = arr.shape[:2]
+        scale = frame / max(h, w)
+        if int(h * scale + 0.5) < 1 or int(w * scale + 0.5) < 1:
+            raise InputError(f"{field}: a {h}x{w} image resizes to less than 1 px on its short side in the "
+                             f"{frame} x {frame} model frame; its aspect ratio is too extreme for SAM")
+
     def lookup(self, images: Sequence[Any]) -> EmbeddingBatch:
         """Embeddings of the distinct images among ``images`` and the row of each requested image.
 
@@ -138,6 +150,7 @@ class EmbeddingCache:
             k = by_obj.get(id(img))
             if k is None:
                 arr = load_image(img, field=f"images[{i}]")
+                self._check_resizable(arr, f"images[{i}]")
                 k = f"{self.model_id}|{image_key(arr, self.hash)}"
                 by_obj[id(img)] = k
                 if k not in arrays:

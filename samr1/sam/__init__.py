@@ -126,11 +126,13 @@ def _load_weights(sam: Sam, path: str, kind: str) -> None:
     state = _read_state_dict(path, kind)
     own = sam.state_dict()
     missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
     shape_bad = [k for k in own if k in state and state[k].shape != own[k].shape]
-    if missing or shape_bad:
+    if missing or unexpected or shape_bad:
         guess = _guess_kind(state)
         hint = f"; it looks like {guess}" if guess and guess != kind else ""
         detail = (missing[:3] and f"missing keys {missing[:3]}") or (
+            unexpected[:3] and f"unexpected keys {unexpected[:3]}") or (
             f"shape mismatch at {shape_bad[0]}: file {tuple(state[shape_bad[0]].shape)} vs model "
             f"{tuple(own[shape_bad[0]].shape)}"
         )
