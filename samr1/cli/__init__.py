@@ -12,14 +12,14 @@ import importlib
 import sys
 
 # Subcommands in the order ``samr1 --help`` lists them; each is samr1/cli/<name>.py.
-COMMANDS = ["demo", "train", "segment", "eval", "serve", "embed", "export", "bench"]
+COMMANDS = ["demo", "train", "segment", "eval", "serve", "embed", "export", "bench", "train_sam"]
 
 
 def add_model_flags(p: argparse.ArgumentParser, *, policy: bool = False) -> None:
     """The flags every model-loading command shares."""
     if policy:
         p.add_argument("--model", metavar="PATH", help="policy model directory (a Qwen2/2.5-VL checkpoint)")
-    p.add_argument("--sam", default="tiny", metavar="KIND", help="SAM kind: vit_b, vit_l, vit_h or tiny (default: tiny)")
+    p.add_argument("--sam", default="tiny", metavar="KIND", help="SAM kind: vit_b, vit_l, vit_h, tiny (random) or tiny-shapes (shipped, synthetic shapes only) (default: tiny)")
     p.add_argument("--sam-checkpoint", metavar="PATH", help="SAM state dict (.pth); random weights without it")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
 

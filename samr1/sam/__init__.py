@@ -48,6 +48,16 @@ SAM_KINDS: dict[str, SamSpec] = {
     "vit_b": SamSpec(768, 12, 12, (2, 5, 8, 11)),
     # Small random encoder, same 256 x 64 x 64 output: ~0.15 s per image on the 2-core CPU instead of 18 s.
     "tiny": SamSpec(64, 2, 2, (1,), window_size=8),
+    # Trained on samr1.scenes synthetic shapes (samr1/sam/train_sam.py); weights ship in samr1/assets/.
+    # 256 frame, patch 16: 128 x 16 x 16 embedding, 64 x 64 low-res masks.
+    "tiny-shapes": SamSpec(128, 4, 4, (1, 3), img_size=256, patch_size=16, window_size=8, prompt_embed_dim=128,
+                           decoder_mlp_dim=512),
+}
+
+# Kinds whose default checkpoint ships inside the package (loaded through the same path as a user file).
+SHIPPED_WEIGHTS: dict[str, str] = {
+    "tiny-shapes": os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets",
+                                "tiny_shapes.pth"),
 }
 
 
@@ -153,7 +163,8 @@ def load_sam(kind: str = "tiny", checkpoint: str | os.PathLike | None = None, de
     """Build a SAM model of ``kind`` and load ``checkpoint`` when given.
 
     Args:
-        kind: "vit_b", "vit_l", "vit_h" (upstream architectures) or "tiny" (small random encoder).
+        kind: "vit_b", "vit_l", "vit_h" (upstream architectures), "tiny" (small random encoder) or
+            "tiny-shapes" (small SAM trained on synthetic shapes; its shipped fp16 weights load by default).
         checkpoint: path to a state dict (the upstream ``sam_vit_*.pth`` files). Without it the weights
             are random and a warning says that masks will be meaningless (except "tiny", which is meant
             to be random).
@@ -169,6 +180,8 @@ def load_sam(kind: str = "tiny", checkpoint: str | os.PathLike | None = None, de
     if kind not in SAM_KINDS:
         raise ValueError(f"unknown SAM kind {kind!r}; choose one of {sorted(SAM_KINDS)}")
     spec = SAM_KINDS[kind]
+    if checkpoint is None and kind in SHIPPED_WEIGHTS:
+        checkpoint = SHIPPED_WEIGHTS[kind]
     if checkpoint is not None:
         checkpoint = os.fspath(checkpoint)
         if not os.path.exists(checkpoint):  # fail before spending seconds building a large model
