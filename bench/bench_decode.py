@@ -15,7 +15,7 @@ Printed: median wall time and process CPU time (all threads; on a shared machine
 other processes than wall time), ms per prompt, the speed-ups, and the largest IoU difference between
 the two paths (they threshold the same logits up to fp32 round-off). Also one row for decode_batch alone.
 
-    python -m samr1.bench.bench_decode [--quick] [--device cpu|cuda] [--sam tiny] [--out DIR]
+    python -m samr1.bench.bench_decode [--quick | --smoke] [--device cpu|cuda] [--sam tiny] [--threads N] [--out DIR]
 
 CPU timings on a shared 2-core machine are noisy: the 1-minute load average is recorded with every row.
 """
@@ -39,13 +39,18 @@ from samr1.sam.prompts import PromptBatch
 SIZES = [(480, 640), (333, 517), (640, 427), (375, 500)]
 G = 8
 
+# Largest |IoU difference| allowed between the two paths: the same SAM decoder on the same embeddings,
+# batched vs per prompt, thresholded at 0; fp32 round-off moves only pixels whose logit is ~0 (observed
+# ~1e-8; the engine's test uses the same 1e-3).
+IOU_TOL = 1e-3
+
 try:  # written by another engineer; the bench runs without it
     from samr1.ops import mask_iou_grouped
 except ImportError:  # pragma: no cover - depends on the tree
     mask_iou_grouped = None
 
 
-def _scene(rng: np.random.Generator, h: int, w: int):
+def _scene(rng: np.random.Generator, h: int, w: int, g: int = G):
     """A random image, an elliptical ground-truth object, and G prompts (jittered box + 2 inside points)."""
     img = (rng.random((h, w, 3)) * 255).astype(np.uint8)
     cy, cx = rng.uniform(0.3, 0.7) * h, rng.uniform(0.3, 0.7) * w
@@ -53,7 +58,7 @@ def _scene(rng: np.random.Generator, h: int, w: int):
     yy, xx = np.mgrid[0:h, 0:w]
     gt = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0
     prompts = []
-    for _ in range(G):
+    for _ in range(g):
         j = rng.normal(0, 0.1, 4) * [rx, ry, rx, ry]
         box = [cx - rx + j[0], cy - ry + j[1], cx + rx + j[2], cy + ry + j[3]]
         pts = [[cx + rng.uniform(-0.5, 0.5) * rx, cy + rng.uniform(-0.5, 0.5) * ry] for _ in range(2)]
@@ -67,8 +72,12 @@ def _iou_np(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_kind: str = "tiny",
-        threads: int | None = None) -> list[dict]:
+        threads: int | None = None, smoke: bool = False, plot: bool = True) -> list[dict]:
     """Run the benchmark, print a table, append JSON lines to ``out/bench_decode.jsonl``; return the rows.
+
+    Sizes: default 16 images x 8 prompts, 3 interleaved repeats; ``quick`` 4 x 8, 2 repeats; ``smoke``
+    2 x 2, one timed call per path (agreement, not speed). With ``out`` (and ``plot``) also writes
+    ``out/decode.png`` (ms per prompt per path).
 
     ``threads``: torch intra-op threads for the run (default: leave torch's setting). On a CPU shared with
     other busy processes, 1 thread gives steadier numbers: with 2, every parallel op waits for a thread
@@ -78,13 +87,13 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
         old = torch.get_num_threads()
         torch.set_num_threads(threads)
         try:
-            return run(quick=quick, out=out, device=device, sam_kind=sam_kind)
+            return run(quick=quick, out=out, device=device, sam_kind=sam_kind, smoke=smoke, plot=plot)
         finally:
             torch.set_num_threads(old)
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but no CUDA device is available")
-    n_images, repeats = (4, 2) if quick else (16, 3)
+    n_images, repeats, g = (2, 1, 2) if smoke else (4, 2, G) if quick else (16, 3, G)
     rng = np.random.default_rng(0)
     sam = load_sam(sam_kind, device=device)
     frame = sam.image_encoder.img_size
@@ -92,7 +101,7 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
     preds, gts, prompts, sizes = [], [], [], []
     for b in range(n_images):
         h, w = SIZES[b % len(SIZES)]
-        img, gt, ps = _scene(rng, h, w)
+        img, gt, ps = _scene(rng, h, w, g)
         p = SamPredictor(sam)
         p.set_image(img)  # outside the timing: the embedding is "already set"
         preds.append(p)
@@ -164,7 +173,7 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
 
     ref = stats("ref")
     base = {"images": n_images, "prompts": n, "sam": sam_kind, "threads": torch.get_num_threads(),
-            "loadavg_1m": round(os.getloadavg()[0], 2)}
+            "loadavg_1m": round(os.getloadavg()[0], 2), "iou_tol": IOU_TOL, "smoke": smoke}
     rows = [{**base, "path": "per-prompt predict + argmax + IoU (reference)", **ref, "speedup": 1.0,
              "cpu_speedup": 1.0, "max_iou_diff": 0.0}]
     for key, name in (("fast", f"decode_batch + select_best + {iou_path}"), ("decode", "decode_batch only")):
@@ -178,9 +187,15 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
                               "max_iou_diff", "threads", "loadavg_1m"]))
     print(f"IoU agreement over {n} prompts: max |diff| {diff.max():.3g}, mean {diff.mean():.3g} "
           f"(mean IoU reference {np.mean(ref_iou):.4f}, fast {np.mean(fast_iou):.4f})")
+    print(f"agreement: max |IoU diff| {diff.max():.3g} (tolerance {IOU_TOL:g}): "
+          + ("OK" if diff.max() <= IOU_TOL else "MISMATCH"))
     path = write_records(rows, out, "bench_decode", device)
     if path:
         print(f"records appended to {path}")
+    if out and plot:
+        from samr1.bench.plots import plot_decode
+
+        print(f"plot: {plot_decode(rows, out, device)}")
     return rows
 
 
@@ -191,8 +206,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--device", default="cpu", help="torch device (cpu or cuda)")
     p.add_argument("--sam", default="tiny", help="SAM kind: tiny (default) or vit_b/vit_l/vit_h (random weights)")
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--smoke", action="store_true", help="2 images x 2 prompts, one call per path (agreement check)")
     args = p.parse_args(argv)
-    run(quick=args.quick, out=args.out, device=args.device, sam_kind=args.sam, threads=args.threads)
+    run(quick=args.quick, out=args.out, device=args.device, sam_kind=args.sam, threads=args.threads, smoke=args.smoke)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ downstream mask IoU against fp32's masks for a box prompt around the largest obj
 Backends: CPU: torch fp32, ONNX Runtime (CPU). CUDA: torch fp32, bf16, bf16 + torch.compile, ONNX Runtime
 (CUDA, when onnxruntime-gpu is installed), TensorRT fp16 (when tensorrt is installed).
 
-    python bench/bench_encoder.py [--quick] [--device cpu|cuda] [--sam tiny|vit_b|vit_h] [--out DIR]
+    python bench/bench_encoder.py [--quick | --smoke] [--device cpu|cuda] [--sam tiny|vit_b|vit_h] [--out DIR]
 
 Random weights for vit_* (no checkpoints here): speed is what it would be with real weights; the mask IoU
 of random weights only measures agreement between backends.
@@ -20,6 +20,7 @@ of random weights only measures agreement between backends.
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 import warnings
@@ -34,6 +35,31 @@ BF16_PEAK_TFLOPS = {
     "A100": 312.0, "L40S": 362.0, "L4": 121.0, "A10G": 70.0, "A10": 125.0, "RTX 4090": 165.0,
     "RTX 3090": 71.0, "V100": 125.0,  # V100: fp16 (no bf16)
 }
+
+
+# Agreement with torch fp32 (relative Frobenius error of the embeddings), by the backend's precision:
+# fp32 backends (ONNX Runtime, TensorRT fp32) differ by kernel round-off only (tests/test_encoder.py:
+# 1e-4); bf16 / fp16 carry 8 / 11 mantissa bits, so their error is ~1e-2 / ~1e-3 through a ViT.
+REL_ERR_TOL = {"fp32": 1e-4, "fp16": 2e-2, "bf16": 5e-2}
+# fp32 backends must also give (nearly) the same masks as torch fp32: mean IoU of the downstream masks.
+MASK_IOU_MIN_FP32 = 0.99
+
+
+def precision_of(backend_name: str) -> str:
+    """'fp32', 'fp16' or 'bf16' from an encoder name such as 'torch-bf16-compiled' or 'onnxruntime-cpu'."""
+    for p in ("bf16", "fp16"):
+        if p in backend_name:
+            return p
+    return "fp32"
+
+
+def within_tolerance(row: dict) -> bool:
+    """Whether a backend row agrees with torch fp32 within the tolerances above."""
+    prec = precision_of(row["backend"])
+    ok = row["rel_err_vs_fp32"] <= REL_ERR_TOL[prec]
+    if prec == "fp32":
+        ok = ok and row["mask_iou_mean"] >= MASK_IOU_MIN_FP32
+    return ok
 
 
 def bf16_peak_tflops(device: str | torch.device) -> float | None:
@@ -105,27 +131,33 @@ def _backends(device: str, cache_dir: str) -> list[tuple[str, dict]]:
 
 
 def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_kind: str = "tiny",
-        batches: list[int] | None = None, repeats: int | None = None, cache_dir: str | None = None) -> list[dict]:
+        batches: list[int] | None = None, repeats: int | None = None, cache_dir: str | None = None,
+        smoke: bool = False, plot: bool = True) -> list[dict]:
     """Benchmark every available backend; returns one row per (backend, batch) plus a preprocessing row.
 
     Args:
-        quick: batch sizes 1 and 2, one timed repeat (a sub-minute smoke run for tiny on a CPU).
+        quick: batch sizes 1 and 2, one timed repeat (a sub-minute run for tiny on a CPU).
+        smoke: batch 1, one timed call, no warm-up (agreement with fp32, not speed; the ONNX export, a few
+            seconds, is still done: it is what is being checked).
         out: folder for JSON-lines records (``encoder.jsonl``).
         device: "cpu" or "cuda[:i]".
         sam_kind: tiny, vit_b, vit_l or vit_h (random weights).
         batches: batch sizes (default 1 and 8; for vit_* on CPU only 1: ~18 s per ViT-B image here).
         repeats: timed repeats per point (default 3; 1 when quick or vit_* on CPU).
         cache_dir: artefact cache root (default: a temporary folder, so the export time is measured fresh).
+        plot: with ``out``, also write ``out/encoder.png`` (ms/img per backend and batch).
+
+    Backend rows carry ``rel_err_vs_fp32`` with its tolerance ``rel_err_tol`` and ``within_tol``.
     """
     from samr1.sam import load_sam
     from samr1.sam.encoder import image_encoder_flops, make_encoder
 
     slow_cpu = torch.device(device).type == "cpu" and sam_kind != "tiny"
     if batches is None:
-        batches = [1] if slow_cpu else ([1, 2] if quick else [1, 8])
+        batches = [1] if (slow_cpu or smoke) else ([1, 2] if quick else [1, 8])
     if repeats is None:
-        repeats = 1 if (quick or slow_cpu) else 3
-    warmup = 0 if slow_cpu else 1  # an 18 s call has no start-up effect worth another 18 s
+        repeats = 1 if (quick or slow_cpu or smoke) else 3
+    warmup = 0 if (slow_cpu or smoke) else 1  # an 18 s call has no start-up effect worth another 18 s
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random-weight warning for vit_*: expected here
         sam = load_sam(sam_kind, device=device)
@@ -159,8 +191,19 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
             ious = [_iou(m, r) for m, r in zip(masks, ref_masks, strict=True)]
             for b in batches:
                 xb = x[:b].contiguous()
-                t = measure(lambda xb=xb, enc=enc: enc.encode_preprocessed(xb), warmup=warmup, repeats=repeats, device=device)
+                cpu: list[float] = []
+
+                def call(xb=xb, enc=enc, cpu=cpu):
+                    c = time.process_time()
+                    enc.encode_preprocessed(xb)
+                    cpu.append(time.process_time() - c)
+
+                t = measure(call, warmup=warmup, repeats=repeats, device=device)
                 per_img = t.median / b
+                # Process CPU time (all threads) per image: ONNX Runtime sizes its own thread pool (one
+                # per physical core) whatever torch's thread setting, so on CPU the wall-time ratio can
+                # compare 1 torch thread with 2 ORT threads; cpu_ms_per_img / ms_per_img shows the threads.
+                cpu_per_img = statistics.median(cpu[warmup:]) / b
                 if enc.name == "torch-fp32":
                     ref_time[b] = per_img
                 row = {
@@ -170,23 +213,36 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
                     "frac_bf16_peak": (flops / per_img / 1e12 / peak) if peak else None,
                     "rel_err_vs_fp32": rel_err, "mask_iou_mean": float(np.mean(ious)),
                     "mask_iou_min": float(np.min(ious)), "setup_s": setup_s, **t.as_dict(),
+                    "cpu_ms_per_img": cpu_per_img * 1e3,
+                    "threads_used": cpu_per_img / per_img if torch.device(device).type == "cpu" else None,
+                    "rel_err_tol": REL_ERR_TOL[precision_of(enc.name)], "smoke": smoke,
                 }
+                row["within_tol"] = within_tolerance(row)
                 rows.append(row)
         # Host-side preprocessing (PIL resize + normalise + pad), shared by all backends.
         t = measure(lambda: prep_enc.preprocess(images[:1]), warmup=1, repeats=max(repeats, 3), device=device)
         rows.append({"backend": "preprocess (any)", "sam": sam_kind, "batch": 1, "ms_per_img": t.median * 1e3,
-                     "img_per_s": 1.0 / t.median, **t.as_dict()})
+                     "img_per_s": 1.0 / t.median, **t.as_dict(), "smoke": smoke})
     finally:
         if tmp is not None:
             tmp.cleanup()
 
     print(f"SAM {sam_kind} image encoder, {flops / 1e12:.3f} TFLOP/img, device {device}"
           + (f" (bf16 peak {peak:.0f} TFLOP/s)" if peak else "") + f", median of {repeats}")
-    print(format_table(rows, ["backend", "batch", "ms_per_img", "img_per_s", "speedup_vs_fp32", "tflops",
-                              "frac_bf16_peak", "rel_err_vs_fp32", "mask_iou_mean", "mask_iou_min", "setup_s"]))
+    print(format_table(rows, ["backend", "batch", "ms_per_img", "cpu_ms_per_img", "threads_used", "speedup_vs_fp32",
+                              "tflops", "frac_bf16_peak", "rel_err_vs_fp32", "mask_iou_mean", "mask_iou_min", "setup_s"]))
+    checked = [r for r in rows if "within_tol" in r]
+    print("agreement with torch fp32 (relative embedding error <= " + ", ".join(f"{k} {v:g}" for k, v in
+          REL_ERR_TOL.items()) + f"; fp32 backends also mean mask IoU >= {MASK_IOU_MIN_FP32}): "
+          + ("OK" if all(r["within_tol"] for r in checked) else
+             "MISMATCH in " + ", ".join(sorted({r["backend"] for r in checked if not r["within_tol"]}))))
     path = write_records(rows, out, "encoder", device)
     if path:
         print(f"records: {path}")
+    if out and plot:
+        from samr1.bench.plots import plot_encoder
+
+        print(f"plot: {plot_encoder(rows, out, device)}")
     return rows
 
 
@@ -199,10 +255,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,8; vit_* on CPU: 1)")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--cache-dir", default=None, help="artefact cache (default: a fresh temporary folder)")
+    p.add_argument("--smoke", action="store_true", help="batch 1, one call (agreement check)")
     a = p.parse_args(argv)
     batches = [int(v) for v in a.batches.split(",")] if a.batches else None
     run(quick=a.quick, out=a.out, device=a.device, sam_kind=a.sam, batches=batches, repeats=a.repeats,
-        cache_dir=a.cache_dir)
+        cache_dir=a.cache_dir, smoke=a.smoke)
 
 
 if __name__ == "__main__":

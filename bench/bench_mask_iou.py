@@ -8,7 +8,7 @@ threads; much less sensitive than wall time to other processes on a shared machi
 largest IoU difference and count difference against the reference; on CUDA also the floor (bytes the op must read: logits + ground
 truth + tables, over a measured device-to-device copy bandwidth) and the fraction of it reached.
 
-    python -m samr1.bench.bench_mask_iou [--quick] [--device cpu|cuda] [--out DIR]
+    python -m samr1.bench.bench_mask_iou [--quick | --smoke] [--device cpu|cuda] [--out DIR]
 
 CPU timings on a shared machine are noisy: the load average is recorded with every row; compare
 rows of the same run only.
@@ -30,6 +30,19 @@ from samr1.ops import mask_iou_from_logits, mask_iou_reference, select_backend
 FULL_SIZES = [(480, 640), (1080, 1920)]
 FULL_NS = [1, 8, 64, 256]
 QUICK_CASES = [((480, 640), 1), ((480, 640), 64), ((1080, 1920), 8)]
+SMOKE_CASES = [((37, 53), 1), ((333, 517), 3)]  # an odd tiny size and a non-square prime-ish one
+
+# Agreement with the reference. Both threshold the same bilinear upsampling; only pixels whose upsampled
+# logit lies within fp32 round-off of the threshold may land on different sides (tests/test_mask_iou.py
+# bounds them exactly; observed: 0 here). Allowed: |count diff| <= COUNT_TOL_FRAC of the image's pixels
+# (at least 1) and |IoU diff| <= IOU_TOL.
+IOU_TOL = 1e-4
+COUNT_TOL_FRAC = 1e-4
+
+
+def count_tolerance(size: tuple[int, int]) -> int:
+    """Largest |intersection or union difference| (pixels) allowed against the reference at ``size``."""
+    return max(1, int(COUNT_TOL_FRAC * size[0] * size[1]))
 
 
 def _input_size(size: tuple[int, int], frame: int = 1024) -> tuple[int, int]:
@@ -72,9 +85,12 @@ def _measure(fn, device: str, warmup: int, repeats: int) -> tuple[dict, float]:
     return t.as_dict(), statistics.median(cpu[warmup:])
 
 
-def _measure_reference(fn, device: str) -> tuple[dict, float]:
+def _measure_reference(fn, device: str, smoke: bool = False) -> tuple[dict, float]:
     """The reference can take seconds at N=256: one warm-up, then 15 repeats when a call is under 0.1 s
-    (its time is bimodal there: page faults of its fresh frame-size buffers), 3 under 2 s, else 1."""
+    (its time is bimodal there: page faults of its fresh frame-size buffers), 3 under 2 s, else 1.
+    ``smoke``: one timed call, no warm-up."""
+    if smoke:
+        return _measure(fn, device, warmup=0, repeats=1)
     t0 = time.perf_counter()
     fn()
     if device.startswith("cuda"):
@@ -83,15 +99,22 @@ def _measure_reference(fn, device: str) -> tuple[dict, float]:
     return _measure(fn, device, warmup=0, repeats=15 if first < 0.1 else 3 if first < 2.0 else 1)
 
 
-def run(quick: bool = False, out: str | None = None, device: str = "cpu") -> list[dict]:
-    """Run the benchmark, print a table, append JSON lines to ``out/bench_mask_iou.jsonl``; return the rows."""
+def run(quick: bool = False, out: str | None = None, device: str = "cpu", smoke: bool = False,
+        plot: bool = True) -> list[dict]:
+    """Run the benchmark, print a table, append JSON lines to ``out/bench_mask_iou.jsonl``; return the rows.
+
+    ``quick``: 3 cases; ``smoke``: 2 tiny cases (one odd size), one timed call each (agreement, not speed);
+    default: 480x640 and 1080x1920 x N in {1, 8, 64, 256}. With ``out`` (and ``plot``) also writes
+    ``out/mask_iou.png`` (time vs N, log-log). Rows: one per (size, N, backend) with ``median_s``,
+    ``speedup``, ``max_iou_err``, ``max_count_err`` and the tolerances ``iou_tol`` / ``count_tol``.
+    """
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but no CUDA device is available")
     fast = select_backend("auto", dev)
     if fast == "torch":
         print(f"note: no fast path for {device} (C++ / Triton unavailable); only the reference is timed")
-    cases = QUICK_CASES if quick else [(s, n) for s in FULL_SIZES for n in FULL_NS]
+    cases = SMOKE_CASES if smoke else QUICK_CASES if quick else [(s, n) for s in FULL_SIZES for n in FULL_NS]
     bw = _bandwidth(device) if dev.type == "cuda" else None
     gen = torch.Generator().manual_seed(0)
     rows: list[dict] = []
@@ -100,16 +123,17 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu") -> lis
         logits, gt = _inputs(n, size, device, gen)
         ref = mask_iou_reference(logits, gt, isz, size)
         t_ref, cpu_ref = _measure_reference(lambda x=logits, g=gt, i=isz, s=size: mask_iou_reference(x, g, i, s),
-                                            device)
+                                            device, smoke)
         base = {"size": f"{size[0]}x{size[1]}", "N": n, "threads": torch.get_num_threads(),
-                "loadavg_1m": round(os.getloadavg()[0], 2)}
+                "loadavg_1m": round(os.getloadavg()[0], 2), "iou_tol": IOU_TOL, "count_tol": count_tolerance(size),
+                "smoke": smoke}
         rows.append({**base, "backend": "torch (reference)", **t_ref, "speedup": 1.0, "cpu_s": cpu_ref,
                      "cpu_speedup": 1.0, "max_iou_err": 0.0, "max_count_err": 0})
         if fast == "torch":
             continue
         got = mask_iou_from_logits(logits, gt, isz, size, backend=fast)
         t, cpu = _measure(lambda x=logits, g=gt, i=isz, s=size: mask_iou_from_logits(x, g, i, s, backend=fast),
-                          device, warmup=2, repeats=10 if n <= 64 else 5)
+                          device, warmup=0 if smoke else 2, repeats=1 if smoke else 10 if n <= 64 else 5)
         row = {**base, "backend": fast, **t, "speedup": t_ref["median_s"] / t["median_s"], "cpu_s": cpu,
                "cpu_speedup": cpu_ref / max(cpu, 1e-9),
                "max_iou_err": float((got[0] - ref[0]).abs().max()),
@@ -127,9 +151,19 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu") -> lis
         cols += ["floor_s", "floor_fraction"]
         print(f"measured copy bandwidth: {bw / 1e9:.0f} GB/s")
     print(format_table(rows, cols))
+    fast_rows = [r for r in rows if r["backend"] != "torch (reference)"]
+    if fast_rows:
+        ok = all(r["max_iou_err"] <= r["iou_tol"] and r["max_count_err"] <= r["count_tol"] for r in fast_rows)
+        print(f"agreement with the reference: max |IoU err| {max(r['max_iou_err'] for r in fast_rows):.3g} "
+              f"(tolerance {IOU_TOL:g}), max |count err| {max(r['max_count_err'] for r in fast_rows)} px "
+              f"(tolerance {COUNT_TOL_FRAC:g} of the image's pixels, >= 1): " + ("OK" if ok else "MISMATCH"))
     path = write_records(rows, out, "bench_mask_iou", device)
     if path:
         print(f"records appended to {path}")
+    if out and plot:
+        from samr1.bench.plots import plot_mask_iou
+
+        print(f"plot: {plot_mask_iou(rows, out, device)}")
     return rows
 
 
@@ -138,8 +172,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="3 small cases instead of 2 sizes x N in {1, 8, 64, 256}")
     p.add_argument("--out", default=None, help="directory for the JSON-lines records")
     p.add_argument("--device", default="cpu", help="cpu (reference vs C++) or cuda (reference vs Triton)")
+    p.add_argument("--smoke", action="store_true", help="2 tiny cases, one call each (agreement check)")
     args = p.parse_args(argv)
-    run(quick=args.quick, out=args.out, device=args.device)
+    run(quick=args.quick, out=args.out, device=args.device, smoke=args.smoke)
 
 
 if __name__ == "__main__":

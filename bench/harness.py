@@ -85,11 +85,33 @@ def git_commit() -> str | None:
     return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo`` on Linux; else what :mod:`platform` says)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> float | None:
+    """1-minute load average (None where the OS has none): CPU timings on a shared machine depend on it."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (OSError, AttributeError):
+        return None
+
+
 def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Device and library versions recorded with every benchmark row."""
+    """Device, library versions, commit, date, torch threads and load average recorded with every row."""
     dev = torch.device(device)
     env: dict[str, Any] = {
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)",
+        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({cpu_model()}, {os.cpu_count()} cores)",
+        "torch_threads": torch.get_num_threads(),
+        "loadavg_1m": load_average(),
         "torch": torch.__version__,
         "python": platform.python_version(),
         "commit": git_commit(),
@@ -129,6 +151,6 @@ def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
 
     cells = [[fmt(r.get(c)) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
-    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)), "  ".join("-" * w for w in widths)]
+    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(lines)

@@ -1,10 +1,17 @@
-"""``samr1 bench NAME``: run a benchmark from the installed package (reference and fast path, same run)."""
+"""``samr1 bench NAME``: run a benchmark from the installed package (reference and fast path, same run).
+
+Sizes: default = the full run recorded in bench/RESULTS.md; ``--quick`` = small sizes, one repeat (each
+bench well under a minute on a 2-core CPU); ``--smoke`` = the tiniest sizes, one call, no warm-up (a few
+seconds; what the test suite runs: it checks that fast and reference agree, never a time). With
+``--out DIR`` the JSON-lines records and PNG plots are written there.
+"""
 
 from __future__ import annotations
 
 import argparse
 import importlib
 import inspect
+from typing import Any
 
 # CLI name -> module in samr1.bench (bench/ in the source tree)
 BENCHES = {
@@ -18,26 +25,62 @@ BENCHES = {
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="run a benchmark (reward-step, mask-iou, decode, encoder, parse, all)",
-                       description=__doc__)
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", choices=[*BENCHES, "all"], help="which benchmark")
-    p.add_argument("--quick", action="store_true", help="small sizes, one repeat: a sub-minute smoke run")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="small sizes, one repeat: a sub-minute run")
+    size.add_argument("--smoke", action="store_true",
+                      help="tiniest sizes, one call, no warm-up: seconds; checks agreement, not speed")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--sam", default="tiny", metavar="KIND", help="SAM kind for benches that load SAM (default: tiny)")
-    p.add_argument("--out", default=None, metavar="DIR", help="write JSON-lines records (and PNG plots) here")
+    p.add_argument("--encoder", default=None, metavar="BACKEND",
+                   help="reward-step only: the engine's image encoder: torch (fp32, default), torch-bf16, torch-fp16, "
+                        "torch-bf16-compiled, torch-fp16-compiled, onnx, tensorrt (fp16), tensorrt-fp32")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="torch intra-op threads for the run (default: torch's choice); on a shared CPU 1 is steadier")
+    p.add_argument("--out", default=None, metavar="DIR", help="write JSON-lines records and PNG plots here")
     p.set_defaults(func=_run)
 
 
-def run_bench(name: str, *, quick: bool, device: str, sam_kind: str, out: str | None) -> list[dict]:
-    """Import ``samr1.bench.<module>`` and call its ``run`` with the arguments it accepts."""
+def run_bench(name: str, *, quick: bool = False, smoke: bool = False, device: str = "cpu", sam_kind: str = "tiny",
+              out: str | None = None, threads: int | None = None, encoder: str | None = None) -> list[dict[str, Any]]:
+    """Import ``samr1.bench.<module>`` and call its ``run`` with the arguments it accepts; return its rows.
+
+    Raises:
+        ValueError: unknown ``name``, ``quick`` and ``smoke`` together, ``threads`` < 1, or ``encoder`` given
+            to a bench that has no encoder choice.
+    """
+    if name not in BENCHES:
+        raise ValueError(f"unknown benchmark {name!r}; choose one of {list(BENCHES)}")
+    if quick and smoke:
+        raise ValueError("quick and smoke are exclusive: smoke is the smaller of the two")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
     try:
         module = importlib.import_module(f"samr1.bench.{BENCHES[name]}")
     except ModuleNotFoundError as exc:
         raise SystemExit(f"benchmark {name!r} is not available in this build ({exc})") from None
     params = inspect.signature(module.run).parameters
-    kwargs = {"quick": quick, "out": out, "device": device}
+    kwargs: dict[str, Any] = {"quick": quick, "out": out, "device": device}
+    if smoke:
+        kwargs["smoke"] = True
     if "sam_kind" in params:
         kwargs["sam_kind"] = sam_kind
-    return module.run(**kwargs)
+    if encoder is not None:
+        if "encoder" not in params:
+            raise ValueError(f"benchmark {name!r} has no encoder choice (--encoder is for reward-step; "
+                             "the encoder bench times every backend)")
+        kwargs["encoder"] = encoder
+    if threads is None:
+        return module.run(**kwargs)
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return module.run(**kwargs)
+    finally:
+        torch.set_num_threads(old)
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -45,7 +88,13 @@ def _run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     names = list(BENCHES) if args.name == "all" else [args.name]
+    mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    if args.threads is not None and args.threads < 1:
+        raise SystemExit(f"samr1 bench: --threads must be >= 1, got {args.threads}")
+    if args.encoder is not None and "reward-step" not in names:
+        raise SystemExit("samr1 bench: --encoder applies to reward-step only (the encoder bench times every backend)")
     for name in names:
-        print(f"\n=== samr1 bench {name} ({'quick' if args.quick else 'full'}, {device}) ===")
-        run_bench(name, quick=args.quick, device=device, sam_kind=args.sam, out=args.out)
+        print(f"\n=== samr1 bench {name} ({mode}, {device}) ===")
+        run_bench(name, quick=args.quick, smoke=args.smoke, device=device, sam_kind=args.sam, out=args.out,
+                  threads=args.threads, encoder=args.encoder if name == "reward-step" else None)
     return 0

@@ -68,6 +68,10 @@ class SamEngine:
         self.multimask = bool(multimask)
         self.iou_backend = iou_backend
         self.threshold = float(threshold)
+        if self.device.type == "cpu" and encoder == "torch":
+            # On the CPU a batched ViT pass costs more per image than single images (ViT-B: 28.7 s vs 20.3 s
+            # per image at batch 2 on the 2-core machine; bench/RESULTS.md): encode misses one at a time.
+            encoder_kwargs.setdefault("max_batch", 1)
         self.encoder = make_encoder(self.sam, backend=encoder, device=self.device, **encoder_kwargs)
         if isinstance(store, (str, os.PathLike)):
             from samr1.store import EmbeddingStore
