@@ -287,6 +287,14 @@ def point_distance_reward(pred_points: Sequence[Sequence[float]], gt_points: Seq
 
 
 # ----------------------------------------------------------------------------------------- SamR1Reward
+def _load_or_error(loader: Callable[..., np.ndarray], value: Any, field: str, source: str) -> np.ndarray | Exception:
+    """``loader(value)``, or the exception that says why the row's image/mask is unusable (counted, not raised)."""
+    try:
+        return loader(value, field=field, source=source)
+    except (InputError, ValueError, TypeError, OSError, OverflowError) as exc:
+        return exc
+
+
 class _Batch:
     """Everything computed once for one batch: per-component rewards, answers, IoUs, reasons."""
 
@@ -493,17 +501,11 @@ class SamR1Reward:
                 img = img[0]
             ik = img if isinstance(img, str) else id(img)
             if ik not in img_cache:
-                try:
-                    img_cache[ik] = load_image(img, field=self.image_key, source=f"row {i}")
-                except (InputError, ValueError, TypeError, OSError, OverflowError) as exc:
-                    img_cache[ik] = exc
+                img_cache[ik] = _load_or_error(load_image, img, self.image_key, f"row {i}")
             a = img_cache[ik]
             mk = m if isinstance(m, str) else id(m)
             if mk not in mask_cache:
-                try:
-                    mask_cache[mk] = load_mask(m, field=self.mask_key, source=f"row {i}")
-                except (InputError, ValueError, TypeError, OSError, OverflowError) as exc:
-                    mask_cache[mk] = exc
+                mask_cache[mk] = _load_or_error(load_mask, m, self.mask_key, f"row {i}")
             g = mask_cache[mk]
             if isinstance(a, Exception):
                 self._warn(i, "bad_image", a)

@@ -14,6 +14,8 @@ import numpy as np
 from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
 
+from samr1.store import image_key
+
 
 def mask_iou_numpy(pred: np.ndarray, gt: np.ndarray) -> float:
     """IoU of two H x W bool masks; two empty masks have IoU 1.0 (nothing to find, nothing found)."""
@@ -49,21 +51,16 @@ def score_reference(sam: Sam, images: Sequence[np.ndarray], answers: Sequence[An
         gt_masks: H x W bool arrays parallel to ``answers``, each the size of its image.
     """
     predictor = SamPredictor(sam)
-    order = sorted(range(len(answers)), key=lambda i: _image_key(images[i]))
+    keys = [image_key(img) for img in images]  # one hash per image, used to sort and to detect a change
+    order = sorted(range(len(answers)), key=keys.__getitem__)
     ious = [0.0] * len(answers)
     current = None
     for i in order:
         if not answers[i].ok:
             continue
-        key = _image_key(images[i])
-        if key != current:
+        if keys[i] != current:
             predictor.set_image(images[i])
-            current = key
+            current = keys[i]
         ious[i] = mask_iou_numpy(predict_mask(predictor, answers[i], multimask), gt_masks[i])
     return ious
 
-
-def _image_key(img: np.ndarray) -> tuple:
-    import hashlib
-
-    return (img.shape, hashlib.blake2b(np.ascontiguousarray(img).tobytes(), digest_size=16).hexdigest())
