@@ -3,12 +3,15 @@
 Layout of a store folder::
 
     embeddings.f16   raw float16 array, rows x C x h x w (numpy memmap; grows by doubling)
-    index.json       {"format", "model_id", "shape": [C, h, w], "dtype": "float16", "frame", "hash",
-                      "rows": n, "keys": {image key: row}, "input_sizes": [[h, w] per row]}
+    index.json       {"format", "model_id", "encoder", "shape": [C, h, w], "dtype": "float16", "frame",
+                      "hash", "rows": n, "keys": {image key: row}, "input_sizes": [[h, w] per row]}
 
 ``samr1 embed`` fills a store; :class:`samr1.engine.cache.EmbeddingCache` reads it before encoding, so
 training on a known dataset never runs the encoder. A store is tied to one model id: opening it for another
-model is refused (embeddings of other weights would silently give wrong masks).
+model is refused (embeddings of other weights would silently give wrong masks). It also records the encoder
+backend and precision that wrote it (``"torch-fp32"``, ``"tensorrt-fp16"``, ...): resuming it with another
+one is refused (one store, one precision), and reading it from an engine that encodes with another one
+warns (store hits and fresh encodes then differ at the precision of the less precise one).
 
 Writes are resumable: rows are written to the memmap and flushed first, and only then does the index
 (written atomically) point at them, so a crash loses at most the rows since the last :meth:`flush`.
@@ -92,6 +95,8 @@ class EmbeddingStore:
         shape: ``(C, h, w)`` of one embedding.
         frame: the model frame the images were resized into (input sizes are in this frame).
         hash: the image-key algorithm (use ``store.key(image)`` to compute matching keys).
+        encoder: the encoder name (backend and precision) that wrote the embeddings, or None for a store
+            written before this was recorded.
     """
 
     def __init__(self, path: Path, meta: dict[str, Any], writable: bool) -> None:
@@ -100,6 +105,7 @@ class EmbeddingStore:
         self.shape: tuple[int, int, int] = tuple(int(v) for v in meta["shape"])
         self.frame: int = int(meta["frame"])
         self.hash: str = meta["hash"]
+        self.encoder: str | None = meta.get("encoder")
         self.writable = writable
         self._keys: dict[str, int] = dict(meta["keys"])
         self._sizes: list[tuple[int, int]] = [tuple(s) for s in meta["input_sizes"]]
@@ -117,11 +123,13 @@ class EmbeddingStore:
 
     @classmethod
     def create(cls, path: str | os.PathLike, model_id: str, shape: Sequence[int], frame: int,
-               hash: str | None = None) -> EmbeddingStore:
+               hash: str | None = None, encoder: str | None = None) -> EmbeddingStore:
         """Open ``path`` for writing: a new store, or an existing one for ``model_id`` (resume).
 
+        ``encoder`` (e.g. ``ImageEncoder.name``) is recorded in a new store and must match a resumed one.
+
         Raises:
-            StoreError: the folder holds a store for another model id or embedding shape.
+            StoreError: the folder holds a store for another model id, embedding shape or encoder.
         """
         path = Path(path)
         if (path / _INDEX).exists():
@@ -129,12 +137,18 @@ class EmbeddingStore:
             if store.shape != tuple(int(v) for v in shape) or store.frame != int(frame):
                 raise StoreError(f"store {path} holds {store.shape} embeddings at frame {store.frame}, not "
                                  f"{tuple(shape)} at frame {frame}; use another --out folder")
+            if encoder is not None and store.encoder not in (None, encoder):
+                raise StoreError(f"store {path} was written by encoder {store.encoder!r}; resuming it with "
+                                 f"{encoder!r} would mix two precisions in one store. Use the same backend and "
+                                 "dtype, or another --out folder")
+            if store.encoder is None and encoder is not None and len(store) == 0:
+                store.encoder = encoder
             return store
         path.mkdir(parents=True, exist_ok=True)
         if (path / _DATA).exists():
             os.unlink(path / _DATA)  # rows without an index are unreachable: start clean
-        meta = {"format": _FORMAT, "model_id": model_id, "shape": [int(v) for v in shape], "dtype": "float16",
-                "frame": int(frame), "hash": hash or default_hash(), "rows": 0, "keys": {}, "input_sizes": []}
+        meta = {"format": _FORMAT, "model_id": model_id, "encoder": encoder, "shape": [int(v) for v in shape],
+                "dtype": "float16", "frame": int(frame), "hash": hash or default_hash(), "rows": 0, "keys": {}, "input_sizes": []}
         atomic_write_json(path / _INDEX, meta)
         return cls(path, meta, writable=True)
 
@@ -262,7 +276,8 @@ class EmbeddingStore:
         with self._lock:
             if self._mm is not None:
                 self._mm.flush()
-            meta = {"format": _FORMAT, "model_id": self.model_id, "shape": list(self.shape), "dtype": "float16",
+            meta = {"format": _FORMAT, "model_id": self.model_id, "encoder": self.encoder,
+                    "shape": list(self.shape), "dtype": "float16",
                     "frame": self.frame, "hash": self.hash, "rows": self._rows, "keys": self._keys,
                     "input_sizes": [list(s) for s in self._sizes]}
             atomic_write_json(self.path / _INDEX, meta)
@@ -278,4 +293,5 @@ class EmbeddingStore:
         self.close()
 
     def __repr__(self) -> str:
-        return f"EmbeddingStore({str(self.path)!r}, model_id={self.model_id!r}, entries={len(self)})"
+        return (f"EmbeddingStore({str(self.path)!r}, model_id={self.model_id!r}, encoder={self.encoder!r}, "
+                f"entries={len(self)})")

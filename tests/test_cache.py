@@ -152,6 +152,11 @@ def test_store_is_read_before_encoding(encoder, pool, tmp_path):
     other = EmbeddingStore.create(tmp_path / "other", "vit_h:deadbeef", encoder.embedding_shape, encoder.frame)
     with pytest.raises(StoreError, match=r"vit_h:deadbeef.*tiny:random"):
         EmbeddingCache(encoder, store=other)
+    # same model, embeddings written by another precision: usable, with a warning naming both encoders
+    bf16 = EmbeddingStore.create(tmp_path / "bf16", encoder.model_id, encoder.embedding_shape, encoder.frame,
+                                 encoder="torch-bf16")
+    with pytest.warns(UserWarning, match=rf"'torch-bf16'.*'{encoder.name}'"):
+        EmbeddingCache(encoder, store=bf16)
 
 
 def test_bad_inputs(encoder):

@@ -182,3 +182,17 @@ def test_embed_cli_builds_resumable_store(tmp_path, capsys):
     assert main(argv) == 0  # resumed: nothing left to encode
     assert "encoded 0" in capsys.readouterr().out
     assert len(EmbeddingStore.open(out, enc.model_id)) == 2
+
+
+def test_records_the_encoder_and_refuses_resuming_with_another(tmp_path):
+    EmbeddingStore.create(tmp_path / "s", "m", SHAPE, 1024, encoder="torch-fp32").flush()
+    assert EmbeddingStore.open(tmp_path / "s", "m").encoder == "torch-fp32"
+    with pytest.raises(StoreError, match=r"'torch-fp32'.*'tensorrt-fp16'"):
+        EmbeddingStore.create(tmp_path / "s", "m", SHAPE, 1024, encoder="tensorrt-fp16")
+    assert EmbeddingStore.create(tmp_path / "s", "m", SHAPE, 1024, encoder="torch-fp32").encoder == "torch-fp32"
+    # a store written before the encoder was recorded (no "encoder" in its index) still opens
+    idx = tmp_path / "s" / "index.json"
+    meta = json.loads(idx.read_text())
+    del meta["encoder"]
+    idx.write_text(json.dumps(meta))
+    assert EmbeddingStore.open(tmp_path / "s", "m").encoder is None

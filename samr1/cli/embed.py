@@ -46,7 +46,7 @@ def _run(args: argparse.Namespace) -> int:
     from samr1.data import read_manifest
     from samr1.sam import load_sam
     from samr1.sam.encoder import make_encoder
-    from samr1.store import EmbeddingStore
+    from samr1.store import EmbeddingStore, StoreError
 
     if args.batch < 1:
         raise SystemExit(f"--batch must be >= 1, got {args.batch}")
@@ -56,7 +56,10 @@ def _run(args: argparse.Namespace) -> int:
     sam = load_sam(args.sam, args.sam_checkpoint, device=device)
     enc = make_encoder(sam, backend=args.backend, device=device, dtype=args.dtype, cache_dir=args.cache_dir,
                        max_batch=args.batch)
-    store = EmbeddingStore.create(args.out, enc.model_id, enc.embedding_shape, enc.frame)
+    try:
+        store = EmbeddingStore.create(args.out, enc.model_id, enc.embedding_shape, enc.frame, encoder=enc.name)
+    except StoreError as exc:
+        raise SystemExit(f"samr1 embed: {exc}") from None
     before = len(store)
     encoded = skipped = 0
     t0 = last_flush = time.perf_counter()

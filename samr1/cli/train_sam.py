@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     from samr1.sam.train_sam import TrainConfig
 
     p = sub.add_parser("train-sam", help="train the tiny-shapes SAM on synthetic scenes (minutes on a GPU, "
-                       "~1.5 h on a CPU thread)", description=__doc__)
+                       "~2 h on a 2-core CPU)", description=__doc__)
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         p.add_argument(flag, type=type(f.default), default=f.default, dest=f.name,

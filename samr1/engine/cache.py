@@ -22,6 +22,7 @@ again, so each distinct image is encoded once however many threads ask for it.
 from __future__ import annotations
 
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future
@@ -99,6 +100,12 @@ class EmbeddingCache:
             if shape is not None and tuple(store.shape) != tuple(shape):
                 raise StoreError(f"embedding store {store.path} holds {store.shape} embeddings, the encoder "
                                  f"produces {tuple(shape)}")
+            name = getattr(encoder, "name", None)
+            if store.encoder is not None and name is not None and store.encoder != name:
+                # same weights, other precision: usable, but not bit-comparable with fresh encodes
+                warnings.warn(f"embedding store {store.path} was written by encoder {store.encoder!r}, this engine "
+                              f"encodes misses with {name!r}: embeddings from the store and fresh ones differ at "
+                              "the precision of the less precise of the two", stacklevel=3)
         self.store = store
         # The store fixes the hash (its keys must match ours); without one the fastest available.
         self.hash = store.hash if store is not None else default_hash()

@@ -7,7 +7,8 @@ other path that takes a ``Sam`` work unchanged; only the frame (``image_encoder.
 Recipe (SAM's, scaled down):
 
 * prompts per image, one kind per image so a decoder call has a fixed token count: box (jittered in
-  half of the cases), box + 1 or 2 points, 1 or 2 points; points are drawn inside the visible mask;
+  half of the cases), box + 1 or 2 points, 1 or 2 points (weights :data:`PROMPT_WEIGHTS`: three quarters
+  carry a box); points are drawn inside the visible mask;
 * loss on the low-res logits against the ground truth area-downsampled to the same grid (soft targets
   keep the sub-pixel boundary): BCE + dice per mask (SAM's 20 * focal + dice collapsed to "no mask"
   from scratch, see :func:`_mask_loss`); best-of-3 over the multimask outputs, plus the single-mask
@@ -15,8 +16,10 @@ Recipe (SAM's, scaled down):
   two or more points); IoU-head MSE toward the actual IoU of each of the 4 masks;
 * AdamW, linear warm-up then cosine decay, gradient clipping;
 * augmentation on top of the (already wide) scene distribution: blur, brightness / contrast jitter;
+* scenes are drawn and rasterised to the frame by a data worker process (``workers``, default 1) while
+  the training process computes: on a 2-core CPU one core trains, the other makes scenes;
 * everything follows from ``seed`` (model init, scene seeds, prompt draws): the same seed, step count,
-  device and thread count give the same weights hash.
+  device and thread count give the same weights hash, with or without the data worker.
 
 Held-out evaluation (:func:`evaluate`) runs the real inference path (``SamPredictor`` at each scene's
 original size, multimask + highest predicted IoU, as the engine does by default) on scene seeds below
@@ -44,7 +47,7 @@ from samr1.sam import SamSpec, build_sam
 from samr1.scenes import make_scene
 
 __all__ = ["TrainConfig", "TINY_SHAPES_SPEC", "TRAIN_SEED_BASE", "train", "evaluate", "weights_hash",
-           "save_weights", "centre_point"]
+           "save_weights", "centre_point", "StepBatches"]
 
 # 256 frame, patch 16 -> 16 x 16 embedding grid -> 64 x 64 low-res masks (one logit per 4 frame pixels).
 # Why so small: training gets ~1/3 of one CPU core here (5 processes on 2 cores). Measured (1 thread): a
@@ -65,7 +68,9 @@ TRAIN_SEED_BASE = 1_000_000
 # Prompt kinds: (name, number of points, has box) and their sampling weights.
 PROMPT_KINDS = (("box", 0, True), ("box+1pt", 1, True), ("box+2pt", 2, True), ("1pt", 1, False),
                 ("2pt", 2, False))
-PROMPT_WEIGHTS = (0.3, 0.25, 0.1, 0.25, 0.1)
+# Box-carrying prompts dominate: they are what the reward engine decodes (the policy answers a box and
+# points) and what the goals are stated for; point-only prompts (ambiguous, harder) keep a quarter.
+PROMPT_WEIGHTS = (0.35, 0.3, 0.1, 0.18, 0.07)
 
 
 @dataclass
@@ -74,8 +79,8 @@ class TrainConfig:
 
     seed: int = field(default=0, metadata={"help": "seeds init, scenes and prompts"})
     steps: int = field(default=3000, metadata={"help": "optimiser steps"})
-    batch_images: int = field(default=4, metadata={"help": "scenes per step"})
-    prompts_per_image: int = field(default=8, metadata={"help": "prompts decoded per scene (amortises the encoder)"})
+    batch_images: int = field(default=6, metadata={"help": "scenes per step"})
+    prompts_per_image: int = field(default=5, metadata={"help": "prompts decoded per scene (amortises the encoder)"})
     lr: float = field(default=8e-4, metadata={"help": "peak learning rate (AdamW)"})
     min_lr: float = field(default=1e-5, metadata={"help": "learning rate at the end of the cosine"})
     warmup: int = field(default=100, metadata={"help": "linear warm-up steps"})
@@ -87,7 +92,9 @@ class TrainConfig:
                                                       "--steps (0: run all steps); reproduces a hard stop"})
     device: str = field(default="cpu", metadata={"help": "torch device (cpu or cuda)"})
     threads: int = field(default=1, metadata={"help": "torch CPU threads (the hash depends on it)"})
-    eval_every: int = field(default=500, metadata={"help": "quick held-out eval every N steps (0: off)"})
+    workers: int = field(default=1, metadata={"help": "data worker processes building scenes ahead (0: in the "
+                                                     "training process; the weights do not depend on it)"})
+    eval_every: int = field(default=1500, metadata={"help": "quick held-out eval every N steps (0: off)"})
     eval_scenes: int = field(default=100, metadata={"help": "held-out scenes of the final evaluation"})
     out: str = field(default="train_sam_out", metadata={"help": "folder for checkpoints and the log"})
     time_budget_s: float = field(default=0.0, metadata={
@@ -99,6 +106,8 @@ class TrainConfig:
         for name in ("steps", "batch_images", "prompts_per_image", "threads"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.workers < 0:
+            raise ValueError(f"workers must be >= 0, got {self.workers}")
         if not 0 <= self.warmup < self.steps:
             raise ValueError(f"warmup must be in [0, steps), got {self.warmup} with steps={self.steps}")
         if self.decay_start >= self.steps or (0 <= self.decay_start < self.warmup):
@@ -205,7 +214,12 @@ class _Sample:
     target: torch.Tensor  # K x frame x frame float32 soft masks
 
 
-def _make_sample(scene_seed: int, rng: np.random.Generator, k: int, frame: int, sam) -> _Sample | None:
+def _make_sample(scene_seed: int, rng: np.random.Generator, k: int, frame: int, pixel_mean: torch.Tensor,
+                 pixel_std: torch.Tensor) -> _Sample | None:
+    """One training scene with ``k`` prompts of one kind, all tensors on the CPU (the training loop moves
+    them), or None when the scene has no object big enough to prompt. ``pixel_mean`` / ``pixel_std``
+    (3 x 1 x 1) are the model's: the image is normalised and zero-padded exactly as ``Sam.preprocess``
+    does, so it can be built in a data worker without the model."""
     scene = make_scene(scene_seed)
     h, w = scene.image.shape[:2]
     scale = _resize_shape(h, w, frame)[0] / h if h >= w else _resize_shape(h, w, frame)[1] / w
@@ -215,7 +229,8 @@ def _make_sample(scene_seed: int, rng: np.random.Generator, k: int, frame: int, 
         return None
     image = _augment(scene.image, rng)
     x = torch.from_numpy(_frame_image(image, frame)).permute(2, 0, 1).float()
-    x = sam.preprocess(x[None].to(sam.pixel_mean.device))[0]
+    x = (x - pixel_mean) / pixel_std
+    x = F.pad(x, (0, frame - x.shape[-1], 0, frame - x.shape[-2]))
     kind = int(rng.choice(len(PROMPT_KINDS), p=PROMPT_WEIGHTS))
     _, n_pts, has_box = PROMPT_KINDS[kind]
     coords, boxes, targets = [], [], []
@@ -235,14 +250,61 @@ def _make_sample(scene_seed: int, rng: np.random.Generator, k: int, frame: int, 
             ys, xs = np.nonzero(o.mask)
             idx = rng.integers(len(xs), size=n_pts)
             coords.append(np.stack([xs[idx] * sx, ys[idx] * sy], 1).astype(np.float32))
-    dev = sam.pixel_mean.device
     return _Sample(
         image=x,
         kind=kind,
-        coords=torch.from_numpy(np.stack(coords)).to(dev) if coords else None,
-        boxes=torch.from_numpy(np.stack(boxes)).to(dev) if boxes else None,
-        target=torch.from_numpy(np.stack(targets)).to(dev),
+        coords=torch.from_numpy(np.stack(coords)) if coords else None,
+        boxes=torch.from_numpy(np.stack(boxes)) if boxes else None,
+        target=torch.from_numpy(np.stack(targets)),
     )
+
+
+def _to(s: _Sample, dev: torch.device) -> _Sample:
+    return _Sample(image=s.image.to(dev), kind=s.kind, coords=None if s.coords is None else s.coords.to(dev),
+                   boxes=None if s.boxes is None else s.boxes.to(dev), target=s.target.to(dev))
+
+
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``step`` = the list of ``batch_images`` samples of that training step (CPU tensors).
+
+    Everything in it follows from (seed, step): the prompt draws from ``default_rng([seed, step])``, the
+    scenes from seeds above :data:`TRAIN_SEED_BASE` that depend on (seed, step) only, so a data worker
+    process (``TrainConfig.workers``) yields exactly what the training process would have built itself,
+    in the same order, and the weights hash does not depend on the number of workers (a test checks)."""
+
+    def __init__(self, cfg: TrainConfig, frame: int, pixel_mean: torch.Tensor, pixel_std: torch.Tensor):
+        self.seed, self.n, self.k, self.frame = cfg.seed, cfg.batch_images, cfg.prompts_per_image, frame
+        self.steps = cfg.stop_at or cfg.steps
+        self.mean, self.std = pixel_mean.detach().cpu().clone(), pixel_std.detach().cpu().clone()
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __getitem__(self, step: int) -> list[_Sample]:
+        rng = np.random.default_rng([self.seed, step])
+        samples: list[_Sample] = []
+        j = 0
+        while len(samples) < self.n:
+            s = _make_sample(TRAIN_SEED_BASE + (self.seed * 1000 + step) * 64 + j, rng, self.k, self.frame,
+                             self.mean, self.std)
+            j += 1
+            if s is not None:
+                samples.append(s)
+        return samples
+
+
+def _identity(x):
+    return x
+
+
+def _batches(data: StepBatches, workers: int):
+    """Iterate the steps' batches in order; with ``workers`` > 0 they are built ahead (at most 4 per
+    worker) in separate processes, one torch thread each, while the training process computes."""
+    if workers == 0:
+        return (data[i] for i in range(len(data)))
+    loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=workers,
+                                         collate_fn=_identity, prefetch_factor=4, persistent_workers=False)
+    return iter(loader)
 
 
 # ----------------------------------------------------------------------------------------------- loss
@@ -321,7 +383,7 @@ def save_weights(sam, path: str) -> str:
 
 @torch.no_grad()
 def evaluate(sam, n_scenes: int = 100, first_seed: int = 0, multimask: bool = True,
-             min_area: int = 0) -> dict[str, Any]:
+             min_area: int = 0, scene_fn=make_scene) -> dict[str, Any]:
     """Mean IoU on held-out scenes (seeds ``first_seed .. first_seed + n_scenes - 1``, all below
     :data:`TRAIN_SEED_BASE`), for three prompts per visible object: its tight box, box + centre point,
     centre point alone (:func:`centre_point`). Masks come from ``SamPredictor`` at the scene's original
@@ -331,10 +393,13 @@ def evaluate(sam, n_scenes: int = 100, first_seed: int = 0, multimask: bool = Tr
     Returns {"box": mean IoU, "box+point": ..., "point": ..., "objects": count, "scenes": n_scenes,
     "by_size": {"small"/"medium"/"large": {"box": ..., "n": ...}}} (size by the object's share of the
     image area: < 1 %, < 5 %, >= 5 %).
+
+    ``scene_fn(seed) -> Scene`` draws the scenes: :func:`samr1.scenes.make_scene` (the training generator,
+    held-out seeds) by default, or another generator such as :func:`samr1.scenes_alt.make_alt_scene`.
     """
     from segment_anything import SamPredictor
 
-    if first_seed + n_scenes > TRAIN_SEED_BASE:
+    if scene_fn is make_scene and first_seed + n_scenes > TRAIN_SEED_BASE:
         raise ValueError(f"held-out seeds must stay below {TRAIN_SEED_BASE} (training scenes start there)")
     was_training = sam.training
     sam.eval()
@@ -342,7 +407,7 @@ def evaluate(sam, n_scenes: int = 100, first_seed: int = 0, multimask: bool = Tr
     res: dict[str, list[float]] = {"box": [], "box+point": [], "point": []}
     sizes: dict[str, list[float]] = {"small": [], "medium": [], "large": []}
     for seed in range(first_seed, first_seed + n_scenes):
-        scene = make_scene(seed)
+        scene = scene_fn(seed)
         pred.set_image(scene.image)
         hw = scene.image.shape[0] * scene.image.shape[1]
         for o in scene.objects:
@@ -375,8 +440,50 @@ def evaluate(sam, n_scenes: int = 100, first_seed: int = 0, multimask: bool = Tr
 
 # ------------------------------------------------------------------------------------------ training
 
+def _history(path: str, row: dict[str, Any]) -> None:
+    """Append one JSON line to the run's ``history.jsonl`` (train rows every 25 steps, eval rows)."""
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def plot_curve(history: str, out_png: str) -> str:
+    """Draw a run's ``history.jsonl`` (see :func:`train`): train IoU (mean of the last 50 steps) and the
+    periodic held-out box / box + point / point IoU against the step, the learning rate on a second axis.
+    Returns ``out_png``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    with open(history) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    tr = [r for r in rows if "train_iou" in r]
+    ev = [r for r in rows if "eval" in r]
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    ax.plot([r["step"] for r in tr], [r["train_iou"] for r in tr], color="0.6", lw=1, label="train IoU (50-step mean)")
+    for key, colour in (("box", "C0"), ("box+point", "C1"), ("point", "C2")):
+        pts = [(r["step"], r["eval"][key]) for r in ev if r["eval"].get(key) is not None]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), "o-", color=colour, label=f"held-out {key}")
+    ax.axhline(0.85, color="k", ls=":", lw=1, label="goal 0.85")
+    ax.set_xlabel("step")
+    ax.set_ylabel("mean IoU")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax2 = ax.twinx()
+    ax2.plot([r["step"] for r in tr], [r["lr"] for r in tr], color="C3", lw=0.8, ls="--")
+    ax2.set_ylabel("learning rate", color="C3")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("tiny-shapes training (held-out: 20 scenes, multimask)")
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
 def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
-    """Train from scratch per ``cfg``; writes ``{out}/tiny_shapes.pth`` (fp16) and ``{out}/card.json``.
+    """Train from scratch per ``cfg``; writes ``{out}/tiny_shapes.pth`` (fp16), ``{out}/card.json`` and
+    ``{out}/history.jsonl`` (the curve: loss / train IoU / lr every 25 steps, and the periodic evals).
 
     Returns the card (spec, config, steps done, wall time, held-out metrics, weights hash).
     """
@@ -403,11 +510,13 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     log(f"tiny-shapes: {n_params / 1e6:.2f} M parameters, frame {frame}, device {dev}, threads {cfg.threads}")
     os.makedirs(cfg.out, exist_ok=True)
     t0 = time.time()
-    step = 0
     hist: list[float] = []
     if cfg.decay_start < 0 and not cfg.time_budget_s:
         cfg.decay_start = decay_start_of(cfg)
     budget_decided = False
+    history = os.path.join(cfg.out, "history.jsonl")
+    open(history, "w").close()  # this run's curve only
+    batches = _batches(StepBatches(cfg, frame, sam.pixel_mean, sam.pixel_std), cfg.workers)
     step = 0
     while step < (cfg.stop_at or cfg.steps):
         el = time.time() - t0
@@ -421,15 +530,7 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
                 cfg.decay_start = max(step, cfg.warmup)
                 cfg.steps = min(cfg.steps, cfg.decay_start + max(20, step // 4))
                 log(f"time budget: decay from step {cfg.decay_start} to {cfg.steps}")
-        rng = np.random.default_rng([cfg.seed, step])
-        samples = []
-        j = 0
-        while len(samples) < cfg.batch_images:
-            s = _make_sample(TRAIN_SEED_BASE + (cfg.seed * 1000 + step) * 64 + j, rng, cfg.prompts_per_image,
-                             frame, sam)
-            j += 1
-            if s is not None:
-                samples.append(s)
+        samples = [_to(s, dev) for s in next(batches)]
         for g in opt.param_groups:
             g["lr"] = lr_at(step, cfg)
         embs = sam.image_encoder(torch.stack([s.image for s in samples]))
@@ -448,10 +549,13 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
             el = time.time() - t0
             log(f"step {step:5d}  loss {loss.item():.4f}  train IoU(50) {np.mean(hist[-50:]):.3f}  "
                 f"lr {lr_at(step, cfg):.2e}  {el / (step + 1):.2f} s/step  elapsed {el / 60:.1f} min")
+            _history(history, {"step": step, "loss": round(loss.item(), 5), "lr": lr_at(step, cfg),
+                               "train_iou": round(float(np.mean(hist[-50:])), 4), "elapsed_s": round(el, 1)})
             sys.stdout.flush()
         if cfg.eval_every and step and step % cfg.eval_every == 0:
             ev = evaluate(sam, n_scenes=20, first_seed=TRAIN_SEED_BASE - 1000)
             log(f"eval@{step} (20 scenes, seeds {TRAIN_SEED_BASE - 1000}+): {json.dumps(ev)}")
+            _history(history, {"step": step, "eval": ev})
             save_weights(sam, os.path.join(cfg.out, f"step{step}.pth"))
         step += 1
     wall = time.time() - t0
@@ -489,5 +593,6 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     }
     with open(os.path.join(cfg.out, "card.json"), "w") as f:
         json.dump(card, f, indent=1)
+    plot_curve(history, os.path.join(cfg.out, "curve.png"))
     log(f"done: {step} steps in {wall / 60:.1f} min; hash {whash}; held-out {json.dumps(metrics)}")
     return card
