@@ -3,9 +3,11 @@
 ``tiny-shapes`` is trained on :mod:`samr1.scenes`; a model that only learnt that generator's look would
 score well on its held-out scenes and fail on anyone else's. This module draws the same *kind* of content
 with different code and different choices: PIL ``ImageDraw`` primitives (anti-aliasing off, so masks are
-exact), regular polygons and stars, rounded rectangles, one solid colour per shape at a minimum RGB distance
-from the background, and Gaussian or uniform pixel noise over a flat or linearly graded background (with
-the noise applied to the shapes too in half of the scenes). It is never used for training.
+exact), regular polygons and stars, rounded rectangles, one solid colour per shape at RGB distance >= 80
+from the background's base colour (a linear grade can move the background up to 60 per channel toward
+it; shapes are not kept apart from each other), and Gaussian or uniform pixel noise over the flat or graded
+background (applied to the shapes too in half of the scenes). Like :func:`samr1.scenes.make_scene` it
+keeps objects at least half visible. It is never used for training.
 
     make_alt_scene(seed) -> samr1.scenes.Scene   (image H x W x 3 uint8, visible masks, queries)
 """
@@ -53,7 +55,7 @@ def _draw(kind: str, draw: ImageDraw.ImageDraw, cx: float, cy: float, r: float, 
 
 def make_alt_scene(seed: int, n_objects: int | None = None) -> Scene:
     """Scene ``seed``: 1..4 solid shapes (``n_objects`` if given) on a noisy background, image sides
-    200..720 px; objects whose visible part is under 30 px are dropped."""
+    200..720 px; objects less than half visible after occlusion, or under 30 px, are dropped."""
     rng = np.random.default_rng([7919, seed])
     h, w = int(rng.integers(200, 721)), int(rng.integers(200, 721))
     base = rng.integers(0, 256, 3).astype(np.float32)
@@ -62,7 +64,7 @@ def make_alt_scene(seed: int, n_objects: int | None = None) -> Scene:
         d = rng.uniform(-60, 60, 3).astype(np.float32)
         t = np.linspace(0, 1, w if rng.random() < 0.5 else h, dtype=np.float32)
         img += (t[None, :, None] if t.size == w else t[:, None, None]) * d
-    masks, kinds, colours = [], [], []
+    masks, kinds, colours, drawn = [], [], [], []
     s = min(h, w)
     for _ in range(n_objects if n_objects is not None else int(rng.integers(1, 5))):
         kind = ALT_SHAPES[int(rng.integers(len(ALT_SHAPES)))]
@@ -77,6 +79,7 @@ def make_alt_scene(seed: int, n_objects: int | None = None) -> Scene:
                 break
         img[m] = c
         masks = [old & ~m for old in masks] + [m]
+        drawn.append(int(m.sum()))
         kinds.append(kind)
         colours.append(c)
     sigma = rng.uniform(4, 30)
@@ -88,8 +91,8 @@ def make_alt_scene(seed: int, n_objects: int | None = None) -> Scene:
         noise[fg] = 0
     image = np.clip(img + noise, 0, 255).astype(np.uint8)
     objects = []
-    for kind, c, m in zip(kinds, colours, masks, strict=True):
-        if m.sum() < 30:
+    for kind, c, m, full in zip(kinds, colours, masks, drawn, strict=True):
+        if m.sum() < max(30, 0.5 * full):
             continue
         name = nearest_colour_name(c)
         objects.append(SceneObject(shape=kind, colour=name, mask=m, query=f"the {name} {kind}"))

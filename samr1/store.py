@@ -9,9 +9,11 @@ Layout of a store folder::
 ``samr1 embed`` fills a store; :class:`samr1.engine.cache.EmbeddingCache` reads it before encoding, so
 training on a known dataset never runs the encoder. A store is tied to one model id: opening it for another
 model is refused (embeddings of other weights would silently give wrong masks). It also records the encoder
-backend and precision that wrote it (``"torch-fp32"``, ``"tensorrt-fp16"``, ...): resuming it with another
-one is refused (one store, one precision), and reading it from an engine that encodes with another one
-warns (store hits and fresh encodes then differ at the precision of the less precise one).
+that wrote it (``ImageEncoder.name``: ``"torch-fp32"``, ``"onnxruntime-cpu"``, ``"tensorrt-fp16"``, ...).
+What matters of it is the compute precision (:func:`encoder_precision`): resuming a store with an encoder
+of another precision is refused (one store, one precision; fp32 backends mix freely, the store keeps
+float16 anyway), and reading it from an engine that encodes misses at another precision warns (store hits
+and fresh encodes then differ at the less precise of the two).
 
 Writes are resumable: rows are written to the memmap and flushed first, and only then does the index
 (written atomically) point at them, so a crash loses at most the rows since the last :meth:`flush`.
@@ -28,6 +30,7 @@ import hashlib
 import json
 import os
 import threading
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -57,6 +60,15 @@ def default_hash() -> str:
         return "xxh3_128"
     except ImportError:
         return "blake2b"
+
+
+def encoder_precision(name: str) -> str:
+    """Compute precision of an encoder from its ``ImageEncoder.name``: "bf16", "fp16" or "fp32" (backends
+    without a precision in their name, such as ``"onnxruntime-cpu"``, run the fp32 export)."""
+    for p in ("bf16", "fp16"):
+        if p in name.split("-"):
+            return p
+    return "fp32"
 
 
 def image_key(image: np.ndarray, algorithm: str | None = None) -> str:
@@ -126,10 +138,11 @@ class EmbeddingStore:
                hash: str | None = None, encoder: str | None = None) -> EmbeddingStore:
         """Open ``path`` for writing: a new store, or an existing one for ``model_id`` (resume).
 
-        ``encoder`` (e.g. ``ImageEncoder.name``) is recorded in a new store and must match a resumed one.
+        ``encoder`` (e.g. ``ImageEncoder.name``) is recorded in a new store; a resumed one must have been
+        written at the same precision (:func:`encoder_precision`).
 
         Raises:
-            StoreError: the folder holds a store for another model id, embedding shape or encoder.
+            StoreError: the folder holds a store for another model id, embedding shape or precision.
         """
         path = Path(path)
         if (path / _INDEX).exists():
@@ -137,12 +150,18 @@ class EmbeddingStore:
             if store.shape != tuple(int(v) for v in shape) or store.frame != int(frame):
                 raise StoreError(f"store {path} holds {store.shape} embeddings at frame {store.frame}, not "
                                  f"{tuple(shape)} at frame {frame}; use another --out folder")
-            if encoder is not None and store.encoder not in (None, encoder):
-                raise StoreError(f"store {path} was written by encoder {store.encoder!r}; resuming it with "
-                                 f"{encoder!r} would mix two precisions in one store. Use the same backend and "
-                                 "dtype, or another --out folder")
-            if store.encoder is None and encoder is not None and len(store) == 0:
-                store.encoder = encoder
+            if encoder is not None and store.encoder is not None and (
+                    encoder_precision(store.encoder) != encoder_precision(encoder)):
+                raise StoreError(f"store {path} was written by encoder {store.encoder!r} "
+                                 f"({encoder_precision(store.encoder)}); resuming it with {encoder!r} "
+                                 f"({encoder_precision(encoder)}) would mix two precisions in one store. Use "
+                                 "the same dtype, or another --out folder")
+            if store.encoder is None and encoder is not None:
+                if len(store):
+                    warnings.warn(f"store {path} predates encoder records: its {len(store)} embeddings were "
+                                  f"written by an unknown encoder; resuming it with {encoder!r}", stacklevel=2)
+                else:
+                    store.encoder = encoder  # nothing written yet: adopt
             return store
         path.mkdir(parents=True, exist_ok=True)
         if (path / _DATA).exists():

@@ -8,6 +8,7 @@ possibly another batch composition), float16 rounding (rtol 1e-3) for store hits
 from __future__ import annotations
 
 import threading
+import warnings
 
 import numpy as np
 import pytest
@@ -157,6 +158,13 @@ def test_store_is_read_before_encoding(encoder, pool, tmp_path):
                                  encoder="torch-bf16")
     with pytest.warns(UserWarning, match=rf"'torch-bf16'.*'{encoder.name}'"):
         EmbeddingCache(encoder, store=bf16)
+    # same precision (another fp32 backend), or a store without an encoder record: no warning
+    onnx = EmbeddingStore.create(tmp_path / "onnx", encoder.model_id, encoder.embedding_shape, encoder.frame,
+                                 encoder="onnxruntime-cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        EmbeddingCache(encoder, store=onnx)
+        EmbeddingCache(encoder, store=ro)
 
 
 def test_bad_inputs(encoder):

@@ -184,15 +184,43 @@ def test_embed_cli_builds_resumable_store(tmp_path, capsys):
     assert len(EmbeddingStore.open(out, enc.model_id)) == 2
 
 
-def test_records_the_encoder_and_refuses_resuming_with_another(tmp_path):
+def test_encoder_precision():
+    from samr1.store import encoder_precision
+
+    assert [encoder_precision(n) for n in ("torch-fp32", "torch-bf16-compiled", "torch-fp16", "onnxruntime-cpu",
+                                           "onnxruntime-cuda", "tensorrt-fp16", "tensorrt-fp32")] == [
+        "fp32", "bf16", "fp16", "fp32", "fp32", "fp16", "fp32"]
+
+
+def test_records_the_encoder_and_refuses_resuming_at_another_precision(tmp_path):
     EmbeddingStore.create(tmp_path / "s", "m", SHAPE, 1024, encoder="torch-fp32").flush()
     assert EmbeddingStore.open(tmp_path / "s", "m").encoder == "torch-fp32"
-    with pytest.raises(StoreError, match=r"'torch-fp32'.*'tensorrt-fp16'"):
+    with pytest.raises(StoreError, match=r"'torch-fp32' \(fp32\).*'tensorrt-fp16' \(fp16\)"):
         EmbeddingStore.create(tmp_path / "s", "m", SHAPE, 1024, encoder="tensorrt-fp16")
-    assert EmbeddingStore.create(tmp_path / "s", "m", SHAPE, 1024, encoder="torch-fp32").encoder == "torch-fp32"
-    # a store written before the encoder was recorded (no "encoder" in its index) still opens
-    idx = tmp_path / "s" / "index.json"
+    # another fp32 backend (ONNX Runtime, on another machine's provider) may resume it
+    assert EmbeddingStore.create(tmp_path / "s", "m", SHAPE, 1024, encoder="onnxruntime-cuda").encoder == "torch-fp32"
+
+
+def _drop_encoder_field(path):
+    idx = path / "index.json"
     meta = json.loads(idx.read_text())
     del meta["encoder"]
     idx.write_text(json.dumps(meta))
-    assert EmbeddingStore.open(tmp_path / "s", "m").encoder is None
+
+
+def test_stores_from_before_encoder_records(tmp_path):
+    # empty: the first writer's encoder is adopted
+    EmbeddingStore.create(tmp_path / "e", "m", SHAPE, 1024).flush()
+    _drop_encoder_field(tmp_path / "e")
+    assert EmbeddingStore.open(tmp_path / "e", "m").encoder is None
+    s = EmbeddingStore.create(tmp_path / "e", "m", SHAPE, 1024, encoder="torch-bf16")
+    s.flush()
+    assert EmbeddingStore.open(tmp_path / "e", "m").encoder == "torch-bf16"
+    # with rows: it still opens and resumes, but resuming says the rows' encoder is unknown
+    full = EmbeddingStore.create(tmp_path / "f", "m", SHAPE, 1024)
+    full.put(["a"], torch.randn(1, *SHAPE), [(1, 1)])
+    full.flush()
+    _drop_encoder_field(tmp_path / "f")
+    with pytest.warns(UserWarning, match="unknown encoder"):
+        resumed = EmbeddingStore.create(tmp_path / "f", "m", SHAPE, 1024, encoder="torch-fp32")
+    assert resumed.encoder is None and "a" in resumed

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 from samr1.io import InputError, load_image
-from samr1.store import EmbeddingStore, StoreError, default_hash, image_key
+from samr1.store import EmbeddingStore, StoreError, default_hash, encoder_precision, image_key
 
 __all__ = ["EmbeddingCache", "EmbeddingBatch", "DEFAULT_CACHE_BYTES"]
 
@@ -101,11 +101,13 @@ class EmbeddingCache:
                 raise StoreError(f"embedding store {store.path} holds {store.shape} embeddings, the encoder "
                                  f"produces {tuple(shape)}")
             name = getattr(encoder, "name", None)
-            if store.encoder is not None and name is not None and store.encoder != name:
+            if (store.encoder is not None and name is not None
+                    and encoder_precision(store.encoder) != encoder_precision(name)):
                 # same weights, other precision: usable, but not bit-comparable with fresh encodes
-                warnings.warn(f"embedding store {store.path} was written by encoder {store.encoder!r}, this engine "
-                              f"encodes misses with {name!r}: embeddings from the store and fresh ones differ at "
-                              "the precision of the less precise of the two", stacklevel=3)
+                warnings.warn(f"embedding store {store.path} was written by encoder {store.encoder!r} "
+                              f"({encoder_precision(store.encoder)}), this engine encodes misses with {name!r} "
+                              f"({encoder_precision(name)}): embeddings from the store and fresh ones differ at "
+                              "the less precise of the two", stacklevel=3)
         self.store = store
         # The store fixes the hash (its keys must match ours); without one the fastest available.
         self.hash = store.hash if store is not None else default_hash()

@@ -1,6 +1,7 @@
-"""Held-out quality of a ``tiny-shapes`` checkpoint on two scene generators (the numbers of its card).
+"""Held-out quality of a ``tiny-shapes`` checkpoint on two scene generators (the card's ``heldout_*`` and
+``alt_generator`` numbers).
 
-    python -m samr1.sam.shapes_check [--weights PATH] [--scenes 100] [--json OUT]
+    python -m samr1.sam.shapes_check [--weights PATH] [--scenes 100] [--json OUT] [--figure PNG]
 
 Prints mean IoU for box, box + centre point and centre point prompts, best-of-3 (multimask, the engine's
 default) and single-mask, overall and by object size, on
@@ -47,12 +48,63 @@ def check(weights: str | None = None, n_scenes: int = 100, log=print) -> dict[st
     return out
 
 
+def examples_figure(weights: str | None, out_png: str, n: int = 6, first_seed: int = 0) -> str:
+    """A sheet of ``n`` scenes from each generator (top row: own held-out, bottom: alt): every object
+    segmented from its tight box, predicted masks tinted red, ground-truth outlines green, boxes yellow, the
+    scene's mean box IoU in the title. Returns ``out_png``."""
+    import numpy as np
+    from PIL import Image, ImageDraw
+    from segment_anything import SamPredictor
+
+    from samr1.demo import _grid
+    from samr1.geometry import mask_to_box
+    from samr1.sam import load_sam
+    from samr1.scenes import make_scene
+    from samr1.scenes_alt import make_alt_scene
+
+    pred = SamPredictor(load_sam("tiny-shapes", weights))
+    side = 256
+    panels = []
+    for name, fn in (("own", make_scene), ("alt", make_alt_scene)):
+        for seed in range(first_seed, first_seed + n):
+            scene = fn(seed)
+            pred.set_image(scene.image)
+            img = scene.image.astype(np.float32)
+            ious, boxes, outline = [], [], np.zeros(scene.image.shape[:2], bool)
+            for o in scene.objects:
+                box = np.asarray(mask_to_box(o.mask), np.float32)
+                masks, scores, _ = pred.predict(box=box, multimask_output=True)
+                m = masks[int(np.argmax(scores))]
+                ious.append((m & o.mask).sum() / max(1, (m | o.mask).sum()))
+                img[m] = img[m] * 0.5 + np.array([255, 0, 0]) * 0.5
+                inner = o.mask.copy()
+                inner[1:-1, 1:-1] &= inner[:-2, 1:-1] & inner[2:, 1:-1] & inner[1:-1, :-2] & inner[1:-1, 2:]
+                outline |= o.mask & ~inner
+                boxes.append(box)
+            img[outline] = (0, 255, 0)
+            im = Image.fromarray(img.clip(0, 255).astype(np.uint8))
+            d = ImageDraw.Draw(im)
+            for b in boxes:
+                d.rectangle(list(map(float, b)), outline=(255, 230, 0), width=1)
+            scale = side / max(im.size)
+            im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))))
+            tile = Image.new("RGB", (side, side + 14), (30, 30, 30))
+            tile.paste(im, (0, 14))
+            title = f"{name} {seed}: box IoU " + (f"{np.mean(ious):.2f}" if ious else "-")
+            ImageDraw.Draw(tile).text((3, 1), title, fill=(255, 255, 255))
+            panels.append(tile)
+    _grid(panels, cols=n).save(out_png)
+    return out_png
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m samr1.sam.shapes_check", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--weights", default=None, help="checkpoint path (default: the shipped tiny-shapes weights)")
     p.add_argument("--scenes", type=int, default=100, help="scenes per generator (default: 100)")
     p.add_argument("--json", default=None, metavar="OUT", help="also write the results here as JSON")
+    p.add_argument("--figure", default=None, metavar="PNG",
+                   help="also draw 6 scenes of each generator with the box-prompted masks into this PNG")
     args = p.parse_args(argv)
     if args.scenes < 1:
         p.error("--scenes must be >= 1")
@@ -60,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)
+    if args.figure:
+        print(f"figure: {examples_figure(args.weights, args.figure)}")
     return 0
 
 

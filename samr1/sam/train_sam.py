@@ -209,7 +209,7 @@ def _augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 class _Sample:
     image: torch.Tensor  # 3 x frame x frame float32, normalised and padded (Sam.preprocess)
     kind: int  # index into PROMPT_KINDS
-    coords: torch.Tensor | None  # K x P x 2 frame pixels
+    coords: torch.Tensor | None  # K x P x 2 (x, y): integer mask pixels scaled into the frame
     boxes: torch.Tensor | None  # K x 4 frame pixels, XYXY
     target: torch.Tensor  # K x frame x frame float32 soft masks
 
@@ -268,7 +268,9 @@ class StepBatches(torch.utils.data.Dataset):
     """Item ``step`` = the list of ``batch_images`` samples of that training step (CPU tensors).
 
     Everything in it follows from (seed, step): the prompt draws from ``default_rng([seed, step])``, the
-    scenes from seeds above :data:`TRAIN_SEED_BASE` that depend on (seed, step) only, so a data worker
+    scenes from seeds ``TRAIN_SEED_BASE + (1000 * seed + step) * 64 + j`` (j counts the draws of the step;
+    runs with seeds s and s + 1 therefore share scenes from step 1000 on, with other prompts and
+    augmentation; kept so that the shipped weights stay reproducible), so a data worker
     process (``TrainConfig.workers``) yields exactly what the training process would have built itself,
     in the same order, and the weights hash does not depend on the number of workers (a test checks)."""
 
@@ -302,8 +304,11 @@ def _batches(data: StepBatches, workers: int):
     worker) in separate processes, one torch thread each, while the training process computes."""
     if workers == 0:
         return (data[i] for i in range(len(data)))
+    # Starting workers draws their base seed from a generator; give it its own so the global torch RNG the
+    # training may use is left exactly as in the in-process path.
     loader = torch.utils.data.DataLoader(data, batch_size=None, shuffle=False, num_workers=workers,
-                                         collate_fn=_identity, prefetch_factor=4, persistent_workers=False)
+                                         collate_fn=_identity, prefetch_factor=4, persistent_workers=False,
+                                         generator=torch.Generator().manual_seed(data.seed))
     return iter(loader)
 
 
@@ -439,6 +444,22 @@ def evaluate(sam, n_scenes: int = 100, first_seed: int = 0, multimask: bool = Tr
 
 
 # ------------------------------------------------------------------------------------------ training
+
+def _git_revision() -> str | None:
+    """The commit of the source tree this module runs from (with "-dirty" for local changes), or None
+    outside a git checkout: the card records it because the recipe is code as well as flags."""
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=os.path.dirname(here),
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return rev + ("-dirty" if dirty else "")
+
 
 def _history(path: str, row: dict[str, Any]) -> None:
     """Append one JSON line to the run's ``history.jsonl`` (train rows every 25 steps, eval rows)."""
@@ -582,6 +603,9 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         "command": "samr1 train-sam " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in {**asdict(cfg), "stop_at": step if step < cfg.steps else 0}.items()
             if k not in ("out", "time_budget_s")),
+        "prompt_kinds": [k[0] for k in PROMPT_KINDS],
+        "prompt_weights": list(PROMPT_WEIGHTS),
+        "code_revision": _git_revision(),
         "torch": torch.__version__,
         "device": str(dev),
         "weights_file": os.path.basename(path),
