@@ -127,7 +127,7 @@ def run_demo(out_dir: str = "demo_out", sam_kind: str = "tiny-shapes", checkpoin
              "meaningless, so the IoU rewards below only show the plumbing, not quality.")
     elif checkpoint is None:
         echo(f"NOTE: SAM '{sam_kind}' is the small model samr1 ships, trained only on synthetic shapes like "
-             "these scenes (held-out box-prompt IoU ~0.70): the rewards are meaningful here, but it is not a "
+             "these scenes (held-out box-prompt IoU ~0.80): the rewards are meaningful here, but it is not a "
              "general segmenter. Pass --sam vit_h --sam-checkpoint PATH for real SAM.")
     torch.manual_seed(seed)
     sam = load_sam(sam_kind, checkpoint=checkpoint, device=device)
