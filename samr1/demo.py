@@ -69,17 +69,23 @@ def sample_completions(mask: np.ndarray, query: str) -> list[tuple[str, Any]]:
     ]
 
 
+def mask_outline(mask: np.ndarray, width: int = 2) -> np.ndarray:
+    """The ``width``-pixel inner band of an H x W bool mask (4-neighbour erosion; the image border counts as
+    outside), H x W bool: what the overlays draw as the ground-truth outline."""
+    inner = mask.copy()
+    for _ in range(width):
+        inner[1:-1, 1:-1] &= inner[:-2, 1:-1] & inner[2:, 1:-1] & inner[1:-1, :-2] & inner[1:-1, 2:]
+        inner[[0, -1], :] = False
+        inner[:, [0, -1]] = False
+    return mask & ~inner
+
+
 def _overlay(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, answer: Any, title: str) -> Image.Image:
     """Image with predicted mask (red tint), ground-truth outline (green), box (yellow), points (cyan)."""
     out = image.astype(np.float32)
     out[pred] = out[pred] * 0.5 + np.array([255, 0, 0]) * 0.5
     # ground truth as a 2 px outline so that it stays visible on any object colour and over the prediction
-    inner = gt.copy()
-    for _ in range(2):
-        inner[1:-1, 1:-1] &= inner[:-2, 1:-1] & inner[2:, 1:-1] & inner[1:-1, :-2] & inner[1:-1, 2:]
-        inner[[0, -1], :] = False
-        inner[:, [0, -1]] = False
-    out[gt & ~inner] = (0, 255, 0)
+    out[mask_outline(gt, 2)] = (0, 255, 0)
     im = Image.fromarray(out.clip(0, 255).astype(np.uint8))
     d = ImageDraw.Draw(im)
     if getattr(answer, "ok", False):

@@ -56,9 +56,10 @@ def examples_figure(weights: str | None, out_png: str, n: int = 6, first_seed: i
     from PIL import Image, ImageDraw
     from segment_anything import SamPredictor
 
-    from samr1.demo import _grid
-    from samr1.geometry import mask_to_box
+    from samr1.demo import _grid, mask_outline
+    from samr1.engine.reference import mask_iou_numpy
     from samr1.sam import load_sam
+    from samr1.sam.train_sam import _box
     from samr1.scenes import make_scene
     from samr1.scenes_alt import make_alt_scene
 
@@ -72,14 +73,12 @@ def examples_figure(weights: str | None, out_png: str, n: int = 6, first_seed: i
             img = scene.image.astype(np.float32)
             ious, boxes, outline = [], [], np.zeros(scene.image.shape[:2], bool)
             for o in scene.objects:
-                box = np.asarray(mask_to_box(o.mask), np.float32)
+                box = _box(o.mask)  # the box evaluate() prompts with
                 masks, scores, _ = pred.predict(box=box, multimask_output=True)
                 m = masks[int(np.argmax(scores))]
-                ious.append((m & o.mask).sum() / max(1, (m | o.mask).sum()))
+                ious.append(mask_iou_numpy(m, o.mask))
                 img[m] = img[m] * 0.5 + np.array([255, 0, 0]) * 0.5
-                inner = o.mask.copy()
-                inner[1:-1, 1:-1] &= inner[:-2, 1:-1] & inner[2:, 1:-1] & inner[1:-1, :-2] & inner[1:-1, 2:]
-                outline |= o.mask & ~inner
+                outline |= mask_outline(o.mask, 1)
                 boxes.append(box)
             img[outline] = (0, 255, 0)
             im = Image.fromarray(img.clip(0, 255).astype(np.uint8))

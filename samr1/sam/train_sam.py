@@ -43,6 +43,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from samr1.bench.harness import git_commit
+from samr1.engine.reference import mask_iou_numpy
+from samr1.geometry import mask_to_box
 from samr1.sam import SamSpec, build_sam
 from samr1.scenes import make_scene
 
@@ -190,8 +193,9 @@ def centre_point(mask: np.ndarray) -> tuple[float, float]:
 
 
 def _box(mask: np.ndarray) -> np.ndarray:
-    ys, xs = np.nonzero(mask)
-    return np.array([xs.min(), ys.min(), xs.max(), ys.max()], np.float32)
+    """Tight XYXY box of a non-empty H x W mask in SAM's inclusive convention (max col / row, not +1), as
+    the float32 array ``SamPredictor.predict(box=...)`` takes."""
+    return np.asarray(mask_to_box(mask, "inclusive"), np.float32)
 
 
 def _augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -222,7 +226,9 @@ def _make_sample(scene_seed: int, rng: np.random.Generator, k: int, frame: int, 
     does, so it can be built in a data worker without the model."""
     scene = make_scene(scene_seed)
     h, w = scene.image.shape[:2]
-    scale = _resize_shape(h, w, frame)[0] / h if h >= w else _resize_shape(h, w, frame)[1] / w
+    nh, nw = _resize_shape(h, w, frame)
+    sx, sy = nw / w, nh / h
+    scale = sy if h >= w else sx
     # objects too small to prompt sensibly at this frame (< ~6 frame pixels) are not trained on
     objs = [o for o in scene.objects if o.mask.sum() * scale * scale >= 6]
     if not objs:
@@ -234,7 +240,6 @@ def _make_sample(scene_seed: int, rng: np.random.Generator, k: int, frame: int, 
     kind = int(rng.choice(len(PROMPT_KINDS), p=PROMPT_WEIGHTS))
     _, n_pts, has_box = PROMPT_KINDS[kind]
     coords, boxes, targets = [], [], []
-    sx, sy = _resize_shape(h, w, frame)[1] / w, _resize_shape(h, w, frame)[0] / h
     for _ in range(k):
         o = objs[int(rng.integers(len(objs)))]
         targets.append(_frame_mask(o.mask, frame))
@@ -426,9 +431,7 @@ def evaluate(sam, n_scenes: int = 100, first_seed: int = 0, multimask: bool = Tr
                              ("point", {"point_coords": cp, "point_labels": one})):
                 masks, scores, _ = pred.predict(multimask_output=multimask, **kw)
                 m = masks[int(np.argmax(scores))]
-                inter = np.logical_and(m, o.mask).sum()
-                union = np.logical_or(m, o.mask).sum()
-                iou = float(inter / union) if union else 1.0
+                iou = mask_iou_numpy(m, o.mask)
                 res[name].append(iou)
                 if name == "box":
                     frac = o.mask.sum() / hw
@@ -444,22 +447,6 @@ def evaluate(sam, n_scenes: int = 100, first_seed: int = 0, multimask: bool = Tr
 
 
 # ------------------------------------------------------------------------------------------ training
-
-def _git_revision() -> str | None:
-    """The commit of the source tree this module runs from (with "-dirty" for local changes), or None
-    outside a git checkout: the card records it because the recipe is code as well as flags."""
-    import subprocess
-
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=os.path.dirname(here),
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return rev + ("-dirty" if dirty else "")
-
 
 def _history(path: str, row: dict[str, Any]) -> None:
     """Append one JSON line to the run's ``history.jsonl`` (train rows every 25 steps, eval rows)."""
@@ -605,7 +592,7 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
             if k not in ("out", "time_budget_s")),
         "prompt_kinds": [k[0] for k in PROMPT_KINDS],
         "prompt_weights": list(PROMPT_WEIGHTS),
-        "code_revision": _git_revision(),
+        "code_revision": git_commit(),
         "torch": torch.__version__,
         "device": str(dev),
         "weights_file": os.path.basename(path),
