@@ -49,8 +49,8 @@ SAM_KINDS: dict[str, SamSpec] = {
     # Small random encoder, same 256 x 64 x 64 output: ~0.15 s per image on the 2-core CPU instead of 18 s.
     "tiny": SamSpec(64, 2, 2, (1,), window_size=8),
     # Trained on samr1.scenes synthetic shapes (samr1/sam/train_sam.py); weights ship in samr1/assets/.
-    # 256 frame, patch 16: 128 x 16 x 16 embedding, 64 x 64 low-res masks.
-    "tiny-shapes": SamSpec(128, 4, 4, (1, 3), img_size=256, patch_size=16, window_size=8, prompt_embed_dim=128,
+    # 384 frame, patch 16: 128 x 24 x 24 embedding, 96 x 96 low-res masks.
+    "tiny-shapes": SamSpec(128, 4, 4, (1, 3), img_size=384, patch_size=16, window_size=8, prompt_embed_dim=128,
                            decoder_mlp_dim=512),
 }
 
