@@ -222,3 +222,96 @@ def test_step_batches_are_a_function_of_seed_and_step():
     img = _augment(make_scene(seed).image, np.random.default_rng(3))  # augmentation draws first
     ref = sam.preprocess(torch.from_numpy(_frame_image(img, frame)).permute(2, 0, 1).float()[None])[0]
     assert torch.allclose(s.image, ref, atol=1e-5)
+
+
+def test_scene_reuse_groups_steps_on_the_same_scenes(monkeypatch):
+    """--scene-reuse 2: steps 2g and 2g + 1 draw from the same scenes (each drawn once per process) with
+    their own prompts; a cold process builds the same item as a warm one; reuse 1 keeps the scene numbering
+    the shipped weights were trained with."""
+    import samr1.sam.train_sam as ts
+
+    drawn: list[int] = []
+    real = ts.make_scene
+
+    def recording(seed):
+        drawn.append(seed)
+        return real(seed)
+
+    monkeypatch.setattr(ts, "make_scene", recording)
+    sam = build_sam(TINY_SHAPES_SPEC)
+    frame = TINY_SHAPES_SPEC.img_size
+    cfg = TrainConfig(steps=10, warmup=1, batch_images=2, prompts_per_image=3, seed=4, scene_reuse=2)
+    data = StepBatches(cfg, frame, sam.pixel_mean, sam.pixel_std)
+    seeds = []
+    for step in range(4):
+        drawn.clear()
+        items = data[step]
+        seeds.append(list(drawn))
+        assert len(items) == 2
+        if step == 1:
+            second = items
+    assert seeds[0] and seeds[1] == [] and seeds[2] and seeds[3] == []  # odd steps draw nothing new
+    assert not set(seeds[0]) & set(seeds[2])
+    assert seeds[0][0] == TRAIN_SEED_BASE + (4 * 1000 + 0) * 64 and seeds[2][0] == TRAIN_SEED_BASE + (4 * 1000 + 1) * 64
+    cold = StepBatches(cfg, frame, sam.pixel_mean, sam.pixel_std)[1]  # a fresh process: no cached scenes
+    assert all(torch.equal(p.image, q.image) and torch.equal(p.target, q.target) and p.kind == q.kind
+               for p, q in zip(second, cold, strict=True))
+    first = StepBatches(cfg, frame, sam.pixel_mean, sam.pixel_std)[0]
+    assert any(p.kind != q.kind or not torch.equal(p.target, q.target) or not torch.equal(p.image, q.image)
+               for p, q in zip(first, cold, strict=True))  # same scenes, other prompts / augmentation
+
+    drawn.clear()
+    one = dataclasses.replace(cfg, scene_reuse=1)
+    StepBatches(one, frame, sam.pixel_mean, sam.pixel_std)[3]
+    assert drawn[0] == TRAIN_SEED_BASE + (4 * 1000 + 3) * 64
+
+
+def test_all_masks_weight_adds_the_mean_multimask_loss_for_unambiguous_prompts():
+    from samr1.sam.train_sam import _mask_loss, _sample_loss
+
+    torch.manual_seed(11)
+    sam = build_sam(TINY_SHAPES_SPEC)
+    frame = TINY_SHAPES_SPEC.img_size
+    data = StepBatches(TrainConfig(steps=40, warmup=1, batch_images=3, prompts_per_image=2, seed=1), frame,
+                       sam.pixel_mean, sam.pixel_std)
+    samples = [s for step in range(12) for s in data[step]]
+    box = next(s for s in samples if s.kind == 0)
+    one_point = next(s for s in samples if s.kind == 3)
+    with torch.no_grad():
+        emb = sam.image_encoder(torch.stack([box.image, one_point.image]))
+        w = 0.7
+        base, _ = _sample_loss(sam, emb[0], box, frame)
+        more, _ = _sample_loss(sam, emb[0], box, frame, all_masks_weight=w)
+        # the extra term recomputed independently from the decoder's low-res logits
+        sparse, dense = sam.prompt_encoder(points=None, boxes=box.boxes, masks=None)
+        low, _ = sam.mask_decoder.predict_masks(emb[:1], sam.prompt_encoder.get_dense_pe(), sparse, dense)
+        t = torch.nn.functional.avg_pool2d(box.target[:, None], frame // low.shape[-1]).expand_as(low)
+        extra = w * _mask_loss(low, t)[:, 1:].mean(dim=1).mean()
+        assert torch.allclose(more - base, extra, rtol=1e-4, atol=1e-6)
+        assert extra > 0
+        # a single point is ambiguous: best-of-3 only, the weight changes nothing
+        p0, _ = _sample_loss(sam, emb[1], one_point, frame)
+        p1, _ = _sample_loss(sam, emb[1], one_point, frame, all_masks_weight=w)
+        assert torch.equal(p0, p1)
+    with pytest.raises(ValueError, match="all_masks_weight"):
+        TrainConfig(all_masks_weight=-1).validate()
+    with pytest.raises(ValueError, match="scene_reuse"):
+        TrainConfig(scene_reuse=0).validate()
+
+
+def test_resolution_ceiling_rises_with_the_frame_and_the_cli_reports_it(tmp_path, capsys):
+    from samr1.sam.shapes_check import main, resolution_ceiling
+
+    coarse, fine = resolution_ceiling(128, n_scenes=3), resolution_ceiling(512, n_scenes=3)
+    assert (coarse["grid"], fine["grid"]) == (32, 128)
+    assert coarse["objects"] == fine["objects"] > 0
+    assert sum(v["n"] for v in fine["by_size"].values()) == fine["objects"]
+    # a perfect 128 x 128 prediction is nearly exact; at 32 x 32 small objects lose much of their area
+    assert 0.0 < coarse["all"] < fine["all"] <= 1.0 and fine["all"] > 0.95, (coarse, fine)
+    out = tmp_path / "c.json"
+    assert main(["--ceiling", "128", "--scenes", "3", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())[0]["all"] == coarse["all"]
+    assert "ceiling IoU" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["--ceiling", "250", "--scenes", "1"])
+    assert "patch size" in capsys.readouterr().err

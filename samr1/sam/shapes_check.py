@@ -2,6 +2,7 @@
 ``alt_generator`` numbers).
 
     python -m samr1.sam.shapes_check [--weights PATH] [--scenes 100] [--json OUT] [--figure PNG]
+    python -m samr1.sam.shapes_check --ceiling 256 384 [--scenes 100] [--json OUT]
 
 Prints mean IoU for box, box + centre point and centre point prompts, best-of-3 (multimask, the engine's
 default) and single-mask, overall and by object size, on
@@ -10,6 +11,10 @@ default) and single-mask, overall and by object size, on
 * ``alt``: :func:`samr1.scenes_alt.make_alt_scene`, an independent generator the model never saw.
 
 ``--weights`` defaults to the shipped file; any checkpoint of the tiny-shapes spec loads.
+
+``--ceiling FRAME ...`` evaluates no model: it reports the best IoU a SAM of that input frame could reach on
+the own held-out scenes if its low-res logits were perfect (:func:`resolution_ceiling`), the bound the
+frame choice puts on every number above.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import sys
 import time
 from typing import Any
 
-__all__ = ["check"]
+__all__ = ["check", "resolution_ceiling"]
 
 
 def check(weights: str | None = None, n_scenes: int = 100, log=print) -> dict[str, Any]:
@@ -46,6 +51,53 @@ def check(weights: str | None = None, n_scenes: int = 100, log=print) -> dict[st
                 + "/".join(f"{v['box']:.2f}" if v["box"] is not None else "-" for v in r["by_size"].values())
                 + f"; {time.time() - t:.0f} s)")
     return out
+
+
+def resolution_ceiling(frame: int, n_scenes: int = 100, first_seed: int = 0) -> dict[str, Any]:
+    """Mean IoU of the ground truth itself pushed through SAM's mask resolution at input frame ``frame``.
+
+    Each held-out object's mask (:func:`samr1.scenes.make_scene`, seeds ``first_seed ..``) is resized to
+    the frame and zero-padded as training targets are (area-weighted), average-pooled to the low-res grid
+    of the tiny-shapes spec at that frame (``4 * frame / patch_size`` a side), shifted so 0 is the 0.5
+    level, then upsampled back by ``Sam.postprocess_masks`` of a model built at that frame and thresholded
+    at 0, exactly as predicted logits are. The IoU with the original mask is what a perfect low-res
+    prediction would score: the resolution ceiling.
+
+    Returns {"frame", "grid", "scenes", "objects", "all": mean IoU, "by_size": {"small"/"medium"/"large":
+    {"iou", "n"}}} (sizes as in :func:`samr1.sam.train_sam.evaluate`: < 1 %, < 5 %, >= 5 % of the image).
+    """
+    import dataclasses
+
+    import numpy as np
+    import torch
+    import torch.nn.functional as F
+
+    from samr1.engine.reference import mask_iou_numpy
+    from samr1.sam import build_sam
+    from samr1.sam.train_sam import TINY_SHAPES_SPEC, _frame_mask, _resize_shape
+    from samr1.scenes import make_scene
+
+    spec = dataclasses.replace(TINY_SHAPES_SPEC, img_size=frame)
+    if frame % spec.patch_size:
+        raise ValueError(f"frame {frame} is not a multiple of the patch size {spec.patch_size}")
+    sam = build_sam(spec)
+    grid = 4 * frame // spec.patch_size
+    sizes: dict[str, list[float]] = {"small": [], "medium": [], "large": []}
+    for seed in range(first_seed, first_seed + n_scenes):
+        scene = make_scene(seed)
+        h, w = scene.image.shape[:2]
+        for o in scene.objects:
+            t = torch.from_numpy(_frame_mask(o.mask, frame))[None, None]
+            low = F.adaptive_avg_pool2d(t, grid) - 0.5
+            with torch.no_grad():
+                up = sam.postprocess_masks(low, _resize_shape(h, w, frame), (h, w))[0, 0] > 0
+            frac = o.mask.sum() / (h * w)
+            sizes["small" if frac < 0.01 else "medium" if frac < 0.05 else "large"].append(
+                mask_iou_numpy(up.numpy(), o.mask))
+    every = [v for vs in sizes.values() for v in vs]
+    return {"frame": frame, "grid": grid, "scenes": n_scenes, "objects": len(every),
+            "all": round(float(np.mean(every)), 4),
+            "by_size": {k: {"iou": round(float(np.mean(v)), 4) if v else None, "n": len(v)} for k, v in sizes.items()}}
 
 
 def examples_figure(weights: str | None, out_png: str, n: int = 6, first_seed: int = 0) -> str:
@@ -104,10 +156,26 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, metavar="OUT", help="also write the results here as JSON")
     p.add_argument("--figure", default=None, metavar="PNG",
                    help="also draw 6 scenes of each generator with the box-prompted masks into this PNG")
+    p.add_argument("--ceiling", type=int, nargs="+", default=None, metavar="FRAME",
+                   help="instead of evaluating a model, print the resolution ceiling at these input frames")
     args = p.parse_args(argv)
     if args.scenes < 1:
         p.error("--scenes must be >= 1")
-    res = check(args.weights, args.scenes)
+    if args.ceiling:
+        if args.figure:
+            p.error("--figure needs a model; drop --ceiling")
+        res: Any = []
+        for frame in args.ceiling:
+            try:
+                r = resolution_ceiling(frame, args.scenes)
+            except ValueError as exc:
+                p.error(str(exc))
+            res.append(r)
+            print(f"frame {frame} (low-res {r['grid']} x {r['grid']}): ceiling IoU {r['all']:.3f} over "
+                  f"{r['objects']} objects; small/medium/large "
+                  + "/".join(f"{v['iou']:.3f}" if v["iou"] is not None else "-" for v in r["by_size"].values()))
+    else:
+        res = check(args.weights, args.scenes)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)

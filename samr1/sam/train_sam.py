@@ -13,11 +13,14 @@ Recipe (SAM's, scaled down):
   keep the sub-pixel boundary): BCE + dice per mask (SAM's 20 * focal + dice collapsed to "no mask"
   from scratch, see :func:`_mask_loss`); best-of-3 over the multimask outputs, plus the single-mask
   token (0) for unambiguous prompts (a box, or
-  two or more points); IoU-head MSE toward the actual IoU of each of the 4 masks;
+  two or more points) and, with ``all_masks_weight``, the mean over all three multimask outputs for them
+  too (the engine keeps the multimask output of highest predicted IoU, so the other two must not be left
+  untrained); IoU-head MSE toward the actual IoU of each of the 4 masks;
 * AdamW, linear warm-up then cosine decay, gradient clipping;
 * augmentation on top of the (already wide) scene distribution: blur, brightness / contrast jitter;
 * scenes are drawn and rasterised to the frame by a data worker process (``workers``, default 1) while
-  the training process computes: on a 2-core CPU one core trains, the other makes scenes;
+  the training process computes: on a 2-core CPU one core trains, the other makes scenes; with
+  ``scene_reuse`` N a drawn scene serves N consecutive steps (other prompts, other augmentation);
 * everything follows from ``seed`` (model init, scene seeds, prompt draws): the same seed, step count,
   device and thread count give the same weights hash, with or without the data worker.
 
@@ -57,7 +60,8 @@ __all__ = ["TrainConfig", "TINY_SHAPES_SPEC", "TRAIN_SEED_BASE", "train", "evalu
 # prompts): 0.47 s/step at a 256 frame (16 x 16 grid), 1.02 s at 384, 2.64 s at 256 with patch 8; a step
 # of 8 scenes x 4 prompts with SAM's 256-d prompts/decoder (5.6 M parameters) took 8.4 s at patch 8.
 # The frame sets the resolution ceiling (ground truth area-downsampled to the low-res grid, upsampled
-# back with SAM's postprocessing, IoU vs the original mask; 100 held-out scenes, 347 objects): 0.925
+# back with SAM's postprocessing, IoU vs the original mask; 100 held-out scenes, 347 objects;
+# `python -m samr1.sam.shapes_check --ceiling 256 384`): 0.925
 # mean IoU at 64 x 64 (0.84 on objects < 1 % of the image), 0.960 at 96 x 96 (0.92 on them). The 256
 # frame model (13.9k steps, 112 min) reached held-out box IoU 0.795, its small objects 0.66; the 384
 # frame one, fewer but better-resolved steps, is what ships (see the card in samr1/assets/).
