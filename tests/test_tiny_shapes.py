@@ -252,10 +252,21 @@ def test_scene_reuse_groups_steps_on_the_same_scenes(monkeypatch):
             second = items
     assert seeds[0] and seeds[1] == [] and seeds[2] and seeds[3] == []  # odd steps draw nothing new
     assert not set(seeds[0]) & set(seeds[2])
-    assert seeds[0][0] == TRAIN_SEED_BASE + (4 * 1000 + 0) * 64 and seeds[2][0] == TRAIN_SEED_BASE + (4 * 1000 + 1) * 64
+    assert seeds[0][0] == TRAIN_SEED_BASE + 4000 * 64 and seeds[2][0] == TRAIN_SEED_BASE + 4001 * 64
+
+    def same(p, q):
+        return (p.kind == q.kind and torch.equal(p.image, q.image) and torch.equal(p.target, q.target)
+                and all((a is None and b is None) or torch.equal(a, b)
+                        for a, b in ((p.coords, q.coords), (p.boxes, q.boxes))))
+
     cold = StepBatches(cfg, frame, sam.pixel_mean, sam.pixel_std)[1]  # a fresh process: no cached scenes
-    assert all(torch.equal(p.image, q.image) and torch.equal(p.target, q.target) and p.kind == q.kind
-               for p, q in zip(second, cold, strict=True))
+    assert all(same(p, q) for p, q in zip(second, cold, strict=True))
+    # through a data worker process, the same items in the same order
+    from samr1.sam.train_sam import _batches
+
+    fresh = StepBatches(dataclasses.replace(cfg, steps=4), frame, sam.pixel_mean, sam.pixel_std)
+    in_process, worker = list(_batches(fresh, 0)), list(_batches(fresh, 1))
+    assert all(same(p, q) for a, b in zip(in_process, worker, strict=True) for p, q in zip(a, b, strict=True))
     first = StepBatches(cfg, frame, sam.pixel_mean, sam.pixel_std)[0]
     assert any(p.kind != q.kind or not torch.equal(p.target, q.target) or not torch.equal(p.image, q.image)
                for p, q in zip(first, cold, strict=True))  # same scenes, other prompts / augmentation
@@ -274,9 +285,12 @@ def test_all_masks_weight_adds_the_mean_multimask_loss_for_unambiguous_prompts()
     frame = TINY_SHAPES_SPEC.img_size
     data = StepBatches(TrainConfig(steps=40, warmup=1, batch_images=3, prompts_per_image=2, seed=1), frame,
                        sam.pixel_mean, sam.pixel_std)
-    samples = [s for step in range(12) for s in data[step]]
-    box = next(s for s in samples if s.kind == 0)
-    one_point = next(s for s in samples if s.kind == 3)
+    samples = (s for step in range(40) for s in data[step])  # drawn lazily, until both kinds turned up
+    box = one_point = None
+    while box is None or one_point is None:
+        s = next(samples)
+        box = s if box is None and s.kind == 0 else box
+        one_point = s if one_point is None and s.kind == 3 else one_point
     with torch.no_grad():
         emb = sam.image_encoder(torch.stack([box.image, one_point.image]))
         w = 0.7
@@ -312,6 +326,8 @@ def test_resolution_ceiling_rises_with_the_frame_and_the_cli_reports_it(tmp_path
     assert main(["--ceiling", "128", "--scenes", "3", "--json", str(out)]) == 0
     assert json.loads(out.read_text())[0]["all"] == coarse["all"]
     assert "ceiling IoU" in capsys.readouterr().out
-    with pytest.raises(SystemExit):
-        main(["--ceiling", "250", "--scenes", "1"])
-    assert "patch size" in capsys.readouterr().err
+    for bad in (["--ceiling", "128", "250"], ["--ceiling", "0"]):  # refused before any work is done
+        with pytest.raises(SystemExit):
+            main([*bad, "--scenes", "1"])
+        captured = capsys.readouterr()
+        assert "positive multiple of the patch size" in captured.err and "ceiling IoU" not in captured.out

@@ -12,9 +12,10 @@ default) and single-mask, overall and by object size, on
 
 ``--weights`` defaults to the shipped file; any checkpoint of the tiny-shapes spec loads.
 
-``--ceiling FRAME ...`` evaluates no model: it reports the best IoU a SAM of that input frame could reach on
-the own held-out scenes if its low-res logits were perfect (:func:`resolution_ceiling`), the bound the
-frame choice puts on every number above.
+``--ceiling FRAME ...`` evaluates no model: it reports, on the own held-out scenes, the IoU of the training
+target itself (the ground truth area-downsampled to the low-res grid of a SAM at that input frame) pushed
+through SAM's postprocessing (:func:`resolution_ceiling`): what a model that predicts its target exactly
+would score, the practical bound the frame choice puts on every number above.
 """
 
 from __future__ import annotations
@@ -53,6 +54,14 @@ def check(weights: str | None = None, n_scenes: int = 100, log=print) -> dict[st
     return out
 
 
+def _check_frame(frame: int) -> None:
+    from samr1.sam.train_sam import TINY_SHAPES_SPEC
+
+    patch = TINY_SHAPES_SPEC.patch_size
+    if frame < patch or frame % patch:
+        raise ValueError(f"frame {frame} is not a positive multiple of the patch size {patch}")
+
+
 def resolution_ceiling(frame: int, n_scenes: int = 100, first_seed: int = 0) -> dict[str, Any]:
     """Mean IoU of the ground truth itself pushed through SAM's mask resolution at input frame ``frame``.
 
@@ -60,8 +69,11 @@ def resolution_ceiling(frame: int, n_scenes: int = 100, first_seed: int = 0) -> 
     the frame and zero-padded as training targets are (area-weighted), average-pooled to the low-res grid
     of the tiny-shapes spec at that frame (``4 * frame / patch_size`` a side), shifted so 0 is the 0.5
     level, then upsampled back by ``Sam.postprocess_masks`` of a model built at that frame and thresholded
-    at 0, exactly as predicted logits are. The IoU with the original mask is what a perfect low-res
-    prediction would score: the resolution ceiling.
+    at 0, exactly as predicted logits are. The IoU with the original mask is what a model predicting its
+    training target exactly would score: the resolution ceiling of the recipe (logits shaped otherwise,
+    e.g. a sub-pixel signed distance, could beat it slightly; it is a practical bound, not a theorem).
+
+    Raises ValueError when ``frame`` is not a positive multiple of the patch size.
 
     Returns {"frame", "grid", "scenes", "objects", "all": mean IoU, "by_size": {"small"/"medium"/"large":
     {"iou", "n"}}} (sizes as in :func:`samr1.sam.train_sam.evaluate`: < 1 %, < 5 %, >= 5 % of the image).
@@ -77,9 +89,8 @@ def resolution_ceiling(frame: int, n_scenes: int = 100, first_seed: int = 0) -> 
     from samr1.sam.train_sam import TINY_SHAPES_SPEC, _frame_mask, _resize_shape
     from samr1.scenes import make_scene
 
+    _check_frame(frame)
     spec = dataclasses.replace(TINY_SHAPES_SPEC, img_size=frame)
-    if frame % spec.patch_size:
-        raise ValueError(f"frame {frame} is not a multiple of the patch size {spec.patch_size}")
     sam = build_sam(spec)
     grid = 4 * frame // spec.patch_size
     sizes: dict[str, list[float]] = {"small": [], "medium": [], "large": []}
@@ -97,7 +108,8 @@ def resolution_ceiling(frame: int, n_scenes: int = 100, first_seed: int = 0) -> 
     every = [v for vs in sizes.values() for v in vs]
     return {"frame": frame, "grid": grid, "scenes": n_scenes, "objects": len(every),
             "all": round(float(np.mean(every)), 4),
-            "by_size": {k: {"iou": round(float(np.mean(v)), 4) if v else None, "n": len(v)} for k, v in sizes.items()}}
+            "by_size": {k: {"iou": round(float(np.mean(v)), 4) if v else None, "n": len(v)}
+                        for k, v in sizes.items()}}
 
 
 def examples_figure(weights: str | None, out_png: str, n: int = 6, first_seed: int = 0) -> str:
@@ -162,18 +174,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenes < 1:
         p.error("--scenes must be >= 1")
     if args.ceiling:
-        if args.figure:
-            p.error("--figure needs a model; drop --ceiling")
-        res: Any = []
-        for frame in args.ceiling:
+        if args.figure or args.weights:
+            p.error("--ceiling evaluates no model: drop --figure / --weights")
+        for frame in args.ceiling:  # all frames before any work
             try:
-                r = resolution_ceiling(frame, args.scenes)
+                _check_frame(frame)
             except ValueError as exc:
                 p.error(str(exc))
+        res: Any = []
+        for frame in args.ceiling:
+            r = resolution_ceiling(frame, args.scenes)
             res.append(r)
+            by_size = "/".join(f"{v['iou']:.3f}" if v["iou"] is not None else "-"
+                               for v in r["by_size"].values())
             print(f"frame {frame} (low-res {r['grid']} x {r['grid']}): ceiling IoU {r['all']:.3f} over "
-                  f"{r['objects']} objects; small/medium/large "
-                  + "/".join(f"{v['iou']:.3f}" if v["iou"] is not None else "-" for v in r["by_size"].values()))
+                  f"{r['objects']} objects; small/medium/large {by_size}")
     else:
         res = check(args.weights, args.scenes)
     if args.json:

@@ -92,7 +92,8 @@ class TrainConfig:
     prompts_per_image: int = field(default=5, metadata={"help": "prompts decoded per scene (amortises the encoder)"})
     scene_reuse: int = field(default=1, metadata={
         "help": "each drawn scene serves this many consecutive steps (new prompts and augmentation each "
-                "time); drawing scenes costs about half a step of CPU, so 2 frees the data worker's core"})
+                "time): drawing a scene costs ~3x building a sample from it; saves work with --workers 0 "
+                "or 1"})
     all_masks_weight: float = field(default=0.0, metadata={
         "help": "for unambiguous prompts (a box, or 2+ points), weight of the mean loss over all three "
                 "multimask outputs on top of best-of-3, so the mask picked by predicted IoU is good too"})
@@ -232,14 +233,14 @@ class _Sample:
     target: torch.Tensor  # K x frame x frame float32 soft masks
 
 
-def _make_sample(scene_seed: int | Scene, rng: np.random.Generator, k: int, frame: int, pixel_mean: torch.Tensor,
-                 pixel_std: torch.Tensor) -> _Sample | None:
+def _make_sample(scene: int | Scene, rng: np.random.Generator, k: int, frame: int,
+                 pixel_mean: torch.Tensor, pixel_std: torch.Tensor) -> _Sample | None:
     """One training scene with ``k`` prompts of one kind, all tensors on the CPU (the training loop moves
     them), or None when the scene has no object big enough to prompt. ``pixel_mean`` / ``pixel_std``
     (3 x 1 x 1) are the model's: the image is normalised and zero-padded exactly as ``Sam.preprocess``
-    does, so it can be built in a data worker without the model. ``scene_seed`` may be the drawn
-    :class:`~samr1.scenes.Scene` itself (``make_scene`` is a pure function of the seed)."""
-    scene = scene_seed if isinstance(scene_seed, Scene) else make_scene(scene_seed)
+    does, so it can be built in a data worker without the model. ``scene`` is a scene seed or the drawn
+    :class:`~samr1.scenes.Scene` itself (``make_scene`` is a pure function of the seed); it is only read."""
+    scene = scene if isinstance(scene, Scene) else make_scene(scene)
     h, w = scene.image.shape[:2]
     nh, nw = _resize_shape(h, w, frame)
     sx, sy = nw / w, nh / h
@@ -288,9 +289,9 @@ class StepBatches(torch.utils.data.Dataset):
     """Item ``step`` = the list of ``batch_images`` samples of that training step (CPU tensors).
 
     Everything in it follows from (seed, step): the prompt draws from ``default_rng([seed, step])``, the
-    scenes from seeds ``TRAIN_SEED_BASE + (1000 * seed + step // scene_reuse) * 64 + j`` (j counts the draws of the step;
-    runs with seeds s and s + 1 therefore share scenes from step 1000 on, with other prompts and
-    augmentation; kept so that the shipped weights stay reproducible), so a data worker
+    scenes from seeds ``TRAIN_SEED_BASE + (1000 * seed + step // scene_reuse) * 64 + j`` (j counts the
+    draws of the step; runs with seeds s and s + 1 therefore share scenes from step 1000 * scene_reuse on,
+    with other prompts and augmentation; kept so that the shipped weights stay reproducible), so a data worker
     process (``TrainConfig.workers``) yields exactly what the training process would have built itself,
     in the same order, and the weights hash does not depend on the number of workers (a test checks)."""
 
@@ -310,11 +311,18 @@ class StepBatches(torch.utils.data.Dataset):
     def _scene(self, group: int, scene_seed: int) -> Scene:
         if self.reuse == 1:
             return make_scene(scene_seed)
-        if group != self._group:  # steps come in order: an earlier group's scenes are not asked for again
+        # one process sees its steps in order (workers 0 or 1; with 2+ workers each gets every other step and
+        # the cache saves nothing, though the items stay the same): an earlier group is not asked for again
+        if group != self._group:
             self._scenes.clear()
             self._group = group
         if scene_seed not in self._scenes:
-            self._scenes[scene_seed] = make_scene(scene_seed)
+            scene = make_scene(scene_seed)
+            # a reused step must see exactly what a cold build sees: make any in-place edit an error
+            scene.image.setflags(write=False)
+            for o in scene.objects:
+                o.mask.setflags(write=False)
+            self._scenes[scene_seed] = scene
         return self._scenes[scene_seed]
 
     def __getitem__(self, step: int) -> list[_Sample]:
@@ -325,8 +333,8 @@ class StepBatches(torch.utils.data.Dataset):
         # the scene numbering the shipped weights were trained with
         group = step // self.reuse
         while len(samples) < self.n:
-            s = _make_sample(self._scene(group, TRAIN_SEED_BASE + (self.seed * 1000 + group) * 64 + j), rng, self.k,
-                             self.frame, self.mean, self.std)
+            scene = self._scene(group, TRAIN_SEED_BASE + (self.seed * 1000 + group) * 64 + j)
+            s = _make_sample(scene, rng, self.k, self.frame, self.mean, self.std)
             j += 1
             if s is not None:
                 samples.append(s)
