@@ -96,7 +96,8 @@ class TrainConfig:
                 "or 1"})
     all_masks_weight: float = field(default=0.0, metadata={
         "help": "for unambiguous prompts (a box, or 2+ points), weight of the mean loss over all three "
-                "multimask outputs on top of best-of-3, so the mask picked by predicted IoU is good too"})
+                "multimask outputs on top of best-of-3, so the mask picked by predicted IoU is good too (one "
+                "run with 1.0, --scene-reuse 2 and an earlier decay scored worse: see the README)"})
     lr: float = field(default=8e-4, metadata={"help": "peak learning rate (AdamW)"})
     min_lr: float = field(default=1e-5, metadata={"help": "learning rate at the end of the cosine"})
     warmup: int = field(default=100, metadata={"help": "linear warm-up steps"})
