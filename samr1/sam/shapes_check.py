@@ -86,7 +86,7 @@ def resolution_ceiling(frame: int, n_scenes: int = 100, first_seed: int = 0) -> 
 
     from samr1.engine.reference import mask_iou_numpy
     from samr1.sam import build_sam
-    from samr1.sam.train_sam import TINY_SHAPES_SPEC, _frame_mask, _resize_shape
+    from samr1.sam.train_sam import TINY_SHAPES_SPEC, _frame_mask, _resize_shape, size_bucket
     from samr1.scenes import make_scene
 
     _check_frame(frame)
@@ -103,8 +103,7 @@ def resolution_ceiling(frame: int, n_scenes: int = 100, first_seed: int = 0) -> 
             with torch.no_grad():
                 up = sam.postprocess_masks(low, _resize_shape(h, w, frame), (h, w))[0, 0] > 0
             frac = o.mask.sum() / (h * w)
-            sizes["small" if frac < 0.01 else "medium" if frac < 0.05 else "large"].append(
-                mask_iou_numpy(up.numpy(), o.mask))
+            sizes[size_bucket(frac)].append(mask_iou_numpy(up.numpy(), o.mask))
     every = [v for vs in sizes.values() for v in vs]
     return {"frame": frame, "grid": grid, "scenes": n_scenes, "objects": len(every),
             "all": round(float(np.mean(every)), 4),

@@ -53,7 +53,7 @@ from samr1.sam import SamSpec, build_sam
 from samr1.scenes import Scene, make_scene
 
 __all__ = ["TrainConfig", "TINY_SHAPES_SPEC", "TRAIN_SEED_BASE", "train", "evaluate", "weights_hash",
-           "save_weights", "centre_point", "StepBatches"]
+           "save_weights", "centre_point", "StepBatches", "size_bucket"]
 
 # 384 frame, patch 16 -> 24 x 24 embedding grid -> 96 x 96 low-res masks (one logit per 4 frame pixels).
 # Why so small: the budget is 2 hours of this 2-core CPU. Measured (1 thread, compute only, 6 scenes x 5
@@ -310,8 +310,6 @@ class StepBatches(torch.utils.data.Dataset):
         return self.steps
 
     def _scene(self, group: int, scene_seed: int) -> Scene:
-        if self.reuse == 1:
-            return make_scene(scene_seed)
         # one process sees its steps in order (workers 0 or 1; with 2+ workers each gets every other step and
         # the cache saves nothing, though the items stay the same): an earlier group is not asked for again
         if group != self._group:
@@ -440,6 +438,11 @@ def save_weights(sam, path: str) -> str:
 # --------------------------------------------------------------------------------------- evaluation
 
 @torch.no_grad()
+def size_bucket(frac: float) -> str:
+    """Size class of an object covering ``frac`` of its image: "small" (< 1 %), "medium" (< 5 %), "large"."""
+    return "small" if frac < 0.01 else "medium" if frac < 0.05 else "large"
+
+
 def evaluate(sam, n_scenes: int = 100, first_seed: int = 0, multimask: bool = True,
              min_area: int = 0, scene_fn=make_scene) -> dict[str, Any]:
     """Mean IoU on held-out scenes (seeds ``first_seed .. first_seed + n_scenes - 1``, all below
@@ -483,7 +486,7 @@ def evaluate(sam, n_scenes: int = 100, first_seed: int = 0, multimask: bool = Tr
                 res[name].append(iou)
                 if name == "box":
                     frac = o.mask.sum() / hw
-                    sizes["small" if frac < 0.01 else "medium" if frac < 0.05 else "large"].append(iou)
+                    sizes[size_bucket(frac)].append(iou)
     sam.train(was_training)
     out: dict[str, Any] = {k: round(float(np.mean(v)), 4) if v else None for k, v in res.items()}
     out["objects"] = len(res["box"])
