@@ -11,13 +11,14 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+
+from samr1.provenance import git_commit
 
 
 @dataclass
@@ -68,21 +69,6 @@ def measure(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5, device:
             fn()
             samples.append(time.perf_counter() - t0)
     return Timing(statistics.median(samples), _quantile(samples, 0.2), _quantile(samples, 0.8), len(samples), samples)
-
-
-def git_commit() -> str | None:
-    """The commit of the source tree the package was imported from, when it is a git checkout."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True, text=True,
-                             timeout=5)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=5)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
 def cpu_model() -> str:

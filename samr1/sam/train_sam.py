@@ -46,9 +46,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samr1.bench.harness import git_commit
 from samr1.engine.reference import mask_iou_numpy
 from samr1.geometry import mask_to_box
+from samr1.provenance import git_commit
 from samr1.sam import SamSpec, build_sam
 from samr1.scenes import Scene, make_scene
 
