@@ -16,6 +16,9 @@ copy of the key is compared field by field on every load, so a stale folder is n
 size and content digest are checked on load too: a corrupt or truncated file is reported (a
 :class:`ArtifactWarning` naming the file) and rebuilt.
 
+Files and folders are created with the user's umask (``umask 022``: readable by everyone, ``027``: by the
+group), so a team can share one read-only cache; loading a verified artefact writes nothing.
+
 Writes are atomic: an artefact is built in a temporary folder beside its final place, the sidecar is
 written last, and the folder is renamed into place. A crash leaves only a ``.tmp-*`` folder, never a
 half-written artefact at the final path; two processes building the same key at once both succeed (the
@@ -30,7 +33,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import uuid
 import warnings
 from collections.abc import Callable
@@ -51,6 +53,7 @@ __all__ = [
     "get_or_build",
     "key_digest",
     "library_versions",
+    "make_temp_dir",
     "slug",
 ]
 
@@ -148,17 +151,63 @@ def file_digest(path: str | os.PathLike, algorithm: str | None = None) -> str | 
     return f"{algorithm}:{h.hexdigest()}"
 
 
+def _temp_name(folder: Path, prefix: str, suffix: str = "") -> Path:
+    return folder / f"{prefix}{uuid.uuid4().hex[:12]}{suffix}"
+
+
+def make_temp_dir(parent: str | os.PathLike, prefix: str) -> Path:
+    """A new empty folder in ``parent``, created with the user's umask.
+
+    ``tempfile.mkdtemp`` would create it 0700 whatever the umask, and the folder keeps that mode when it is
+    renamed into place: a team's shared cache would then be unreadable to everyone but its builder."""
+    parent = Path(parent)
+    for _ in range(100):
+        tmp = _temp_name(parent, prefix)
+        try:
+            os.mkdir(tmp, 0o777)  # the kernel applies the umask
+            return tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"could not create a temporary folder in {parent}")
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` durable (best effort: some file systems cannot fsync a folder)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder + ``os.replace`` (atomic on POSIX)."""
+    """Write ``data`` to ``path`` via a temporary file in the same folder + ``os.replace`` (atomic on POSIX).
+
+    The file is created with the user's umask (``tempfile.mkstemp`` would make it 0600 whatever the umask,
+    and ``os.replace`` keeps that mode), its data is fsynced before the rename, and the folder after it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    for _ in range(100):
+        tmp = _temp_name(path.parent, f".{path.name}.", ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"could not create a temporary file beside {path}")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_dir(path.parent)
     except BaseException:
         try:
             os.unlink(tmp)
@@ -240,7 +289,7 @@ def _remove(folder: Path) -> None:
 
 def _build(folder: Path, key: dict[str, Any], build: Callable[[Path], None]) -> None:
     folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{folder.name}-", dir=folder.parent))
+    tmp = make_temp_dir(folder.parent, f".tmp-{folder.name}-")
     try:
         build(tmp)
         files = {}

@@ -5,6 +5,7 @@ Layout of a store folder::
     embeddings.f16   raw float16 array, rows x C x h x w (numpy memmap; grows by doubling)
     index.json       {"format", "model_id", "encoder", "shape": [C, h, w], "dtype": "float16", "frame",
                       "hash", "rows": n, "keys": {image key: row}, "input_sizes": [[h, w] per row]}
+    writer.lock      the writer lock (``fcntl.flock``); its text names the process holding it
 
 ``samr1 embed`` fills a store; :class:`samr1.engine.cache.EmbeddingCache` reads it before encoding, so
 training on a known dataset never runs the encoder. A store is tied to one model id: opening it for another
@@ -15,10 +16,25 @@ of another precision is refused (one store, one precision; fp32 backends mix fre
 float16 anyway), and reading it from an engine that encodes misses at another precision warns (store hits
 and fresh encodes then differ at the less precise of the two).
 
-Writes are resumable: rows are written to the memmap and flushed first, and only then does the index
-(written atomically) point at them, so a crash loses at most the rows since the last :meth:`flush`.
-Embeddings are stored as float16 (2 MB per 256 x 64 x 64 embedding instead of 4 MB); SAM's embeddings
-come out of a LayerNorm, so float16's ~5e-4 relative precision is far below what changes a mask.
+One writer at a time: a writable store holds an exclusive ``fcntl.flock`` on ``writer.lock`` from
+:meth:`EmbeddingStore.create` until :meth:`~EmbeddingStore.close` (or until its process dies: the kernel
+drops the lock then, so a crashed writer never leaves a stale lock behind). A second writer is refused at
+once with a :class:`StoreLockedError` naming the holder (pid, host, start time, command), or, given
+``wait=SECONDS``, waits up to that long and then resumes from the index the first writer left. Readers
+(:meth:`EmbeddingStore.open`) take no lock and write nothing, so a store on a read-only file system or
+in another user's read-only folder is readable.
+
+Writes are resumable and never visible half-done: rows are written to the memmap and flushed (``msync``)
+first, and only then is the index that points at them published (temporary file, ``fsync``,
+``os.replace``), so a reader sees either the old index or the new one, and every row an index lists is
+complete on disk. A crash loses at most the rows since the last :meth:`~EmbeddingStore.flush`. Embeddings
+are stored as float16 (2 MB per 256 x 64 x 64 embedding instead of 4 MB); SAM's embeddings come out of a
+LayerNorm, so float16's ~5e-4 relative precision is far below what changes a mask.
+
+The index is validated field by field when a store is opened: a damaged or hand-edited index is a
+:class:`StoreError` naming the field, never a crash later on.
+
+Files and folders are created with the user's umask (a team can share a store read-only).
 
 Image keys (:func:`image_key`) hash the pixel content and shape, so equal pixels hit whatever object or
 file they come from.
@@ -26,10 +42,16 @@ file they come from.
 
 from __future__ import annotations
 
+import datetime
+import errno
 import hashlib
 import json
+import math
 import os
+import socket
+import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -40,16 +62,42 @@ import torch
 
 from samr1.artifacts import atomic_write_json
 
-__all__ = ["EmbeddingStore", "StoreError", "image_key", "default_hash", "HASHES"]
+__all__ = ["EmbeddingStore", "StoreError", "StoreLockedError", "StoreWriteError", "StoreLock", "StoreWarning",
+           "image_key", "default_hash", "encoder_precision", "HASHES"]
 
 _FORMAT = 1
 _DATA = "embeddings.f16"
 _INDEX = "index.json"
+_LOCK = "writer.lock"
 HASHES = ("xxh3_128", "blake2b")
+# Bounds that keep a hand-edited index from asking for absurd allocations: 2**31 float16 values (4 GiB) per
+# row is ~250x SAM's 256 x 64 x 64, and no SAM frame is near 65536 px.
+_MAX_ROW_VALUES = 1 << 31
+_MAX_FRAME = 1 << 16
+_F16_MAX = 65504.0
 
 
 class StoreError(ValueError):
     """An embedding store cannot be used as asked (other model, other shape, missing or damaged files)."""
+
+
+class StoreLockedError(StoreError):
+    """Another process is writing the store. ``holder`` is what its lock file says about it (``pid``,
+    ``host``, ``started`` (UTC, ISO 8601), ``command``), or None when it could not be read."""
+
+    def __init__(self, message: str, holder: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+
+class StoreWriteError(StoreError):
+    """The store folder cannot be created or written (permissions, a read-only file system): an output
+    problem, where other :class:`StoreError` s are about the store's content."""
+
+
+class StoreWarning(RuntimeWarning):
+    """A store row could not be used as read (e.g. non-finite values) and was recomputed; the message says
+    which store and image."""
 
 
 def default_hash() -> str:
@@ -95,11 +143,219 @@ def image_key(image: np.ndarray, algorithm: str | None = None) -> str:
     return f"{'xxh3' if algorithm == 'xxh3_128' else 'b2'}:{short}:{h.hexdigest()}"
 
 
+# ------------------------------------------------------------------------------------------ writer lock
+
+
+def _describe_holder(holder: dict[str, Any] | None) -> str:
+    if not holder:
+        return "holder unknown: its lock file names no process yet"
+    mine = holder.get("pid") == os.getpid() and holder.get("host") == socket.gethostname()
+    parts = [f"pid {holder.get('pid', '?')} on host {holder.get('host', '?')}"
+             + (" (this process: close() its other writable EmbeddingStore first)" if mine else ""),
+             f"since {holder.get('started', '?')}"]
+    if holder.get("command"):
+        parts.append(f"running `{holder['command']}`")
+    return ", ".join(parts)
+
+
+class StoreLock:
+    """The exclusive writer lock of one store folder: ``fcntl.flock`` on ``<folder>/writer.lock``.
+
+    The lock belongs to the open file: it is released by :meth:`release`, when the object is garbage
+    collected, or when the process exits or is killed (the kernel drops it), so no stale lock survives a
+    crash. The file's text is a JSON line naming the holder (pid, host, UTC start time, command) for the
+    message another writer gets; the file itself is never deleted (deleting a lock file while another
+    process waits on it would let two writers in).
+
+    Use :meth:`acquire`; :meth:`EmbeddingStore.create` does it for you (``samr1 embed`` takes it before
+    loading the model, so a second writer is refused in seconds, not after minutes of loading).
+    """
+
+    def __init__(self, path: Path, file: Any, info: dict[str, Any]) -> None:
+        self.path = path
+        self.info = info
+        self._file = file
+
+    @classmethod
+    def acquire(cls, path: str | os.PathLike, wait: float = 0.0, poll: float = 0.2) -> StoreLock:
+        """Lock the store folder ``path`` for writing (creating the folder when missing).
+
+        Args:
+            path: the store folder.
+            wait: seconds to wait for another writer to finish (0: refuse at once).
+            poll: seconds between attempts while waiting.
+
+        Raises:
+            StoreLockedError: another process holds the lock (after ``wait`` seconds); the message names it.
+            StoreWriteError: the folder cannot be created or written (read-only store or file system).
+            ValueError: ``wait`` is negative or not finite.
+        """
+        wait = float(wait)
+        if not math.isfinite(wait) or wait < 0:
+            raise ValueError(f"wait must be a finite number of seconds >= 0, got {wait}")
+        import fcntl
+
+        path = Path(path)
+        lock_path = path / _LOCK
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            # 0o666: the user's umask decides who else may read it, like any other file of the store.
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise StoreWriteError(f"cannot write embedding store {path}: {exc.strerror or exc} ({exc.filename or path}); "
+                             "a read-only store can only be read (EmbeddingStore.open, or SamEngine(store=...)); "
+                             "to add rows, copy it to a folder you can write or use another --out") from None
+        file = os.fdopen(fd, "r+b")
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    file.close()
+                    raise StoreError(f"cannot lock embedding store {path} ({lock_path}): {exc}") from None
+            left = deadline - time.monotonic()
+            if left <= 0:
+                file.close()
+                holder = cls.holder(path)
+                waited = f" after waiting {wait:g} s" if wait > 0 else ""
+                raise StoreLockedError(
+                    f"embedding store {path} is being written by another writer ({_describe_holder(holder)})"
+                    f"{waited}; one writer at a time keeps its rows and index consistent. Wait for it to "
+                    "finish, or queue behind it with --wait SECONDS (EmbeddingStore.create(..., wait=...))",
+                    holder)
+            time.sleep(min(poll, left))
+        info = {"pid": os.getpid(), "host": socket.gethostname(),
+                "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "command": " ".join(sys.argv)[:300]}
+        try:
+            file.seek(0)
+            file.truncate()
+            file.write(json.dumps(info).encode() + b"\n")
+            file.flush()
+        except OSError:
+            pass  # the lock itself is held; only the note for other writers is missing
+        return cls(path, file, info)
+
+    @staticmethod
+    def holder(path: str | os.PathLike) -> dict[str, Any] | None:
+        """What the lock file of store ``path`` says about its last holder, or None (no file, unreadable, or
+        being rewritten). Meaningful while the lock is held; the note of a finished writer stays behind."""
+        try:
+            text = (Path(path) / _LOCK).read_text()
+            info = json.loads(text)
+        except (OSError, ValueError, RecursionError):
+            return None
+        return info if isinstance(info, dict) else None
+
+    @property
+    def held(self) -> bool:
+        return self._file is not None and not self._file.closed
+
+    def release(self) -> None:
+        """Release the lock (idempotent)."""
+        if self._file is not None:
+            self._file.close()  # closing the last descriptor of the open file drops the flock
+            self._file = None
+
+    def __repr__(self) -> str:
+        return f"StoreLock({str(self.path)!r}, held={self.held})"
+
+
+# --------------------------------------------------------------------------------- index validation
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _validate_index(meta: Any, index: Path) -> dict[str, Any]:
+    """Check every field of a parsed index; return it normalised (tuples, defaults).
+
+    Raises:
+        StoreError: naming ``index`` and the first bad field, with what it must be.
+    """
+    def bad(field: str, problem: str) -> StoreError:
+        return StoreError(f"{index}: field {field!r} {problem}; the index is damaged: delete the store folder "
+                          "and rebuild it with samr1 embed")
+
+    if not isinstance(meta, dict):
+        raise StoreError(f"{index} is not a samr1 embedding store index (a JSON object), got a JSON "
+                         f"{type(meta).__name__}; delete the folder and run samr1 embed again")
+    for field in ("format", "model_id", "shape", "frame", "hash", "rows", "keys", "input_sizes"):
+        if field not in meta:
+            raise bad(field, "is missing")
+    if not _is_int(meta["format"]) or meta["format"] != _FORMAT:
+        raise StoreError(f"{index}: field 'format' is {meta['format']!r}; this samr1 reads store format "
+                         f"{_FORMAT} only (rebuild the store with this samr1's samr1 embed)")
+    model_id = meta["model_id"]
+    if not isinstance(model_id, str) or not model_id:
+        raise bad("model_id", f"must be a non-empty string, got {model_id!r}")
+    encoder = meta.get("encoder")
+    if encoder is not None and (not isinstance(encoder, str) or not encoder):
+        raise bad("encoder", f"must be a non-empty string or null, got {encoder!r}")
+    if meta.get("dtype", "float16") != "float16":
+        raise bad("dtype", f"must be 'float16', got {meta.get('dtype')!r}")
+    shape = meta["shape"]
+    if (not isinstance(shape, list) or len(shape) != 3 or not all(_is_int(v) and v >= 1 for v in shape)
+            or math.prod(shape) > _MAX_ROW_VALUES):
+        raise bad("shape", f"must be [C, h, w], three integers >= 1 (at most {_MAX_ROW_VALUES} values), "
+                           f"got {shape!r}")
+    frame = meta["frame"]
+    if not _is_int(frame) or not 1 <= frame <= _MAX_FRAME:
+        raise bad("frame", f"must be an integer in 1..{_MAX_FRAME} (the model frame in px), got {frame!r}")
+    if not isinstance(meta["hash"], str) or meta["hash"] not in HASHES:
+        raise bad("hash", f"must be one of {list(HASHES)}, got {meta['hash']!r}")
+    rows = meta["rows"]
+    if not _is_int(rows) or rows < 0:
+        raise bad("rows", f"must be an integer >= 0, got {rows!r}")
+    keys = meta["keys"]
+    if not isinstance(keys, dict):
+        raise bad("keys", f"must be an object {{image key: row}}, got {type(keys).__name__}")
+    if len(keys) != rows:
+        raise bad("keys", f"lists {len(keys)} images but 'rows' is {rows} (every row belongs to one image)")
+    seen: dict[int, str] = {}
+    for key, row in keys.items():
+        if not key:
+            raise bad("keys", "holds an empty image key")
+        if not _is_int(row) or not 0 <= row < rows:
+            raise bad(f"keys[{key!r}]", f"must be a row number in 0..{rows - 1}, got {row!r}")
+        if row in seen:
+            raise bad(f"keys[{key!r}]", f"points at row {row}, which image {seen[row]!r} already uses")
+        seen[row] = key
+    sizes = meta["input_sizes"]
+    if not isinstance(sizes, list) or len(sizes) != rows:
+        got = f"{len(sizes)} entries" if isinstance(sizes, list) else type(sizes).__name__
+        raise bad("input_sizes", f"must be a list of one [h, w] per row ({rows}), got {got}")
+    for i, s in enumerate(sizes):
+        if (not isinstance(s, list) or len(s) != 2
+                or not all(_is_int(v) and 1 <= v <= frame for v in s)):
+            raise bad(f"input_sizes[{i}]", f"must be [h, w], integers in 1..{frame} (the frame), got {s!r}")
+    return {"model_id": model_id, "encoder": encoder, "shape": tuple(shape), "frame": frame,
+            "hash": meta["hash"], "rows": rows, "keys": dict(keys), "input_sizes": [tuple(s) for s in sizes]}
+
+
+def _read_index(path: Path) -> dict[str, Any]:
+    index = path / _INDEX
+    try:
+        meta = json.loads(index.read_bytes())
+    except FileNotFoundError:
+        raise StoreError(f"no embedding store at {path} ({_INDEX} is missing); build one with "
+                         "`samr1 embed --data MANIFEST --out DIR`") from None
+    except (OSError, ValueError, RecursionError) as exc:
+        # ValueError covers bad JSON and bad UTF-8; RecursionError a pathologically nested document.
+        raise StoreError(f"{index} is unreadable ({type(exc).__name__}: {str(exc)[:200]}); delete the folder and "
+                         "run samr1 embed again") from None
+    return _validate_index(meta, index)
+
+
 class EmbeddingStore:
     """Memory-mapped float16 embeddings keyed by :func:`image_key`, for one SAM model id.
 
-    Use :meth:`create` (new or resumed store for writing) or :meth:`open` (existing store; read-only by
-    default). ``get`` is safe from several threads; ``put`` serialises on a lock.
+    Use :meth:`create` (new or resumed store for writing; takes the writer lock) or :meth:`open` (existing
+    store; read-only by default, no lock). ``get`` is safe from several threads; ``put`` serialises on a
+    lock.
 
     Attributes:
         path: the store folder.
@@ -111,42 +367,66 @@ class EmbeddingStore:
             written before this was recorded.
     """
 
-    def __init__(self, path: Path, meta: dict[str, Any], writable: bool) -> None:
+    def __init__(self, path: Path, meta: dict[str, Any], writable: bool, lock: StoreLock | None = None) -> None:
+        """Internal: ``meta`` is a validated index (:func:`_validate_index`); writers pass their lock."""
+        if writable and (lock is None or not lock.held):
+            raise StoreError(f"a writable store needs its writer lock; use EmbeddingStore.create({str(path)!r}, ...)")
         self.path = path
         self.model_id: str = meta["model_id"]
-        self.shape: tuple[int, int, int] = tuple(int(v) for v in meta["shape"])
-        self.frame: int = int(meta["frame"])
+        self.shape: tuple[int, int, int] = tuple(meta["shape"])
+        self.frame: int = meta["frame"]
         self.hash: str = meta["hash"]
-        self.encoder: str | None = meta.get("encoder")
+        self.encoder: str | None = meta["encoder"]
         self.writable = writable
+        self._writer_lock = lock
         self._keys: dict[str, int] = dict(meta["keys"])
-        self._sizes: list[tuple[int, int]] = [tuple(s) for s in meta["input_sizes"]]
-        self._rows = int(meta["rows"])
-        if len(self._sizes) != self._rows or any(not 0 <= r < self._rows for r in self._keys.values()):
-            raise StoreError(f"{path / _INDEX} is inconsistent (rows={self._rows}, {len(self._sizes)} input "
-                             f"sizes, {len(self._keys)} keys); delete the folder and run samr1 embed again")
-        self._row_bytes = int(np.prod(self.shape)) * 2
+        self._sizes: list[tuple[int, int]] = list(meta["input_sizes"])
+        self._rows: int = meta["rows"]
+        self._row_bytes = math.prod(self.shape) * 2
         self._lock = threading.Lock()
         self._mm: np.memmap | None = None
         self._capacity = 0
+        self._closed = False
         self._map()
 
     # --- construction ---
 
     @classmethod
     def create(cls, path: str | os.PathLike, model_id: str, shape: Sequence[int], frame: int,
-               hash: str | None = None, encoder: str | None = None) -> EmbeddingStore:
+               hash: str | None = None, encoder: str | None = None, *, wait: float = 0.0,
+               lock: StoreLock | None = None) -> EmbeddingStore:
         """Open ``path`` for writing: a new store, or an existing one for ``model_id`` (resume).
+
+        Takes the store's writer lock (held until :meth:`close`): when another process is writing the store,
+        this waits up to ``wait`` seconds, then raises :class:`StoreLockedError` naming that process (0: at
+        once). A lock already taken with :meth:`StoreLock.acquire` may be passed as ``lock``. The index is
+        read after the lock is held, so a writer that waited resumes from everything the other one wrote.
 
         ``encoder`` (e.g. ``ImageEncoder.name``) is recorded in a new store; a resumed one must have been
         written at the same precision (:func:`encoder_precision`).
 
         Raises:
-            StoreError: the folder holds a store for another model id, embedding shape or precision.
+            StoreLockedError: another process holds the writer lock.
+            StoreError: the folder holds a store for another model id, embedding shape or precision, its
+                index is damaged, or it cannot be written.
         """
         path = Path(path)
+        if lock is None:
+            lock = StoreLock.acquire(path, wait)
+        elif not lock.held or Path(lock.path).resolve() != path.resolve():
+            raise ValueError(f"lock {lock!r} is not a held lock of store {path}")
+        try:
+            store = cls._create_locked(path, model_id, shape, frame, hash, encoder, lock)
+        except BaseException:
+            lock.release()
+            raise
+        return store
+
+    @classmethod
+    def _create_locked(cls, path: Path, model_id: str, shape: Sequence[int], frame: int, hash: str | None,
+                       encoder: str | None, lock: StoreLock) -> EmbeddingStore:
         if (path / _INDEX).exists():
-            store = cls.open(path, model_id, writable=True)
+            store = cls._open_checked(path, model_id, writable=True, lock=lock)
             if store.shape != tuple(int(v) for v in shape) or store.frame != int(frame):
                 raise StoreError(f"store {path} holds {store.shape} embeddings at frame {store.frame}, not "
                                  f"{tuple(shape)} at frame {frame}; use another --out folder")
@@ -159,49 +439,62 @@ class EmbeddingStore:
             if store.encoder is None and encoder is not None:
                 if len(store):
                     warnings.warn(f"store {path} predates encoder records: its {len(store)} embeddings were "
-                                  f"written by an unknown encoder; resuming it with {encoder!r}", stacklevel=2)
+                                  f"written by an unknown encoder; resuming it with {encoder!r}", stacklevel=3)
                 else:
                     store.encoder = encoder  # nothing written yet: adopt
             return store
-        path.mkdir(parents=True, exist_ok=True)
         if (path / _DATA).exists():
             os.unlink(path / _DATA)  # rows without an index are unreachable: start clean
         meta = {"format": _FORMAT, "model_id": model_id, "encoder": encoder, "shape": [int(v) for v in shape],
-                "dtype": "float16", "frame": int(frame), "hash": hash or default_hash(), "rows": 0, "keys": {}, "input_sizes": []}
+                "dtype": "float16", "frame": int(frame), "hash": hash or default_hash(), "rows": 0, "keys": {},
+                "input_sizes": []}
+        try:  # the arguments, checked as a reader will check them
+            valid = _validate_index(meta, path / _INDEX)
+        except StoreError:
+            raise ValueError(f"cannot create a store with shape {tuple(shape)!r}, frame {frame!r}, hash {hash!r}, "
+                             f"model id {model_id!r}, encoder {encoder!r}: shape must be three integers >= 1, "
+                             f"frame an integer >= 1, hash one of {list(HASHES)}, the ids non-empty strings") from None
         atomic_write_json(path / _INDEX, meta)
-        return cls(path, meta, writable=True)
+        return cls(path, valid, writable=True, lock=lock)
 
     @classmethod
-    def open(cls, path: str | os.PathLike, model_id: str | None, writable: bool = False) -> EmbeddingStore:
+    def open(cls, path: str | os.PathLike, model_id: str | None, writable: bool = False, *,
+             wait: float = 0.0) -> EmbeddingStore:
         """Open an existing store built for ``model_id`` (None skips the check, e.g. to inspect a store).
 
+        Read-only (the default) takes no lock and writes nothing, so read-only folders and file systems work.
+        ``writable=True`` takes the writer lock as :meth:`create` does (``wait`` as there).
+
         Raises:
-            StoreError: no store there, a damaged index, or a store built with another model id (the message
-                names both ids).
+            StoreError: no store there, a damaged index (the message names the field), or a store built with
+                another model id (the message names both ids).
+            StoreLockedError: ``writable`` and another process is writing the store.
         """
         path = Path(path)
+        if not writable:
+            return cls._open_checked(path, model_id, writable=False, lock=None)
+        if not (path / _INDEX).exists():  # do not create a folder (for the lock) where there is no store
+            _read_index(path)
+        lock = StoreLock.acquire(path, wait)
         try:
-            meta = json.loads((path / _INDEX).read_text())
-        except FileNotFoundError:
-            raise StoreError(f"no embedding store at {path} ({_INDEX} is missing); build one with "
-                             "`samr1 embed --data MANIFEST --out DIR`") from None
-        except (OSError, ValueError) as exc:
-            raise StoreError(f"{path / _INDEX} is unreadable ({exc}); delete the folder and run samr1 embed "
-                             "again") from None
-        missing = [k for k in ("format", "model_id", "shape", "frame", "hash", "rows", "keys", "input_sizes")
-                   if k not in meta]
-        if missing or meta.get("format") != _FORMAT or meta.get("dtype", "float16") != "float16":
-            raise StoreError(f"{path / _INDEX} is not a samr1 embedding store of format {_FORMAT} "
-                             f"(missing {missing or 'nothing'}, format {meta.get('format')!r})")
+            return cls._open_checked(path, model_id, writable=True, lock=lock)
+        except BaseException:
+            lock.release()
+            raise
+
+    @classmethod
+    def _open_checked(cls, path: Path, model_id: str | None, writable: bool,
+                      lock: StoreLock | None) -> EmbeddingStore:
+        meta = _read_index(path)
         if model_id is not None and meta["model_id"] != model_id:
             raise StoreError(
                 f"embedding store {path} was built with SAM model {meta['model_id']!r}, but the model in use is "
                 f"{model_id!r}; its embeddings would give wrong masks. Use the matching model or rebuild the "
                 "store with `samr1 embed` for this one")
-        if meta["hash"] not in HASHES or (meta["hash"] == "xxh3_128" and default_hash() != "xxh3_128"):
+        if meta["hash"] == "xxh3_128" and default_hash() != "xxh3_128":
             raise StoreError(f"store {path} keys images with {meta['hash']!r}, which is not available here "
                              "(pip install xxhash, or rebuild the store)")
-        return cls(path, meta, writable=writable)
+        return cls(path, meta, writable=writable, lock=lock)
 
     # --- memory map ---
 
@@ -210,22 +503,31 @@ class EmbeddingStore:
         data = self.path / _DATA
         if self._mm is not None and self.writable:
             self._mm.flush()
-        if self.writable:
-            if not data.exists():
-                data.touch()
-            if data.stat().st_size < min_rows * self._row_bytes:
-                with open(data, "r+b") as f:
-                    f.truncate(min_rows * self._row_bytes)  # extends with zeros: unused rows
-        size = data.stat().st_size if data.exists() else 0
+        try:
+            if self.writable:
+                if not data.exists():
+                    data.touch()
+                if data.stat().st_size < min_rows * self._row_bytes:
+                    with open(data, "r+b") as f:
+                        f.truncate(min_rows * self._row_bytes)  # extends with zeros: unused rows
+            size = data.stat().st_size if data.exists() else 0
+        except OSError as exc:
+            raise StoreError(f"{data}: {exc.strerror or exc}; the store cannot be read or grown") from None
         if size < self._rows * self._row_bytes:
             raise StoreError(f"{data} holds {size} bytes but the index lists {self._rows} rows of "
                              f"{self._row_bytes} bytes; the store is damaged, rebuild it with samr1 embed")
-        self._capacity = size // self._row_bytes
-        # Readers holding the old map keep a valid view; new reads go through the new one.
-        self._mm = None
-        if self._capacity:
-            self._mm = np.memmap(data, dtype=np.float16, mode="r+" if self.writable else "r",
-                                 shape=(self._capacity, *self.shape))
+        capacity = size // self._row_bytes
+        mm = None
+        if capacity:
+            try:
+                mm = np.memmap(data, dtype=np.float16, mode="r+" if self.writable else "r",
+                               shape=(capacity, *self.shape))
+            except (OSError, ValueError) as exc:
+                raise StoreError(f"{data} cannot be memory-mapped ({exc}); the store is damaged or unreadable") from None
+        # Swapped in one assignment: a reader thread holding the old map keeps a valid view of the rows it
+        # knows, and never sees a missing map in between.
+        self._mm = mm
+        self._capacity = capacity
 
     # --- reading ---
 
@@ -243,25 +545,35 @@ class EmbeddingStore:
         return list(self._keys)
 
     def get(self, key: str) -> torch.Tensor | None:
-        """The embedding for ``key`` as a ``C x h x w`` float16 CPU tensor (a copy), or None if absent."""
-        row = self._keys.get(key)
-        if row is None:
-            return None
-        return torch.from_numpy(np.array(self._mm[row]))
+        """The embedding for ``key`` as a ``C x h x w`` float16 CPU tensor (a copy), or None if absent.
+
+        The values are returned as stored; a row may be non-finite if the file was damaged outside samr1
+        (:class:`samr1.engine.cache.EmbeddingCache` checks and re-encodes such rows)."""
+        got = self.get_with_size(key)
+        return None if got is None else got[0]
 
     def get_with_size(self, key: str) -> tuple[torch.Tensor, tuple[int, int]] | None:
         """``(embedding, input_size)`` for ``key`` or None; input_size is the resized (h, w) before padding."""
         row = self._keys.get(key)
         if row is None:
             return None
-        return torch.from_numpy(np.array(self._mm[row])), self._sizes[row]
+        mm = self._mm  # one reference: a concurrent grow swaps self._mm, the old map stays valid
+        return torch.from_numpy(np.array(mm[row])), self._sizes[row]
 
     # --- writing ---
 
     def put(self, keys: Sequence[str], embeddings: torch.Tensor | np.ndarray,
             input_sizes: Iterable[Sequence[int]]) -> int:
         """Append embeddings (``B x C x h x w``, any float dtype/device) for ``keys``; keys already present are
-        skipped. Returns the number of rows written. Call :meth:`flush` to make them durable."""
+        skipped. Returns the number of rows written. Call :meth:`flush` to make them durable and visible.
+
+        Raises:
+            StoreError: the store is read-only or closed, or a row is not finite in float16 (NaN, inf, or
+                beyond +-65504); nothing of the call is written then.
+            ValueError: mismatched lengths, shapes, or an input size outside ``1..frame``.
+        """
+        if self._closed:
+            raise StoreError(f"store {self.path} is closed")
         if not self.writable:
             raise StoreError(f"store {self.path} was opened read-only; use EmbeddingStore.create to write")
         sizes = [tuple(int(v) for v in s) for s in input_sizes]
@@ -271,9 +583,23 @@ class EmbeddingStore:
         if tuple(embeddings.shape[1:]) != self.shape:
             raise ValueError(f"embeddings of shape {tuple(embeddings.shape[1:])} do not fit store {self.path} "
                              f"of shape {self.shape}")
+        if not keys:
+            return 0
+        for key, size in zip(keys, sizes, strict=True):
+            if not isinstance(key, str) or not key:
+                raise ValueError(f"store keys must be non-empty strings, got {key!r}")
+            if len(size) != 2 or not all(1 <= v <= self.frame for v in size):
+                raise ValueError(f"input size {size} of {key!r} is not (h, w) in 1..{self.frame} (the frame)")
         if isinstance(embeddings, torch.Tensor):
             embeddings = embeddings.detach().to("cpu", torch.float16).numpy()
-        embeddings = np.asarray(embeddings, dtype=np.float16)
+        with np.errstate(over="ignore"):  # overflow to inf is what the check below reports
+            embeddings = np.asarray(embeddings, dtype=np.float16)
+        finite = np.isfinite(embeddings.reshape(len(keys), -1)).all(axis=1)
+        if not finite.all():
+            bad = [k for k, ok in zip(keys, finite, strict=True) if not ok]
+            raise StoreError(f"embeddings of {bad[:3]}{' ...' if len(bad) > 3 else ''} are not finite in float16 "
+                             f"(NaN, inf, or beyond +-{_F16_MAX:g}); nothing of this call was written to "
+                             f"{self.path}")
         written = 0
         with self._lock:
             for key, emb, size in zip(keys, embeddings, sizes, strict=True):
@@ -289,8 +615,11 @@ class EmbeddingStore:
         return written
 
     def flush(self) -> None:
-        """Flush the rows to disk, then atomically write the index that points at them."""
-        if not self.writable:
+        """Flush the rows to disk, then atomically publish the index that points at them.
+
+        The order is what keeps readers safe: the data pages are synced (``msync``) before the new index
+        replaces the old one, so no index ever lists a row that is not complete on disk."""
+        if not self.writable or self._closed:
             return
         with self._lock:
             if self._mm is not None:
@@ -302,8 +631,16 @@ class EmbeddingStore:
             atomic_write_json(self.path / _INDEX, meta)
 
     def close(self) -> None:
-        self.flush()
-        self._mm = None
+        """Flush (when writable), unmap, and release the writer lock. Idempotent."""
+        if self._closed:
+            return
+        try:
+            self.flush()
+        finally:
+            self._closed = True
+            self._mm = None
+            if self._writer_lock is not None:
+                self._writer_lock.release()
 
     def __enter__(self) -> EmbeddingStore:
         return self

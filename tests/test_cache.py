@@ -7,6 +7,7 @@ possibly another batch composition), float16 rounding (rtol 1e-3) for store hits
 
 from __future__ import annotations
 
+import re
 import threading
 import warnings
 
@@ -18,7 +19,7 @@ from samr1.engine.cache import EmbeddingCache
 from samr1.io import InputError
 from samr1.sam import load_sam
 from samr1.sam.encoder import make_encoder
-from samr1.store import EmbeddingStore, StoreError
+from samr1.store import EmbeddingStore, StoreError, StoreWarning
 
 EMB_BYTES = 256 * 64 * 64 * 4  # one float32 embedding of the tiny (and every upstream) SAM
 
@@ -178,3 +179,33 @@ def test_bad_inputs(encoder):
     assert cache.stats["cache_misses"] == 0  # validation happens before any state changes
     emb, sizes = cache.get_or_encode([])
     assert emb.shape == (0, 256, 64, 64) and sizes == []
+
+
+def test_non_finite_store_rows_are_re_encoded_with_a_warning(encoder, pool, tmp_path):
+    imgs, refs = pool
+    store = EmbeddingStore.create(tmp_path / "s", encoder.model_id, encoder.embedding_shape, encoder.frame,
+                                  encoder=encoder.name)
+    keys = [store.key(img) for img in imgs[:3]]
+    store.put(keys, torch.stack(refs[:3]), encoder.input_sizes(imgs[:3]))
+    store.close()
+    # Damage rows 1 and 2 on disk behind samr1's back (a NaN in one, a -inf in the other), at random offsets.
+    row_bytes = EMB_BYTES // 2  # float16 rows
+    rng = np.random.default_rng()
+    with open(tmp_path / "s" / "embeddings.f16", "r+b") as f:
+        for row, bad in ((1, np.nan), (2, -np.inf)):
+            f.seek(row * row_bytes + 2 * int(rng.integers(0, row_bytes // 2)))
+            f.write(np.array([bad], np.float16).tobytes())
+    cache = EmbeddingCache(encoder, cache_bytes=16 * EMB_BYTES, store=EmbeddingStore.open(tmp_path / "s",
+                                                                                          encoder.model_id))
+    with pytest.warns(StoreWarning) as record:
+        emb, sizes = cache.get_or_encode([imgs[0], imgs[1], imgs[2], imgs[1]])
+    messages = " ".join(str(w.message) for w in record)
+    assert re.search(rf"{re.escape(keys[1])} holds non-finite", messages)
+    assert re.search(rf"{re.escape(keys[2])} holds non-finite", messages) and keys[0] not in messages
+    s = cache.stats
+    assert (s["store_hits"], s["store_nonfinite"], s["encoder_images"], s["encoder_calls"]) == (1, 2, 2, 1)
+    assert bool(torch.isfinite(emb).all())
+    torch.testing.assert_close(emb[0], refs[0], rtol=1e-3, atol=1e-3)  # the intact row, float16 storage
+    for row, i in ((1, 1), (2, 2), (3, 1)):
+        _close(emb[row], refs[i])  # re-encoded in float32
+    assert sizes == encoder.input_sizes([imgs[0], imgs[1], imgs[2], imgs[1]])

@@ -43,7 +43,7 @@ def test_round_trip_grow_and_reopen(tmp_path):
 
 
 def test_refuses_other_model_id_naming_both(tmp_path):
-    EmbeddingStore.create(tmp_path / "s", "vit_b:abc", SHAPE, 1024).flush()
+    EmbeddingStore.create(tmp_path / "s", "vit_b:abc", SHAPE, 1024).close()
     with pytest.raises(StoreError, match=r"'vit_b:abc'.*'vit_h:xyz'"):
         EmbeddingStore.open(tmp_path / "s", "vit_h:xyz")
     with pytest.raises(StoreError, match=r"'vit_b:abc'.*'tiny:1'"):
@@ -59,7 +59,10 @@ def test_unflushed_rows_are_invisible_and_resume_appends(tmp_path):
     emb = torch.randn(3, *SHAPE)
     store.put(["a", "b"], emb[:2], [(1, 2), (3, 4)])
     store.flush()
-    store.put(["c"], emb[2:], [(5, 6)])  # "crash" before flush
+    store.put(["c"], emb[2:], [(5, 6)])
+    # A reader sees the committed rows only (a real crash of a writer process: tests/test_store_concurrency.py).
+    assert sorted(EmbeddingStore.open(tmp_path / "s", "m").keys()) == ["a", "b"]
+    store._writer_lock.release()  # "crash": the lock goes, the last put is never flushed
     resumed = EmbeddingStore.create(tmp_path / "s", "m", SHAPE, 1024)
     assert sorted(resumed.keys()) == ["a", "b"]
     assert resumed.put(["b", "c"], emb[1:], [(3, 4), (5, 6)]) == 1
@@ -193,7 +196,7 @@ def test_encoder_precision():
 
 
 def test_records_the_encoder_and_refuses_resuming_at_another_precision(tmp_path):
-    EmbeddingStore.create(tmp_path / "s", "m", SHAPE, 1024, encoder="torch-fp32").flush()
+    EmbeddingStore.create(tmp_path / "s", "m", SHAPE, 1024, encoder="torch-fp32").close()
     assert EmbeddingStore.open(tmp_path / "s", "m").encoder == "torch-fp32"
     with pytest.raises(StoreError, match=r"'torch-fp32' \(fp32\).*'tensorrt-fp16' \(fp16\)"):
         EmbeddingStore.create(tmp_path / "s", "m", SHAPE, 1024, encoder="tensorrt-fp16")
@@ -210,16 +213,16 @@ def _drop_encoder_field(path):
 
 def test_stores_from_before_encoder_records(tmp_path):
     # empty: the first writer's encoder is adopted
-    EmbeddingStore.create(tmp_path / "e", "m", SHAPE, 1024).flush()
+    EmbeddingStore.create(tmp_path / "e", "m", SHAPE, 1024).close()
     _drop_encoder_field(tmp_path / "e")
     assert EmbeddingStore.open(tmp_path / "e", "m").encoder is None
     s = EmbeddingStore.create(tmp_path / "e", "m", SHAPE, 1024, encoder="torch-bf16")
-    s.flush()
+    s.close()
     assert EmbeddingStore.open(tmp_path / "e", "m").encoder == "torch-bf16"
     # with rows: it still opens and resumes, but resuming says the rows' encoder is unknown
     full = EmbeddingStore.create(tmp_path / "f", "m", SHAPE, 1024)
     full.put(["a"], torch.randn(1, *SHAPE), [(1, 1)])
-    full.flush()
+    full.close()
     _drop_encoder_field(tmp_path / "f")
     with pytest.warns(UserWarning, match="unknown encoder"):
         resumed = EmbeddingStore.create(tmp_path / "f", "m", SHAPE, 1024, encoder="torch-fp32")

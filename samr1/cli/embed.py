@@ -5,6 +5,15 @@ image once (batched) and appends float16 embeddings to ``--out`` (``embeddings.f
 Resumable: images already in the store are skipped, so an interrupted run continues where it stopped.
 Point training at the store (``SamEngine(..., store=EmbeddingStore.open(DIR, model_id))``) and the
 encoder never runs for this dataset.
+
+One writer per store: while a run writes a store it holds the store's lock (writer.lock). A second
+``samr1 embed`` on the same --out is refused at once, with a message naming the running one (pid, host,
+start time, command); with --wait SECONDS it waits up to that long, then resumes from what the first one
+wrote. Reading a store (training, evaluation) needs no lock and may run alongside a writer.
+
+An image that cannot be used (missing, unreadable, refused by the encoder) stops the run with an error
+naming the manifest line; every row encoded before it is committed to the store first, so a rerun
+resumes there. With --skip-bad-rows such images are skipped instead, counted, and listed at the end.
 """
 
 from __future__ import annotations
@@ -13,6 +22,10 @@ import argparse
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+# How many bad rows the end-of-run report lists one by one (the count is always complete).
+_REPORT_ROWS = 20
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -29,70 +42,137 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="encoder precision (default: the backend's: float32 for torch/onnx, float16 for tensorrt)")
     p.add_argument("--batch", type=int, default=8, metavar="N", help="images per encoder call (default: 8)")
     p.add_argument("--cache-dir", metavar="DIR", help="artefact cache root for onnx/tensorrt")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="when another process is writing the store, wait up to SECONDS for it to finish, then "
+                        "resume (default: 0, refuse at once and name that process)")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="skip images that cannot be read or encoded (missing, corrupt, extreme aspect ratio), "
+                        "count them and list them at the end, instead of stopping at the first one")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
 
 
-def _load(paths: list[str]):
+def _load(paths: list[str], sources: dict[str, str], frame: int | None) -> list[tuple[str, Any]]:
+    """``(path, H x W x 3 uint8 array or the exception that made it unusable)`` per path, in order."""
+    from samr1.engine.cache import check_resizable
     from samr1.io import load_image
 
-    return [load_image(p, field="image", source=p) for p in paths]
+    out: list[tuple[str, Any]] = []
+    for p in paths:
+        try:
+            arr = load_image(p, field="image", source=sources[p])
+            check_resizable(arr, frame, f"image ({sources[p]})")
+            out.append((p, arr))
+        except Exception as exc:  # noqa: BLE001 - per-row: reported (and raised without --skip-bad-rows)
+            out.append((p, exc))
+    return out
 
 
 def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from samr1.cli import resolve_device
+    from samr1.cli import check_output_dir, resolve_device
     from samr1.data import read_manifest
+    from samr1.io import InputError
     from samr1.sam import load_sam
     from samr1.sam.encoder import make_encoder
-    from samr1.store import EmbeddingStore, StoreError
+    from samr1.store import EmbeddingStore, StoreLock
 
     if args.batch < 1:
-        raise SystemExit(f"--batch must be >= 1, got {args.batch}")
-    samples = read_manifest(args.data, require_mask=False)
-    paths = list(dict.fromkeys(s.image for s in samples))  # distinct image files, manifest order
-    device = resolve_device(args.device)
-    sam = load_sam(args.sam, args.sam_checkpoint, device=device)
-    enc = make_encoder(sam, backend=args.backend, device=device, dtype=args.dtype, cache_dir=args.cache_dir,
-                       max_batch=args.batch)
+        raise ValueError(f"--batch must be >= 1, got {args.batch}")
+    if not args.wait >= 0 or args.wait == float("inf"):
+        raise ValueError(f"--wait must be a finite number of seconds >= 0, got {args.wait}")
+    check_output_dir(args.out, "--out")
+    # With --skip-bad-rows a missing image file is one more bad row; without, the manifest check fails fast,
+    # before the model loads.
+    samples = read_manifest(args.data, require_mask=False, check_files=not args.skip_bad_rows)
+    sources: dict[str, str] = {}
+    rows_of: dict[str, int] = {}
+    for s in samples:
+        sources.setdefault(s.image, s.source)
+        rows_of[s.image] = rows_of.get(s.image, 0) + 1
+    paths = list(sources)  # distinct image files, manifest order
+    # The lock first: a second writer is refused (or queued) in a second, not after minutes of model loading.
+    lock = StoreLock.acquire(args.out, wait=args.wait)
     try:
-        store = EmbeddingStore.create(args.out, enc.model_id, enc.embedding_shape, enc.frame, encoder=enc.name)
-    except StoreError as exc:
-        raise SystemExit(f"samr1 embed: {exc}") from None
+        device = resolve_device(args.device)
+        sam = load_sam(args.sam, args.sam_checkpoint, device=device)
+        enc = make_encoder(sam, backend=args.backend, device=device, dtype=args.dtype, cache_dir=args.cache_dir,
+                           max_batch=args.batch)
+        store = EmbeddingStore.create(args.out, enc.model_id, enc.embedding_shape, enc.frame, encoder=enc.name,
+                                      lock=lock)
+    except BaseException:
+        lock.release()
+        raise
     before = len(store)
     encoded = skipped = 0
+    bad: list[tuple[str, str]] = []  # (image path, reason naming the manifest line)
+
+    def reject(path: str, exc: BaseException) -> None:
+        if not isinstance(exc, InputError):  # e.g. PIL's DecompressionBombError: still the row's fault
+            exc = InputError(f"image ({sources[path]}): cannot use {path}: {type(exc).__name__}: {exc}")
+        if not args.skip_bad_rows:
+            raise exc
+        bad.append((path, str(exc)))
+
     t0 = last_flush = time.perf_counter()
     chunks = [paths[i:i + args.batch] for i in range(0, len(paths), args.batch)]
     bar = tqdm(total=len(paths), unit="img", desc="embed", disable=args.no_progress, file=sys.stderr)
-    # Decode the next chunk's files on a thread while the encoder runs on this one.
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(_load, chunks[0]) if chunks else None
-        for ci in range(len(chunks)):
-            images = pending.result()
-            pending = pool.submit(_load, chunks[ci + 1]) if ci + 1 < len(chunks) else None
-            keys = [store.key(img) for img in images]
-            todo: dict[str, object] = {}
-            for k, img in zip(keys, images, strict=True):
-                if k not in store and k not in todo:
-                    todo[k] = img
-            skipped += len(images) - len(todo)
-            if todo:
-                imgs = list(todo.values())
-                emb = enc.encode(imgs)
-                store.put(list(todo), emb, enc.input_sizes(imgs))
-                encoded += len(todo)
-            if time.perf_counter() - last_flush > 30:  # bound the work lost to a crash to ~30 s
-                store.flush()
-                last_flush = time.perf_counter()
-            bar.update(len(images))
-    bar.close()
-    store.flush()
+    try:
+        # Decode the next chunk's files on a thread while the encoder runs on this one.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(_load, chunks[0], sources, enc.frame) if chunks else None
+            for ci in range(len(chunks)):
+                loaded = pending.result()
+                pending = pool.submit(_load, chunks[ci + 1], sources, enc.frame) if ci + 1 < len(chunks) else None
+                todo: dict[str, tuple[str, Any]] = {}
+                for path, img in loaded:
+                    if isinstance(img, BaseException):
+                        reject(path, img)
+                        continue
+                    k = store.key(img)
+                    if k in store or k in todo:
+                        skipped += 1
+                    else:
+                        todo[k] = (path, img)
+                if todo:
+                    imgs = [img for _, img in todo.values()]
+                    emb = enc.encode(imgs)  # an encoder failure is no row's fault: flushed below, then raised
+                    sizes = enc.input_sizes(imgs)
+                    # float16 is what the store keeps: a value beyond its range would read back as inf.
+                    ok = (emb.detach().float().cpu().flatten(1).abs() <= 65504).all(1).tolist()
+                    keep = []
+                    for i, (path, _) in enumerate(todo.values()):
+                        if ok[i]:
+                            keep.append(i)
+                        else:
+                            reject(path, InputError(
+                                f"image ({sources[path]}): the {enc.name} encoder gave non-finite values "
+                                f"(NaN, inf, or beyond float16's range) for {path}; nothing of it was stored"))
+                    keys = list(todo)
+                    store.put([keys[i] for i in keep], emb[keep], [sizes[i] for i in keep])
+                    encoded += len(keep)
+                if time.perf_counter() - last_flush > 30:  # bound the work lost to a crash to ~30 s
+                    store.flush()
+                    last_flush = time.perf_counter()
+                bar.update(len(loaded))
+    finally:
+        bar.close()
+        # Whatever stopped the run (a bad image, an encoder error, Ctrl-C), the rows encoded so far are
+        # committed before the error is reported, so a rerun resumes after them. close() releases the lock.
+        store.close()
     dt = time.perf_counter() - t0
     rate = f", {encoded / dt:.2f} img/s" if encoded and dt > 0 else ""
+    bad_rows = sum(rows_of[p] for p, _ in bad)
     print(f"{len(samples)} samples, {len(paths)} distinct image files: encoded {encoded}, skipped {skipped} "
-          f"(already in the store or repeated){rate}")
+          f"(already in the store or repeated), bad {len(bad)} image files ({bad_rows} rows){rate}")
     print(f"store {store.path}: {len(store)} embeddings (was {before}), model {store.model_id}, "
           f"shape {store.shape} float16, encoder {enc.name}")
-    store.close()
+    if bad:
+        print(f"samr1 embed: skipped {bad_rows} bad rows ({len(bad)} image files) with --skip-bad-rows:",
+              file=sys.stderr)
+        for _, reason in bad[:_REPORT_ROWS]:
+            print(f"  {reason}", file=sys.stderr)
+        if len(bad) > _REPORT_ROWS:
+            print(f"  ... and {len(bad) - _REPORT_ROWS} more image files", file=sys.stderr)
     return 0

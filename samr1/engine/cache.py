@@ -32,14 +32,27 @@ from typing import Any
 import torch
 
 from samr1.io import InputError, load_image
-from samr1.store import EmbeddingStore, StoreError, default_hash, encoder_precision, image_key
+from samr1.store import EmbeddingStore, StoreError, StoreWarning, default_hash, encoder_precision, image_key
 
-__all__ = ["EmbeddingCache", "EmbeddingBatch", "DEFAULT_CACHE_BYTES"]
+__all__ = ["EmbeddingCache", "EmbeddingBatch", "DEFAULT_CACHE_BYTES", "check_resizable"]
 
 # 2 GiB holds 512 float32 256x64x64 embeddings (4 MiB each): several GRPO steps' worth of distinct images.
 DEFAULT_CACHE_BYTES = 2 << 30
 
 _Entry = tuple[torch.Tensor, tuple[int, int]]
+
+
+def check_resizable(arr: Any, frame: int | None, field: str) -> None:
+    """Raise :class:`InputError` when an ``H x W (x C)`` image cannot be encoded at model frame ``frame``: its
+    short side resizes to 0 px (e.g. 1 x 3000 at frame 1024). Said as an input error naming ``field`` instead
+    of failing deep inside the resize. ``frame`` None (unknown) checks nothing."""
+    if frame is None:
+        return
+    h, w = arr.shape[:2]
+    scale = frame / max(h, w)
+    if int(h * scale + 0.5) < 1 or int(w * scale + 0.5) < 1:
+        raise InputError(f"{field}: a {h}x{w} image resizes to less than 1 px on its short side in the "
+                         f"{frame} x {frame} model frame; its aspect ratio is too extreme for SAM")
 
 
 @dataclass
@@ -77,7 +90,9 @@ class EmbeddingCache:
     ``stats`` counts per requested image: ``cache_hits`` (served from memory: resident, a repeat within the
     call, or another thread's in-flight encode) + ``cache_misses`` (distinct images looked up further) =
     images requested; misses are served by the store (``store_hits``) or the encoder (``encoder_images``,
-    in ``encoder_calls`` calls). ``evictions``, ``bytes_held``, ``entries`` describe the LRU.
+    in ``encoder_calls`` calls). ``store_nonfinite`` counts store rows found non-finite when read (each is
+    re-encoded with a :class:`~samr1.store.StoreWarning`, and counted in ``encoder_images``, not in
+    ``store_hits``). ``evictions``, ``bytes_held``, ``entries`` describe the LRU.
     """
 
     def __init__(self, encoder: Any, cache_bytes: int = DEFAULT_CACHE_BYTES, device: str | torch.device | None = None,
@@ -116,7 +131,8 @@ class EmbeddingCache:
         self._inflight: dict[str, Future] = {}
         self._bytes = 0
         self._counts = dict.fromkeys(
-            ("encoder_images", "encoder_calls", "cache_hits", "cache_misses", "evictions", "store_hits"), 0)
+            ("encoder_images", "encoder_calls", "cache_hits", "cache_misses", "evictions", "store_hits",
+             "store_nonfinite"), 0)
 
     # --- keys ---
 
@@ -130,17 +146,6 @@ class EmbeddingCache:
 
     # --- lookups ---
 
-    def _check_resizable(self, arr: Any, field: str) -> None:
-        """An image whose short side resizes to 0 px in the model frame cannot be encoded (e.g. 1 x 3000
-        at frame 1024): say so as an input error instead of failing deep inside the resize."""
-        frame = getattr(self.encoder, "frame", None)
-        if frame is None:
-            return
-        h, w = arr.shape[:2]
-        scale = frame / max(h, w)
-        if int(h * scale + 0.5) < 1 or int(w * scale + 0.5) < 1:
-            raise InputError(f"{field}: a {h}x{w} image resizes to less than 1 px on its short side in the "
-                             f"{frame} x {frame} model frame; its aspect ratio is too extreme for SAM")
 
     def lookup(self, images: Sequence[Any]) -> EmbeddingBatch:
         """Embeddings of the distinct images among ``images`` and the row of each requested image.
@@ -159,7 +164,7 @@ class EmbeddingCache:
             k = by_obj.get(id(img))
             if k is None:
                 arr = load_image(img, field=f"images[{i}]")
-                self._check_resizable(arr, f"images[{i}]")
+                check_resizable(arr, getattr(self.encoder, "frame", None), f"images[{i}]")
                 k = f"{self.model_id}|{image_key(arr, self.hash)}"
                 by_obj[id(img)] = k
                 if k not in arrays:
@@ -227,7 +232,17 @@ class EmbeddingCache:
         out: dict[str, _Entry] = {}
         todo = []
         for k in keys:
-            got = self.store.get_with_size(k.rsplit("|", 1)[1]) if self.store is not None else None
+            content = k.rsplit("|", 1)[1]
+            got = self.store.get_with_size(content) if self.store is not None else None
+            if got is not None and not bool(torch.isfinite(got[0]).all()):
+                # A damaged row (disk corruption, a file edited outside samr1) would give NaN logits and a
+                # silent IoU of 0: encode the image afresh instead, and say so.
+                warnings.warn(f"embedding store {self.store.path}: the row of image {content} holds non-finite "
+                              "values (NaN or inf); re-encoding the image. The store is damaged: rebuild it with "
+                              "samr1 embed into a new folder", StoreWarning, stacklevel=4)
+                with self._lock:
+                    self._counts["store_nonfinite"] += 1
+                got = None
             if got is not None:
                 out[k] = (got[0].to(self.device, torch.float32), tuple(got[1]))
                 with self._lock:
