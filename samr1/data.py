@@ -5,9 +5,19 @@ Each line::
     {"image": "images/0001.jpg", "query": "the thing to sit on", "mask": "masks/0001.png"}
     {"image": "/abs/0002.jpg", "query": "...", "mask": {"size": [H, W], "counts": "<COCO RLE>"}}
 
-``image`` and a string ``mask`` are paths (relative paths are relative to the manifest's folder); a mask
-PNG is nonzero where the object is; a dict mask is a COCO RLE (compressed string or list counts). Extra
-keys are kept in :attr:`Sample.extra`. Blank lines are skipped.
+``image`` and a string ``mask`` are paths; a mask PNG is nonzero where the object is; a dict mask is a COCO
+RLE (compressed string or list counts). Extra keys are kept in :attr:`Sample.extra`. Blank lines are
+skipped; the file is UTF-8 (a byte-order mark is allowed).
+
+Paths: a relative path is relative to the manifest's folder, an absolute path is used as is, ``~`` is
+expanded and ``..`` is allowed (``../images/x.jpg`` beside a ``splits/`` folder is common), so by default a
+manifest can name ANY file the process can read. A server that reads manifests from users should pass
+``root=``: every image and mask path must then resolve, after following symbolic links, inside that
+folder, and a row whose path escapes it is an :class:`~samr1.io.InputError` naming the file, line and
+field.
+
+Every malformed row (bad JSON, a number of thousands of digits, nesting thousands deep, bytes that are not
+UTF-8, a wrong field) is an :class:`~samr1.io.InputError` whose message starts with ``<manifest>:<line>:``.
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from samr1.io import InputError
+from samr1.io import InputError, max_image_pixels
 
 __all__ = ["Sample", "read_manifest"]
 
@@ -47,22 +57,63 @@ class Sample:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _check_rle(mask: dict[str, Any], where: str) -> None:
+    """The RLE's shape, checked without decoding it: size, pixel limit, and list counts summing to H * W."""
     size = mask.get("size")
-    if (not isinstance(size, (list, tuple)) or len(size) != 2
-            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+    if not isinstance(size, list) or len(size) != 2 or not all(_is_int(v) and v > 0 for v in size):
         raise InputError(f"{where}: field 'mask': an RLE mask needs 'size': [H, W] with two positive integers, "
-                         f"got {size!r}")
+                         f"got {size!r}"[:300])
+    h, w = size
+    limit = max_image_pixels()
+    if h * w > limit:
+        raise InputError(f"{where}: field 'mask': the RLE declares {h}x{w} = {h * w} pixels, over the limit of "
+                         f"{limit} (samr1.io.max_image_pixels(); SAMR1_MAX_IMAGE_PIXELS raises it)")
     counts = mask.get("counts")
     if isinstance(counts, str):
-        return
-    if isinstance(counts, list) and all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in counts):
+        return  # compressed: decoded (and checked) when the mask is loaded
+    if isinstance(counts, list) and all(_is_int(c) and c >= 0 for c in counts):
+        if sum(counts) != h * w:
+            raise InputError(f"{where}: field 'mask': RLE counts sum to {sum(counts)}, expected H*W = {h * w}")
         return
     raise InputError(f"{where}: field 'mask': RLE 'counts' must be a compressed string or a list of "
                      f"non-negative integers, got {type(counts).__name__}")
 
 
-def read_manifest(path: str | os.PathLike, *, check_files: bool = True, require_mask: bool = True) -> list[Sample]:
+_BLANK = object()
+
+
+def _parse_line(raw: bytes, lineno: int, where: str) -> Any:
+    """One manifest line to a JSON value (``_BLANK`` for a blank line); every failure an InputError starting
+    with ``where``."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{where}: not UTF-8 text (byte {exc.start + 1} of the line); save the manifest as "
+                         "UTF-8") from None
+    if lineno == 1:
+        text = text.removeprefix("\ufeff")
+    text = text.strip()
+    if not text:
+        return _BLANK
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); each line must be one "
+                         'object like {"image": ..., "query": ..., "mask": ...}') from None
+    except RecursionError:
+        # json recurses once per nesting level; a line nested thousands deep is hostile or broken
+        raise InputError(f"{where}: not usable JSON: nested too deeply; a row is one flat object like "
+                         '{"image": ..., "query": ..., "mask": ...}') from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits (Python's int-from-string limit)
+        raise InputError(f"{where}: not usable JSON: {str(exc)[:200]}") from None
+
+
+def read_manifest(path: str | os.PathLike, *, check_files: bool = True, require_mask: bool = True,
+                  root: str | os.PathLike | None = None) -> list[Sample]:
     """Read a JSONL dataset manifest into :class:`Sample` rows (paths resolved against the manifest's folder).
 
     Args:
@@ -71,6 +122,10 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = True, require_
             hours into training.
         require_mask: every row must have a mask (training, evaluation); False allows rows without one
             (``samr1 embed``, inference).
+        root: confine every image and mask path to this folder (for manifests from untrusted users): a
+            path that resolves outside it, after following symbolic links (``..``, an absolute path, ``~``,
+            a link pointing out), is an error naming the line. The returned paths are then the resolved
+            ones. None (default): any path is allowed (see the module docstring).
 
     Raises:
         InputError: the file is missing, or a row is malformed; the message names the file, the line and the
@@ -79,38 +134,47 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = True, require_
     path = os.fspath(path)
     base = os.path.dirname(os.path.abspath(path))
     try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.readlines()
+        with open(path, "rb") as f:
+            data = f.read()
     except FileNotFoundError:
         raise InputError(f"manifest not found: {path}") from None
-    except (OSError, UnicodeDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: a NUL byte in the path
         raise InputError(f"manifest {path} cannot be read: {exc}") from None
+    root_real = None
+    if root is not None:
+        root_real = os.path.realpath(os.fspath(root))
+        if not os.path.isdir(root_real):
+            raise InputError(f"read_manifest(root=...): {root_real} is not a folder")
 
-    def resolve(p: str) -> str:
-        return os.path.normpath(os.path.join(base, os.path.expanduser(p)))
+    def resolve(p: str, name: str, where: str) -> str:
+        if "\x00" in p:
+            raise InputError(f"{where}: field '{name}': the path contains a NUL byte")
+        full = os.path.normpath(os.path.join(base, os.path.expanduser(p)))
+        if root_real is None:
+            return full
+        real = os.path.realpath(full)
+        if os.path.commonpath([root_real, real]) != root_real:
+            raise InputError(f"{where}: field '{name}': path {p!r} resolves to {real}, outside the allowed root "
+                             f"{root_real}")
+        return real
 
     samples: list[Sample] = []
-    for lineno, raw in enumerate(lines, start=1):
-        text = raw.strip()
-        if not text:
-            continue
+    for lineno, raw in enumerate(data.splitlines(), start=1):
         where = f"{path}:{lineno}"
-        try:
-            row = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{where}: not valid JSON ({exc.msg} at column {exc.colno}); each line must be one "
-                             'object like {"image": ..., "query": ..., "mask": ...}') from None
+        row = _parse_line(raw, lineno, where)
+        if row is _BLANK:
+            continue
         if not isinstance(row, dict):
             raise InputError(f"{where}: expected a JSON object, got {type(row).__name__}")
         image = row.get("image")
         if not isinstance(image, str) or not image:
-            raise InputError(f"{where}: field 'image' must be a non-empty path string, got {image!r}")
-        image = resolve(image)
+            raise InputError(f"{where}: field 'image' must be a non-empty path string, got {image!r}"[:300])
+        image = resolve(image, "image", where)
         if check_files and not os.path.isfile(image):
             raise InputError(f"{where}: field 'image': file not found: {image}")
         query = row.get("query")
         if not isinstance(query, str) or not query.strip():
-            raise InputError(f"{where}: field 'query' must be a non-empty string, got {query!r}")
+            raise InputError(f"{where}: field 'query' must be a non-empty string, got {query!r}"[:300])
         mask = row.get("mask")
         if mask is None:
             if require_mask:
@@ -119,7 +183,7 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = True, require_
         elif isinstance(mask, str):
             if not mask:
                 raise InputError(f"{where}: field 'mask' is an empty path")
-            mask = resolve(mask)
+            mask = resolve(mask, "mask", where)
             if check_files and not os.path.isfile(mask):
                 raise InputError(f"{where}: field 'mask': file not found: {mask}")
         elif isinstance(mask, dict):
