@@ -18,11 +18,13 @@ from segment_anything import SamPredictor
 
 from samr1 import artifacts
 from samr1.io import InputError
-from samr1.sam import SAM_KINDS, build_sam, load_sam
+from samr1.sam import SAM_KINDS, DeviceError, build_sam, load_sam
 from samr1.sam.encoder import (
     export_onnx,
     image_encoder_flops,
     make_encoder,
+    ort_distributions,
+    select_ort_providers,
     tensorrt_available,
 )
 
@@ -227,12 +229,22 @@ _trt_ok, _trt_reason = tensorrt_available()
 @pytest.mark.gpu
 @cuda
 def test_torch_bf16_and_onnx_cuda_close_to_fp32(onnx_cache):
+    import onnxruntime as ort
+
     sam = load_sam("tiny", device="cuda")
     imgs = _images(np.random.default_rng(), [(300, 200), (128, 400)])
     ref = make_encoder(sam, device="cuda").encode(imgs)
     assert ref.device.type == "cuda"
     assert _rel(make_encoder(sam, device="cuda", dtype="bfloat16").encode(imgs), ref) < 5e-2
-    enc = make_encoder(sam, backend="onnx", device="cuda", cache_dir=onnx_cache)
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        # the CPU onnxruntime on a GPU machine: refused loudly, and run on the CPU only when asked
+        with pytest.raises(DeviceError, match="CUDAExecutionProvider"):
+            make_encoder(sam, backend="onnx", device="cuda", cache_dir=onnx_cache)
+        enc = make_encoder(sam, backend="onnx", device="cuda", cache_dir=onnx_cache, cpu_fallback=True)
+        assert enc.name == "onnxruntime-cpu"
+    else:
+        enc = make_encoder(sam, backend="onnx", device="cuda", cache_dir=onnx_cache)
+        assert enc.name == "onnxruntime-cuda"
     got = enc.encode(imgs)
     # 5e-3, not 1e-4: on CUDA both torch (cuDNN convolutions) and ORT may use TF32.
     assert got.device.type == "cuda" and _rel(got, ref) < 5e-3
@@ -259,3 +271,104 @@ def test_tensorrt_missing_raises_with_install_hint(sam):
         pytest.skip("tensorrt is available here")
     with pytest.raises(ImportError, match="tensorrt backend is unavailable"):
         make_encoder(sam, backend="tensorrt")
+
+
+# ------------------------------------------------------------------------ ONNX Runtime flavour and providers
+
+_CPU_EP, _CUDA_EP = "CPUExecutionProvider", "CUDAExecutionProvider"
+
+
+def _expected_providers(available, device, fallback):
+    """The rule, restated: the CPU device runs on the CPU; CUDA runs on the CUDA provider when there is one;
+    otherwise only an explicit fallback runs on the CPU, and anything else is an error (None)."""
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return [_CPU_EP], "cpu"
+    if dev.type == "cuda" and _CUDA_EP in available:
+        return [(_CUDA_EP, {"device_id": dev.index or 0}), _CPU_EP], "cuda"
+    return ([_CPU_EP], "cpu") if fallback else None
+
+
+def test_ort_provider_selection_follows_the_rule():
+    rng = np.random.default_rng()
+    pool = [_CUDA_EP, "TensorrtExecutionProvider", _CPU_EP]
+    devices = ["cpu", "cuda", "cuda:0", f"cuda:{int(rng.integers(1, 8))}", "mps"]
+    for _ in range(60):
+        available = [p for p in pool if rng.random() < 0.5] + [_CPU_EP] * (rng.random() < 0.5)
+        device = devices[int(rng.integers(len(devices)))]
+        fallback = bool(rng.random() < 0.5)
+        want = _expected_providers(available, device, fallback)
+        if want is None:
+            with pytest.raises(DeviceError):
+                select_ort_providers(available, device, cpu_fallback=fallback)
+        else:
+            assert select_ort_providers(available, device, cpu_fallback=fallback) == want, (available, device)
+
+
+def test_cuda_without_the_cuda_provider_names_it_and_the_fix():
+    with pytest.raises(DeviceError) as info:
+        select_ort_providers([_CPU_EP], "cuda:0", installed=["onnxruntime 1.32.0", "onnxruntime-gpu 1.31.1"])
+    msg = str(info.value)
+    for said in ("CUDAExecutionProvider", "onnxruntime 1.32.0, onnxruntime-gpu 1.31.1", "pip uninstall -y onnxruntime",
+                 "samr1[gpu]", "cpu_fallback=True"):
+        assert said in msg, (said, msg)
+
+
+def test_installed_onnxruntime_on_cuda_is_refused_unless_asked(sam, onnx_cache):
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    assert any(d.split()[0].startswith("onnxruntime") for d in ort_distributions())
+    if _CUDA_EP not in available:  # the CPU package (what `make test` installs): a CUDA run is refused
+        with pytest.raises(DeviceError, match="CUDAExecutionProvider") as info:
+            select_ort_providers(available, "cuda", installed=ort_distributions())
+        assert "onnxruntime " in str(info.value)
+    if not torch.cuda.is_available():  # no GPU at all: the device itself is refused before any ORT session
+        with pytest.raises(DeviceError, match="CUDA GPU"):
+            make_encoder(sam, backend="onnx", device="cuda", cache_dir=onnx_cache)
+    with pytest.raises(ValueError, match="cpu_fallback=True applies to the onnx backend"):
+        make_encoder(sam, backend="torch", cpu_fallback=True)
+
+
+def _extras_closure(project: dict, extras) -> set[str]:
+    """Canonical names of what ``pip install 'samr1[extras]'`` requests (self-references followed)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    me = canonicalize_name(project["name"])
+    names, todo, seen = set(), list(project.get("dependencies", [])), set()
+    todo += [f"{me}[{e}]" for e in extras]
+    while todo:
+        req = Requirement(todo.pop())
+        name = canonicalize_name(req.name)
+        if name != me:
+            names.add(name)
+            continue
+        for extra in req.extras - seen:
+            seen.add(extra)
+            todo += project["optional-dependencies"][extra]
+    return names
+
+
+def test_no_install_combines_both_onnxruntime_flavours():
+    from pathlib import Path
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10: pip's vendored copy of the same parser
+        from pip._vendor import tomli as tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    both = {"onnxruntime", "onnxruntime-gpu"}
+    base = _extras_closure(project, [])
+    assert not base & both, "the base install must not pick an ONNX Runtime flavour"
+    for extra in project["optional-dependencies"]:
+        assert not both <= _extras_closure(project, [extra]), f"extra [{extra}] installs both ONNX Runtime flavours"
+    assert "onnxruntime-gpu" in _extras_closure(project, ["gpu"])
+    # `make test` installs the CPU flavour the tests use, and only it
+    import re
+
+    extras = re.search(r"^EXTRAS \?= *(\S+)", (root / "Makefile").read_text(), re.M).group(1).split(",")
+    made = _extras_closure(project, extras)
+    assert "onnxruntime" in made and "onnxruntime-gpu" not in made, extras

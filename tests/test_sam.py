@@ -5,7 +5,7 @@ import pytest
 import torch
 from segment_anything import SamPredictor
 
-from samr1.sam import CheckpointError, load_sam, model_id
+from samr1.sam import CheckpointError, DeviceError, ModelError, check_device, load_sam, model_id
 
 
 def test_tiny_has_sam_shapes_and_runs_upstream_predictor():
@@ -28,8 +28,9 @@ def test_seeded_tiny_is_reproducible_and_ids_differ_by_seed():
 
 
 def test_unknown_kind():
-    with pytest.raises(ValueError, match="unknown SAM kind 'vit_x'"):
+    with pytest.raises(ModelError, match="unknown SAM kind 'vit_x'") as info:
         load_sam("vit_x")
+    assert isinstance(info.value, ValueError)  # callers that caught ValueError keep working
 
 
 def test_missing_checkpoint_names_file(tmp_path):
@@ -77,3 +78,49 @@ def test_checkpoint_with_extra_keys_names_them(tmp_path):
     torch.save(state, path)
     with pytest.raises(CheckpointError, match=r"extra\.pth does not match kind 'tiny' \(unexpected keys \['extra.weight'\]"):
         load_sam("tiny", checkpoint=path)
+
+
+class _Payload:
+    """Unpickling this creates ``marker``: a stand-in for any code a crafted checkpoint could run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_malicious_checkpoints_are_refused_and_never_run(tmp_path):
+    import pickle
+
+    marker = tmp_path / "pwned"
+    state = load_sam("tiny", seed=7).state_dict()
+    torch.save({**state, "x": _Payload(marker)}, tmp_path / "torch_save.pth")  # zip, GLOBAL io.open
+    with open(tmp_path / "raw_p4.pth", "wb") as f:  # a bare pickle, protocol 4 (STACK_GLOBAL)
+        pickle.dump({"w": _Payload(marker)}, f, protocol=4)
+    with open(tmp_path / "raw_p0.pth", "wb") as f:  # protocol 0, text opcodes
+        pickle.dump(_Payload(marker), f, protocol=0)
+    for name in ("torch_save.pth", "raw_p4.pth", "raw_p0.pth"):
+        with pytest.raises(CheckpointError, match=name.replace(".", r"\.")) as info:
+            load_sam("tiny", checkpoint=tmp_path / name)
+        msg = str(info.value)
+        # one line, no advice to turn the safety off, and nothing ran
+        assert "\n" not in msg and "weights_only=False" not in msg and "add_safe_globals" not in msg, msg
+        assert not marker.exists(), name
+    with pytest.raises(CheckpointError, match=r"refused: it holds the Python object io\.open, which could run code"):
+        load_sam("tiny", checkpoint=tmp_path / "torch_save.pth")
+
+
+def test_checkpoint_that_is_a_directory(tmp_path):
+    with pytest.raises(CheckpointError, match="is a directory"):
+        load_sam("tiny", checkpoint=tmp_path)
+
+
+def test_devices_are_checked_before_building():
+    for bad in ("gpu0", "cuda:x"):
+        with pytest.raises(DeviceError, match="is not a torch device"):
+            check_device(bad)
+    missing = f"cuda:{torch.cuda.device_count()}" if torch.cuda.is_available() else "cuda"
+    with pytest.raises(DeviceError, match=f"device '{missing}'"):
+        load_sam("tiny", device=missing)
+    assert check_device("cpu") == torch.device("cpu")

@@ -3,20 +3,103 @@
 Each subcommand module defines ``register(subparsers)``, which adds its parser and sets ``func`` (called
 with the parsed namespace; returns an exit code). Flags shared by the commands that load models are added
 by :func:`add_model_flags`.
+
+Errors are formatted once, here, in :func:`main`: a command raises (``InputError``, ``StoreError``,
+``CheckpointError``, ``DeviceError``, an ``OSError`` while writing, or one of this module's
+:class:`UsageError` / :class:`OutputError`) and the user sees one line ``samr1 <cmd>: error: ...`` on
+stderr and an exit code from :data:`EXIT_CODES`; the traceback only with ``samr1 --debug <cmd> ...`` (or
+``SAMR1_DEBUG=1``). Commands never print tracebacks or call ``sys.exit`` themselves.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
+import os
+import re
 import sys
+import traceback
+import warnings
+from collections.abc import Sequence
+from typing import Any, NoReturn
 
-# Subcommands in the order ``samr1 --help`` lists them; each is samr1/cli/<name>.py.
+# Subcommands in the order ``samr1 --help`` lists them; each is samr1/cli/<name>.py. A name whose module is
+# not in this build (train, eval and serve arrive as their modules do) is left out of the parser and the help.
 COMMANDS = ["demo", "train", "segment", "eval", "serve", "embed", "export", "bench", "train_sam"]
+
+# Exit codes (documented in ``samr1 --help`` and the README). Scripts may rely on them.
+EXIT_OK = 0
+EXIT_INTERNAL = 1  # a bug in samr1 (please report it with the --debug traceback)
+EXIT_USAGE = 2  # a flag is missing, unknown or has a bad value
+EXIT_INPUT = 3  # an input or dataset is unreadable or malformed: manifest, image, mask, embedding store
+EXIT_MODEL = 4  # a SAM model cannot be loaded: unknown --sam, missing / corrupt / unsafe checkpoint
+EXIT_DEVICE = 5  # the device or runtime is not usable: no GPU, missing GPU provider or optional package
+EXIT_OUTPUT = 6  # an output cannot be written: --out, a cache or store folder (permissions, disk, path)
+EXIT_BUSY = 75  # another process holds the embedding store (sysexits EX_TEMPFAIL: retry later or pass --wait)
+EXIT_INTERRUPTED = 130  # Ctrl-C
+
+EXIT_CODES: dict[int, str] = {
+    EXIT_OK: "success",
+    EXIT_INTERNAL: "internal error (a bug: rerun with --debug and report the traceback)",
+    EXIT_USAGE: "usage error: a flag is missing, unknown or has a bad value",
+    EXIT_INPUT: "input error: a manifest, image, mask or embedding store is unreadable or malformed",
+    EXIT_MODEL: "model error: unknown --sam kind, or a missing, corrupt, unsafe or mismatched checkpoint",
+    EXIT_DEVICE: "device error: the device is not usable here (no GPU, no GPU provider, missing package)",
+    EXIT_OUTPUT: "output error: --out, a cache or a store folder cannot be written",
+    EXIT_BUSY: "busy: another process is writing the embedding store (retry, or pass --wait SECONDS)",
+    EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
+}
+
+
+def _epilog() -> str:
+    lines = ["exit codes:"] + [f"  {code:<4}{text}" for code, text in EXIT_CODES.items()]
+    lines.append("  a command may add codes of its own (7 and up), listed in its --help.")
+    lines.append("errors print one line 'samr1 COMMAND: error: ...' on stderr; 'samr1 --debug COMMAND ...' (or "
+                 "SAMR1_DEBUG=1) adds the traceback.")
+    return "\n".join(lines)
+
+
+class CliError(SystemExit):
+    """An error a command reports to the user: one line of text and an exit code :attr:`exit_code`.
+
+    A ``SystemExit`` (as argparse's own usage errors are), so code that calls ``build_parser().parse_args`` or
+    a command helper directly still sees the exception type it always did; :func:`main` catches it and prints
+    ``samr1 <cmd>: error: <message>``.
+    """
+
+    exit_code = EXIT_INTERNAL
+
+    def __init__(self, message: str, *, prog: str | None = None) -> None:
+        super().__init__(message)
+        self.prog = prog  # the parser that raised it (usage errors), else the running command
+
+
+class UsageError(CliError):
+    """A flag is missing, unknown or has a bad value (exit 2)."""
+
+    exit_code = EXIT_USAGE
+
+
+class OutputError(CliError):
+    """An output path cannot be written (exit 6); the message names the flag and the path."""
+
+    exit_code = EXIT_OUTPUT
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors raise :class:`UsageError` (one line, formatted by :func:`main`)
+    instead of printing the usage block and exiting; subparsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')", prog=self.prog)
+
+
+# ------------------------------------------------------------------------------------- shared helpers
 
 
 def add_model_flags(p: argparse.ArgumentParser, *, policy: bool = False) -> None:
-    """The flags every model-loading command shares."""
+    """The flags every model-loading command shares (validated up front by :func:`main`)."""
     if policy:
         p.add_argument("--model", metavar="PATH", help="policy model directory (a Qwen2/2.5-VL checkpoint)")
     p.add_argument("--sam", default="tiny", metavar="KIND", help="SAM kind: vit_b, vit_l, vit_h, tiny (random) or tiny-shapes (shipped, synthetic shapes only) (default: tiny)")
@@ -25,38 +108,318 @@ def add_model_flags(p: argparse.ArgumentParser, *, policy: bool = False) -> None
 
 
 def resolve_device(name: str | None) -> str:
-    """``--device`` value or the best available device."""
-    if name:
-        return name
+    """``--device`` value (checked: a CUDA device needs a visible GPU) or the best available device.
+
+    Raises:
+        samr1.sam.DeviceError: the device is not usable here; the message says what to use instead.
+    """
     import torch
 
+    from samr1.sam import check_device
+
+    if name:
+        check_device(name)
+        return name
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def check_output_file(path: str, flag: str, *, force: bool = False) -> None:
+    """Fail before any work when ``path`` (the value of ``flag``) cannot be written as a file.
+
+    Raises:
+        OutputError: ``path`` is a folder, exists and ``force`` is False, or its nearest existing parent is
+            not a writable folder.
+    """
+    if os.path.isdir(path):
+        raise OutputError(f"{flag} {path} is a folder; give a file path")
+    if os.path.lexists(path) and not force:
+        raise OutputError(f"{flag} {path} exists; pass --force to overwrite it")
+    _check_parent_writable(os.path.dirname(os.path.abspath(path)), flag, path)
+
+
+def check_output_dir(path: str, flag: str) -> None:
+    """Fail before any work when folder ``path`` (the value of ``flag``) cannot be created or written.
+
+    Raises:
+        OutputError: ``path`` is a file, or it (or its nearest existing parent) is not a writable folder.
+    """
+    if os.path.lexists(path) and not os.path.isdir(path):
+        raise OutputError(f"{flag} {path} is a file, not a folder")
+    _check_parent_writable(os.path.abspath(path), flag, path)
+
+
+def _check_parent_writable(folder: str, flag: str, path: str) -> None:
+    # Walk up to the nearest existing ancestor: that is the folder the first mkdir or open will write in.
+    probe = folder
+    while not os.path.lexists(probe):
+        parent = os.path.dirname(probe)
+        if parent == probe:
+            break
+        probe = parent
+    if not os.path.isdir(probe):
+        raise OutputError(f"{flag} {path}: {probe} is a file, not a folder")
+    # os.access also reports a read-only file system (EROFS), even for root; plain permission bits do not
+    # stop root, so the write itself may still fail later, and main() reports that OSError as exit 6 too.
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputError(f"{flag} {path}: folder {probe} is not writable (permissions or a read-only file "
+                          "system); choose another path")
+
+
+def os_error_text(exc: OSError) -> str:
+    """``"Permission denied: /path"`` from an ``OSError`` (its reason and the file(s) it names)."""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    files = [str(f) for f in (exc.filename, exc.filename2) if f is not None]
+    return f"{reason}: {' -> '.join(files)}" if files else reason
+
+
+# ------------------------------------------------------------------------------------- argv pre-pass
+
+# A flag value that starts with '-' followed by a digit: "-50,-50,-10,-10", "-5", "-.5,3", "-1e3,2".
+_NEGATIVE_VALUE = re.compile(r"^-\.?\d[\d.eE+\-,\s]*$")
+
+
+def join_negative_values(parser: argparse.ArgumentParser, argv: Sequence[str]) -> list[str]:
+    """``--box -50,-50,-10,-10`` -> ``--box=-50,-50,-10,-10`` for flags of the chosen command that take one value.
+
+    argparse reads a token that starts with '-' and is not a plain negative number ("-5") as an option, so a
+    spaced coordinate list that starts negative would fail with "expected one argument". Joining the value to
+    its flag with '=' is argparse's own unambiguous form. Only exact long flags of the subcommand that take
+    exactly one value are joined, and nothing after a bare ``--``.
+    """
+    argv = list(argv)
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    if sub is None:
+        return argv
+    start = next((i for i, a in enumerate(argv) if a in sub.choices), None)
+    if start is None:
+        return argv
+    actions = sub.choices[argv[start]]._option_string_actions
+    out = argv[:start + 1]
+    i = start + 1
+    while i < len(argv):
+        tok = argv[i]
+        if tok == "--":
+            out.extend(argv[i:])
+            break
+        action = actions.get(tok)
+        if (action is not None and action.nargs in (None, 1) and tok.startswith("--") and i + 1 < len(argv)
+                and _NEGATIVE_VALUE.match(argv[i + 1])):
+            out.append(f"{tok}={argv[i + 1]}")
+            i += 2
+            continue
+        out.append(tok)
+        i += 1
+    return out
+
+
+# ------------------------------------------------------------------------------------- parser
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``samr1`` parser with every subcommand whose module is part of this build."""
     from samr1 import __version__
 
-    parser = argparse.ArgumentParser(prog="samr1", description="SAM-R1 reward engine, training and inference.")
+    parser = _Parser(prog="samr1", description="SAM-R1 reward engine, training and inference.",
+                     epilog=_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"samr1 {__version__}")
+    parser.add_argument("--debug", action="store_true", default=bool(os.environ.get("SAMR1_DEBUG")),
+                        help="on an error, print the traceback too (also: SAMR1_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    unavailable: dict[str, str] = {}
     for name in COMMANDS:
         try:
             module = importlib.import_module(f"samr1.cli.{name}")
         except ModuleNotFoundError as exc:
             if exc.name != f"samr1.cli.{name}":
                 raise
-            continue  # this subcommand is not part of this build yet
-        module.register(sub)
+            continue  # this subcommand is not part of this build yet: not in the parser, not in --help
+        before = set(sub.choices)
+        try:
+            module.register(sub)
+        except ModuleNotFoundError as exc:
+            if not exc.name or exc.name.split(".")[0] == "samr1":
+                raise  # samr1's own code is broken: a bug, not a missing optional package
+            # A third-party package the command needs is not installed (an optional extra): the command is left
+            # out of the listing, and main() says why when it is asked for by name.
+            for added in set(sub.choices) - before:
+                del sub.choices[added]
+            sub._choices_actions[:] = [a for a in sub._choices_actions if a.dest in sub.choices]
+            unavailable[name.replace("_", "-")] = str(exc)
+    parser.samr1_unavailable = unavailable  # type: ignore[attr-defined]
+    if unavailable:
+        parser.epilog += "\nunavailable here (a package they need is missing): " + "; ".join(
+            f"{n} ({why})" for n, why in unavailable.items())
+    for p in sub.choices.values():
+        if "--debug" in p._option_string_actions:
+            continue  # the command has its own --debug
+        # `samr1 segment ... --debug` works as well as `samr1 --debug segment ...`; SUPPRESS keeps the
+        # subcommand from resetting a --debug given before it.
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="on an error, print the traceback too")
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+def listed_commands(parser: argparse.ArgumentParser | None = None) -> list[str]:
+    """The subcommand names ``samr1 --help`` lists, in order."""
+    parser = parser or build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return list(sub.choices)
+
+
+# ------------------------------------------------------------------------------------- errors -> exit codes
+
+
+def classify(exc: BaseException) -> tuple[int, str]:
+    """``(exit code, one-line message)`` for an exception a command raised (see :data:`EXIT_CODES`)."""
+    from samr1.io import InputError
+    from samr1.sam import DeviceError, ModelError
+
+    try:
+        from samr1.store import StoreError, StoreLockedError, StoreWriteError
+    except ImportError:  # pragma: no cover - the store is part of every build
+        StoreError = StoreLockedError = StoreWriteError = InputError  # noqa: N806
+    try:
+        from samr1.sam.prompts import PromptError
+    except ImportError:  # pragma: no cover
+        PromptError = InputError  # noqa: N806
+
+    if isinstance(exc, CliError):
+        return exc.exit_code, str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, "interrupted"
+    if isinstance(exc, StoreLockedError):
+        return EXIT_BUSY, str(exc)
+    if isinstance(exc, StoreWriteError):
+        return EXIT_OUTPUT, str(exc)
+    if isinstance(exc, (InputError, StoreError, PromptError)):
+        return EXIT_INPUT, str(exc)
+    if isinstance(exc, ModelError):
+        return EXIT_MODEL, str(exc)
+    if isinstance(exc, DeviceError):
+        return EXIT_DEVICE, str(exc)
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return EXIT_DEVICE, f"out of device memory ({_first_line(exc)}); use a smaller --batch or another --device"
+    if isinstance(exc, ImportError):
+        return EXIT_DEVICE, f"a package this needs is not installed: {exc}"
+    if isinstance(exc, OSError):
+        # Inputs are read through samr1.io / samr1.data / samr1.sam, which wrap their OSErrors in InputError /
+        # CheckpointError; a bare OSError reaching here comes from writing an output, a cache or a store.
+        hint = {errno.EACCES: "check the folder's permissions", errno.EPERM: "check the folder's permissions",
+                errno.EROFS: "the file system is read-only", errno.ENOSPC: "the disk is full",
+                errno.EDQUOT: "the disk quota is exceeded"}.get(exc.errno or 0)
+        return EXIT_OUTPUT, f"cannot write: {os_error_text(exc)}" + (f" ({hint})" if hint else "")
+    if isinstance(exc, ValueError):
+        # The library validates its arguments with ValueError messages that say what to change.
+        return EXIT_USAGE, str(exc)
+    return EXIT_INTERNAL, (f"internal error: {type(exc).__name__}: {exc} (rerun as 'samr1 --debug ...' for the "
+                           "traceback and report it)")
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [""])[0]
+
+
+def _one_line(message: str, cmd: str | None) -> str:
+    """Collapse a message to one line and drop a redundant ``samr1 <cmd>:`` / ``samr1:`` prefix."""
+    text = " ".join(message.split())
+    for prefix in ([f"samr1 {cmd}: error:", f"samr1 {cmd}:"] if cmd else []) + ["samr1: error:", "samr1:"]:
+        if text.startswith(prefix):
+            text = text[len(prefix):].lstrip()
+            break
+    return text or "failed (no message)"
+
+
+def _report(prog: str, code: int, message: str) -> int:
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    return code
+
+
+def _warning_printer(prog: str):
+    """A ``warnings.showwarning`` that prints ``<prog>: warning: <message>`` on one line (--debug keeps Python's
+    default, with file, line and source)."""
+
+    def show(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
+             line: str | None = None) -> None:
+        print(f"{prog}: warning: {_one_line(str(message), None)}", file=sys.stderr if file is None else file)
+
+    return show
+
+
+def _check_common_flags(args: argparse.Namespace) -> None:
+    """Check the shared model/device flags before the command does any work (reading data, building models)."""
+    from samr1.sam import CheckpointError, check_kind
+
+    if isinstance(getattr(args, "sam", None), str):
+        check_kind(args.sam)
+    ckpt = getattr(args, "sam_checkpoint", None)
+    if ckpt:
+        if not os.path.exists(ckpt):
+            raise CheckpointError(f"--sam-checkpoint {ckpt}: file not found (expected a "
+                                  f"{getattr(args, 'sam', 'SAM')} state dict .pth)")
+        if os.path.isdir(ckpt):
+            raise CheckpointError(f"--sam-checkpoint {ckpt} is a folder; give the .pth file inside it")
+    if getattr(args, "device", None):
+        # Only an explicit --device is checked; None stays None (a command may give it a meaning, such as
+        # one device per process under accelerate).
+        resolve_device(args.device)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``samr1`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit code, never raises on user error.
+
+    Every error becomes one line ``samr1 <cmd>: error: <message>`` on stderr and a code of :data:`EXIT_CODES`;
+    with ``--debug`` the traceback is printed first.
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # Before parsing succeeds there is no namespace yet: a --debug anywhere before a bare "--" counts.
+    head = argv[:argv.index("--")] if "--" in argv else argv
+    debug = bool(os.environ.get("SAMR1_DEBUG")) or "--debug" in head
+    prog = "samr1"
+    try:
+        parser = build_parser()
+        wanted = next((a for a in argv if not a.startswith("-")), None)
+        if wanted in parser.samr1_unavailable:
+            return _report(f"samr1 {wanted}", EXIT_DEVICE, "this command is unavailable here: "
+                           f"{parser.samr1_unavailable[wanted]}; install the extra it needs (see the README)")
+        args = parser.parse_args(join_negative_values(parser, argv))
+    except CliError as exc:
+        return _report(exc.prog or prog, exc.exit_code, _one_line(str(exc), None))
+    except SystemExit as exc:  # --help / --version print and exit 0
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
+    except Exception as exc:  # noqa: BLE001 - a command module that fails to import is a bug, said in one line
+        if debug:
+            traceback.print_exc()
+        code, message = classify(exc)
+        return _report(prog, code, _one_line(message, None))
+    debug = bool(args.debug)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
-    return int(args.func(args) or 0)
+        return EXIT_USAGE
+    prog = f"samr1 {args.command}"
+    with warnings.catch_warnings():
+        if not debug:
+            warnings.showwarning = _warning_printer(prog)
+        try:
+            _check_common_flags(args)
+            return int(args.func(args) or 0)
+        except CliError as exc:
+            if debug:
+                traceback.print_exc()
+            return _report(prog, exc.exit_code, _one_line(str(exc), args.command))
+        except SystemExit as exc:
+            # Commands should raise UsageError; a bare SystemExit("message") is still one line, as a usage error.
+            if exc.code is None or isinstance(exc.code, int):
+                return int(exc.code or 0)
+            if debug:
+                traceback.print_exc()
+            return _report(prog, EXIT_USAGE, _one_line(str(exc.code), args.command))
+        except (Exception, KeyboardInterrupt) as exc:  # noqa: BLE001 - every error is reported, none escapes
+            if debug:
+                traceback.print_exc()
+            code, message = classify(exc)
+            return _report(prog, code, _one_line(message, args.command))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -20,11 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from samr1.cli import resolve_device
+    from samr1.cli import UsageError, check_output_dir, resolve_device
     from samr1.demo import run_demo
 
     if args.scenes < 1:
-        raise SystemExit("--scenes must be >= 1")
+        raise UsageError(f"--scenes must be >= 1, got {args.scenes}")
+    check_output_dir(args.out, "--out")
     run_demo(args.out, sam_kind=args.sam, checkpoint=args.sam_checkpoint, device=resolve_device(args.device),
              n_scenes=args.scenes, seed=args.seed)
     return 0

@@ -24,30 +24,42 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="largest batch of the TensorRT optimisation profile (default: 8)")
     p.add_argument("--dtype", default=None, choices=["float16", "float32"],
                    help="TensorRT engine precision (default: float16); ONNX is always float32")
+    p.add_argument("--cpu-fallback", action="store_true",
+                   help="--backend onnx with a CUDA --device but no onnxruntime-gpu: check the export on ONNX "
+                        "Runtime's CPU provider instead of failing")
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
     from samr1.artifacts import cache_root
-    from samr1.cli import resolve_device
-    from samr1.sam import load_sam
+    from samr1.cli import OutputError, UsageError, os_error_text, resolve_device
+    from samr1.sam import DeviceError, load_sam
     from samr1.sam.encoder import make_encoder
 
     if args.max_batch < 1:
-        raise SystemExit(f"--max-batch must be >= 1, got {args.max_batch}")
+        raise UsageError(f"--max-batch must be >= 1, got {args.max_batch}")
     if args.backend == "onnx" and args.dtype == "float16":
-        raise SystemExit("--dtype float16 applies to --backend tensorrt; the ONNX export is float32")
+        raise UsageError("--dtype float16 applies to --backend tensorrt; the ONNX export is float32")
     device = resolve_device(args.device)
     if args.backend == "tensorrt" and not device.startswith("cuda"):
-        raise SystemExit(f"--backend tensorrt needs a CUDA device, got --device {device}")
+        raise DeviceError(f"--backend tensorrt needs a CUDA device, got --device {device}")
+    if args.cpu_fallback and args.backend != "onnx":
+        raise UsageError("--cpu-fallback applies to --backend onnx")
+    # No up-front writability check: a read-only (e.g. team-shared) cache that already holds the artefact is
+    # fine; only building into it fails, and that is reported below.
+    root = cache_root(args.cache_dir)
     sam = load_sam(args.sam, args.sam_checkpoint, device=device)
     t0 = time.perf_counter()
-    enc = make_encoder(sam, backend=args.backend, device=device, dtype=args.dtype, cache_dir=args.cache_dir,
-                       max_batch=args.max_batch)
+    try:
+        enc = make_encoder(sam, backend=args.backend, device=device, dtype=args.dtype, cache_dir=args.cache_dir,
+                           max_batch=args.max_batch, **({"cpu_fallback": True} if args.cpu_fallback else {}))
+    except OSError as exc:  # the cache (or a folder in it) is not writable here: permissions, read-only, full
+        raise OutputError(f"cannot write the artefact cache {root}: {os_error_text(exc)}; pass --cache-dir DIR "
+                          "(or set SAMR1_CACHE_DIR) to a writable folder") from exc
     art = enc.artifact
     state = f"built in {time.perf_counter() - t0:.1f}s" if art.built else "already cached (verified)"
     print(f"{enc.name} artefact for {enc.model_id}: {state}")
-    print(f"cache root: {cache_root(args.cache_dir)}")
+    print(f"cache root: {root}")
     print(f"folder:     {art.path}")
     for f in sorted(art.path.iterdir()):
         print(f"  {f.name:<20} {f.stat().st_size / 1e6:10.2f} MB")

@@ -27,13 +27,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The :class:`TrainConfig` named by the parsed flags (validated)."""
+    from samr1.cli import UsageError
     from samr1.sam.train_sam import TrainConfig
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     try:
         cfg.validate()
     except ValueError as exc:
-        raise SystemExit(f"samr1 train-sam: {exc}") from None
+        raise UsageError(str(exc)) from None
     return cfg
 
 
@@ -41,10 +42,12 @@ def _run(args: argparse.Namespace) -> int:
     import os
     import shutil
 
+    from samr1.cli import check_output_dir
     from samr1.sam import SHIPPED_WEIGHTS
     from samr1.sam.train_sam import train
 
     cfg = config_from_args(args)
+    check_output_dir(cfg.out, "--out")  # before hours of training, not at the first checkpoint
     card = train(cfg)
     if args.ship:
         dest = os.path.dirname(SHIPPED_WEIGHTS["tiny-shapes"])

@@ -5,24 +5,43 @@ checkpoint the weights are random (a warning says so). ``load_sam("tiny")`` buil
 encoder with SAM's standard prompt encoder and mask decoder and the same 256 x 64 x 64 embedding at the
 1024 frame, for tests and CPU benches. Every model carries a ``model_id`` (see :func:`model_id`) that
 keys caches and embedding stores.
+
+Errors: :class:`ModelError` (unknown kind; its subclass :class:`CheckpointError` for a missing, corrupt,
+unsafe or mismatched checkpoint file) and :class:`DeviceError` (a device that is not usable here, or a
+runtime that cannot run on it). Checkpoints are read with ``torch.load(weights_only=True)``: a file that
+holds anything but tensors (a pickle that would run code when loaded) is refused, never executed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import pickle
+import re
 import warnings
 from dataclasses import dataclass
 from functools import partial
+from typing import NoReturn
 
 import torch
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
-__all__ = ["load_sam", "build_sam", "model_id", "SamSpec", "SAM_KINDS", "CheckpointError"]
+__all__ = ["load_sam", "build_sam", "model_id", "SamSpec", "SAM_KINDS", "ModelError", "CheckpointError",
+           "DeviceError", "check_kind", "check_device"]
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, corrupt or of another kind; the message names the file."""
+class ModelError(ValueError):
+    """A SAM model cannot be built or loaded (unknown kind, bad checkpoint); the message says which and why."""
+
+
+class CheckpointError(ModelError):
+    """A checkpoint file is missing, corrupt, unsafe or of another kind; the message names the file."""
+
+
+class DeviceError(RuntimeError):
+    """A device is not usable here (no CUDA GPU, index out of range, a runtime without its GPU provider).
+
+    The message names the device and says how to fix it (another ``device``, the package to install)."""
 
 
 @dataclass(frozen=True)
@@ -103,18 +122,101 @@ def build_sam(spec: SamSpec) -> Sam:
     return sam.eval()
 
 
+def check_kind(kind: str) -> SamSpec:
+    """The :class:`SamSpec` of ``kind``; raises :class:`ModelError` listing the known kinds otherwise.
+
+    This is the one check of a kind name: :func:`load_sam` and the CLI (up front, before any data is read)
+    both call it, so a new kind is added to :data:`SAM_KINDS` (or accepted here) and nowhere else."""
+    if not isinstance(kind, str) or kind not in SAM_KINDS:
+        raise ModelError(f"unknown SAM kind {kind!r}; choose one of {sorted(SAM_KINDS)}")
+    return SAM_KINDS[kind]
+
+
+def _no_cuda_reason() -> str:
+    if torch.version.cuda is None:
+        return f"this torch build ({torch.__version__}) has no CUDA support"
+    return (f"torch {torch.__version__} (CUDA {torch.version.cuda}) sees no GPU; check the driver (nvidia-smi) "
+            "and CUDA_VISIBLE_DEVICES")
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` after checking that it is usable here.
+
+    Checked up front (before any model is built) so that a missing GPU is one clear error rather than
+    torch's "Torch not compiled with CUDA enabled" from deep inside ``.to(device)``.
+
+    Raises:
+        DeviceError: an unparseable device string, CUDA without a visible GPU, a CUDA index past the
+            device count, or MPS where it is not available; the message says what to use instead.
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise DeviceError(f"device {device!r} is not a torch device ({first}); use cpu, cuda or cuda:N") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {device!r} asks for a CUDA GPU but none is usable here "
+                              f"({_no_cuda_reason()}); use device 'cpu'")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise DeviceError(f"device {device!r}: only {count} CUDA GPU(s) are visible (cuda:0..cuda:{count - 1})")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise DeviceError(f"device {device!r}: MPS is not available here; use device 'cpu'")
+    return dev
+
+
+# torch's weights_only refusal names the offending global on a line like
+# "WeightsUnpickler error: Unsupported global: GLOBAL io.open was not an allowed global by default. ..."
+_UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+)")
+# The weights-only unpickler's objections to a callable or class (what a code-running pickle needs), as
+# opposed to bytes that are no pickle at all ("Unsupported operand ...", "pop from empty list").
+_UNSAFE_MARKERS = ("Unsupported global", "unsupported GLOBAL", "call reduce", "create new object", "Can only build")
+
+
+def _weights_only_detail(message: str) -> str:
+    """What torch's weights-only unpickler objected to, without the advice around it (one line)."""
+    m = re.search(r"WeightsUnpickler error:(.*?)(?:Check the documentation of torch\.load|$)", message, re.S)
+    return " ".join((m.group(1) if m else message).split())
+
+
+def _corrupt(path: str, kind: str, exc: BaseException, detail: str | None = None) -> NoReturn:
+    # torch's own message can run to many lines; its first line says what broke
+    first = (detail if detail is not None else (str(exc).strip().splitlines() or [""])[0])[:160]
+    raise CheckpointError(
+        f"SAM checkpoint {path} could not be read ({type(exc).__name__}: {first}); "
+        f"expected a {kind} state dict saved with torch.save"
+    ) from None
+
+
 def _read_state_dict(path: str, kind: str) -> dict:
     if not os.path.exists(path):
         raise CheckpointError(f"SAM checkpoint not found: {path} (expected a {kind} state dict .pth file)")
+    if os.path.isdir(path):
+        raise CheckpointError(f"SAM checkpoint {path} is a directory; give the .pth file inside it")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for a corrupt file
-        # torch's own message runs to many lines of advice about weights_only; its first line says what broke
-        first = (str(exc).strip().splitlines() or [""])[0][:160]
+        # weights_only=True: the unpickler accepts tensors and plain containers only, so a crafted file
+        # cannot run code here. Never relax this: checkpoints come from the internet.
+        with warnings.catch_warnings():
+            # torch warns about the pickle protocol of the very files it then refuses; the error says it all
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        # torch wraps the refusal in many lines of advice that end in "load with weights_only=False", which
+        # would run whatever the file holds; report only what its restricted unpickler found.
+        inner = _weights_only_detail(str(exc))
+        if not any(m in inner for m in _UNSAFE_MARKERS):
+            _corrupt(path, kind, exc, detail=inner)  # not a state-dict pickle (truncated, random bytes, ...)
+        found = _UNSAFE_GLOBAL.search(inner)
+        what = f"the Python object {found.group(1)}" if found else "Python objects other than tensors"
         raise CheckpointError(
-            f"SAM checkpoint {path} could not be read ({type(exc).__name__}: {first}); "
-            f"expected a {kind} state dict saved with torch.save"
+            f"SAM checkpoint {path} was refused: it holds {what}, which could run code when loaded; "
+            f"expected a {kind} state dict of tensors (torch.save(model.state_dict(), path))"
         ) from None
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for a corrupt file
+        _corrupt(path, kind, exc)
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         obj = obj["model"]  # training checkpoints that wrap the state dict
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -175,11 +277,12 @@ def load_sam(kind: str = "tiny", checkpoint: str | os.PathLike | None = None, de
         ``segment_anything.modeling.Sam`` in eval mode with ``samr1_kind`` and ``samr1_model_id`` set.
 
     Raises:
-        ValueError: unknown kind. CheckpointError: missing, corrupt or mismatched checkpoint.
+        ModelError: unknown kind. CheckpointError (a ModelError): missing, corrupt, unsafe (a pickle that is
+        not a state dict of tensors) or mismatched checkpoint. DeviceError: ``device`` is not usable here.
+        All three are checked before the model is built.
     """
-    if kind not in SAM_KINDS:
-        raise ValueError(f"unknown SAM kind {kind!r}; choose one of {sorted(SAM_KINDS)}")
-    spec = SAM_KINDS[kind]
+    spec = check_kind(kind)
+    device = check_device(device)
     if checkpoint is None and kind in SHIPPED_WEIGHTS:
         checkpoint = SHIPPED_WEIGHTS[kind]
     if checkpoint is not None:

@@ -1,6 +1,11 @@
 """SAM image encoder backends behind one interface: torch (fp32 / bf16 / fp16, optionally compiled),
 ONNX Runtime (CPU or CUDA) and TensorRT (fp16 engine).
 
+ONNX Runtime comes in two flavours that must not be installed together (``onnxruntime`` for the CPU:
+``pip install 'samr1[onnx]'``; ``onnxruntime-gpu`` for CUDA: ``pip install 'samr1[gpu]'``). The onnx
+encoder on a CUDA device without a working CUDAExecutionProvider raises rather than quietly running on the
+CPU; ``cpu_fallback=True`` asks for the CPU run.
+
 Every backend does the preprocessing of upstream ``SamPredictor.set_image``: ``ResizeLongestSide`` to the
 model frame ``F = sam.image_encoder.img_size`` (1024 for upstream SAM) with PIL bilinear, to a float
 tensor, ``(x - pixel_mean) / pixel_std``, zero-pad bottom/right to ``F x F``. Because every image is
@@ -37,6 +42,7 @@ from segment_anything.utils.transforms import ResizeLongestSide
 
 from samr1 import artifacts
 from samr1.io import load_image
+from samr1.sam import DeviceError, check_device
 from samr1.sam import model_id as sam_model_id
 
 __all__ = [
@@ -47,6 +53,8 @@ __all__ = [
     "TensorRTEncoder",
     "make_encoder",
     "export_onnx",
+    "select_ort_providers",
+    "ort_distributions",
     "image_encoder_flops",
     "tensorrt_available",
 ]
@@ -290,33 +298,84 @@ def export_onnx(sam: Sam, cache_dir: str | os.PathLike | None = None, opset: int
     return art
 
 
-def _ort_providers(device: torch.device) -> tuple[list[Any], str]:
-    import onnxruntime as ort
+_ORT_FIX = ("pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'samr1[gpu]' (or onnxruntime-gpu "
+            "alone: the CPU package onnxruntime and onnxruntime-gpu overwrite each other's files)")
 
-    available = ort.get_available_providers()
-    if device.type == "cuda":
-        if "CUDAExecutionProvider" in available:
-            index = device.index if device.index is not None else torch.cuda.current_device()
-            return [("CUDAExecutionProvider", {"device_id": index}), "CPUExecutionProvider"], "cuda"
-        warnings.warn(
-            "onnxruntime has no CUDAExecutionProvider here (install onnxruntime-gpu for GPU inference); "
-            "the ONNX encoder runs on CPU and copies embeddings to the GPU", RuntimeWarning, stacklevel=3)
-    return ["CPUExecutionProvider"], "cpu"
+
+def ort_distributions() -> list[str]:
+    """Installed ONNX Runtime distributions with versions, e.g. ``["onnxruntime-gpu 1.22.0"]``.
+
+    Two of them at once (``onnxruntime`` and ``onnxruntime-gpu``) share the ``onnxruntime`` module folder:
+    whichever was installed last wins, which is how a CUDA provider silently disappears.
+    """
+    from importlib import metadata
+
+    out = []
+    for name in ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino"):
+        try:
+            out.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def select_ort_providers(available: Sequence[str], device: str | torch.device, *, cpu_fallback: bool = False,
+                         installed: Sequence[str] | None = None) -> tuple[list[Any], str]:
+    """The ONNX Runtime provider list for an encoder whose embeddings live on ``device``.
+
+    Args:
+        available: ``onnxruntime.get_available_providers()``.
+        device: the encoder's device; a CUDA device with no index means ``cuda:0`` here (the caller passes
+            the resolved index).
+        cpu_fallback: when ``device`` is not the CPU and ONNX Runtime cannot run there, run on the CPU
+            (embeddings are copied to ``device``) instead of raising.
+        installed: the ONNX Runtime distributions found (:func:`ort_distributions`), named in the error.
+
+    Returns:
+        ``(providers, where)``: the ``providers`` argument of ``InferenceSession`` and ``"cuda"`` or ``"cpu"``.
+
+    Raises:
+        DeviceError: ``device`` is CUDA and ``CUDAExecutionProvider`` is not in ``available`` (or ``device`` is
+            another accelerator, which ONNX Runtime is not wired to here), and ``cpu_fallback`` is False. A
+            GPU run that silently became a CPU run would cost hours of a training budget unnoticed.
+    """
+    dev = torch.device(device)
+    if dev.type == "cpu":
+        return ["CPUExecutionProvider"], "cpu"
+    if dev.type == "cuda" and "CUDAExecutionProvider" in available:
+        return [("CUDAExecutionProvider", {"device_id": dev.index or 0}), "CPUExecutionProvider"], "cuda"
+    if cpu_fallback:
+        return ["CPUExecutionProvider"], "cpu"
+    if dev.type != "cuda":
+        raise DeviceError(f"the onnx encoder runs on CUDA or the CPU, not on {dev}; use device 'cpu', another "
+                          "encoder backend, or cpu_fallback=True to run ONNX Runtime on the CPU")
+    found = ", ".join(installed) if installed else "no onnxruntime distribution metadata"
+    raise DeviceError(
+        f"the onnx encoder on {dev} needs ONNX Runtime's CUDAExecutionProvider, but this onnxruntime offers "
+        f"only {list(available)} (installed: {found}). Fix: {_ORT_FIX}; or pass cpu_fallback=True to run the "
+        "encoder on the CPU and copy embeddings to the GPU")
 
 
 class OnnxEncoder(ImageEncoder):
-    """ONNX Runtime on the cached export: CUDAExecutionProvider when ``device`` is CUDA and onnxruntime-gpu is
-    installed (inputs/outputs bound to torch CUDA memory, no host copies), else CPUExecutionProvider."""
+    """ONNX Runtime on the cached export: CUDAExecutionProvider when ``device`` is CUDA (inputs/outputs bound to
+    torch CUDA memory, no host copies), CPUExecutionProvider when ``device`` is the CPU.
+
+    A CUDA ``device`` without a working CUDAExecutionProvider (the CPU package ``onnxruntime`` installed, or
+    CUDA/cuDNN libraries that ONNX Runtime cannot load) raises :class:`samr1.sam.DeviceError` unless
+    ``cpu_fallback=True``, which runs on the CPU and copies the embeddings to ``device``."""
 
     def __init__(self, sam: Sam, device: torch.device, cache_dir: str | os.PathLike | None, max_batch: int,
-                 opset: int = ONNX_OPSET) -> None:
+                 opset: int = ONNX_OPSET, cpu_fallback: bool = False) -> None:
         super().__init__(sam, device, max_batch)
         try:
             import onnxruntime as ort
         except ImportError as exc:
-            raise ImportError("the onnx backend needs onnxruntime: pip install onnxruntime "
-                              "(or onnxruntime-gpu for CUDA)") from exc
-        providers, self._provider = _ort_providers(self.device)
+            raise ImportError("the onnx encoder backend needs ONNX Runtime: pip install 'samr1[onnx]' (CPU) or "
+                              "'samr1[gpu]' (CUDA), not both") from exc
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        providers, self._provider = select_ort_providers(
+            ort.get_available_providers(), self.device, cpu_fallback=cpu_fallback, installed=ort_distributions())
         self.name = f"onnxruntime-{self._provider}"
 
         def load(folder: Path):
@@ -328,6 +387,18 @@ class OnnxEncoder(ImageEncoder):
         key = _onnx_key(sam, opset)
         self.artifact, self._session = artifacts.get_or_build(
             "onnx", key, lambda d: _export_onnx_into(sam, d, opset), load, cache_dir=cache_dir)
+        if self._provider == "cuda" and "CUDAExecutionProvider" not in self._session.get_providers():
+            # ORT lists the CUDA provider but drops it at session creation when its CUDA/cuDNN libraries do
+            # not load, logging an error and running on the CPU; checked here, after the artefact cache, so a
+            # broken runtime is not mistaken for a corrupt artefact and rebuilt.
+            if not cpu_fallback:
+                raise DeviceError(
+                    f"ONNX Runtime lists CUDAExecutionProvider but could not start it on {self.device} (session "
+                    f"providers: {self._session.get_providers()}); its CUDA/cuDNN libraries are missing or do "
+                    f"not match (see the ONNX Runtime CUDA requirements). Fix: {_ORT_FIX}; or pass "
+                    "cpu_fallback=True to run the encoder on the CPU")
+            self._provider = "cpu"
+            self.name = "onnxruntime-cpu"
         self._in = self._session.get_inputs()[0].name
         self._out = self._session.get_outputs()[0].name
 
@@ -490,7 +561,8 @@ class TensorRTEncoder(ImageEncoder):
 
 
 def make_encoder(sam: Sam, backend: str = "torch", device: str | torch.device | None = None, dtype: Any = None,
-                 compile: bool = False, cache_dir: str | os.PathLike | None = None, max_batch: int = 8) -> ImageEncoder:
+                 compile: bool = False, cache_dir: str | os.PathLike | None = None, max_batch: int = 8,
+                 cpu_fallback: bool = False) -> ImageEncoder:
     """Build an image encoder for ``sam``.
 
     Args:
@@ -504,24 +576,30 @@ def make_encoder(sam: Sam, backend: str = "torch", device: str | torch.device | 
         cache_dir: artefact cache root (ONNX exports, TensorRT engines); default ``$SAMR1_CACHE_DIR`` or
             ``~/.cache/samr1``.
         max_batch: images per backend call (also the TensorRT profile's largest batch).
+        cpu_fallback: onnx only: when ``device`` is CUDA but ONNX Runtime has no working
+            CUDAExecutionProvider, run the encoder on the CPU (embeddings copied to ``device``) instead of
+            raising. Off by default: a GPU run that silently became a CPU run is a silent slowdown.
 
     Raises:
         ValueError: unknown backend or an option the backend does not support (the message says which).
         ImportError: the backend's library is missing (the message gives the install command).
+        DeviceError: onnx on a CUDA device without a working CUDAExecutionProvider (and no ``cpu_fallback``).
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown encoder backend {backend!r}; choose one of {list(BACKENDS)}")
     if compile and backend != "torch":
         raise ValueError(f"compile=True applies to the torch backend only, not {backend!r}")
+    if cpu_fallback and backend != "onnx":
+        raise ValueError(f"cpu_fallback=True applies to the onnx backend only, not {backend!r}")
     if backend == "torch":
-        dev = torch.device(device) if device is not None else _sam_device(sam)
+        dev = check_device(device) if device is not None else _sam_device(sam)
         return TorchEncoder(sam, dev, _parse_dtype(dtype, torch.float32), compile, max_batch)
     if backend == "onnx":
         if _parse_dtype(dtype, torch.float32) != torch.float32:
             raise ValueError("the onnx backend runs the float32 export; use dtype=float32 (or the tensorrt "
                              "backend for float16)")
-        dev = torch.device(device) if device is not None else _sam_device(sam)
-        return OnnxEncoder(sam, dev, cache_dir, max_batch)
+        dev = check_device(device) if device is not None else _sam_device(sam)
+        return OnnxEncoder(sam, dev, cache_dir, max_batch, cpu_fallback=cpu_fallback)
     dev = torch.device(device) if device is not None else torch.device("cuda")
     return TensorRTEncoder(sam, dev, _parse_dtype(dtype, torch.float16), cache_dir, max_batch)
 
