@@ -10,9 +10,13 @@ The policy writes ``<think>...</think><answer>{...}</answer>`` about an image it
     {"bbox": [x1, y1, x2, y2], "points": [[x, y], [x, y], ...]}
     {"bbox_2d": [x1, y1, x2, y2], "point_2d": [x, y]}                     # VisionReasoner (one point
     {"bbox_2d": [x1, y1, x2, y2], "point_2d": [[x, y], ...]}              #  or a list of points)
-    [{"bbox_2d": ..., "point_2d": ...}, ...]                              # a list: the FIRST object is used
+    [{"bbox_2d": ..., "point_2d": ...}, ...]                              # VisionReasoner: several objects
 
-See :func:`parse_answer` for the exact rules, :data:`REASON_CODES` for the failure codes.
+Boxes are Seg-Zero's inclusive pixel indices (``x1 == x2`` is a valid one-pixel-wide box; see
+:mod:`samr1.geometry`). A list of several objects is kept whole by default (``multi_object="union"``: SAM
+segments every object and the masks are OR-ed, as VisionReasoner evaluates); ``multi_object="first"`` keeps
+the first object only. See :func:`parse_answer` for the exact rules, :data:`REASON_CODES` for the failure
+codes.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import numpy as np
 
 __all__ = [
     "Answer",
+    "AnswerObject",
     "parse_answer",
     "extract_answer_block",
     "extract_think",
@@ -35,7 +40,8 @@ __all__ = [
     "MAX_ANSWER_CHARS",
     "MAX_DEPTH",
     "MAX_POINTS",
-    "MIN_BOX_SIDE",
+    "MAX_OBJECTS",
+    "MULTI_OBJECT_MODES",
     "DEFAULT_MODEL_SIZE",
 ]
 
@@ -56,9 +62,12 @@ MAX_POINTS = 64
 """Most points accepted. More is REJECTED (``too_many_points``), not truncated: a policy that emits
 hundreds of points is degenerate and should not be rewarded, and SAM's decode cost grows with them."""
 
-MIN_BOX_SIDE = 1e-3
-"""A box (after sorting and clipping, in model-frame pixels) narrower or lower than this is zero-area.
-A positive floor (rather than > 0) keeps the box strictly positive after rescaling to any image size."""
+MAX_OBJECTS = 16
+"""Most objects accepted in a list answer (VisionReasoner's form). More is rejected (``too_many_objects``):
+each object costs one SAM prompt. Points of all objects together are bounded by :data:`MAX_POINTS`."""
+
+MULTI_OBJECT_MODES: tuple[str, ...] = ("union", "first")
+"""How a list of several objects is read: "union" (every object kept; SAM masks OR-ed) or "first"."""
 
 REASON_CODES: tuple[str, ...] = (
     "not_text",  # input is not a str
@@ -71,10 +80,11 @@ REASON_CODES: tuple[str, ...] = (
     "missing_bbox",  # no "bbox" / "bbox_2d" key
     "bad_bbox",  # box is not a list of exactly 4 numbers (bools and strings are not numbers)
     "non_finite",  # a NaN / Infinity / overflowing coordinate
-    "zero_area_box",  # width or height < MIN_BOX_SIDE after sorting and clipping to the frame
+    "zero_area_box",  # the box covers no pixel of the frame (it lies entirely outside it)
     "missing_points",  # no point given (and require_points=True)
     "bad_points",  # a point is not a list of exactly 2 numbers
-    "too_many_points",  # more than MAX_POINTS points
+    "too_many_points",  # more than MAX_POINTS points (all objects together)
+    "too_many_objects",  # a list of more than MAX_OBJECTS objects (multi_object="union")
 )
 """Every failure code :func:`parse_answer` can put first in ``Answer.reason`` (stable; for counters)."""
 
@@ -94,6 +104,27 @@ _NUMBER_TYPES = (int, float)
 
 
 @dataclass(frozen=True)
+class AnswerObject:
+    """One object of an answer: a box and its points, in both frames.
+
+    Attributes:
+        bbox: ``(x1, y1, x2, y2)``, ORIGINAL image pixels, sorted and clipped to ``[0, W] x [0, H]`` (the SAM
+            prompt).
+        points: ``[(x, y), ...]``, ORIGINAL image pixels, clipped to ``[0, W-1] x [0, H-1]`` (SAM prompts).
+        labels: one SAM label per point, all 1 (foreground).
+        model_bbox: the box as the policy wrote it, in MODEL-frame pixels, corners sorted, NOT clipped
+            (Seg-Zero's rewards compare the numbers the policy wrote; inclusive pixel indices).
+        model_points: the points as written, MODEL-frame pixels, in the order written, not clipped.
+    """
+
+    bbox: tuple[float, float, float, float]
+    points: list[tuple[float, float]] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+    model_bbox: tuple[float, float, float, float] | None = None
+    model_points: list[tuple[float, float]] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
 class Answer:
     """A parsed completion.
 
@@ -102,11 +133,18 @@ class Answer:
         reason: None when ok, else ``"<code>"`` or ``"<code>: <detail>"`` with ``<code>`` in
             :data:`REASON_CODES`; :attr:`code` gives the code alone.
         think: the text inside the first ``<think>...</think>`` (stripped), None when absent.
-        bbox: ``(x1, y1, x2, y2)`` floats, XYXY, ORIGINAL image pixels, sorted (x1 < x2, y1 < y2) and clipped
-            to ``[0, W] x [0, H]``; None when not ok.
+        bbox: ``(x1, y1, x2, y2)`` floats, XYXY, ORIGINAL image pixels, sorted (x1 <= x2, y1 <= y2; equal for
+            a one-pixel-wide box) and clipped to ``[0, W] x [0, H]``; None when not ok. For a multi-object
+            answer: the FIRST object's box.
         points: ``[(x, y), ...]`` floats, ORIGINAL image pixels, clipped to ``[0, W-1] x [0, H-1]`` (pixel
-            indices: SAM treats a point as the centre of the pixel it names); empty when not ok.
+            indices: SAM treats a point as the centre of the pixel it names); empty when not ok. For a
+            multi-object answer: the first object's points.
         labels: one SAM label per point, all 1 (foreground).
+        model_bbox, model_points: the first object's box (corners sorted, not clipped) and points (as
+            written), in MODEL-frame pixels: what Seg-Zero's ablation rewards measure.
+        objects: every object of the answer (:class:`AnswerObject`), the first one first; one for a dict
+            answer or with ``multi_object="first"``; empty when not ok. Several objects mean the answer's
+            mask is the union of SAM's mask per object (see :meth:`per_object`).
         syntax: how the payload parsed: "json", "json_trailing_comma" or "python_literal" (None on failure).
         fenced: the payload was wrapped in a ```` ``` ```` code fence.
         raw: the decoded payload object (dict or list), for debugging; not part of equality.
@@ -121,6 +159,9 @@ class Answer:
     syntax: str | None = None
     fenced: bool = False
     raw: Any = field(default=None, compare=False, repr=False)
+    model_bbox: tuple[float, float, float, float] | None = None
+    model_points: list[tuple[float, float]] = field(default_factory=list)
+    objects: tuple[AnswerObject, ...] = ()
 
     @property
     def code(self) -> str | None:
@@ -128,6 +169,17 @@ class Answer:
         if self.reason is None:
             return None
         return self.reason.split(":", 1)[0]
+
+    def per_object(self) -> list[Answer]:
+        """One ok single-object :class:`Answer` per object (what SAM segments one by one before the masks are
+        OR-ed); ``[self]`` when the answer has at most one object, ``[]`` when it is not ok."""
+        if not self.ok:
+            return []
+        if len(self.objects) <= 1:
+            return [self]
+        return [Answer(ok=True, think=self.think, bbox=o.bbox, points=list(o.points), labels=list(o.labels),
+                       syntax=self.syntax, fenced=self.fenced, model_bbox=o.model_bbox,
+                       model_points=list(o.model_points), objects=(o,)) for o in self.objects]
 
 
 def _fail(code: str, detail: str | None = None, think: str | None = None, syntax: str | None = None,
@@ -317,7 +369,8 @@ def _clip(v: float, lo: float, hi: float) -> float:
 
 
 def parse_answer(text: Any, image_size: tuple[int, int] | None = None,
-                 model_size: tuple[int, int] = DEFAULT_MODEL_SIZE, *, require_points: bool = True) -> Answer:
+                 model_size: tuple[int, int] = DEFAULT_MODEL_SIZE, *, require_points: bool = True,
+                 multi_object: str = "union") -> Answer:
     """Parse a completion into a box and foreground points in ORIGINAL image pixels. Never raises on input text.
 
     Args:
@@ -327,9 +380,13 @@ def parse_answer(text: Any, image_size: tuple[int, int] | None = None,
         model_size: ``(h, w)`` of the frame the policy saw (840 x 840 for Seg-Zero / SAM-R1).
         require_points: when True (default, Seg-Zero's answer format: a box AND points), an answer without
             points fails with ``missing_points``; False accepts box-only answers (SAM can segment from a box).
+        multi_object: how a LIST of objects is read: "union" (default; every object is checked and kept in
+            ``objects``, SAM's masks of the objects are OR-ed, as VisionReasoner evaluates) or "first" (the
+            first object only, the others ignored unchecked).
 
     Raises:
-        ValueError: only for a bad ``image_size`` / ``model_size`` (a programming error, not policy output).
+        ValueError: only for a bad ``image_size`` / ``model_size`` / ``multi_object`` (a programming error,
+            not policy output).
 
     Rules, in order:
 
@@ -343,25 +400,31 @@ def parse_answer(text: Any, image_size: tuple[int, int] | None = None,
        characters inside strings are accepted); failing that as a Python-style literal (single quotes,
        tuples) and/or with trailing commas removed, and finally by ``ast.literal_eval`` (never ``eval``);
        else ``invalid_json``.
-    5. A list uses its FIRST element (VisionReasoner lists one object per target; SAM-R1 segments one).
-       The object must be a dict, else ``not_object``.
+    5. A list is VisionReasoner's one-object-per-target form. ``multi_object="union"``: at most
+       :data:`MAX_OBJECTS` objects (``too_many_objects``), EVERY element must be a valid object (rules 6-8;
+       a failure's detail names ``objects[i]``) and all are kept; ``"first"``: only the first element is
+       used. An object must be a dict, else ``not_object``; an empty list is ``not_object``.
     6. Box: ``"bbox"``, else ``"bbox_2d"`` (missing -> ``missing_bbox``): exactly 4 numbers (ints/floats;
        bools, strings, None are not numbers -> ``bad_bbox``; NaN/inf/overflow -> ``non_finite``).
     7. Points: ``"points"``, else ``"points_1"``, ``"points_2"``, ... (in numeric order), else ``"point_2d"``.
        Each such value is one point ``[x, y]`` or a list of points. Each point: exactly 2 finite numbers
-       (``bad_points`` / ``non_finite``). More than :data:`MAX_POINTS` -> ``too_many_points``. None given and
-       ``require_points`` -> ``missing_points``. Other keys are ignored.
-    8. In the model frame: corners sorted (x1 <= x2, y1 <= y2), box clipped to ``[0, w] x [0, h]``; width or
-       height below :data:`MIN_BOX_SIDE` -> ``zero_area_box``. ``ok`` and ``reason`` are therefore decided in
-       the model frame only and do NOT depend on ``image_size``.
-    9. Rescaled to the image: ``x * W / w``, ``y * H / h``; box clipped again to ``[0, W] x [0, H]`` (float
-       rounding), points clipped to ``[0, W-1] x [0, H-1]`` (out-of-frame points are moved to the border,
-       not rejected).
+       (``bad_points`` / ``non_finite``). More than :data:`MAX_POINTS` (all objects together) ->
+       ``too_many_points``. None given and ``require_points`` -> ``missing_points``. Other keys are ignored.
+    8. In the model frame: corners sorted (x1 <= x2, y1 <= y2). Coordinates are inclusive pixel indices
+       (Seg-Zero's convention), so ``x1 == x2`` is a valid one-pixel-wide box. A box that covers no pixel
+       of the frame (``x2 < 0``, ``x1 > w - 1``, ``y2 < 0`` or ``y1 > h - 1``) -> ``zero_area_box``.
+       ``model_bbox`` / ``model_points`` keep these sorted, unclipped values. ``ok`` and ``reason`` are
+       decided in the model frame only and do NOT depend on ``image_size``.
+    9. The SAM prompt: box clipped to ``[0, w] x [0, h]``, rescaled to the image (``x * W / w``, ``y * H /
+       h``) and clipped again to ``[0, W] x [0, H]`` (float rounding); points rescaled and clipped to
+       ``[0, W-1] x [0, H-1]`` (out-of-frame points are moved to the border, not rejected).
 
     Cost: two ``rfind`` scans of the text plus work bounded by :data:`MAX_ANSWER_CHARS`; see
     ``bench/bench_parse.py`` for measured times (200 kB of junk included).
     """
     mh, mw = _check_size(model_size, "model_size")
+    if multi_object not in MULTI_OBJECT_MODES:
+        raise ValueError(f"multi_object must be one of {MULTI_OBJECT_MODES}, got {multi_object!r}")
     if image_size is None:
         ih, iw = mh, mw
     else:
@@ -388,48 +451,78 @@ def parse_answer(text: Any, image_size: tuple[int, int] | None = None,
     if isinstance(obj, (list, tuple)):
         if not obj:
             return _fail("not_object", "empty list", think, syntax, fenced, raw)
-        obj = obj[0]
-    if not isinstance(obj, dict):
-        return _fail("not_object", f"expected a dict, got {type(obj).__name__}", think, syntax, fenced, raw)
+        if not isinstance(obj[0], dict):
+            return _fail("not_object", f"objects[0] is a {type(obj[0]).__name__}, not a dict", think, syntax, fenced, raw)
+        items = list(obj) if multi_object == "union" else [obj[0]]
+        if len(items) > MAX_OBJECTS:
+            return _fail("too_many_objects", f"{len(items)} > {MAX_OBJECTS}", think, syntax, fenced, raw)
+        listed = True
+    else:
+        items, listed = [obj], False
 
+    sx, sy = float(iw) / float(mw), float(ih) / float(mh)
+    objects: list[AnswerObject] = []
+    n_points = 0
+    for k, item in enumerate(items):
+        where = f"objects[{k}]: " if listed and len(items) > 1 else ""
+        got = _parse_object(item, require_points, mw, mh, iw, ih, sx, sy)
+        if isinstance(got, tuple):
+            code, detail = got
+            return _fail(code, where + detail if where else detail, think, syntax, fenced, raw)
+        n_points += len(got.points)
+        if n_points > MAX_POINTS:
+            return _fail("too_many_points", f"{n_points} > {MAX_POINTS}" + (" (all objects together)" if k else ""),
+                         think, syntax, fenced, raw)
+        objects.append(got)
+    first = objects[0]
+    return Answer(ok=True, reason=None, think=think, bbox=first.bbox, points=list(first.points),
+                  labels=list(first.labels), syntax=syntax, fenced=fenced, raw=raw, model_bbox=first.model_bbox,
+                  model_points=list(first.model_points), objects=tuple(objects))
+
+
+def _parse_object(obj: Any, require_points: bool, mw: int, mh: int, iw: int, ih: int, sx: float,
+                  sy: float) -> AnswerObject | tuple[str, str]:
+    """One answer object (rules 5-9 of :func:`parse_answer`) -> :class:`AnswerObject` or (code, detail)."""
+    if not isinstance(obj, dict):
+        return "not_object", f"expected a dict, got {type(obj).__name__}"
     # --- box
     if "bbox" in obj:
         box_val = obj["bbox"]
     elif "bbox_2d" in obj:
         box_val = obj["bbox_2d"]
     else:
-        return _fail("missing_bbox", "no 'bbox' or 'bbox_2d' key", think, syntax, fenced, raw)
+        return "missing_bbox", "no 'bbox' or 'bbox_2d' key"
     box, code, detail = _coords(box_val, 4, "bbox")
     if box is None:
-        return _fail(code, detail, think, syntax, fenced, raw)
+        return code, detail
 
     # --- points
     pvals, form = _collect_points(obj)
     if len(pvals) > MAX_POINTS:
-        return _fail("too_many_points", f"{len(pvals)} > {MAX_POINTS}", think, syntax, fenced, raw)
+        return "too_many_points", f"{len(pvals)} > {MAX_POINTS}"
     pts: list[list[float]] = []
     for i, pv in enumerate(pvals):
         p, code, detail = _coords(pv, 2, f"{form}[{i}]")
         if p is None:
-            return _fail(code, detail, think, syntax, fenced, raw)
+            return code, detail
         pts.append(p)
     if require_points and not pts:
-        return _fail("missing_points", "no 'points', 'points_<n>' or 'point_2d' point", think, syntax, fenced, raw)
+        return "missing_points", "no 'points', 'points_<n>' or 'point_2d' point"
 
-    # --- model frame: sort, clip, area (decides ok independently of the image size)
+    # --- model frame: sort; the box must cover a pixel (decides ok independently of the image size)
     x1, x2 = (box[0], box[2]) if box[0] <= box[2] else (box[2], box[0])
     y1, y2 = (box[1], box[3]) if box[1] <= box[3] else (box[3], box[1])
-    x1, x2 = _clip(x1, 0.0, float(mw)), _clip(x2, 0.0, float(mw))
-    y1, y2 = _clip(y1, 0.0, float(mh)), _clip(y2, 0.0, float(mh))
-    if x2 - x1 < MIN_BOX_SIDE or y2 - y1 < MIN_BOX_SIDE:
-        return _fail("zero_area_box", f"box {[x1, y1, x2, y2]} after sorting and clipping to the "
-                     f"{mw}x{mh} frame", think, syntax, fenced, raw)
+    if x2 < 0 or y2 < 0 or x1 > mw - 1 or y1 > mh - 1:
+        return "zero_area_box", (f"box {[x1, y1, x2, y2]} covers no pixel of the {mw}x{mh} frame (inclusive "
+                                 f"pixel indices 0..{mw - 1} x 0..{mh - 1})")
+    model_bbox = (x1, y1, x2, y2)
+    cx1, cx2 = _clip(x1, 0.0, float(mw)), _clip(x2, 0.0, float(mw))
+    cy1, cy2 = _clip(y1, 0.0, float(mh)), _clip(y2, 0.0, float(mh))
 
-    # --- original image frame
-    sx, sy = float(iw) / float(mw), float(ih) / float(mh)
+    # --- original image frame (the SAM prompt)
     W, H = float(iw), float(ih)
-    bbox = (_clip(x1 * sx, 0.0, W), _clip(y1 * sy, 0.0, H), _clip(x2 * sx, 0.0, W), _clip(y2 * sy, 0.0, H))
+    bbox = (_clip(cx1 * sx, 0.0, W), _clip(cy1 * sy, 0.0, H), _clip(cx2 * sx, 0.0, W), _clip(cy2 * sy, 0.0, H))
     xmax, ymax = max(W - 1.0, 0.0), max(H - 1.0, 0.0)
     points = [(_clip(px * sx, 0.0, xmax), _clip(py * sy, 0.0, ymax)) for px, py in pts]
-    return Answer(ok=True, reason=None, think=think, bbox=bbox, points=points, labels=[1] * len(points),
-                  syntax=syntax, fenced=fenced, raw=raw)
+    return AnswerObject(bbox=bbox, points=points, labels=[1] * len(points), model_bbox=model_bbox,
+                        model_points=[(px, py) for px, py in pts])

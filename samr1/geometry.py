@@ -1,19 +1,21 @@
-"""Geometry of ground truth: a mask's box, its reference points (inscribed circles), box IoU, exact EDT.
+"""Geometry of ground truth: a mask's box, its reference points, box IoU, exact EDT, nearest resize.
 
-Conventions (shared with :mod:`samr1.answer`):
+Conventions (shared with :mod:`samr1.answer` and :mod:`samr1.rewards`):
 
-* Pixel ``(row i, col j)`` of an ``H x W`` mask is the unit square ``[j, j+1) x [i, i+1)`` of the image
-  plane; x is the column, y the row.
-* Boxes are XYXY floats in original pixels. :func:`mask_to_box` uses the pixel-EDGE convention by default:
-  ``x1 = min col, y1 = min row, x2 = max col + 1, y2 = max row + 1``, so the box covers exactly the mask's
-  pixels and its area ``(x2 - x1) * (y2 - y1)`` is a pixel count. ``convention="inclusive"`` gives SAM's
-  ``batched_mask_to_box`` / Seg-Zero's min/max of pixel indices (``x2 = max col``); the two differ by one
-  pixel on x2/y2.
-* Points are ``(x, y)`` pixel indices (the pixel's centre, as SAM reads point prompts).
+* Pixel ``(row i, col j)`` of an ``H x W`` mask has its centre at ``(x, y) = (j, i)``; x is the column,
+  y the row. Points are ``(x, y)`` pixel indices (the pixel's centre, as SAM reads point prompts).
+* Boxes are XYXY floats in pixels. samr1's box convention is Seg-Zero's: INCLUSIVE pixel indices,
+  ``(min col, min row, max col, max row)``, so a box covers ``x2 - x1 + 1`` columns and a one-pixel-wide
+  object has ``x1 == x2`` (a valid box, not a zero-area one). :func:`mask_to_box` returns that by default
+  and :func:`box_iou` measures it with the ``+ 1`` on widths and heights. ``convention="edge"`` (``x2 =
+  max col + 1``, continuous areas) is kept for callers that want pixel edges.
+* Reference points follow Seg-Zero's data preparation by default (``rule="segzero"``, see
+  :func:`mask_to_points`); ``rule="circles"`` gives centres of non-overlapping inscribed circles.
 
 No scipy: :func:`distance_transform_edt` is an exact Euclidean distance transform in numpy (one vectorised
 pass along rows, then Felzenszwalb & Huttenlocher's lower envelope of parabolas run in lockstep over all
-columns).
+columns); ``border_is_background=False`` gives ``scipy.ndimage.distance_transform_edt``'s semantics (only
+zero pixels are background).
 """
 
 from __future__ import annotations
@@ -22,7 +24,22 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["mask_to_box", "mask_to_points", "box_iou", "distance_transform_edt", "squared_edt"]
+__all__ = [
+    "BOX_CONVENTIONS",
+    "POINT_RULES",
+    "mask_to_box",
+    "mask_to_points",
+    "box_iou",
+    "distance_transform_edt",
+    "squared_edt",
+    "resize_mask_nearest",
+]
+
+BOX_CONVENTIONS: tuple[str, ...] = ("inclusive", "edge")
+"""Box conventions: "inclusive" (Seg-Zero's pixel indices, IoU with + 1; the default) and "edge"."""
+
+POINT_RULES: tuple[str, ...] = ("segzero", "circles")
+"""Reference-point rules of :func:`mask_to_points`: "segzero" (the default) and "circles"."""
 
 
 def _as_mask(mask: np.ndarray) -> np.ndarray:
@@ -34,15 +51,15 @@ def _as_mask(mask: np.ndarray) -> np.ndarray:
     return m
 
 
-def mask_to_box(mask: np.ndarray, convention: str = "edge") -> tuple[float, float, float, float] | None:
+def mask_to_box(mask: np.ndarray, convention: str = "inclusive") -> tuple[float, float, float, float] | None:
     """Tight box of the nonzero pixels of an ``H x W`` mask, XYXY floats in pixels; None for an empty mask.
 
-    ``convention="edge"`` (default): ``(min col, min row, max col + 1, max row + 1)``, pixel edges, area =
-    pixel count of the box. ``"inclusive"``: ``(min col, min row, max col, max row)`` (SAM's
-    ``batched_mask_to_box``, Seg-Zero's min/max of pixel coordinates).
+    ``convention="inclusive"`` (default; Seg-Zero's min/max of pixel indices, SAM's ``batched_mask_to_box``):
+    ``(min col, min row, max col, max row)``; a one-pixel object gives ``x1 == x2``. ``"edge"``:
+    ``(min col, min row, max col + 1, max row + 1)``, pixel edges, area = pixel count of the box.
     """
-    if convention not in ("edge", "inclusive"):
-        raise ValueError(f"convention must be 'edge' or 'inclusive', got {convention!r}")
+    if convention not in BOX_CONVENTIONS:
+        raise ValueError(f"convention must be one of {BOX_CONVENTIONS}, got {convention!r}")
     m = _as_mask(mask)
     cols = np.flatnonzero(m.any(axis=0))
     if cols.size == 0:
@@ -52,22 +69,49 @@ def mask_to_box(mask: np.ndarray, convention: str = "edge") -> tuple[float, floa
     return (float(cols[0]), float(rows[0]), float(cols[-1]) + extra, float(rows[-1]) + extra)
 
 
-def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
-    """IoU of two XYXY boxes (continuous areas ``(x2 - x1) * (y2 - y1)``, corners sorted first).
+def box_iou(a: Sequence[float], b: Sequence[float], convention: str = "inclusive") -> float:
+    """IoU of two XYXY boxes given in the same pixel frame (corners sorted first).
 
-    Returns 0.0 when the union is zero (two degenerate boxes) or any coordinate is not finite.
+    ``convention="inclusive"`` (default, Seg-Zero's): coordinates are inclusive pixel indices, so a side
+    spans ``x2 - x1 + 1`` pixels and the intersection ``min(x2) - max(x1) + 1`` (none when that is <= 0);
+    two equal one-pixel boxes have IoU 1. ``"edge"``: continuous areas ``(x2 - x1) * (y2 - y1)``.
+    Returns 0.0 when the union is zero (two degenerate "edge" boxes) or any coordinate is not finite.
     """
+    if convention not in BOX_CONVENTIONS:
+        raise ValueError(f"convention must be one of {BOX_CONVENTIONS}, got {convention!r}")
     ax1, ax2 = sorted((float(a[0]), float(a[2])))
     ay1, ay2 = sorted((float(a[1]), float(a[3])))
     bx1, bx2 = sorted((float(b[0]), float(b[2])))
     by1, by2 = sorted((float(b[1]), float(b[3])))
-    iw = min(ax2, bx2) - max(ax1, bx1)
-    ih = min(ay2, by2) - max(ay1, by1)
+    one = 1.0 if convention == "inclusive" else 0.0
+    iw = min(ax2, bx2) - max(ax1, bx1) + one
+    ih = min(ay2, by2) - max(ay1, by1) + one
     inter = iw * ih if iw > 0 and ih > 0 else 0.0
-    union = (ax2 - ax1) * (ay2 - ay1) + (bx2 - bx1) * (by2 - by1) - inter
-    if not np.isfinite(union) or union <= 0:
+    union = (ax2 - ax1 + one) * (ay2 - ay1 + one) + (bx2 - bx1 + one) * (by2 - by1 + one) - inter
+    if not np.isfinite(union) or not np.isfinite(inter) or union <= 0:
         return 0.0
     return float(inter / union)
+
+
+def resize_mask_nearest(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``H x W`` mask -> ``h x w`` bool mask by nearest neighbour at pixel centres.
+
+    Output pixel ``(i, j)`` takes input pixel ``(floor((i + 0.5) H / h), floor((j + 0.5) W / w))``: an
+    integer upscale followed by this resize gives the original mask back exactly, so a scene rendered at
+    840 x 840 and at 1680 x 1680 has the same ground truth in the 840 frame. Objects thinner than one
+    output pixel may vanish (callers check for an empty result).
+    """
+    m = _as_mask(mask)
+    h, w = (int(v) for v in size)
+    if h < 1 or w < 1:
+        raise ValueError(f"size must be (h, w) positive ints, got {size!r}")
+    H, W = m.shape
+    if (H, W) == (h, w):
+        return m.copy()
+    # Integer arithmetic: floor((2i + 1) H / 2h) avoids float rounding at exact pixel boundaries.
+    rows = ((2 * np.arange(h, dtype=np.int64) + 1) * H) // (2 * h)
+    cols = ((2 * np.arange(w, dtype=np.int64) + 1) * W) // (2 * w)
+    return m[np.minimum(rows, H - 1)[:, None], np.minimum(cols, W - 1)[None, :]]
 
 
 def _row_distance_sq(bg: np.ndarray, border_is_background: bool) -> np.ndarray:
@@ -164,26 +208,79 @@ def distance_transform_edt(mask: np.ndarray, border_is_background: bool = True) 
     return np.sqrt(squared_edt(mask, border_is_background))
 
 
-def mask_to_points(mask: np.ndarray, k: int = 2, border_is_background: bool = True) -> list[tuple[float, float]]:
-    """Centres of the ``k`` largest inscribed circles of a mask, as ``(x, y)`` pixel indices.
+def mask_to_points(mask: np.ndarray, k: int = 2, border_is_background: bool | None = None,
+                   rule: str = "segzero") -> list[tuple[float, float]]:
+    """Reference points of a mask, as ``(x, y)`` pixel indices (floats), in the mask's own pixel frame.
 
-    Rule (Seg-Zero's reference points, made exact): compute the Euclidean distance transform ``D`` (see
-    :func:`squared_edt`; the image border counts as background by default); the first centre is the
-    argmax of ``D`` (ties: the first in row-major order, i.e. smallest y, then smallest x) and its radius
-    is ``r = D`` there. The disc of radius ``r`` around it (pixels whose centre is at distance < ``r``) is
-    then removed from the mask, the distance transform is recomputed on what is left, and the next centre is
-    its argmax -- so the k circles do not overlap. Stops early (fewer than k points) when the mask is
-    exhausted; an empty mask gives ``[]``.
+    ``rule="segzero"`` (default; Seg-Zero's data preparation, two points at most):
+
+    1. ``D`` = Euclidean distance transform of the mask with ``scipy.ndimage.distance_transform_edt``'s
+       semantics: only zero pixels are background, the array border is NOT (``border_is_background``
+       defaults to False for this rule). The first point is the argmax of ``D`` (ties: the first in
+       row-major order, i.e. smallest y, then smallest x).
+    2. Among the mask pixels whose Euclidean distance to the first point is strictly greater than the
+       median of those distances (over all mask pixels, the first point included), the second point is the
+       one with the largest ``D`` (ties: row-major first).
+    3. When that set is empty (e.g. a one-pixel mask), the second point is the mask pixel nearest the
+       mask's centroid (ties: row-major first).
+
+    A mask without any zero pixel has an infinite ``D`` under scipy's semantics; the image border is then
+    taken as background so the first point is the middle of the mask rather than its first pixel.
+    ``k`` may be 0, 1 or 2 for this rule.
+
+    ``rule="circles"``: centres of the ``k`` largest non-overlapping inscribed circles. The EDT counts the
+    image border as background by default; the first centre is the argmax of ``D`` (row-major first) with
+    radius ``r = D`` there; the open disc of radius ``r`` around it is removed from the mask (the centre
+    always goes), the EDT is recomputed on what is left and the next centre is its argmax. Stops early
+    (fewer than k points) when the mask is exhausted, so a disc may give one point.
+
+    An empty mask gives ``[]`` under both rules.
     """
+    if rule not in POINT_RULES:
+        raise ValueError(f"rule must be one of {POINT_RULES}, got {rule!r}")
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 0:
         raise ValueError(f"k must be a non-negative int, got {k!r}")
-    m = _as_mask(mask).copy()
+    if rule == "segzero":
+        if k > 2:
+            raise ValueError(f"rule='segzero' defines two points, got k={k}; use rule='circles' for more")
+        return _segzero_points(_as_mask(mask), int(k), False if border_is_background is None else border_is_background)
+    return _circle_points(_as_mask(mask), int(k), True if border_is_background is None else border_is_background)
+
+
+def _segzero_points(m: np.ndarray, k: int, border_is_background: bool) -> list[tuple[float, float]]:
+    h, w = m.shape
+    if k == 0 or h == 0 or w == 0 or not m.any():
+        return []
+    d2 = squared_edt(m, border_is_background)
+    if not np.isfinite(d2).all():  # no background pixel at all: scipy's EDT is undefined there
+        d2 = squared_edt(m, True)
+    first = int(np.argmax(d2))  # d2 is 0 outside the mask, > 0 inside: the argmax is a mask pixel
+    y1, x1 = divmod(first, w)
+    out = [(float(x1), float(y1))]
+    if k == 1:
+        return out
+    ys, xs = np.nonzero(m)  # row-major order, so argmax / argmin ties resolve to the row-major first
+    dist = np.sqrt((xs - x1).astype(np.float64) ** 2 + (ys - y1).astype(np.float64) ** 2)
+    far = dist > np.median(dist)
+    if far.any():
+        fy, fx = ys[far], xs[far]
+        j = int(np.argmax(d2[fy, fx]))
+        out.append((float(fx[j]), float(fy[j])))
+    else:
+        cx, cy = xs.mean(), ys.mean()
+        j = int(np.argmin((xs - cx) ** 2 + (ys - cy) ** 2))
+        out.append((float(xs[j]), float(ys[j])))
+    return out
+
+
+def _circle_points(m: np.ndarray, k: int, border_is_background: bool) -> list[tuple[float, float]]:
+    m = m.copy()
     h, w = m.shape
     out: list[tuple[float, float]] = []
     if h == 0 or w == 0:
         return out
     yy, xx = np.ogrid[:h, :w]
-    for _ in range(int(k)):
+    for _ in range(k):
         if not m.any():
             break
         d2 = squared_edt(m, border_is_background)

@@ -18,6 +18,23 @@ every column per completion, so they arrive as lists parallel to ``completions``
 
 Reward values (default tiers): think format 0/1 + answer format 0/1 + tiered IoU 0/2/3/4, so the sum is in
 ``[0, 6]``.
+
+Conventions (Seg-Zero's, where it has one; ``bench/bench_fidelity.py`` measures the agreement):
+
+* Seg-Zero's ablation rewards (box IoU > 0.5, box L1 < 10 px, point distance < 100 px) are measured in the
+  policy's MODEL frame by default (``frame="model"``, 840 x 840): the answer's numbers as written against the
+  ground truth resized to that frame, so an answer earns the same reward whatever the image's size.
+  ``frame="original"`` measures them in original image pixels instead.
+* Boxes are inclusive pixel indices on both sides (IoU with + 1 on widths and heights); a one-pixel box is
+  a valid answer. The point reward uses the answer's FIRST TWO points (Seg-Zero's ``points_1``,
+  ``points_2``): extra points still go to SAM but cannot earn the point reward. Reference points follow
+  Seg-Zero's rule (:func:`samr1.geometry.mask_to_points`, ``rule="segzero"``).
+* Empty ground truth: the mask IoU of an empty prediction with an empty ground truth is 1 (a model that
+  correctly finds nothing earns the IoU reward; :func:`samr1.ops.mask_iou_from_logits`' convention). The
+  box and point rewards need a ground-truth box and give 0 there. Evaluation offers all three peer
+  conventions for that case (:mod:`samr1.metrics`).
+* A list of several objects (VisionReasoner's form) is scored on the union of SAM's masks of its objects
+  (``multi_object="union"``, the default); the box and point rewards use its first object.
 """
 
 from __future__ import annotations
@@ -28,14 +45,21 @@ import itertools
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import numpy as np
 
-from samr1.answer import DEFAULT_MODEL_SIZE, REASON_CODES, Answer, _check_size, parse_answer
-from samr1.geometry import box_iou, mask_to_box, mask_to_points
-from samr1.io import InputError, load_image, load_mask
+from samr1.answer import (
+    DEFAULT_MODEL_SIZE,
+    MULTI_OBJECT_MODES,
+    REASON_CODES,
+    Answer,
+    _check_size,
+    parse_answer,
+)
+from samr1.geometry import POINT_RULES, box_iou, mask_to_box, mask_to_points, resize_mask_nearest
+from samr1.io import InputError, MaskSizeError, load_image, load_mask
 
 __all__ = [
     "DEFAULT_TIERS",
@@ -52,8 +76,12 @@ __all__ = [
     "box_l1_reward",
     "matched_point_distance",
     "point_distance_reward",
+    "FRAMES",
     "SamR1Reward",
 ]
+
+FRAMES: tuple[str, ...] = ("model", "original")
+"""Pixel frames the ablation rewards can be measured in: the policy's model frame (default) or the image's."""
 
 DEFAULT_TIERS: tuple[tuple[float, float], ...] = ((0.8, 4.0), (0.7, 3.0), (0.5, 2.0))
 """SAM-R1's tiered IoU reward: (threshold, reward) pairs, thresholds strictly decreasing; IoU > thr -> reward."""
@@ -146,10 +174,11 @@ def think_format_reward(completions: Sequence[Any], **kwargs: Any) -> list[float
 
 
 def answer_format_reward(completions: Sequence[Any], model_size: tuple[int, int] = DEFAULT_MODEL_SIZE,
-                         require_points: bool = True, **kwargs: Any) -> list[float]:
+                         require_points: bool = True, multi_object: str = "union", **kwargs: Any) -> list[float]:
     """TRL reward: 1.0 per completion whose answer parses, else 0.0.
 
-    "Parses" is exactly ``parse_answer(text, model_size=model_size, require_points=require_points).ok``
+    "Parses" is exactly ``parse_answer(text, model_size=model_size, require_points=require_points,
+    multi_object=multi_object).ok``
     (see :func:`samr1.answer.parse_answer`): the last ``<answer>`` block holds JSON (or a Python-style
     literal) with a 4-number box (``bbox``/``bbox_2d``) of positive area inside the model frame and, by
     default, 1 to 64 points of 2 numbers each. No image size is needed: ``ok`` never depends on it.
@@ -157,8 +186,8 @@ def answer_format_reward(completions: Sequence[Any], model_size: tuple[int, int]
     out = []
     for c in completions:
         text = completion_text(c)
-        out.append(1.0 if text is not None and parse_answer(text, None, model_size, require_points=require_points).ok
-                   else 0.0)
+        out.append(1.0 if text is not None and parse_answer(text, None, model_size, require_points=require_points,
+                                                            multi_object=multi_object).ok else 0.0)
     return out
 
 
@@ -220,16 +249,21 @@ def tiered_iou_reward(iou: float, tiers: Sequence[Sequence[float]] = DEFAULT_TIE
     return 0.0
 
 
-def box_iou_reward(pred_box: Sequence[float] | None, gt_box: Sequence[float] | None, threshold: float = 0.5) -> float:
-    """Seg-Zero's box IoU reward: 1.0 when ``box_iou(pred, gt) > threshold`` (0.5), else 0.0."""
+def box_iou_reward(pred_box: Sequence[float] | None, gt_box: Sequence[float] | None, threshold: float = 0.5,
+                   convention: str = "inclusive") -> float:
+    """Seg-Zero's box IoU reward: 1.0 when ``box_iou(pred, gt, convention) > threshold`` (0.5), else 0.0.
+
+    Both boxes XYXY in the same pixel frame; by default inclusive pixel indices (IoU with + 1), so the exact
+    answer for a one-pixel-wide object earns IoU 1."""
     if pred_box is None or gt_box is None:
         return 0.0
-    return 1.0 if box_iou(pred_box, gt_box) > threshold else 0.0
+    return 1.0 if box_iou(pred_box, gt_box, convention) > threshold else 0.0
 
 
 def box_l1_reward(pred_box: Sequence[float] | None, gt_box: Sequence[float] | None, threshold: float = 10.0) -> float:
-    """Seg-Zero's box L1 reward: 1.0 when the mean absolute difference of the 4 coordinates (original
-    pixels) is ``< threshold`` (10 px), else 0.0."""
+    """Seg-Zero's box L1 reward: 1.0 when the mean absolute difference of the 4 coordinates is ``< threshold``
+    (10 px), else 0.0. Both boxes XYXY in the same pixel frame (:class:`SamR1Reward` uses the model frame by
+    default, as Seg-Zero does)."""
     if pred_box is None or gt_box is None:
         return 0.0
     l1 = sum(abs(float(a) - float(b)) for a, b in zip(pred_box, gt_box, strict=True)) / 4.0
@@ -273,9 +307,17 @@ def matched_point_distance(pred: Sequence[Sequence[float]], gt: Sequence[Sequenc
 
 
 def point_distance_reward(pred_points: Sequence[Sequence[float]], gt_points: Sequence[Sequence[float]],
-                          pred_box: Sequence[float] | None = None, threshold: float = 100.0) -> float:
-    """Seg-Zero's point reward: 1.0 when every predicted point lies in ``pred_box`` (inclusive; skipped when
-    None) and :func:`matched_point_distance` is ``< threshold`` (100 px), else 0.0."""
+                          pred_box: Sequence[float] | None = None, threshold: float = 100.0,
+                          max_points: int | None = 2) -> float:
+    """Seg-Zero's point reward: 1.0 when the answer's first ``max_points`` points (2: Seg-Zero's ``points_1``,
+    ``points_2``; None: all) all lie in ``pred_box`` (inclusive; skipped when None) and their
+    :func:`matched_point_distance` to ``gt_points`` is ``< threshold`` (100 px), else 0.0.
+
+    Only the first two points count so that spraying points cannot buy the reward (with all points matched,
+    a grid of 62 extra points inside the box would always hold two near the reference points). One point is
+    matched to the nearer reference point. All coordinates in one pixel frame."""
+    if max_points is not None:
+        pred_points = list(pred_points)[:max_points]
     if not len(pred_points) or not len(gt_points):
         return 0.0
     if pred_box is not None:
@@ -341,13 +383,25 @@ class SamR1Reward:
         tiers: (threshold, reward) pairs of the tiered IoU reward (see :func:`tiered_iou_reward`).
         components: which rewards to sum, from :data:`COMPONENTS`: "think", "answer", "iou" (tiered),
             "mask_iou" (continuous), "box_iou", "box_l1", "point_dist" (Seg-Zero's ablation rewards, computed
-            against the box and 2 inscribed-circle points of the ground-truth mask, see :mod:`samr1.geometry`).
+            against the inclusive box and the reference points of the ground-truth mask, see
+            :mod:`samr1.geometry`).
         model_size: ``(h, w)`` of the frame the policy saw (answers are in its pixels).
         image_key, mask_key: dataset columns holding the image and the ground-truth mask. A row's value may
             also be a non-empty list/tuple of images (TRL's ``images`` column): its first image is used.
         require_points: passed to :func:`samr1.answer.parse_answer` (default: an answer needs points).
         box_iou_threshold, box_l1_threshold, point_threshold: Seg-Zero's 0.5, 10 px, 100 px.
-        gt_points: how many inscribed-circle points to derive from a mask for "point_dist" (Seg-Zero: 2).
+        gt_points: how many reference points to derive from a mask for "point_dist" (Seg-Zero: 2).
+        frame: pixel frame of the box and point rewards. "model" (default, Seg-Zero's): the answer's
+            model-frame numbers as written (corners sorted, not clipped) against the ground-truth mask resized
+            to ``model_size`` by nearest neighbour (:func:`samr1.geometry.resize_mask_nearest`; an object too
+            thin to survive that resize gets its box and points from the original mask, scaled), so 10 px and
+            100 px are model-frame pixels and the reward does not depend on the image's size. "original":
+            both sides in original image pixels (the answer's model-frame numbers scaled by ``W / w``,
+            ``H / h``), thresholds in original pixels.
+        point_rule: how reference points are derived from the ground-truth mask, "segzero" (default) or
+            "circles" (see :func:`samr1.geometry.mask_to_points`).
+        multi_object: passed to :func:`samr1.answer.parse_answer`: "union" (default; a list of several objects
+            is scored on the union of SAM's masks of every object) or "first".
 
     Calling it as ``reward(prompts, completions, image=[...], mask=[...], **kw)`` returns the summed reward
     per completion. The batch is parsed once and ``engine.score`` is called ONCE with the rows that have a
@@ -356,6 +410,10 @@ class SamR1Reward:
     ``RuntimeWarning`` naming the field and row (the first :attr:`MAX_ROW_WARNINGS`), and a counted reason;
     it never raises. Configuration errors (no ``image``/``mask`` column when a component needs them, lists
     of the wrong length) do raise, and so do engine failures other than ``InputError`` (CUDA OOM, bugs).
+
+    An empty ground-truth mask is a valid row: the mask IoU of an empty SAM mask with it is 1 (the engine's
+    convention), so a model that correctly finds nothing earns the IoU reward; the box and point rewards are
+    0 there (no ground-truth box).
 
     Logging: ``stats`` holds cumulative counters (``batches``, ``completions``, ``answers_ok``, ``reasons``:
     a Counter over :data:`ALL_CODES`), ``last_mean_iou``/``last_answer_ok_fraction`` of the last batch and
@@ -374,7 +432,8 @@ class SamR1Reward:
                  components: Sequence[str] = ("think", "answer", "iou"),
                  model_size: tuple[int, int] = DEFAULT_MODEL_SIZE, image_key: str = "image", mask_key: str = "mask",
                  require_points: bool = True, box_iou_threshold: float = 0.5, box_l1_threshold: float = 10.0,
-                 point_threshold: float = 100.0, gt_points: int = 2):
+                 point_threshold: float = 100.0, gt_points: int = 2, frame: str = "model",
+                 point_rule: str = "segzero", multi_object: str = "union"):
         if isinstance(components, str):
             raise ValueError(f"components must be a sequence of names, e.g. ('think', 'answer', 'iou'), got {components!r}")
         comps = tuple(components)
@@ -396,6 +455,18 @@ class SamR1Reward:
                 raise ValueError(f"{name} must be a finite number, got {v!r}")
         if not isinstance(gt_points, int) or gt_points < 1:
             raise ValueError(f"gt_points must be a positive int, got {gt_points!r}")
+        if frame not in FRAMES:
+            raise ValueError(f"frame must be one of {FRAMES}, got {frame!r}")
+        if point_rule not in POINT_RULES:
+            raise ValueError(f"point_rule must be one of {POINT_RULES}, got {point_rule!r}")
+        if point_rule == "segzero" and gt_points > 2:
+            raise ValueError(f"point_rule='segzero' defines 2 reference points, got gt_points={gt_points}; "
+                             "use point_rule='circles' for more")
+        if multi_object not in MULTI_OBJECT_MODES:
+            raise ValueError(f"multi_object must be one of {MULTI_OBJECT_MODES}, got {multi_object!r}")
+        self.frame = frame
+        self.point_rule = point_rule
+        self.multi_object = multi_object
         self.engine = engine
         self.tiers = validate_tiers(tiers)
         self.components = comps
@@ -503,17 +574,20 @@ class SamR1Reward:
             if ik not in img_cache:
                 img_cache[ik] = _load_or_error(load_image, img, self.image_key, f"row {i}")
             a = img_cache[ik]
-            mk = m if isinstance(m, str) else id(m)
+            # the image's size goes to load_mask so a mismatched (e.g. huge) RLE is refused before decoding
+            size = a.shape[:2] if isinstance(a, np.ndarray) else None
+            mk = (m if isinstance(m, str) else id(m), size)
             if mk not in mask_cache:
-                mask_cache[mk] = _load_or_error(load_mask, m, self.mask_key, f"row {i}")
+                mask_cache[mk] = _load_or_error(partial(load_mask, expected_size=size), m, self.mask_key, f"row {i}")
             g = mask_cache[mk]
             if isinstance(a, Exception):
                 self._warn(i, "bad_image", a)
                 codes[i].append("bad_image")
                 a = None
             if isinstance(g, Exception):
-                self._warn(i, "bad_mask", g)
-                codes[i].append("bad_mask")
+                code = "mask_size_mismatch" if isinstance(g, MaskSizeError) else "bad_mask"
+                self._warn(i, code, g)
+                codes[i].append(code)
                 g = None
             if a is not None and g is not None and g.shape != a.shape[:2]:
                 self._warn(i, "mask_size_mismatch", f"{self.mask_key} (row {i}): mask is {g.shape[0]}x{g.shape[1]} "
@@ -551,7 +625,8 @@ class SamR1Reward:
                                                 f"{type(c).__name__}")
             else:
                 size = arrs[i].shape[:2] if arrs[i] is not None else None
-                ans = parse_answer(text, size, self.model_size, require_points=self.require_points)
+                ans = parse_answer(text, size, self.model_size, require_points=self.require_points,
+                                   multi_object=self.multi_object)
             answers.append(ans)
             if not ans.ok:
                 codes[i].insert(0, ans.code)
@@ -575,20 +650,21 @@ class SamR1Reward:
         if {"box_iou", "box_l1", "point_dist"}.intersection(self.components):
             in_scorable = set(scorable)
             geo = [self._geometry(gts[i]) if i in in_scorable else (None, []) for i in range(n)]
+            pred = [self._pred_geometry(answers[i], gts[i]) if i in in_scorable else (None, []) for i in range(n)]
             for comp in ("box_iou", "box_l1", "point_dist"):
                 if comp not in self.components:
                     continue
                 vals = []
                 for i in range(n):
-                    a, (gt_box, gt_pts) = answers[i], geo[i]
-                    if i not in in_scorable or gt_box is None:
+                    (box, pts), (gt_box, gt_pts) = pred[i], geo[i]
+                    if i not in in_scorable or gt_box is None or box is None:
                         vals.append(0.0)
                     elif comp == "box_iou":
-                        vals.append(box_iou_reward(a.bbox, gt_box, self.box_iou_threshold))
+                        vals.append(box_iou_reward(box, gt_box, self.box_iou_threshold))
                     elif comp == "box_l1":
-                        vals.append(box_l1_reward(a.bbox, gt_box, self.box_l1_threshold))
+                        vals.append(box_l1_reward(box, gt_box, self.box_l1_threshold))
                     else:
-                        vals.append(point_distance_reward(a.points, gt_pts, a.bbox, self.point_threshold))
+                        vals.append(point_distance_reward(pts, gt_pts, box, self.point_threshold))
                 rewards[comp] = vals
         self._count(answers, codes, ious)
         return _Batch(key, rewards, answers, ious, codes)
@@ -630,8 +706,32 @@ class SamR1Reward:
                 self.stats["engine"] = {}
         return ious
 
+    def _pred_geometry(self, a: Answer, gt: np.ndarray | None) -> tuple[Any, list]:
+        """The answer's (box, points) in ``self.frame``: model-frame numbers as written (corners sorted, not
+        clipped), or those scaled to the original image. Multi-object answers: the first object."""
+        box, pts = a.model_bbox, list(a.model_points)
+        if box is None or self.frame == "model" or gt is None:
+            return box, pts
+        (mh, mw), (H, W) = self.model_size, gt.shape
+        sx, sy = W / mw, H / mh
+        return ((box[0] * sx, box[1] * sy, box[2] * sx, box[3] * sy), [(x * sx, y * sy) for x, y in pts])
+
+    def _frame_geometry(self, gt: np.ndarray) -> tuple[Any, list]:
+        """(inclusive box, reference points) of a ground-truth mask in ``self.frame``."""
+        if self.frame == "original":
+            return mask_to_box(gt, "inclusive"), mask_to_points(gt, self.gt_points, rule=self.point_rule)
+        small = resize_mask_nearest(gt, self.model_size)
+        if small.any() or not gt.any():
+            return mask_to_box(small, "inclusive"), mask_to_points(small, self.gt_points, rule=self.point_rule)
+        # Thinner than one model-frame pixel: measure on the original mask and scale (x * w / W, y * h / H).
+        (mh, mw), (H, W) = self.model_size, gt.shape
+        sx, sy = mw / W, mh / H
+        b = mask_to_box(gt, "inclusive")
+        pts = mask_to_points(gt, self.gt_points, rule=self.point_rule)
+        return (b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy), [(x * sx, y * sy) for x, y in pts]
+
     def _geometry(self, gt: np.ndarray | None) -> tuple[Any, list]:
-        """(box, points) of a ground-truth mask, memoised by content (bounded LRU of 4096 masks)."""
+        """(box, points) of a ground-truth mask in ``self.frame``, memoised by content (bounded LRU of 4096)."""
         if gt is None:
             return None, []
         h = hashlib.blake2b(digest_size=16)
@@ -642,7 +742,7 @@ class SamR1Reward:
         if hit is not None:
             self._gt_geometry.move_to_end(k)
             return hit
-        val = (mask_to_box(gt), mask_to_points(gt, self.gt_points))
+        val = self._frame_geometry(gt)
         self._gt_geometry[k] = val
         if len(self._gt_geometry) > 4096:
             self._gt_geometry.popitem(last=False)

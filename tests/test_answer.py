@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from samr1.answer import (
     MAX_ANSWER_CHARS,
     MAX_DEPTH,
+    MAX_OBJECTS,
     MAX_POINTS,
     REASON_CODES,
     Answer,
@@ -80,7 +81,7 @@ ACCEPTED = {
     "visionreasoner_one": ('{"bbox_2d": [10, 20, 110, 220], "point_2d": [30, 40]}', [(30, 40)]),
     "visionreasoner_many": ('{"bbox_2d": [10, 20, 110, 220], "point_2d": [[30, 40], [50, 60]]}', [(30, 40), (50, 60)]),
     "list_first_object": ('[{"bbox_2d": [10, 20, 110, 220], "point_2d": [30, 40]}, {"bbox_2d": [0, 0, 5, 5], '
-                          '"point_2d": [1, 1]}]', [(30, 40)]),
+                          '"point_2d": [1, 1]}]', [(30, 40)]),  # bbox/points: the FIRST object's
     "floats": ('{"bbox": [10.0, 20.0, 110.0, 220.0], "points": [[30.5, 40.25]]}', [(30.5, 40.25)]),
     "numbered_order": ('{"bbox": [10, 20, 110, 220], "points_10": [9, 9], "points_2": [50, 60], "points_1": [30, 40]}',
                        [(30, 40), (50, 60), (9, 9)]),
@@ -205,11 +206,12 @@ REJECTIONS = {
                    '<answer>{"bbox": [1, 2, 1e999, 4], "points": [[1, 2]]}</answer>',
                    '<answer>{"bbox": [1, 2, ' + "9" * 400 + ', 4], "points": [[1, 2]]}</answer>',
                    '<answer>{"bbox": [1, 2, 3, 4], "points": [[1, NaN]]}</answer>'],
-    "zero_area_box": ['<answer>{"bbox": [5, 2, 5, 4], "points": [[1, 2]]}</answer>',
-                      '<answer>{"bbox": [1, 7, 3, 7], "points": [[1, 2]]}</answer>',
-                      '<answer>{"bbox": [900, 10, 1000, 20], "points": [[1, 2]]}</answer>',
+    "zero_area_box": ['<answer>{"bbox": [900, 10, 1000, 20], "points": [[1, 2]]}</answer>',
                       '<answer>{"bbox": [-20, 10, -10, 20], "points": [[1, 2]]}</answer>',
-                      '<answer>{"bbox": [1, 2, 1.0000001, 4], "points": [[1, 2]]}</answer>'],
+                      '<answer>{"bbox": [10, -9, 20, -0.5], "points": [[1, 2]]}</answer>',
+                      '<answer>{"bbox": [10, 839.5, 20, 900], "points": [[1, 2]]}</answer>',
+                      '<answer>[{"bbox": [1, 2, 3, 4], "points": [[1, 2]]}, {"bbox": [850, 2, 860, 4], '
+                      '"points": [[1, 2]]}]</answer>'],
     "missing_points": ['<answer>{"bbox": [1, 2, 3, 4]}</answer>', '<answer>{"bbox": [1, 2, 3, 4], "points": []}</answer>',
                        '<answer>{"bbox_2d": [1, 2, 3, 4], "point_2d": []}</answer>'],
     "bad_points": ['<answer>{"bbox": [1, 2, 3, 4], "points": [[1, 2, 3]]}</answer>',
@@ -220,7 +222,10 @@ REJECTIONS = {
                    '<answer>{"bbox": [1, 2, 3, 4], "points_1": [1, 2], "points_2": [3]}</answer>',
                    '<answer>{"bbox": [1, 2, 3, 4], "point_2d": [[1, 2], 3]}</answer>',
                    '<answer>{"bbox": [1, 2, 3, 4], "points": [{"x": 1, "y": 2}]}</answer>'],
-    "too_many_points": ['<answer>{"bbox": [1, 2, 3, 4], "points": ' + json.dumps([[1, 2]] * (MAX_POINTS + 1)) + "}</answer>"],
+    "too_many_points": ['<answer>{"bbox": [1, 2, 3, 4], "points": ' + json.dumps([[1, 2]] * (MAX_POINTS + 1)) + "}</answer>",
+                        "<answer>" + json.dumps([{"bbox": [1, 2, 3, 4], "points": [[1, 2]] * 40}] * 2) + "</answer>"],
+    "too_many_objects": ["<answer>" + json.dumps([{"bbox": [1, 2, 3, 4], "points": [[1, 2]]}] * (MAX_OBJECTS + 1))
+                         + "</answer>"],
 }
 
 
@@ -319,11 +324,12 @@ def test_property_valid_answers_inside_junk(box, pts, key_form, prefix, suffix, 
     text = prefix + "<answer>" + payload + "</answer>" + suffix
     a = parse_answer(text, image_size=image_size, model_size=model_size)
     _check_answer(a, image_size)
-    # whatever surrounds it, the answer is the payload: ok exactly when the box has area in the model frame
+    # whatever surrounds it, the answer is the payload: ok exactly when the box (inclusive pixel indices)
+    # covers a pixel of the model frame
     mh, mw = model_size
-    x1, x2 = sorted(min(max(v, 0), mw) for v in (box[0], box[2]))
-    y1, y2 = sorted(min(max(v, 0), mh) for v in (box[1], box[3]))
-    expect_ok = x2 - x1 >= 1e-3 and y2 - y1 >= 1e-3
+    x1, x2 = sorted((box[0], box[2]))
+    y1, y2 = sorted((box[1], box[3]))
+    expect_ok = x2 >= 0 and y2 >= 0 and x1 <= mw - 1 and y1 <= mh - 1
     assert a.ok == expect_ok, (a.reason, box)
     if not a.ok:
         assert a.code == "zero_area_box"
@@ -342,8 +348,59 @@ def _check_answer(a, image_size):
         return
     x1, y1, x2, y2 = a.bbox
     assert all(math.isfinite(v) for v in a.bbox)
-    assert 0 <= x1 < x2 <= W and 0 <= y1 < y2 <= H
+    assert 0 <= x1 <= x2 <= W and 0 <= y1 <= y2 <= H  # x1 == x2: a one-pixel-wide box
     assert 1 <= len(a.points) <= MAX_POINTS
     for x, y in a.points:
         assert 0 <= x <= max(W - 1, 0) and 0 <= y <= max(H - 1, 0)
     assert a.labels == [1] * len(a.points)
+
+
+# ------------------------------------------------------------------------------ inclusive boxes, model-frame values
+@pytest.mark.parametrize("box", [[5, 2, 5, 4], [1, 7, 3, 7], [7, 7, 7, 7], [1, 2, 1.0000001, 4], [0, 0, 0, 0],
+                                 [839, 839, 839, 839]])
+def test_one_pixel_boxes_are_valid(box):
+    """Inclusive pixel indices: x1 == x2 names one column, a valid box for a one-pixel-wide object."""
+    a = parse_answer(wrap(json.dumps({"bbox": box, "points": [[box[0], box[1]]]})), image_size=(420, 1680))
+    assert a.ok, a.reason
+    assert a.model_bbox == tuple(float(v) for v in box)
+    assert rel_close(a.bbox, (box[0] * 2, box[1] * 0.5, box[2] * 2, box[3] * 0.5))
+
+
+def test_model_frame_values_are_sorted_but_not_clipped():
+    text = wrap('{"bbox": [900, -10, 100, 300], "points_1": [1000, -5], "points_2": [3.5, 4.25]}')
+    a = parse_answer(text, image_size=(480, 640))
+    assert a.ok
+    assert a.model_bbox == (100.0, -10.0, 900.0, 300.0)
+    assert a.model_points == [(1000.0, -5.0), (3.5, 4.25)]
+    assert a.bbox == (100 * 640 / 840, 0.0, 640.0, 300 * 480 / 840)  # the SAM prompt is clipped
+    assert len(a.objects) == 1 and a.objects[0].model_bbox == a.model_bbox and a.per_object() == [a]
+
+
+# ------------------------------------------------------------------------------ multi-object answers
+MULTI = ('[{"bbox_2d": [0, 0, 20, 20], "point_2d": [5, 5]}, {"bbox_2d": [100, 200, 300, 400], "point_2d": [150, 250]},'
+         ' {"bbox_2d": [500, 500, 600, 700], "point_2d": [[550, 600], [560, 610]]}]')
+
+
+def test_multi_object_union_keeps_every_object_in_order():
+    a = parse_answer(wrap(MULTI), image_size=(420, 1680))
+    assert a.ok
+    assert [o.model_bbox for o in a.objects] == [(0.0, 0.0, 20.0, 20.0), (100.0, 200.0, 300.0, 400.0),
+                                                 (500.0, 500.0, 600.0, 700.0)]
+    assert [o.model_points for o in a.objects] == [[(5.0, 5.0)], [(150.0, 250.0)], [(550.0, 600.0), (560.0, 610.0)]]
+    assert a.bbox == a.objects[0].bbox and a.points == a.objects[0].points  # the contract fields: first object
+    assert a.objects[1].bbox == (200.0, 100.0, 600.0, 200.0)  # x * 1680/840, y * 420/840
+    parts = a.per_object()
+    assert [p.bbox for p in parts] == [o.bbox for o in a.objects]
+    assert all(p.ok and len(p.objects) == 1 for p in parts)
+
+
+def test_multi_object_first_is_an_explicit_choice():
+    a = parse_answer(wrap(MULTI), multi_object="first")
+    assert a.ok and len(a.objects) == 1 and a.model_bbox == (0.0, 0.0, 20.0, 20.0)
+    # "first" ignores later objects unchecked; "union" checks every one and names the bad one
+    bad = '[{"bbox_2d": [0, 0, 20, 20], "point_2d": [5, 5]}, {"bbox_2d": [1, 2], "point_2d": [5, 5]}]'
+    assert parse_answer(wrap(bad), multi_object="first").ok
+    u = parse_answer(wrap(bad))
+    assert not u.ok and u.code == "bad_bbox" and "objects[1]" in u.reason
+    with pytest.raises(ValueError, match="multi_object"):
+        parse_answer(wrap(MULTI), multi_object="all")

@@ -1,4 +1,5 @@
-"""samr1.geometry against brute force: exact EDT, mask boxes, inscribed-circle points, box IoU."""
+"""samr1.geometry against brute force: exact EDT, mask boxes, reference points (Seg-Zero's rule and circles),
+box IoU in both conventions, nearest resize."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ import itertools
 import numpy as np
 import pytest
 
-from samr1.geometry import box_iou, distance_transform_edt, mask_to_box, mask_to_points, squared_edt
+from samr1.geometry import (
+    box_iou,
+    distance_transform_edt,
+    mask_to_box,
+    mask_to_points,
+    resize_mask_nearest,
+    squared_edt,
+)
 
 
 def brute_squared_edt(mask: np.ndarray, border_is_background: bool) -> np.ndarray:
@@ -89,9 +97,9 @@ def test_mask_to_box_conventions_against_brute_force():
         if len(xs) == 0:
             assert mask_to_box(m) is None and mask_to_box(m, "inclusive") is None
             continue
-        assert mask_to_box(m) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
-        assert mask_to_box(m, convention="inclusive") == (xs.min(), ys.min(), xs.max(), ys.max())
-        x1, y1, x2, y2 = mask_to_box(m)
+        assert mask_to_box(m, convention="edge") == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+        assert mask_to_box(m) == (xs.min(), ys.min(), xs.max(), ys.max())  # inclusive is the default
+        x1, y1, x2, y2 = mask_to_box(m, "edge")
         assert m[int(y1):int(y2), int(x1):int(x2)].sum() == m.sum()  # edge box covers every pixel
     assert mask_to_box(np.zeros((3, 3))) is None
     with pytest.raises(ValueError, match="convention"):
@@ -113,16 +121,42 @@ def test_box_iou_against_rasterised_boxes():
         ra, rb = raster(a), raster(b)
         union = (ra | rb).sum()
         want = (ra & rb).sum() / union if union else 0.0
+        assert box_iou(a, b, convention="edge") == pytest.approx(want, abs=1e-12)
+
+
+def raster_inclusive(box, size=24):
+    """Inclusive pixel indices: columns x1..x2 and rows y1..y2, both ends included."""
+    g = np.zeros((size, size), bool)
+    x1, y1, x2, y2 = box
+    g[min(y1, y2):max(y1, y2) + 1, min(x1, x2):max(x1, x2) + 1] = True
+    return g
+
+
+def test_box_iou_inclusive_against_rasterised_boxes():
+    rng = np.random.default_rng()
+    for _ in range(300):
+        a = [int(v) for v in rng.integers(0, 23, 4)]
+        b = [int(v) for v in rng.integers(0, 23, 4)]
+        if rng.random() < 0.2:  # degenerate one-pixel-wide / -high boxes
+            a[2] = a[0]
+        ra, rb = raster_inclusive(a), raster_inclusive(b)
+        want = (ra & rb).sum() / (ra | rb).sum()  # never empty: an inclusive box covers >= 1 pixel
         assert box_iou(a, b) == pytest.approx(want, abs=1e-12)
 
 
 def test_box_iou_hand_cases():
     assert box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
-    assert box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
-    assert box_iou((0, 0, 10, 10), (10, 0, 20, 10)) == 0.0  # touching edges
+    assert box_iou((0, 0, 9, 9), (5, 0, 14, 9)) == pytest.approx(50 / 150)  # 10 px wide each, 5 shared
+    assert box_iou((0, 0, 9, 9), (10, 0, 19, 9)) == 0.0  # adjacent columns, none shared
+    assert box_iou((0, 0, 10, 10), (10, 0, 20, 10)) == pytest.approx(11 / 231)  # column 10 is shared
     assert box_iou((10, 10, 0, 0), (0, 0, 10, 10)) == 1.0  # corners sorted
-    assert box_iou((0, 0, 0, 10), (0, 0, 0, 10)) == 0.0  # zero union
+    assert box_iou((0, 0, 0, 10), (0, 0, 0, 10)) == 1.0  # a one-pixel-wide box equals itself
+    assert box_iou((3, 3, 3, 3), (3, 3, 3, 3)) == 1.0 and box_iou((3, 3, 3, 3), (4, 3, 4, 3)) == 0.0
+    assert box_iou((0, 0, 0, 10), (0, 0, 0, 10), convention="edge") == 0.0  # zero union
+    assert box_iou((0, 0, 10, 10), (5, 0, 15, 10), convention="edge") == pytest.approx(50 / 150)
     assert box_iou((0, 0, float("nan"), 10), (0, 0, 10, 10)) == 0.0
+    with pytest.raises(ValueError, match="convention"):
+        box_iou((0, 0, 1, 1), (0, 0, 1, 1), convention="centre")
 
 
 # ------------------------------------------------------------------------------ inscribed-circle points
@@ -145,12 +179,94 @@ def brute_points(mask, k, border):
     return out
 
 
-def test_mask_to_points_matches_brute_force_rule():
+def test_circles_rule_matches_brute_force_rule():
     rng = np.random.default_rng()
     for m in random_masks(rng, 60, 16):
         for k in (1, 2, 3):
-            assert mask_to_points(m, k) == brute_points(m, k, True)
-        assert mask_to_points(m, 2, border_is_background=False) == brute_points(m, 2, False) or m.all()
+            assert mask_to_points(m, k, rule="circles") == brute_points(m, k, True)
+        assert mask_to_points(m, 2, border_is_background=False, rule="circles") == brute_points(m, 2, False) or m.all()
+
+
+def segzero_points_restated(mask):
+    """Seg-Zero's rule, restated with loops over a brute-force EDT in scipy's semantics (the array border is
+    not background): first = argmax EDT (row-major first); second = among mask pixels farther from the first
+    than the median distance, the largest EDT (row-major first); else the mask pixel nearest the centroid."""
+    h, w = mask.shape
+    pix = [(i, j) for i in range(h) for j in range(w) if mask[i, j]]
+    if not pix:
+        return []
+    d2 = brute_squared_edt(mask, False)
+    if np.isinf(d2).any():  # no background pixel anywhere: the documented fallback counts the border
+        d2 = brute_squared_edt(mask, True)
+    best = None
+    for i, j in pix:
+        if best is None or d2[i, j] > d2[best]:
+            best = (i, j)
+    y1, x1 = best
+    dist = [float(np.sqrt((i - y1) ** 2 + (j - x1) ** 2)) for i, j in pix]
+    med = float(np.median(dist))
+    second = None
+    for (i, j), d in zip(pix, dist, strict=True):
+        if d > med and (second is None or d2[i, j] > d2[second]):
+            second = (i, j)
+    if second is None:
+        cy = sum(i for i, _ in pix) / len(pix)
+        cx = sum(j for _, j in pix) / len(pix)
+        for i, j in pix:
+            if second is None or (i - cy) ** 2 + (j - cx) ** 2 < (second[0] - cy) ** 2 + (second[1] - cx) ** 2:
+                second = (i, j)
+    return [(float(x1), float(y1)), (float(second[1]), float(second[0]))]
+
+
+def test_segzero_rule_matches_restatement_on_random_masks():
+    rng = np.random.default_rng()
+    for m in random_masks(rng, 120, 18):
+        want = segzero_points_restated(m)
+        assert mask_to_points(m) == want
+        assert mask_to_points(m, 1) == want[:1]
+        for x, y in want:
+            assert m[int(y), int(x)]  # both points are object pixels
+
+
+def test_segzero_rule_hand_cases():
+    # a disc gives two points (the circles rule gives one: the disc is used up by its own circle)
+    yy, xx = np.ogrid[:41, :41]
+    disc = (yy - 20) ** 2 + (xx - 20) ** 2 <= 15 ** 2
+    pts = mask_to_points(disc)
+    assert len(pts) == 2 and pts[0] == (20.0, 20.0) and pts[1] != pts[0]
+    assert len(mask_to_points(disc, rule="circles")) == 1
+    # the array border is not background: a bar touching the left edge has its deepest pixel at that edge
+    bar = np.zeros((9, 30), bool)
+    bar[2:7, 0:20] = True
+    assert mask_to_points(bar, 1) == [(0.0, 4.0)]
+    assert mask_to_points(bar, 1, border_is_background=True)[0][1] == 4.0
+    # one pixel: the farther-than-median set is empty -> the pixel nearest the centroid (itself)
+    one = np.zeros((5, 5), bool)
+    one[2, 3] = True
+    assert mask_to_points(one) == [(3.0, 2.0), (3.0, 2.0)]
+    # a full mask (no background under scipy's semantics) falls back to the border as background
+    assert mask_to_points(np.ones((7, 7), bool), 1) == [(3.0, 3.0)]
+    assert mask_to_points(np.zeros((4, 4), bool)) == [] and mask_to_points(disc, 0) == []
+    with pytest.raises(ValueError, match="circles"):
+        mask_to_points(disc, 3)
+    with pytest.raises(ValueError, match="rule"):
+        mask_to_points(disc, rule="centroid")
+
+
+def test_resize_mask_nearest_against_restatement():
+    rng = np.random.default_rng()
+    for _ in range(40):
+        H, W = (int(v) for v in rng.integers(1, 60, 2))
+        h, w = (int(v) for v in rng.integers(1, 60, 2))
+        m = rng.random((H, W)) < 0.5
+        want = np.array([[m[min(int((i + 0.5) * H / h), H - 1), min(int((j + 0.5) * W / w), W - 1)]
+                          for j in range(w)] for i in range(h)], dtype=bool).reshape(h, w)
+        np.testing.assert_array_equal(resize_mask_nearest(m, (h, w)), want)
+        # an integer upscale followed by the resize gives the mask back
+        k = int(rng.integers(2, 4))
+        np.testing.assert_array_equal(resize_mask_nearest(np.kron(m, np.ones((k, k), bool)), (H, W)), m)
+    with pytest.raises(ValueError, match="size"):
+        resize_mask_nearest(np.ones((3, 3)), (0, 3))
 
 
 def test_mask_to_points_rectangle_and_two_discs():
@@ -158,7 +274,7 @@ def test_mask_to_points_rectangle_and_two_discs():
     m[10:31, 5:26] = True  # 21 x 21 square: centre (15, 20), radius 11 to the nearest background
     yy, xx = np.ogrid[:40, :60]
     m |= (yy - 20) ** 2 + (xx - 45) ** 2 <= 36  # a disc of radius 6 around (45, 20)
-    pts = mask_to_points(m, 2)
+    pts = mask_to_points(m, 2, rule="circles")
     assert pts[0] == (15.0, 20.0)
     assert pts[1] == (45.0, 20.0)
     for x, y in pts:
@@ -167,6 +283,6 @@ def test_mask_to_points_rectangle_and_two_discs():
     assert mask_to_points(m, 0) == []
     one = np.zeros((5, 5), bool)
     one[2, 3] = True
-    assert mask_to_points(one, 2) == [(3.0, 2.0)]  # mask exhausted after the first circle
+    assert mask_to_points(one, 2, rule="circles") == [(3.0, 2.0)]  # mask exhausted after the first circle
     with pytest.raises(ValueError, match="k"):
         mask_to_points(m, -1)

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from samr1.answer import REASON_CODES, parse_answer
-from samr1.geometry import mask_to_box, mask_to_points
+from samr1.geometry import box_iou, mask_to_box, mask_to_points
 from samr1.io import rle_encode
 from samr1.rewards import (
     ALL_CODES,
@@ -126,8 +126,12 @@ def test_custom_tiers_and_validation():
 def test_box_rewards_hand_cases():
     gt = (10.0, 10.0, 110.0, 110.0)
     assert box_iou_reward((10, 10, 110, 110), gt) == 1.0
-    assert box_iou_reward((10, 10, 60, 110), gt) == 0.0  # IoU exactly 0.5 is not > 0.5
-    assert box_iou_reward((10, 10, 61, 110), gt) == 1.0
+    # inclusive pixel indices: columns 0..99 are 100 px, 0..49 are 50 px -> IoU exactly 0.5, not > 0.5
+    assert box_iou_reward((0, 0, 49, 99), (0, 0, 99, 99)) == 0.0
+    assert box_iou_reward((0, 0, 50, 99), (0, 0, 99, 99)) == 1.0
+    assert box_iou_reward((10, 10, 60, 110), gt) == 1.0  # 51 / 101 columns > 0.5 (with + 1)
+    assert box_iou_reward((10, 10, 60, 110), gt, convention="edge") == 0.0  # 50 / 100: not > 0.5
+    assert box_iou_reward((10, 10, 61, 110), gt, convention="edge") == 1.0
     assert box_iou_reward(None, gt) == 0.0 and box_iou_reward(gt, None) == 0.0
     assert box_l1_reward((19.9, 10, 110, 110), gt) == 1.0  # mean |diff| = 2.475
     assert box_l1_reward((50, 10, 110, 110), gt) == 0.0  # mean exactly 10: not < 10
@@ -177,12 +181,15 @@ def test_ablation_components_without_engine_non_square_image():
     H, W = 420, 1680
     img = np.zeros((H, W, 3), np.uint8)
     gt = np.zeros((H, W), bool)
-    gt[84:210, 336:1008] = True  # edge box (336, 84, 1008, 210) -> model frame x/2, y*2: (168, 168, 504, 420)
-    gt_box = mask_to_box(gt)
-    gt_pts = mask_to_points(gt, 2)
-    exact = _answer_text([168, 168, 504, 420], [[x / 2, y * 2] for x, y in gt_pts])
+    gt[84:210, 336:1008] = True
+    # In the 840 x 840 model frame (nearest at pixel centres: row i <- floor((i + 0.5) / 2), column j <- 2j + 1)
+    # the object covers rows 168..419 and columns 168..503: inclusive box (168, 168, 503, 419).
+    model_gt = np.zeros((840, 840), bool)
+    model_gt[168:420, 168:504] = True
+    gt_pts = mask_to_points(model_gt, 2)
+    exact = _answer_text([168, 168, 503, 419], [list(p) for p in gt_pts])
     far = _answer_text([0, 0, 50, 50], [[10, 10], [20, 20]])
-    near = _answer_text([170, 170, 506, 422], [[x / 2 + 30, y * 2] for x, y in gt_pts])
+    near = _answer_text([170, 170, 507, 421], [[x + 30, y] for x, y in gt_pts])
     reward = SamR1Reward(None, components=("think", "answer", "box_iou", "box_l1", "point_dist"))
     fns = reward.functions()
     assert [f.__name__ for f in fns] == ["think_format", "answer_format", "box_iou", "box_l1", "point_distance"]
@@ -192,10 +199,10 @@ def test_ablation_components_without_engine_non_square_image():
     assert got["think_format"] == [1.0, 1.0, 1.0, 0.0]
     assert got["answer_format"] == [1.0, 1.0, 1.0, 0.0]
     assert got["box_iou"] == [1.0, 0.0, 1.0, 0.0]
-    # "near": box off by (4, 1, 4, 1) px in the image -> mean L1 2.5 < 10; points off by 60 px < 100
+    # "near": box off by (2, 2, 4, 2) model px -> mean L1 2.5 < 10; points off by 30 model px < 100
     assert got["box_l1"] == [1.0, 0.0, 1.0, 0.0]
     assert got["point_distance"] == [1.0, 0.0, 1.0, 0.0]
-    assert gt_box == (336.0, 84.0, 1008.0, 210.0)
+    assert mask_to_box(gt) == (336.0, 84.0, 1007.0, 209.0)  # inclusive pixel indices
     total = reward(["q"] * 4, comps, **kw)
     assert total == [sum(v[i] for v in got.values()) for i in range(4)]
 
@@ -291,7 +298,7 @@ def test_samr1_reward_mixed_batch_matches_designed_ious(engine):
         _conv_parts(good_b.replace("<think>b</think> ", "<think>b</think>")),  # 2: content parts, on image b
         '<think>x</think><answer>{"bbox": [1, 2, 3</answer>',  # 3: invalid_json
         "I think it is the chair.",  # 4: no_answer_block
-        '<think>x</think><answer>{"bbox": [5, 5, 5, 9], "points": [[5, 5]]}</answer>',  # 5: zero_area_box
+        '<think>x</think><answer>{"bbox": [900, 5, 950, 9], "points": [[5, 5]]}</answer>',  # 5: zero_area_box
         42,  # 6: bad_completion
         good_b,  # 7: ok on image b
     ]
@@ -427,3 +434,194 @@ def test_row_warnings_are_capped_but_counted():
     assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == SamR1Reward.MAX_ROW_WARNINGS
     assert "suppressed" in str(caught[-1].message)
     assert reward.stats["reasons"]["bad_image"] == n
+
+
+# ------------------------------------------------------------------------------ Seg-Zero fidelity
+def _seg(box, pts):
+    return "<think>t</think><answer>" + json.dumps({"bbox": box, "points_1": pts[0], "points_2": pts[1]}) + "</answer>"
+
+
+_ABLATIONS = ("box_iou", "box_l1", "point_dist")
+
+
+def _ablation_rewards(reward, comps, img, gt):
+    fns = {f.__name__: f for f in reward.functions()}
+    kw = {"image": [img] * len(comps), "mask": [gt] * len(comps)}
+    return {name: f(["q"] * len(comps), comps, **kw) for name, f in fns.items()}
+
+
+def test_frame_model_gives_the_same_rewards_at_840_and_1680():
+    """Seg-Zero measures 10 px / 100 px in the 840 frame: the same answer on the same scene rendered at
+    840 x 840 and at 1680 x 1680 earns the same ablation rewards."""
+    rng = np.random.default_rng()
+    small = np.zeros((840, 840), bool)
+    small[100:300, 200:500] = True  # inclusive box (200, 100, 499, 299)
+    yy, xx = np.ogrid[:840, :840]
+    small |= (yy - 200) ** 2 + (xx - 560) ** 2 < int(rng.integers(20, 60)) ** 2
+    big = np.repeat(np.repeat(small, 2, axis=0), 2, axis=1)
+    gt_box = mask_to_box(small)
+    p1, p2 = mask_to_points(small)
+    comps = []
+    for _ in range(24):
+        off = rng.uniform(-25, 25, 4) * rng.integers(0, 2)
+        poff = rng.uniform(-120, 120, 4) * rng.integers(0, 2)
+        comps.append(_seg([gt_box[i] + off[i] for i in range(4)],
+                          [[p1[0] + poff[0], p1[1] + poff[1]], [p2[0] + poff[2], p2[1] + poff[3]]]))
+    six_off = _seg([gt_box[0] + 6, gt_box[1] + 6, gt_box[2] + 6, gt_box[3] + 6], [list(p1), list(p2)])
+    comps.append(six_off)
+    reward = SamR1Reward(None, components=_ABLATIONS)
+    at_840 = _ablation_rewards(reward, comps, np.zeros((840, 840, 3), np.uint8), small)
+    at_1680 = _ablation_rewards(reward, comps, np.zeros((1680, 1680, 3), np.uint8), big)
+    assert at_840 == at_1680
+    assert len({tuple(v) for v in at_840.values()}) > 1 or len(set(at_840["box_l1"])) > 1  # not all equal
+    # the box 6 px off in the 840 frame: L1 6 < 10 -> 1 in the model frame; in original pixels it is 12 px off
+    assert at_1680["box_l1"][-1] == 1.0
+    orig = _ablation_rewards(SamR1Reward(None, components=_ABLATIONS, frame="original"), [six_off],
+                             np.zeros((1680, 1680, 3), np.uint8), big)
+    assert orig["box_l1"] == [0.0]
+
+
+def test_frame_model_and_original_on_480_x_640():
+    H, W = 480, 640
+    gt = np.zeros((H, W), bool)
+    gt[120:360, 160:480] = True
+    # the ground truth in the 840 frame, restated: model pixel (i, j) <- original (floor((i+.5) H/840), ...)
+    src_r = np.floor((np.arange(840) + 0.5) * H / 840).astype(int)
+    src_c = np.floor((np.arange(840) + 0.5) * W / 840).astype(int)
+    rows = np.flatnonzero((src_r >= 120) & (src_r < 360))
+    cols = np.flatnonzero((src_c >= 160) & (src_c < 480))
+    model_box = [int(cols[0]), int(rows[0]), int(cols[-1]), int(rows[-1])]
+    ans_box = [v + 12 for v in model_box]  # 12 model px off: L1 12, not < 10
+    text = _seg(ans_box, [[420, 420], [430, 430]])
+    img = np.zeros((H, W, 3), np.uint8)
+    model = _ablation_rewards(SamR1Reward(None, components=("box_l1",)), [text], img, gt)
+    assert model["box_l1"] == [0.0]
+    scaled = [ans_box[0] * W / 840, ans_box[1] * H / 840, ans_box[2] * W / 840, ans_box[3] * H / 840]
+    l1_orig = np.mean(np.abs(np.array(scaled) - np.array([160, 120, 479, 359])))
+    assert l1_orig < 10  # the scenario: under 10 original pixels
+    orig = _ablation_rewards(SamR1Reward(None, components=("box_l1",), frame="original"), [text], img, gt)
+    assert orig["box_l1"] == [1.0]
+
+
+def test_point_reward_is_not_bought_by_spraying_points():
+    """Two wrong points earn 0; the same two plus 62 grid points inside the box must still earn 0."""
+    gt = np.zeros((840, 840), bool)
+    gt[300:600, 300:600] = True
+    box = [300, 300, 599, 599]
+    wrong = [[310, 310], [590, 310]]  # inside the box, far (> 100 px mean) from the reference points
+    ref = mask_to_points(gt)
+    assert matched_point_distance(wrong, ref) >= 100
+    grid = [[int(x), int(y)] for x in np.linspace(305, 595, 8) for y in np.linspace(305, 595, 8)][:62]
+    plain = "<think>t</think><answer>" + json.dumps({"bbox": box, "points": wrong}) + "</answer>"
+    sprayed = "<think>t</think><answer>" + json.dumps({"bbox": box, "points": wrong + grid}) + "</answer>"
+    assert len(parse_answer(sprayed).points) == 64  # SAM still receives all of them
+    got = _ablation_rewards(SamR1Reward(None, components=("point_dist",)), [plain, sprayed],
+                            np.zeros((840, 840, 3), np.uint8), gt)
+    assert got["point_distance"] == [0.0, 0.0]
+    # matching every point would have paid the spray: the cap is what stops it
+    assert point_distance_reward(wrong + grid, ref, box, max_points=None) == 1.0
+    # the first two points decide: the right two first earn 1 whatever follows
+    right = "<think>t</think><answer>" + json.dumps({"bbox": box, "points": [list(p) for p in ref] + wrong}) + "</answer>"
+    assert _ablation_rewards(SamR1Reward(None, components=("point_dist",)), [right],
+                             np.zeros((840, 840, 3), np.uint8), gt)["point_distance"] == [1.0]
+
+
+@pytest.mark.parametrize("width", [1, 2, 3, 10])
+@pytest.mark.parametrize("size", [(840, 840), (1680, 1680)])
+def test_exact_answer_for_thin_objects_earns_box_iou_1(width, size):
+    """Seg-Zero's inclusive boxes on both sides: the exact answer for a 1, 2, 3 or 10 px wide object (in the
+    840 frame) has box IoU 1, and a one-pixel box is a valid answer."""
+    k = size[0] // 840
+    gt = np.zeros(size, bool)
+    x1, y1, height = 400, 200, 37
+    gt[y1 * k:(y1 + height) * k, x1 * k:(x1 + width) * k] = True
+    box = [x1, y1, x1 + width - 1, y1 + height - 1]  # inclusive pixel indices in the 840 frame
+    text = _seg(box, [[x1, y1 + 5], [x1 + width - 1, y1 + 30]])
+    a = parse_answer(text, size)
+    assert a.ok and a.model_bbox == tuple(float(v) for v in box)
+    reward = SamR1Reward(None, components=("answer", "box_iou", "box_l1"))
+    got = _ablation_rewards(reward, [text], np.zeros((*size, 3), np.uint8), gt)
+    assert got == {"answer_format": [1.0], "box_iou": [1.0], "box_l1": [1.0]}
+    assert box_iou(box, mask_to_box(gt[::k, ::k])) == 1.0
+    # one pixel narrower: IoU (width - 1) / width, 0 for a 1 px object's neighbour column
+    if width > 1:
+        assert box_iou([x1, y1, x1 + width - 2, y1 + height - 1], box) == pytest.approx((width - 1) / width)
+
+
+def test_reference_points_rule_is_configurable():
+    gt = np.zeros((840, 840), bool)
+    yy, xx = np.ogrid[:840, :840]
+    gt |= (yy - 400) ** 2 + (xx - 400) ** 2 <= 100 ** 2  # a disc: two Seg-Zero points, one circle
+    assert len(mask_to_points(gt)) == 2 and len(mask_to_points(gt, rule="circles")) == 1
+    with pytest.raises(ValueError, match="point_rule"):
+        SamR1Reward(None, components=("point_dist",), point_rule="centres")
+    with pytest.raises(ValueError, match="circles"):
+        SamR1Reward(None, components=("point_dist",), gt_points=3)
+    with pytest.raises(ValueError, match="frame"):
+        SamR1Reward(None, components=("box_l1",), frame="image")
+    with pytest.raises(ValueError, match="multi_object"):
+        SamR1Reward(None, components=("box_l1",), multi_object="all")
+    assert SamR1Reward(None, components=("point_dist",), gt_points=3, point_rule="circles").gt_points == 3
+
+
+@pytest.fixture(scope="module")
+def shapes_sam():
+    from samr1.sam import load_sam
+
+    return load_sam("tiny-shapes")
+
+
+def test_empty_ground_truth_iou_is_one_when_sam_finds_nothing(shapes_sam):
+    """IoU(empty, empty) = 1: a model that correctly finds nothing earns the reward. A real engine whose
+    threshold no logit reaches makes every SAM mask empty."""
+    from samr1.engine import SamEngine
+
+    engine = SamEngine(shapes_sam, threshold=1e9)
+    img = _img(40, 56, 11)
+    empty = np.zeros((40, 56), bool)
+    full = np.zeros((40, 56), bool)
+    full[10:30, 10:40] = True
+    assert not engine.segment(img, parse_answer(GOOD, (40, 56))).any()
+    reward = SamR1Reward(engine, components=("iou", "mask_iou", "box_iou"))
+    fns = {f.__name__: f for f in reward.functions()}
+    kw = {"image": [img, img], "mask": [empty, full]}
+    got = {n: f(["q"] * 2, [GOOD, GOOD], **kw) for n, f in fns.items()}
+    assert got["mask_iou"] == [1.0, 0.0]
+    assert got["tiered_iou"] == [4.0, 0.0]
+    assert got["box_iou"][0] == 0.0  # no ground-truth box: the box reward needs one
+
+
+def test_multi_object_union_with_a_decoy_first(shapes_sam):
+    """VisionReasoner's list answer [decoy, target]: "union" ORs SAM's mask of every object (the target is
+    found), "first" keeps the decoy only. Both equal IoUs restated from the engine's own per-object masks."""
+    from samr1.engine import SamEngine
+    from samr1.scenes import make_scene
+
+    engine = SamEngine(shapes_sam)
+    scene = next(sc for sc in (make_scene(s, size=(300, 420), n_objects=2) for s in range(700, 800))
+                 if len(sc.objects) == 2 and not (sc.objects[0].mask & sc.objects[1].mask).any()
+                 and all(o.mask.mean() > 0.02 for o in sc.objects))
+    decoy, target = scene.objects
+    H, W = target.mask.shape
+    objs = []
+    for o in (decoy, target):
+        x1, y1, x2, y2 = mask_to_box(o.mask)
+        (px, py), _ = mask_to_points(o.mask)
+        objs.append({"bbox_2d": [x1 * 840 / W, y1 * 840 / H, x2 * 840 / W, y2 * 840 / H],
+                     "point_2d": [px * 840 / W, py * 840 / H]})
+    text = "<think>t</think><answer>" + json.dumps(objs) + "</answer>"
+    union = SamR1Reward(engine, components=("mask_iou",))
+    first = SamR1Reward(engine, components=("mask_iou",), multi_object="first")
+    kw = {"image": [scene.image], "mask": [target.mask]}
+    iou_union = union(["q"], [text], **kw)[0]
+    iou_first = first(["q"], [text], **kw)[0]
+    a = parse_answer(text, (H, W))
+    parts = [engine.segment(scene.image, p) for p in a.per_object()]
+    assert len(parts) == 2
+    m_union = parts[0] | parts[1]
+    np.testing.assert_array_equal(engine.segment(scene.image, a), m_union)
+    want_union = (m_union & target.mask).sum() / (m_union | target.mask).sum()
+    want_first = (parts[0] & target.mask).sum() / (parts[0] | target.mask).sum()
+    assert iou_union == pytest.approx(want_union, abs=1e-9)
+    assert iou_first == pytest.approx(want_first, abs=2e-3)  # the fused op on one prompt
+    assert iou_union > iou_first + 0.2, (iou_union, iou_first)
