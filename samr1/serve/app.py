@@ -1,0 +1,449 @@
+"""The HTTP service: ``GET /healthz``, ``POST /segment``, ``POST /score`` (FastAPI; run it with uvicorn).
+
+- ``POST /segment`` (multipart/form-data): ``image`` (a file) and either ``box`` (``x1,y1,x2,y2`` in
+  original pixels) with optional ``points`` (``x,y;x,y`` or ``[[x, y], ...]``) for SAM alone, or ``query``
+  (text) when the server runs a policy. Answers JSON: ``ok``, ``answer`` (box/points, original pixels),
+  ``think``, ``text`` (the policy's raw completion), ``mask`` (COCO RLE, :func:`samr1.io.rle_decode`
+  reads it), ``box``, ``size`` [H, W], ``timings`` (seconds). A policy answer that does not parse is a
+  200 with ``ok: false`` and ``reason`` (the request was fine; the model failed).
+- ``POST /score``: the reward as a service. A JSON body ``{"items": [{"image": KEY, "completion": TEXT,
+  "mask": KEY or RLE dict}, ...]}`` (keys from :mod:`samr1.serve.protocol`). When the server does not
+  hold some keys it answers ``{"missing": {"images": [...], "masks": [...]}}`` and scores nothing; the
+  client repeats the request as multipart: a ``request`` field with the same JSON plus the missing images
+  and masks as PNG ``image`` / ``mask`` file parts. Otherwise it answers ``rewards`` (summed per item) and
+  ``components`` (name -> values per item).
+
+Errors are JSON ``{"error": message}``: 400 for malformed input (the message names the field), 401 for a
+missing/wrong bearer token, 413 for a body over the limit, 503 when the queue is full (with Retry-After).
+All model work runs on one worker thread (:class:`samr1.serve.batcher.Batcher`) that batches concurrent
+requests of the same kind into one call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+try:
+    from fastapi import FastAPI, Request
+    from fastapi.responses import JSONResponse
+    from starlette.concurrency import run_in_threadpool
+    from starlette.datastructures import UploadFile
+except ImportError as exc:  # pragma: no cover - depends on the install
+    raise ImportError("samr1 serve needs FastAPI, uvicorn and python-multipart: pip install 'samr1[serve]'") from exc
+
+from samr1.io import InputError, rle_decode
+from samr1.serve.batcher import Batcher, QueueFull
+from samr1.serve.blobs import BlobStore
+from samr1.serve.protocol import (
+    MASK_KEY_PREFIX,
+    Limits,
+    decode_upload,
+    image_content_key,
+    mask_content_key,
+    parse_box,
+    parse_points,
+)
+
+__all__ = ["ServerConfig", "SamR1Service", "create_app"]
+
+
+@dataclass
+class ServerConfig:
+    """Server settings.
+
+    Attributes:
+        limits: request size and image bounds (:class:`samr1.serve.protocol.Limits`).
+        token: when set, every endpoint but ``/healthz`` needs ``Authorization: Bearer <token>``.
+        max_queue: jobs waiting for the models at most; beyond it requests get 503.
+        max_batch: most requests of one kind run as one model call.
+        max_wait_s: how long the worker waits to fill a batch after its first request.
+        blob_bytes: memory budget of uploaded images and masks held for ``/score``.
+        request_timeout_s: a request whose job has not finished by then gets 504.
+    """
+
+    limits: Limits = field(default_factory=Limits)
+    token: str | None = None
+    max_queue: int = 256
+    max_batch: int = 64
+    max_wait_s: float = 0.002
+    blob_bytes: int = 1 << 30
+    request_timeout_s: float = 600.0
+
+
+class SamR1Service:
+    """The models and state behind the app, without HTTP: engine, optional reward and policy, blobs, batcher.
+
+    Args:
+        engine: a :class:`samr1.engine.SamEngine` (loaded once, shared by every request).
+        reward: a :class:`samr1.rewards.SamR1Reward` over ``engine`` for ``/score`` (default: SAM-R1's
+            think + answer + tiered IoU).
+        segmenter: a :class:`samr1.pipeline.ReasoningSegmenter` for ``/segment`` with ``query``; None
+            serves SAM-only requests.
+    """
+
+    def __init__(self, engine: Any, *, reward: Any = None, segmenter: Any = None, config: ServerConfig | None = None):
+        from samr1.rewards import SamR1Reward
+
+        self.engine = engine
+        self.reward = reward if reward is not None else SamR1Reward(engine)
+        self.segmenter = segmenter
+        self.config = config or ServerConfig()
+        self.blobs = BlobStore(self.config.blob_bytes)
+        self.counters = {"segment_requests": 0, "score_requests": 0, "images_uploaded": 0, "masks_uploaded": 0,
+                         "score_items": 0}
+        handlers = {"sam": self._run_sam, "score": self._run_score}
+        if segmenter is not None:
+            handlers["query"] = self._run_query
+        self.batcher = Batcher(handlers, max_queue=self.config.max_queue, max_batch=self.config.max_batch,
+                               max_wait_s=self.config.max_wait_s)
+        # TRL-style component functions: they share one parse and one engine call per batch
+        self._components = self.reward.functions()
+
+    def close(self) -> None:
+        self.batcher.close()
+
+    # ------------------------------------------------------------------ worker-side handlers (one thread)
+    def _run_sam(self, jobs: list[tuple[np.ndarray, Any]]) -> list[Any]:
+        """SAM-only segmentation of many requests: one encoder call for the distinct images, one decode."""
+        t0 = time.perf_counter()
+        try:
+            masks = self.engine.segment_batch([j[0] for j in jobs], [j[1] for j in jobs])
+        except InputError:
+            # one bad request must not fail its neighbours: redo them one by one, each with its own error
+            masks = []
+            for img, ans in jobs:
+                try:
+                    masks.append(self.engine.segment(img, ans))
+                except InputError as exc:
+                    masks.append(exc)
+        dt = time.perf_counter() - t0
+        return [(m, {"engine_s": dt, "batch_size": len(jobs)}) for m in masks]
+
+    def _run_query(self, jobs: list[tuple[np.ndarray, str]]) -> list[Any]:
+        return self.segmenter.segment_batch([j[0] for j in jobs], [j[1] for j in jobs])
+
+    def _run_score(self, jobs: list[tuple[list, list, list]]) -> list[dict[str, list[float]]]:
+        """Score every row of every request in one reward call (one engine call), then split per request."""
+        completions: list[Any] = []
+        images: list[Any] = []
+        masks: list[Any] = []
+        for c, i, m in jobs:
+            completions.extend(c)
+            images.extend(i)
+            masks.extend(m)
+        cols = {self.reward.image_key: images, self.reward.mask_key: masks}  # the reward's own column names
+        comps = {f.__name__: [float(v) for v in f(prompts=None, completions=completions, **cols)]
+                 for f in self._components}
+        out = []
+        start = 0
+        for c, _, _ in jobs:
+            stop = start + len(c)
+            out.append({k: v[start:stop] for k, v in comps.items()})
+            start = stop
+        return out
+
+    # ------------------------------------------------------------------ request-side helpers
+    def submit(self, kind: str, payload: Any):
+        return self.batcher.submit(kind, payload)
+
+    def health(self) -> dict[str, Any]:
+        eng = {k: v for k, v in getattr(self.engine, "stats", {}).items() if isinstance(v, (int, float, str))}
+        return {"ok": True, "policy": self.segmenter is not None, "queue": self.batcher.depth,
+                "batcher": dict(self.batcher.stats), "blobs": {**self.blobs.stats, "entries": len(self.blobs),
+                                                               "bytes": self.blobs.bytes_held},
+                "counters": dict(self.counters), "engine": eng}
+
+    def store_upload(self, data: bytes, kind: str, field: str) -> str:
+        """Decode one uploaded PNG, key it by its content and keep it; returns the key."""
+        arr = decode_upload(data, field=field, limits=self.config.limits, kind=kind)
+        key = image_content_key(arr) if kind == "image" else mask_content_key(arr)
+        self.blobs.put(key, arr)
+        return key  # the caller (the event loop thread) counts it: counters are not shared across threads
+
+    def resolve_score(self, items: Any) -> tuple[list, list, list, dict[str, list[str]]]:
+        """Validate ``/score`` items and look their keys up; returns (completions, images, masks, missing)."""
+        if not isinstance(items, list) or not items:
+            raise InputError("items: expected a non-empty list of {image, completion, mask} objects")
+        if len(items) > self.config.limits.max_items:
+            raise InputError(f"items: {len(items)} rows; this server takes at most {self.config.limits.max_items} "
+                             "per request (split the batch)")
+        completions, images, masks = [], [], []
+        missing: dict[str, list[str]] = {"images": [], "masks": []}
+        for i, it in enumerate(items):
+            if not isinstance(it, dict):
+                raise InputError(f"items[{i}]: expected an object with image, completion and mask")
+            for k in ("image", "completion", "mask"):
+                if k not in it:
+                    raise InputError(f"items[{i}].{k}: missing")
+            ik, c, m = it["image"], it["completion"], it["mask"]
+            if ik is not None and not isinstance(ik, str):
+                raise InputError(f"items[{i}].image: expected an image content key (samr1.serve.protocol."
+                                 "image_content_key) or null")
+            if not isinstance(c, (str, list, dict)):
+                raise InputError(f"items[{i}].completion: expected a string or a list of messages")
+            # null image/mask: the client could not load it; the reward scores the row's mask parts 0
+            img = self.blobs.get(ik) if ik is not None else None
+            if ik is not None and img is None and ik not in missing["images"]:
+                missing["images"].append(ik)
+            if m is None:
+                mask = None
+            elif isinstance(m, str):
+                if not m.startswith(MASK_KEY_PREFIX):
+                    raise InputError(f"items[{i}].mask: {m!r} is not a mask key (samr1.serve.protocol."
+                                     "mask_content_key) nor an RLE dict")
+                mk = m
+                mask = self.blobs.get(mk)
+                if mask is None and mk not in missing["masks"]:
+                    missing["masks"].append(mk)
+            elif isinstance(m, dict):
+                mask = rle_decode(m, field=f"items[{i}].mask")
+            else:
+                raise InputError(f"items[{i}].mask: expected a mask key, a COCO RLE dict or null")
+            completions.append(c)
+            images.append(img)
+            masks.append(mask)
+        return completions, images, masks, missing
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _BodyLimit:
+    """ASGI wrapper: a request body over ``max_bytes`` gets 413, whether announced by Content-Length or not.
+
+    The excess is read and dropped (up to ``drain_bytes``) before answering: closing a socket that still
+    has unread data makes the kernel send a reset, and the client would never see the 413."""
+
+    def __init__(self, app: Any, max_bytes: int, drain_bytes: int = 64 << 20):
+        self.app = app
+        self.max_bytes = max_bytes
+        self.drain_bytes = drain_bytes
+
+    async def _drain(self, receive: Any, got: int) -> None:
+        while got < self.max_bytes + self.drain_bytes:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                return
+            got += len(msg.get("body", b""))
+            if not msg.get("more_body", False):
+                return
+
+    async def _reject(self, send: Any) -> None:
+        body = json.dumps({"error": f"request body is larger than this server's limit of {self.max_bytes} bytes; "
+                                    "send smaller images or fewer rows per request"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                                (b"connection", b"close")]})
+        await send({"type": "http.response.body", "body": body})
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        cl = headers.get(b"content-length")
+        if cl is not None and cl.isdigit() and int(cl) > self.max_bytes:
+            await self._drain(receive, 0)
+            await self._reject(send)
+            return
+        got = 0
+        started = False
+
+        async def limited_receive() -> Any:
+            nonlocal got
+            msg = await receive()
+            if msg["type"] == "http.request":
+                got += len(msg.get("body", b""))
+                if got > self.max_bytes:
+                    if msg.get("more_body", False):
+                        await self._drain(receive, got)
+                    raise _BodyTooLarge
+            return msg
+
+        async def tracking_send(msg: Any) -> None:
+            nonlocal started
+            if msg["type"] == "http.response.start":
+                started = True
+            await send(msg)
+
+        try:
+            await self.app(scope, limited_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._reject(send)
+
+
+def create_app(engine: Any = None, *, reward: Any = None, segmenter: Any = None,
+               config: ServerConfig | None = None, service: SamR1Service | None = None) -> Any:
+    """The ASGI app (FastAPI wrapped in the body-size limit). Give an engine (and optionally a reward and a
+    :class:`samr1.pipeline.ReasoningSegmenter`), or a ready :class:`SamR1Service`. ``app.state.service``
+    is the service; call ``service.close()`` when done (``samr1.serve.ServerThread`` does)."""
+    if service is None:
+        if engine is None:
+            raise ValueError("create_app needs an engine (samr1.engine.SamEngine) or a service")
+        service = SamR1Service(engine, reward=reward, segmenter=segmenter, config=config)
+    cfg = service.config
+    limits = cfg.limits
+    app = FastAPI(title="samr1", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.service = service
+
+    class _HTTPError(Exception):
+        def __init__(self, status: int, message: str, headers: dict[str, str] | None = None):
+            self.status, self.message, self.headers = status, message, headers
+
+    @app.exception_handler(_HTTPError)
+    async def _http_error(request: Request, exc: _HTTPError) -> JSONResponse:
+        return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(_BodyTooLarge)
+    async def _too_large(request: Request, exc: _BodyTooLarge) -> JSONResponse:
+        # the body was drained by the size limit's receive(); the connection can still carry the answer
+        return JSONResponse({"error": f"request body is larger than this server's limit of {limits.max_body_bytes} "
+                                      "bytes; send smaller images or fewer rows per request"}, status_code=413)
+
+    @app.exception_handler(InputError)
+    async def _input_error(request: Request, exc: InputError) -> JSONResponse:
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    def check_token(request: Request) -> None:
+        if cfg.token is None:
+            return
+        got = request.headers.get("authorization", "")
+        if not hmac.compare_digest(got.encode(), f"Bearer {cfg.token}".encode()):
+            raise _HTTPError(401, "missing or wrong bearer token (send 'Authorization: Bearer <token>')",
+                             {"WWW-Authenticate": "Bearer"})
+
+    async def read_form(request: Request) -> Any:
+        ctype = request.headers.get("content-type", "")
+        if not ctype.startswith("multipart/form-data"):
+            raise _HTTPError(400, f"expected a multipart/form-data body (got content-type {ctype or 'none'!r})")
+        try:
+            return await request.form(max_files=limits.max_files, max_fields=64 + limits.max_files,
+                                      max_part_size=limits.max_body_bytes)
+        except _BodyTooLarge:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any multipart parse failure is the client's malformed body
+            detail = getattr(exc, "detail", None) or str(exc) or type(exc).__name__
+            raise _HTTPError(400, f"malformed multipart body: {detail}") from None
+
+    async def run_job(kind: str, payload: Any) -> Any:
+        try:
+            fut = service.submit(kind, payload)
+        except QueueFull as exc:
+            raise _HTTPError(503, str(exc), {"Retry-After": "1"}) from None
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(fut), cfg.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise _HTTPError(504, f"the request did not finish within {cfg.request_timeout_s} s") from None
+
+    async def upload_bytes(form: Any, name: str) -> list[tuple[str, bytes]]:
+        out = []
+        for i, part in enumerate(form.getlist(name)):
+            if not isinstance(part, UploadFile):
+                raise _HTTPError(400, f"{name}: expected a file part (multipart filename=...), got a text field")
+            out.append((f"{name}[{i}] ({part.filename})", await part.read()))
+        return out
+
+    @app.get("/healthz")
+    async def healthz() -> dict:
+        return service.health()
+
+    @app.post("/segment")
+    async def segment(request: Request) -> Any:
+        check_token(request)
+        t0 = time.perf_counter()
+        form = await read_form(request)
+        files = await upload_bytes(form, "image")
+        if not files:
+            raise _HTTPError(400, "image: missing (send the image as a file part named 'image')")
+        if len(files) > 1:
+            raise _HTTPError(400, f"image: {len(files)} files sent; /segment takes one")
+        t_read = time.perf_counter()
+        image = await run_in_threadpool(decode_upload, files[0][1], field="image", limits=limits)
+        t_dec = time.perf_counter()
+        h, w = image.shape[:2]
+        query, box, points = form.get("query"), form.get("box"), form.get("points")
+        service.counters["segment_requests"] += 1
+        if query is not None:
+            if box is not None or points is not None:
+                raise _HTTPError(400, "query: give either query (the policy answers) or box/points (SAM alone), not both")
+            if service.segmenter is None:
+                raise _HTTPError(400, "query: this server runs SAM alone (no --model); send box and points instead")
+            if not isinstance(query, str) or not query.strip():
+                raise _HTTPError(400, "query: expected non-empty text")
+            res = await run_job("query", (image, query))
+            out = res.to_json()
+        else:
+            if box is None:
+                raise _HTTPError(400, "box: missing (send box=x1,y1,x2,y2 in original pixels, optional points, "
+                                      "or query= when the server runs a policy)")
+            from samr1.answer import parse_answer
+
+            b = parse_box(box)
+            pts = parse_points(points) if points is not None else []
+            obj = {"bbox": b, "points": pts} if pts else {"bbox": b}
+            # the parser's own validation (sorting, clipping, zero-area, point count) in original pixels
+            answer = parse_answer(f"<answer>{json.dumps(obj)}</answer>", image_size=(h, w), model_size=(h, w),
+                                  require_points=False)
+            if not answer.ok:
+                raise _HTTPError(400, f"box/points rejected: {answer.reason}")
+            mask, info = await run_job("sam", (image, answer))
+            if isinstance(mask, Exception):
+                raise mask
+            from samr1.pipeline import result_json
+
+            out = result_json(answer, mask, timings={}, text=None)
+            out["timings"].update(info)
+        out["timings"].update({"read_s": t_read - t0, "decode_image_s": t_dec - t_read,
+                               "total_s": time.perf_counter() - t0})
+        return out
+
+    @app.post("/score")
+    async def score(request: Request) -> Any:
+        check_token(request)
+        ctype = request.headers.get("content-type", "")
+        uploads: list[tuple[str, str, bytes]] = []
+        if ctype.startswith("multipart/form-data"):
+            form = await read_form(request)
+            raw = form.get("request")
+            if raw is None:
+                raise _HTTPError(400, "request: missing (the JSON body goes in a text field named 'request')")
+            if not isinstance(raw, str):
+                raw = (await raw.read()).decode("utf-8", errors="replace")
+            uploads = [("image", f, d) for f, d in await upload_bytes(form, "image")]
+            uploads += [("mask", f, d) for f, d in await upload_bytes(form, "mask")]
+        elif ctype.startswith("application/json"):
+            raw = (await request.body()).decode("utf-8", errors="replace")
+        else:
+            raise _HTTPError(400, f"expected application/json or multipart/form-data (got {ctype or 'none'!r})")
+        try:
+            body = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise _HTTPError(400, f"request: invalid JSON ({exc.msg} at position {exc.pos})") from None
+        if not isinstance(body, dict):
+            raise _HTTPError(400, "request: expected a JSON object with 'items'")
+        stored = []
+        for kind, fname, data in uploads:
+            stored.append(await run_in_threadpool(service.store_upload, data, kind, fname))
+            service.counters["images_uploaded" if kind == "image" else "masks_uploaded"] += 1
+        completions, images, masks, missing = service.resolve_score(body.get("items"))
+        service.counters["score_requests"] += 1
+        if missing["images"] or missing["masks"]:
+            return {"missing": missing, "rewards": None}
+        comps = await run_job("score", (completions, images, masks))
+        service.counters["score_items"] += len(completions)
+        n = len(completions)
+        rewards = [float(sum(v[i] for v in comps.values())) for i in range(n)]
+        return {"missing": None, "rewards": rewards, "components": comps, "stored": stored}
+
+    wrapped = _BodyLimit(app, limits.max_body_bytes)
+    wrapped.state = app.state  # type: ignore[attr-defined]
+    return wrapped

@@ -1,0 +1,156 @@
+"""samr1.client as a TRL reward function against a real server (loopback, free port, tiny-shapes SAM):
+the same rewards as the in-process SamR1Reward on the same batch, each image uploaded once."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi")
+
+from samr1.client import AsyncSamR1Client, SamR1Client  # noqa: E402
+from samr1.io import rle_encode  # noqa: E402
+from samr1.rewards import SamR1Reward  # noqa: E402
+from samr1.scenes import make_scene  # noqa: E402
+from samr1.serve import ServerThread, create_app  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def engine():
+    from samr1.engine import SamEngine
+    from samr1.sam import load_sam
+
+    return SamEngine(load_sam("tiny-shapes"))
+
+
+def _completion(mask: np.ndarray, rng: np.random.Generator, kind: str) -> str:
+    """A completion in the 840 frame for ``mask``'s object: good (jittered), off target, or malformed."""
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask)
+    sx, sy = 840 / w, 840 / h
+    box = [xs.min() * sx, ys.min() * sy, (xs.max() + 1) * sx, (ys.max() + 1) * sy]
+    box = [float(v + rng.normal(0, 6)) for v in box]
+    i = int(rng.integers(len(xs)))
+    pt = [float(xs[i] * sx), float(ys[i] * sy)]
+    if kind == "good":
+        return f"<think>the object</think><answer>{json.dumps({'bbox': box, 'points_1': pt, 'points_2': pt})}</answer>"
+    if kind == "off":
+        return '<think>elsewhere</think><answer>{"bbox": [0, 0, 60, 60], "points_1": [20, 20], "points_2": [30, 30]}</answer>'
+    if kind == "no_think":
+        return f"<answer>{json.dumps({'bbox': box, 'points_1': pt, 'points_2': pt})}</answer>"
+    return "<think>hmm</think><answer>{bbox: oops}</answer>"
+
+
+def _batch(rng: np.random.Generator, n_images: int, g: int, rle_masks: bool = False):
+    images, masks, completions = [], [], []
+    kinds = ["good", "good", "off", "no_think", "bad"]
+    for _ in range(n_images):
+        sc = make_scene(int(rng.integers(1 << 30)), size=(int(rng.integers(150, 230)), int(rng.integers(150, 230))),
+                        n_objects=2)
+        m = sc.objects[-1].mask
+        mask = rle_encode(m) if rle_masks else m
+        for k in range(g):  # TRL repeats the row's objects per completion: G copies of one image object
+            images.append(sc.image)
+            masks.append(mask)
+            completions.append(_completion(m, rng, kinds[k % len(kinds)]))
+    return completions, images, masks
+
+
+def test_client_rewards_equal_in_process_and_each_image_is_uploaded_once(engine):
+    rng = np.random.default_rng()
+    completions, images, masks = _batch(rng, n_images=3, g=5)
+    local = SamR1Reward(engine, components=("think", "answer", "iou", "mask_iou"))
+    expected = local(None, completions, image=images, mask=masks)
+    with ServerThread(create_app(engine, reward=SamR1Reward(engine, components=("think", "answer", "iou", "mask_iou")))) as srv:
+        client = SamR1Client(srv.url, timeout_s=60)
+        got = client(None, completions, image=images, mask=masks)
+        assert got == pytest.approx(expected, abs=1e-5)
+        assert set(client.last_components) == {"think_format", "answer_format", "tiered_iou", "mask_iou"}
+        assert any(v >= 2 for v in client.last_components["tiered_iou"])  # the good answers really score
+        svc = srv.app.state.service
+        # 3 distinct images and masks for 15 rows: one upload each, in one follow-up request
+        assert client.stats["images_uploaded"] == 3 == svc.counters["images_uploaded"]
+        assert client.stats["masks_uploaded"] == 3 == svc.counters["masks_uploaded"]
+        assert client.stats["score_calls"] == 1 and client.stats["requests"] == 2
+        # the next step reuses the images (new completions, new list objects): nothing is uploaded again
+        completions2 = [_completion(np.asarray(m), rng, "good") for m in masks]
+        again = client(None, completions2, image=[im.copy() for im in images], mask=list(masks))
+        assert client.stats["images_uploaded"] == 3 and client.stats["requests"] == 3
+        assert again == pytest.approx(local(None, completions2, image=images, mask=masks), abs=1e-5)
+
+
+def test_client_handles_rle_masks_conversational_completions_and_bad_rows(engine):
+    rng = np.random.default_rng()
+    completions, images, masks = _batch(rng, n_images=2, g=3, rle_masks=True)
+    completions[1] = [{"role": "assistant", "content": completions[1]}]
+    images[2] = np.zeros((5, 5), dtype=np.float32)  # not a uint8 image: the row's mask rewards are 0
+    local = SamR1Reward(engine)
+    with pytest.warns(RuntimeWarning):
+        expected = local(None, completions, image=images, mask=masks)
+    with ServerThread(create_app(engine)) as srv:
+        client = SamR1Client(srv.url)
+        with pytest.warns(RuntimeWarning, match="row 2"):
+            got = client(None, completions, image=images, mask=masks)
+    assert got == pytest.approx(expected, abs=1e-6)
+    assert client.stats["masks_uploaded"] == 0  # RLE masks travel inline
+
+
+def test_client_rejects_bad_configuration():
+    with pytest.raises(ValueError, match="http"):
+        SamR1Client("localhost:8000")
+    c = SamR1Client("http://127.0.0.1:9")
+    with pytest.raises(ValueError, match="'image'"):
+        c(None, ["x"], mask=[None])
+    with pytest.raises(ValueError, match="rows"):
+        c(None, ["x"], image=[1, 2], mask=[None])
+
+
+def test_client_inside_a_real_grpo_trainer_step(engine, tmp_path):
+    """TRL's GRPOTrainer calls the (async) client and the in-process reward on the same batch (its real columns and
+    conversational completions): the rewards agree and each distinct image is uploaded once."""
+    from transformers import AutoProcessor
+    from trl import GRPOConfig, GRPOTrainer
+
+    from samr1.train.data import PolicyDataset, load_rows
+    from samr1.train.scene_data import write_scene_manifest
+    from samr1.train.tiny_policy import build_tiny_policy
+
+    policy = build_tiny_policy(tmp_path / "policy", hidden=16, seed=1)
+    ds = PolicyDataset(load_rows(write_scene_manifest(tmp_path / "data", 2, size=(72, 96), seed=3)))
+    seen: dict[str, list] = {"client": [], "local": []}
+
+    def recorded(fn, name):
+        def f(prompts=None, completions=None, **kw):
+            out = fn(prompts=prompts, completions=completions, **kw)
+            seen[name].append((list(out), list(completions), len({id(x) for x in kw["sam_image"]})))
+            return out
+        f.__name__ = name
+        return f
+
+    def recorded_async(fn, name):  # TRL awaits async reward functions on its own event loop
+        async def f(prompts=None, completions=None, **kw):
+            out = await fn(prompts=prompts, completions=completions, **kw)
+            seen[name].append((list(out), list(completions), len({id(x) for x in kw["sam_image"]})))
+            return out
+        f.__name__ = name
+        return f
+
+    local = SamR1Reward(engine, image_key="sam_image")
+    args = GRPOConfig(output_dir=str(tmp_path / "out"), num_generations=2, per_device_train_batch_size=4,
+                      max_completion_length=8, max_steps=1, use_cpu=True, bf16=False, gradient_checkpointing=False,
+                      report_to=[], remove_unused_columns=False, disable_tqdm=True, save_strategy="no",
+                      dataloader_num_workers=0, learning_rate=1e-6, logging_steps=1)
+    with ServerThread(create_app(engine, reward=SamR1Reward(engine, image_key="sam_image"))) as srv:
+        client = AsyncSamR1Client(srv.url, image_key="sam_image")
+        trainer = GRPOTrainer(model=policy, reward_funcs=[recorded_async(client, "client"), recorded(local, "local")],
+                              args=args, train_dataset=ds.as_hf(), processing_class=AutoProcessor.from_pretrained(policy))
+        trainer.train()
+        uploads = srv.app.state.service.counters["images_uploaded"]
+    assert len(seen["client"]) == len(seen["local"]) >= 1
+    for (r_c, comp_c, _), (r_l, comp_l, _) in zip(seen["client"], seen["local"], strict=True):
+        assert comp_c == comp_l and len(r_c) == 4
+        assert r_c == pytest.approx(r_l, abs=1e-6)
+    # 2 prompts x G=2 per step: 2 distinct images, each uploaded once
+    assert uploads == client.stats["images_uploaded"] == sum(n for _, _, n in seen["client"]) == 2
