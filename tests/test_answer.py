@@ -404,3 +404,14 @@ def test_multi_object_first_is_an_explicit_choice():
     assert not u.ok and u.code == "bad_bbox" and "objects[1]" in u.reason
     with pytest.raises(ValueError, match="multi_object"):
         parse_answer(wrap(MULTI), multi_object="all")
+
+
+def test_garbled_python_literal_is_a_parse_failure_without_a_warning():
+    import warnings
+
+    text = "<think>x</think><answer>{'bbox': [1, 2, 3, 4a], 'points_1': [1, 2], 'points_2': [3, 4]}</answer>"
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")  # record every warning the parser lets out
+        a = parse_answer(text, image_size=(100, 100))
+    assert not a.ok and a.code == "invalid_json"
+    assert [str(w.message) for w in caught] == []
