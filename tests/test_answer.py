@@ -409,7 +409,7 @@ def test_multi_object_first_is_an_explicit_choice():
 def test_garbled_python_literal_is_a_parse_failure_without_a_warning():
     import warnings
 
-    text = "<think>x</think><answer>{'bbox': [1, 2, 3, 4a], 'points_1': [1, 2], 'points_2': [3, 4]}</answer>"
+    text = "<think>x</think><answer>{'bbox': [1, 2, 3, 4and 5], 'points_1': [1, 2], 'points_2': [3, 4]}</answer>"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")  # record every warning the parser lets out
         a = parse_answer(text, image_size=(100, 100))
