@@ -6,6 +6,12 @@ STAMP := $(VENV)/.samr1-installed
 SRC_DEPS := pyproject.toml setup.py constraints.txt $(wildcard csrc/*.cpp csrc/*.h)
 PYTEST_ARGS ?=
 DEMO_OUT ?= demo_out
+# pip extras: dev (tests, lint) + onnx (CPU ONNX Runtime) + sam2 (SAM 2 kinds). On a CUDA machine use
+# EXTRAS=dev,gpu,sam2; never onnx and
+# gpu together (onnxruntime and onnxruntime-gpu overwrite each other's files).
+EXTRAS ?= dev,onnx,sam2
+# sam2 is a source distribution; its optional CUDA extension is skipped (SAM 2 runs without it).
+export SAM2_BUILD_CUDA ?= 0
 
 .PHONY: install demo test test-fast bench lint clean
 
@@ -17,7 +23,8 @@ $(STAMP): $(SRC_DEPS)
 	# torch first and alone: pinned so pip takes the local 2.14.1 wheels instead of downloading gigabytes
 	$(PIP) install -q -c constraints.txt torch torchvision
 	$(PIP) install -q -c constraints.txt setuptools wheel pybind11
-	$(PIP) install -q -c constraints.txt --no-build-isolation -e '.[dev]'
+	$(PIP) install -q -c constraints.txt --no-build-isolation -e '.[$(EXTRAS)]'
+	$(PY) -c "import sys; from samr1.sam.encoder import ort_distributions as d; f = [x for x in d() if x.split()[0] in ('onnxruntime', 'onnxruntime-gpu')]; sys.exit(len(f) > 1 and 'both ONNX Runtime flavours are installed (' + ', '.join(f) + '); they overwrite each other: pip uninstall -y onnxruntime onnxruntime-gpu, then make install again')"
 	$(PY) -c "import samr1._ext as e; print('samr1 C++ extension:', 'built' if e.available() else 'NOT built (torch fallback)')"
 	@touch $(STAMP)
 

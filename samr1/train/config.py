@@ -1,0 +1,211 @@
+"""``TrainConfig``: every knob of ``samr1 train``, with SAM-R1's defaults, help text and validation.
+
+Each field is a flag of ``samr1 train`` (``--num-generations`` for ``num_generations``) and a key of the
+YAML file given with ``--config train.yaml`` (keys are field names; flags given on the command line win
+over the file). :meth:`TrainConfig.validate` says what is wrong with a value and how to fix it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["TrainConfig", "ConfigError", "load_yaml_config", "DATA_FORMATS"]
+
+DATA_FORMATS = ("auto", "manifest", "hf", "refcocog", "reasonseg")
+
+
+class ConfigError(ValueError):
+    """A training configuration value is invalid; the message names the field and says how to fix it."""
+
+
+def _f(default: Any, help: str, **kw: Any) -> Any:
+    """A dataclass field with ``help`` metadata (the flag's ``--help`` text)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
+    return field(default=default, metadata={"help": help, **kw})
+
+
+@dataclass
+class TrainConfig:
+    """GRPO training with the SAM-R1 objective. Defaults are the paper's (SAM-R1 / Seg-Zero) unless noted."""
+
+    # -------------------------------------------------------------- inputs and outputs
+    model: str | None = _f(None, "policy model directory (any local Qwen2-VL / Qwen2.5-VL checkpoint that "
+                                 "AutoModelForImageTextToText and AutoProcessor load)")
+    data: str | None = _f(None, "training data: a JSONL manifest, a Hugging Face dataset folder / parquet file, "
+                                "a RefCOCOg folder (instances.json + refs(umd).p) or a ReasonSeg split folder")
+    data_format: str = _f("auto", f"how to read --data: {', '.join(DATA_FORMATS)} (auto: guessed from the path)")
+    image_dir: str | None = _f(None, "RefCOCOg only: folder of the COCO images (default: <data>/images, then "
+                                     "<data>/train2014)")
+    split: str = _f("train", "RefCOCOg only: which refs split to train on (train, val, test)")
+    max_samples: int | None = _f(None, "use at most this many rows, drawn with --seed (the paper: 3000 from "
+                                       "RefCOCOg train)")
+    skip_bad_rows: bool = _f(False, "skip rows whose image or mask is missing, unreadable or of mismatched size "
+                                    "(counted and reported) instead of failing before training")
+    output_dir: str = _f("samr1-train-out", "where checkpoints, logs, the summary and the learning curve go")
+    config: str | None = _f(None, "YAML file of field: value pairs (field names as in this help, with "
+                                  "underscores); flags given on the command line override it")
+
+    # -------------------------------------------------------------- SAM and the reward
+    sam: str = _f("tiny-shapes", "SAM kind for the reward: vit_b, vit_l, vit_h, tiny, tiny-shapes, sam2...")
+    sam_checkpoint: str | None = _f(None, "SAM state dict (.pth); random weights without it (except tiny-shapes)")
+    device: str | None = _f(None, "device of SAM and the policy (default: cuda when available, else cpu); under "
+                                  "accelerate each process uses its own device")
+    encoder: str = _f("torch", "SAM image-encoder backend: torch, onnx or tensorrt")
+    cache_gb: float = _f(2.0, "SAM embedding cache budget per process, GiB")
+    embeddings: str | None = _f(None, "embedding store folder built with `samr1 embed` for this SAM, read before "
+                                      "encoding")
+    multimask: bool = _f(True, "ask SAM for 3 masks and keep the best by predicted IoU (Seg-Zero's evaluation)")
+    encode_ahead: bool = _f(True, "encode a drawn batch's images on a side thread while the policy generates")
+    components: list = _f(["think", "answer", "iou"], "reward components, summed and logged apart: think, answer, "
+                                                      "iou (tiered), mask_iou, box_iou, box_l1, point_dist")
+    prompt: str = _f("seg-zero", "prompt template: seg-zero, vision-reasoner, or a custom string containing "
+                                 "{query}")
+    reward_gather: str = _f("rank", "where rewards are scored: rank (each process its own slice) or node (the "
+                                    "step's answers gathered to one process per node, scored once, scattered back)")
+
+    # -------------------------------------------------------------- GRPO (SAM-R1's values)
+    num_generations: int = _f(8, "G: completions per prompt (SAM-R1: 8)")
+    loss_type: str = _f("dapo", "TRL loss type; dapo = token-level normalisation over the whole batch (SAM-R1)")
+    epsilon: float = _f(0.2, "lower clipping range epsilon_low (SAM-R1: 0.2)")
+    epsilon_high: float = _f(0.3, "upper clipping range, clip-higher (SAM-R1: 0.3)")
+    beta: float = _f(5e-3, "KL coefficient (SAM-R1 keeps KL: without it training collapsed near step 100)")
+    learning_rate: float = _f(1e-6, "AdamW learning rate (SAM-R1: 1e-6)")
+    temperature: float = _f(1.0, "sampling temperature of the rollouts")
+    policy_image_size: int = _f(840, "side of the square image the policy sees (840 = 30 x 28: Qwen's processor "
+                                     "keeps it, 900 image tokens); SAM sees the original")
+    max_completion_length: int = _f(1024, "max new tokens per completion")
+    per_device_train_batch_size: int = _f(8, "completions per process per micro-step; per_device x "
+                                             "steps_per_generation should be a multiple of num_generations")
+    gradient_accumulation_steps: int = _f(1, "micro-steps per optimizer step")
+    steps_per_generation: int | None = _f(None, "micro-steps served by one generation round (TRL default: "
+                                                "gradient_accumulation_steps)")
+    num_iterations: int = _f(1, "optimisation passes over each generation round (GRPO's mu)")
+    max_steps: int = _f(-1, "stop after this many optimizer steps (-1: run num_train_epochs)")
+    num_train_epochs: float = _f(1.0, "epochs over the data when max_steps is -1")
+    seed: int = _f(42, "seed of the sample subset, data order and sampling")
+    max_grad_norm: float = _f(1.0, "gradient clipping norm")
+    warmup_steps: float = _f(0, "linear learning-rate warm-up: a number of steps, or a fraction of all steps when < 1")
+    bf16: bool | None = _f(None, "bf16 mixed precision (default: on with CUDA, off on CPU)")
+    gradient_checkpointing: bool | None = _f(None, "activation checkpointing (default: on with CUDA, off on CPU)")
+
+    # -------------------------------------------------------------- generation backend
+    use_vllm: bool = _f(False, "generate with a vLLM server (`trl vllm-serve`, started in its own environment)")
+    vllm_server_host: str = _f("0.0.0.0", "host of the `trl vllm-serve` server")
+    vllm_server_port: int = _f(8000, "port of the `trl vllm-serve` server")
+
+    # -------------------------------------------------------------- checkpoints, logs
+    save_steps: int = _f(100, "save a checkpoint every N optimizer steps")
+    save_total_limit: int | None = _f(None, "keep at most N checkpoints (oldest deleted)")
+    logging_steps: int = _f(1, "log every N optimizer steps")
+    resume: str | None = _f(None, "resume from a checkpoint folder, or 'latest' for the newest in --output-dir")
+    progress: bool = _f(True, "show a progress bar (step, reward mean, parse failures, cache hits, ETA)")
+    report_to: str = _f("none", "TRL/transformers loggers: none, tensorboard, wandb, ...")
+
+    # ------------------------------------------------------------------ helpers
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, where: str = "config") -> TrainConfig:
+        """Build from a mapping of field names; unknown keys raise :class:`ConfigError` naming them."""
+        names = set(cls.field_names())
+        unknown = sorted(k for k in values if k not in names)
+        if unknown:
+            hint = [k.replace("-", "_") for k in unknown if k.replace("-", "_") in names]
+            raise ConfigError(f"{where}: unknown keys {unknown}"
+                              + (f" (write them with underscores: {hint})" if hint else "")
+                              + f"; valid keys: {sorted(names)}")
+        return cls(**values)
+
+    def validate(self) -> TrainConfig:
+        """Check every value; raise :class:`ConfigError` that says which field and how to fix it."""
+        def need(cond: bool, name: str, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: {msg}")
+
+        need(isinstance(self.model, str) and bool(self.model), "model", "give the policy directory with --model PATH")
+        need(isinstance(self.data, str) and bool(self.data), "data", "give the training data with --data PATH")
+        need(self.data_format in DATA_FORMATS, "data_format", f"choose one of {DATA_FORMATS}")
+        need(self.max_samples is None or (isinstance(self.max_samples, int) and self.max_samples >= 1), "max_samples",
+             "must be a positive integer, or omitted for all rows")
+        need(isinstance(self.num_generations, int) and self.num_generations >= 2, "num_generations",
+             "GRPO needs at least 2 completions per prompt to compare (the paper uses 8)")
+        need(self.loss_type in ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo"), "loss_type",
+             "use dapo (SAM-R1's token-level loss), grpo, dr_grpo or bnpo")
+        for name in ("epsilon", "epsilon_high"):
+            v = getattr(self, name)
+            need(isinstance(v, (int, float)) and math.isfinite(v) and 0 < v < 1, name,
+                 "a clipping range must be in (0, 1); SAM-R1 uses epsilon=0.2, epsilon_high=0.3")
+        need(self.epsilon_high >= self.epsilon, "epsilon_high", f"must be >= epsilon ({self.epsilon}): clip-higher "
+             "widens only the upper side")
+        need(isinstance(self.beta, (int, float)) and math.isfinite(self.beta) and self.beta >= 0, "beta",
+             "the KL coefficient must be >= 0 (SAM-R1: 5e-3; 0 drops the reference model)")
+        need(isinstance(self.learning_rate, (int, float)) and math.isfinite(self.learning_rate)
+             and self.learning_rate > 0, "learning_rate", "must be a positive number, e.g. 1e-6")
+        need(isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature > 0,
+             "temperature", "must be > 0 (sampling; 1.0 in the paper)")
+        need(isinstance(self.policy_image_size, int) and self.policy_image_size >= 28, "policy_image_size",
+             "must be an integer >= 28 (a multiple of 28 is kept exactly by Qwen's processor; 840 in the paper)")
+        for name in ("max_completion_length", "per_device_train_batch_size", "gradient_accumulation_steps",
+                     "num_iterations", "save_steps", "logging_steps"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, "must be a positive integer")
+        need(self.steps_per_generation is None or (isinstance(self.steps_per_generation, int)
+                                                   and self.steps_per_generation >= 1),
+             "steps_per_generation", "must be a positive integer or omitted")
+        need(isinstance(self.max_steps, int) and (self.max_steps == -1 or self.max_steps >= 1), "max_steps",
+             "must be -1 (run num_train_epochs) or a positive integer")
+        need(isinstance(self.num_train_epochs, (int, float)) and self.num_train_epochs > 0, "num_train_epochs",
+             "must be > 0")
+        need(isinstance(self.cache_gb, (int, float)) and self.cache_gb >= 0, "cache_gb", "must be >= 0 GiB")
+        need(self.encoder in ("torch", "onnx", "tensorrt"), "encoder", "choose torch, onnx or tensorrt")
+        need(self.reward_gather in ("rank", "node"), "reward_gather", "choose rank or node")
+        need(isinstance(self.components, (list, tuple)) and len(self.components) > 0, "components",
+             "give at least one reward component, e.g. think answer iou")
+        from samr1.rewards import COMPONENTS
+
+        bad = [c for c in self.components if c not in COMPONENTS]
+        need(not bad, "components", f"unknown {bad}; choose from {sorted(COMPONENTS)}")
+        from samr1.train.prompts import resolve_prompt
+
+        try:
+            resolve_prompt(self.prompt)
+        except ValueError as exc:
+            raise ConfigError(f"prompt={self.prompt!r}: {exc}") from None
+        need(isinstance(self.warmup_steps, (int, float)) and self.warmup_steps >= 0, "warmup_steps",
+             "must be >= 0 (steps, or a fraction of all steps when < 1)")
+        need(isinstance(self.vllm_server_port, int) and 0 < self.vllm_server_port < 65536, "vllm_server_port",
+             "must be a TCP port (1..65535)")
+        return self
+
+
+def load_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read ``--config train.yaml``: a mapping of :class:`TrainConfig` field names to values."""
+    import yaml
+
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of field: value, got {type(values).__name__}")
+    names = set(TrainConfig.field_names())
+    unknown = sorted(k for k in values if k not in names)
+    if unknown:
+        raise ConfigError(f"{path}: unknown keys {unknown}; valid keys are TrainConfig's fields: {sorted(names)}")
+    return values
