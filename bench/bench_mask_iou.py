@@ -9,6 +9,14 @@ largest IoU difference and count difference against the reference; on CUDA also 
 truth + tables, over a measured device-to-device copy bandwidth) and the fraction of it reached.
 
     python -m samr1.bench.bench_mask_iou [--quick | --smoke] [--device cpu|cuda] [--out DIR]
+    python -m samr1.bench.bench_mask_iou --omp [--busy] [--out DIR]
+
+``--omp`` times the C++ kernel alone (CPU) at 1 and 2 OpenMP threads, forced (every thread woken) and
+as the default per-call thread count picks, with wall and process CPU time per call: what the thread
+default in csrc/mask_iou.cpp was chosen from. The OpenMP wait policy is whatever the environment says
+(libgomp reads ``OMP_WAIT_POLICY`` when it is loaded, i.e. at ``import torch``): run it once plain and
+once with ``OMP_WAIT_POLICY=passive``. ``--busy`` keeps one other process spinning on a core while it
+measures (a loaded shared machine).
 
 CPU timings on a shared machine are noisy: the load average is recorded with every row; compare
 rows of the same run only.
@@ -19,13 +27,15 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 import torch
 import torch.nn.functional as F
 from samr1.bench.harness import format_table, measure, write_records
 
-from samr1.ops import mask_iou_from_logits, mask_iou_reference, select_backend
+from samr1.ops import mask_iou_from_logits, mask_iou_reference, near_threshold_pixels, select_backend
 
 FULL_SIZES = [(480, 640), (1080, 1920)]
 FULL_NS = [1, 8, 64, 256]
@@ -33,9 +43,10 @@ QUICK_CASES = [((480, 640), 1), ((480, 640), 64), ((1080, 1920), 8)]
 SMOKE_CASES = [((37, 53), 1), ((333, 517), 3)]  # an odd tiny size and a non-square prime-ish one
 
 # Agreement with the reference. Both threshold the same bilinear upsampling; only pixels whose upsampled
-# logit lies within fp32 round-off of the threshold may land on different sides (tests/test_mask_iou.py
-# bounds them exactly; observed: 0 here). Allowed: |count diff| <= COUNT_TOL_FRAC of the image's pixels
-# (at least 1) and |IoU diff| <= IOU_TOL.
+# logit lies within samr1.ops.near_threshold_eps of the threshold may land on different sides (the
+# documented contract; tests/test_mask_iou.py checks it pixel by pixel). Each row records ``near_px``, the
+# number of such pixels (the contract's allowance for a count), and the fixed loose bounds used by the
+# smoke test: |count diff| <= COUNT_TOL_FRAC of the image's pixels (at least 1), |IoU diff| <= IOU_TOL.
 IOU_TOL = 1e-4
 COUNT_TOL_FRAC = 1e-4
 
@@ -57,6 +68,13 @@ def _inputs(n: int, size: tuple[int, int], device: str, gen: torch.Generator) ->
     logits = (smooth[:, 0] * 4.0 + 0.5 * torch.randn(n, 256, 256, generator=gen)).contiguous()
     field = F.interpolate(torch.randn(1, 1, 5, 5, generator=gen), size=size, mode="bilinear", align_corners=False)
     return logits.to(device), (field[0, 0] > 0).to(device)
+
+
+def _near_px(logits: torch.Tensor, isz: tuple[int, int], size: tuple[int, int]) -> int:
+    """Largest per-mask count of pixels within near_threshold_eps of the threshold (0), in chunks of 16
+    masks so that the extra full-resolution buffers stay small."""
+    return max(int(near_threshold_pixels(logits[i:i + 16], isz, size).sum(dim=(1, 2)).max())
+               for i in range(0, logits.shape[0], 16))
 
 
 def _bandwidth(device: str) -> float:
@@ -137,7 +155,8 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", smoke:
         row = {**base, "backend": fast, **t, "speedup": t_ref["median_s"] / t["median_s"], "cpu_s": cpu,
                "cpu_speedup": cpu_ref / max(cpu, 1e-9),
                "max_iou_err": float((got[0] - ref[0]).abs().max()),
-               "max_count_err": int(max((got[1] - ref[1]).abs().max(), (got[2] - ref[2]).abs().max()))}
+               "max_count_err": int(max((got[1] - ref[1]).abs().max(), (got[2] - ref[2]).abs().max())),
+               "near_px": _near_px(logits, isz, size)}
         if bw is not None:
             # what the op must read at least: the logits, the ground truth (bool) and the tables
             nbytes = logits.numel() * 4 + gt.numel() + (2 * size[0] + 2 * isz[0] + 4 * size[1]) * 4 \
@@ -146,17 +165,19 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", smoke:
             row["floor_fraction"] = row["floor_s"] / t["median_s"]
         rows.append(row)
     cols = ["size", "N", "backend", "median_s", "speedup", "cpu_s", "cpu_speedup", "max_iou_err", "max_count_err",
-            "loadavg_1m"]
+            "near_px", "loadavg_1m"]
     if bw is not None:
         cols += ["floor_s", "floor_fraction"]
         print(f"measured copy bandwidth: {bw / 1e9:.0f} GB/s")
     print(format_table(rows, cols))
     fast_rows = [r for r in rows if r["backend"] != "torch (reference)"]
     if fast_rows:
-        ok = all(r["max_iou_err"] <= r["iou_tol"] and r["max_count_err"] <= r["count_tol"] for r in fast_rows)
+        ok = all(r["max_iou_err"] <= r["iou_tol"] and r["max_count_err"] <= min(r["count_tol"], r["near_px"])
+                 for r in fast_rows)
         print(f"agreement with the reference: max |IoU err| {max(r['max_iou_err'] for r in fast_rows):.3g} "
               f"(tolerance {IOU_TOL:g}), max |count err| {max(r['max_count_err'] for r in fast_rows)} px "
-              f"(tolerance {COUNT_TOL_FRAC:g} of the image's pixels, >= 1): " + ("OK" if ok else "MISMATCH"))
+              f"(tolerance: the pixels within near_threshold_eps of the threshold, at most {COUNT_TOL_FRAC:g} of "
+              "the image's): " + ("OK" if ok else "MISMATCH"))
     path = write_records(rows, out, "bench_mask_iou", device)
     if path:
         print(f"records appended to {path}")
@@ -167,13 +188,80 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", smoke:
     return rows
 
 
+OMP_CASES = [((480, 640), 1), ((480, 640), 8), ((480, 640), 64), ((1080, 1920), 1), ((1080, 1920), 8),
+             ((1080, 1920), 64)]
+
+
+def run_omp(out: str | None = None, busy: bool = False, repeats: int = 30) -> list[dict]:
+    """C++ kernel only, per case: 1 thread, 2 threads forced (``work_per_thread=0``), and the default
+    per-call choice (2 threads allowed, ``work_per_thread=-1``). Rows carry wall median and the median
+    process CPU time per call (all threads, so a spinning OpenMP worker shows), the threads the default
+    woke, the wait policy and the load average. ``busy``: one spinning child process during the run."""
+    import numpy as np
+
+    from samr1 import _ext
+    from samr1.ops.mask_iou import image_plan, torch_cpu_fuses
+
+    C = _ext.get()
+    fused = torch_cpu_fuses() and C.mask_iou_fma_supported()
+    default_wpt = C.work_per_thread_default()
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
+    gen = torch.Generator().manual_seed(0)
+    rows: list[dict] = []
+    try:
+        for size, n in OMP_CASES:
+            isz = _input_size(size)
+            logits, gt = _inputs(n, size, "cpu", gen)
+            idx, wts = image_plan((256, 256), isz, size, 1024, fused)
+            plans = [(idx, wts, gt.numpy().view(np.uint8), isz[0])]
+            x = logits.numpy()
+            none = np.empty(0, np.int64)
+            work = n * size[1] * (size[0] + 2 * min(isz[0], 2 * size[0]))
+            ref = None
+            for label, threads, wpt in (("1 thread", 1, -1), ("2 threads forced", 2, 0), ("default (<= 2)", 2, -1)):
+                def call(x=x, none=none, plans=plans, threads=threads, wpt=wpt):
+                    return C.mask_iou_counts(x, none, plans, 0.0, fused, threads, "auto", wpt)
+
+                got = call()
+                ref = got if ref is None else ref
+                assert all((a == b).all() for a, b in zip(got, ref, strict=True)), "thread count changed the counts"
+                t, cpu = _measure(call, "cpu", warmup=3, repeats=repeats)
+                woken = 1 if threads == 1 else 2 if wpt == 0 else max(1, min(2, work // default_wpt))
+                rows.append({"size": f"{size[0]}x{size[1]}", "N": n, "work_units": work, "mode": label,
+                             "threads_woken": woken, **t, "cpu_s": cpu,
+                             "wait_policy": os.environ.get("OMP_WAIT_POLICY", "(unset)"), "busy": busy,
+                             "loadavg_1m": round(os.getloadavg()[0], 2)})
+    finally:
+        if hog is not None:
+            hog.kill()
+            hog.wait()
+    for r in rows:  # ratios against the 1-thread row of the same case
+        one = next(o for o in rows if o["size"] == r["size"] and o["N"] == r["N"] and o["mode"] == "1 thread")
+        r["speedup_vs_1"] = one["median_s"] / r["median_s"]
+        r["cpu_vs_1"] = r["cpu_s"] / max(one["cpu_s"], 1e-9)
+    print(f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')} busy={busy} "
+          f"default work per thread={default_wpt}")
+    print(format_table(rows, ["size", "N", "mode", "threads_woken", "median_s", "speedup_vs_1", "cpu_s", "cpu_vs_1",
+                              "loadavg_1m"]))
+    path = write_records(rows, out, "bench_mask_iou_omp", "cpu")
+    if path:
+        print(f"records appended to {path}")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="3 small cases instead of 2 sizes x N in {1, 8, 64, 256}")
     p.add_argument("--out", default=None, help="directory for the JSON-lines records")
     p.add_argument("--device", default="cpu", help="cpu (reference vs C++) or cuda (reference vs Triton)")
     p.add_argument("--smoke", action="store_true", help="2 tiny cases, one call each (agreement check)")
+    p.add_argument("--omp", action="store_true",
+                   help="C++ kernel only: 1 vs 2 OpenMP threads (forced and default), wall and CPU time")
+    p.add_argument("--busy", action="store_true", help="with --omp: keep one other process spinning on a core")
     args = p.parse_args(argv)
+    if args.omp:
+        run_omp(out=args.out, busy=args.busy)
+        return
     run(quick=args.quick, out=args.out, device=args.device, smoke=args.smoke)
 
 

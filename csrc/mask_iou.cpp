@@ -13,8 +13,9 @@
 // upsample_bilinear2d (UpSampleKernel.cpp, InterpolateNonSeparable<.., 2>): per input row the
 // horizontal lerp `t = v0 * w0 + v1 * w1`, then the vertical `t0 * h0 + t1 * h1`; torch's
 // AVX2/AVX-512 builds contract `x * a + y * b` to fma(x, a, y * b), which we reproduce with an
-// explicit fma in the `fused` variant. Measured: bit-identical masks to the torch reference on an
-// AVX-512 machine (tests allow the pixels within 1e-4 of the threshold to differ anyway).
+// explicit fma in the `fused` variant. Not bit-identical in general: aten takes other code paths
+// for some shapes (constant logits 0.1 at 20 x 30: torch gives 0.1 + 2 ulp at 53 pixels, we give
+// 0.1), so the contract is equal masks except within samr1.ops.near_threshold_eps of the threshold.
 // Only the gather of a low-res row (256 floats, L1-resident) is indexed; every other loop is
 // contiguous and vectorises.
 #include "mask_iou.h"
@@ -411,9 +412,15 @@ int64_t rows_per_item(int64_t total_rows, int threads) {
 // ~0.15 ns single-threaded with AVX-512, so ~2.5 ms). Every OpenMP region ends in a barrier that waits
 // until each woken thread has been scheduled at least once; on the shared 2-core box under load that
 // costs a scheduler time slice. Measured there (load ~4): N=8 at 480x640 (10M units) took 1.8 ms on
-// one thread and 12-18 ms on two; N=1 at 1080x1920: 1.1 ms vs 12-17 ms.
-int useful_threads(int64_t work, int threads) {
-  const int64_t per_thread = int64_t(16) << 20;
+// one thread and 12-18 ms on two; N=1 at 1080x1920: 1.1 ms vs 12-17 ms. Above the threshold it is
+// no better there under libgomp's default (spinning) wait policy: bench_mask_iou --omp, 2 threads vs 1,
+// 0.01-0.84x at load 9-12 and 0.13-1.17x at load ~2.5, up to 17x the CPU time; with
+// OMP_WAIT_POLICY=passive calls of 10M+ units gain 1.56-1.81x. So the Python side asks for one thread unless
+// that policy or SAMR1_CPP_THREADS says otherwise (samr1/_ext.py, bench/RESULTS.md).
+// `per_thread` < 0 takes kDefaultWorkPerThread, 0 wakes every thread asked for (benches sweep it).
+int useful_threads(int64_t work, int threads, int64_t per_thread) {
+  if (per_thread < 0) per_thread = kDefaultWorkPerThread;
+  if (per_thread == 0) return std::max(threads, 1);
   return int(std::max<int64_t>(1, std::min<int64_t>(threads, work / per_thread)));
 }
 
@@ -431,7 +438,7 @@ bool mask_iou_fma_supported() {
 void mask_iou_counts(const float* logits, int64_t N, int64_t lh, int64_t lw,
                      const int64_t* image_index, const ImagePlan* plans, int64_t n_images,
                      float threshold, bool fused, int num_threads, int64_t* inter, int64_t* uni,
-                     int isa) {
+                     int isa, int64_t work_per_thread) {
   const BlockFn fn = pick(fused, isa);
   std::vector<PlanView> views(n_images);
   int64_t max_w = 1, total_rows = 0;
@@ -446,8 +453,10 @@ void mask_iou_counts(const float* logits, int64_t N, int64_t lh, int64_t lw,
     work += p.W * (p.H + 2 * std::min(p.ih, 2 * p.H));  // output pixels + H-row values
   }
 #ifdef _OPENMP
-  const int threads = useful_threads(work, num_threads > 0 ? num_threads : omp_get_max_threads());
+  const int threads =
+      useful_threads(work, num_threads > 0 ? num_threads : omp_get_max_threads(), work_per_thread);
 #else
+  (void)work_per_thread;
   const int threads = 1;
 #endif
   const int64_t R = rows_per_item(total_rows, threads);
@@ -522,7 +531,7 @@ void check_columns(const int32_t* c, int64_t W) {
 
 py::tuple mask_iou_counts_py(const carray<float>& logits, const carray<int64_t>& image_index,
                              const py::list& plans, float threshold, bool fused, int num_threads,
-                             const std::string& isa) {
+                             const std::string& isa, int64_t work_per_thread) {
   check(isa == "auto" || isa == "avx2", "isa must be 'auto' or 'avx2'");
   check(logits.ndim() == 3, "logits must be N x h x w float32");
   const int64_t N = logits.shape(0), lh = logits.shape(1), lw = logits.shape(2);
@@ -566,7 +575,7 @@ py::tuple mask_iou_counts_py(const carray<float>& logits, const carray<int64_t>&
   {
     py::gil_scoped_release release;
     mask_iou_counts(pl, N, lh, lw, pidx, cplans.data(), B, threshold, fused, num_threads, pi, pu,
-                    isa == "avx2" ? 1 : 0);
+                    isa == "avx2" ? 1 : 0, work_per_thread);
   }
   return py::make_tuple(inter, uni);
 }
@@ -577,11 +586,16 @@ void bind_mask_iou(py::module_& m) {
   m.def("mask_iou_counts", &mask_iou_counts_py, py::arg("logits").noconvert(),
         py::arg("image_index").noconvert(), py::arg("plans"), py::arg("threshold"),
         py::arg("fused"), py::arg("num_threads") = 0, py::arg("isa") = "auto",
+        py::arg("work_per_thread") = -1,
         "Intersection and union counts (int64 N each) of SAM-postprocessed masks vs gt.\n"
         "logits: N x h x w float32 C-contiguous; image_index: int64 (N,) or empty; plans: list of\n"
         "(idx int32, wts float32, gt uint8 H x W, ih) from samr1.ops.mask_iou.image_plan.\n"
         "fused: fma arithmetic like torch's AVX2/AVX-512 kernels; num_threads <= 0: OpenMP default;\n"
-        "isa: 'auto' (best variant for this CPU) or 'avx2' (force the AVX2 variant, for tests).");
+        "isa: 'auto' (best variant for this CPU) or 'avx2' (force the AVX2 variant, for tests).\n"
+        "work_per_thread: units of work (output pixels + H-row values) per woken thread; -1: the\n"
+        "built-in default (work_per_thread_default()), 0: wake all num_threads (benches).");
+  m.def("work_per_thread_default", [] { return kDefaultWorkPerThread; },
+        "Units of work per woken OpenMP thread by default (below it a call runs on one thread).");
   m.def("mask_iou_fma_supported", &mask_iou_fma_supported,
         "True when the fused-multiply-add variant can run on this CPU.");
 }

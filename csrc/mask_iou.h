@@ -1,6 +1,7 @@
 // Fused SAM low-res logits -> postprocessed mask -> intersection / union counts (CPU).
 //
-// The mask is exactly segment_anything's `Sam.postprocess_masks(...) > threshold`:
+// The mask is segment_anything's `Sam.postprocess_masks(...) > threshold` up to float rounding
+// (equal except where the reference's value is within samr1.ops.near_threshold_eps of the threshold):
 // bilinear (align_corners=False) upsample of the h x w logits to frame x frame, crop to
 // [:ih, :iw], bilinear resize to H x W, strict threshold. Neither the frame x frame nor the H x W
 // mask is ever materialised: see mask_iou.cpp for the row pipeline and the table layout.
@@ -32,18 +33,23 @@ struct ImagePlan {
   int64_t ih;
 };
 
+// Units of work (one output pixel or one H-row value) per woken OpenMP thread by default: a call
+// below it runs on one thread (see useful_threads in mask_iou.cpp for the measurement).
+constexpr int64_t kDefaultWorkPerThread = int64_t(16) << 20;
+
 // True when this build + CPU can run the fused-multiply-add variant (x86: AVX2+FMA at run time).
 bool mask_iou_fma_supported();
 
 // logits: N x lh x lw float32, row-major. image_index: N entries in [0, n_images), or nullptr
 // (all rows use image 0). Writes inter[N], uni[N]. `fused` picks fma(a, wa, b * wb) (what torch's
 // AVX2/AVX-512 CPU kernels compute, the compiler contracts them) instead of a * wa + b * wb.
-// Runs with up to `num_threads` OpenMP threads (<= 0: the OpenMP default; fewer when the work is
-// small). isa: 0 = best variant for this CPU, 1 = force AVX2 on x86 (tests). Thread-safe, no Python.
+// Runs with up to `num_threads` OpenMP threads (<= 0: the OpenMP default), one per
+// `work_per_thread` units of work (output pixels + H-row values; < 0: kDefaultWorkPerThread, 0: all
+// of them). isa: 0 = best variant for this CPU, 1 = force AVX2 on x86 (tests). Thread-safe, no Python.
 void mask_iou_counts(const float* logits, int64_t N, int64_t lh, int64_t lw,
                      const int64_t* image_index, const ImagePlan* plans, int64_t n_images,
                      float threshold, bool fused, int num_threads, int64_t* inter, int64_t* uni,
-                     int isa = 0);
+                     int isa = 0, int64_t work_per_thread = -1);
 
 // Adds the Python functions of this op to samr1._C (called from bindings.cpp).
 void bind_mask_iou(pybind11::module_& m);

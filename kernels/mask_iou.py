@@ -16,9 +16,11 @@ Arithmetic follows aten's order (``v0 * w0 + v1 * w1`` along x per row, then alo
 with explicit ``tl.fma(v0, w0, v1 * w1)``: torch's CUDA kernel is compiled with contraction too; the
 interpreter computes the fma as a float32 multiply-add (one extra rounding, 1 ulp at most).
 
-Do not call this directly: use ``samr1.ops.mask_iou_from_logits`` / ``mask_iou_grouped``, which
-validate inputs and build the tables. Runs on CUDA tensors, or on CPU tensors when TRITON_INTERPRET=1
-was set before this module was imported (the test suite does that in a subprocess).
+Launches run under the logits' CUDA device (``samr1.kernels.launch_guard``), so tensors on ``cuda:1``
+work whichever device is current. Do not call this directly: use ``samr1.ops.mask_iou_from_logits`` /
+``mask_iou_grouped``, which validate inputs and build the tables. Runs on CUDA tensors, or on CPU
+tensors when TRITON_INTERPRET=1 was set before this module was imported (the tests do that in a
+subprocess).
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from samr1.kernels import launch_guard
 
-__all__ = ["mask_iou_counts_triton"]
+__all__ = ["TILES", "mask_iou_counts_triton"]
 
 
 @triton.jit
@@ -133,13 +136,10 @@ def _mask_iou_kernel(
     tl.store(out + 1, tl.sum(tl.sum(cu, axis=1), axis=0))
 
 
-def _blocks(device: torch.device) -> tuple[int, int, int]:
-    """(BLOCK_R, BLOCK_W, num_warps). On CUDA 8 x 128 tiles keep ~1k pixels per program (16 gathers
-    each, all hitting L1/L2); the interpreter pays per op, not per element, so larger tiles are cheaper
-    there too but shapes under it are small anyway."""
-    if device.type == "cuda":
-        return 8, 128, 4
-    return 16, 128, 1
+# (BLOCK_R, BLOCK_W, num_warps) per device type. On CUDA 8 x 128 tiles keep ~1k pixels per program (16
+# gathers each, all hitting L1/L2); the interpreter pays per op, not per element, so larger tiles are
+# cheaper there. A table (not a branch) so that the interpreter tests can run the CUDA configuration too.
+TILES: dict[str, tuple[int, int, int]] = {"cuda": (8, 128, 4), "cpu": (16, 128, 1)}
 
 
 def mask_iou_counts_triton(logits: torch.Tensor, gt_flat: torch.Tensor, img: torch.Tensor, idx: torch.Tensor,
@@ -157,12 +157,13 @@ def mask_iou_counts_triton(logits: torch.Tensor, gt_flat: torch.Tensor, img: tor
         intersection, union: int64 (N,) on the logits' device.
     """
     n, lh, lw = logits.shape
-    block_r, block_w, warps = _blocks(logits.device)
+    block_r, block_w, warps = TILES["cuda" if logits.device.type == "cuda" else "cpu"]
     n_rb = triton.cdiv(max_h, block_r)
     part = torch.empty((n, n_rb, 2), dtype=torch.int32, device=logits.device)
-    _mask_iou_kernel[(n, n_rb)](
-        logits, gt_flat, img, idx, wts, meta, part, n_rb, lh, lw, float(threshold),
-        BLOCK_R=block_r, BLOCK_W=block_w, num_warps=warps,
-    )
+    with launch_guard(logits.device):
+        _mask_iou_kernel[(n, n_rb)](
+            logits, gt_flat, img, idx, wts, meta, part, n_rb, lh, lw, float(threshold),
+            BLOCK_R=block_r, BLOCK_W=block_w, num_warps=warps,
+        )
     counts = part.sum(dim=1, dtype=torch.int64)
     return counts[:, 0].clone(), counts[:, 1].clone()  # separate storages: custom ops may not alias outputs

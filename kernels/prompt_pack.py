@@ -8,7 +8,8 @@ plus the label embedding; the not-a-point token has its PE zeroed like upstream.
 coordinates use the per-image scale from ``samr1.sam.prompts.frame_scales`` (in float32 here; the torch
 reference multiplies in float64 like ResizeLongestSide does, a difference of ~1 ulp of the coordinate).
 
-Do not call this directly: use ``samr1.sam.prompts.pack_prompts(sam, batch, backend="triton")``, which
+The launch runs under the batch's CUDA device (``samr1.kernels.launch_guard``). Do not call this
+directly: use ``samr1.sam.prompts.pack_prompts(sam, batch, backend="triton")``, which
 validates the batch. Runs on CUDA tensors, or on CPU tensors when TRITON_INTERPRET=1 was set before this
 module was imported (the test suite does that in a subprocess).
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from samr1.kernels import launch_guard
 
 __all__ = ["prompt_pack_triton"]
 
@@ -120,24 +122,25 @@ def prompt_pack_triton(batch, scale: torch.Tensor, gauss: torch.Tensor, label_em
     counts = torch.empty((n,), dtype=torch.int64, device=dev)
     if n == 0:
         return tokens, counts
-    _prompt_pack_kernel[(n,)](
-        batch.points.contiguous(),
-        batch.point_labels.to(torch.int64).contiguous(),
-        batch.boxes.contiguous(),
-        batch.has_box.to(torch.int32).contiguous(),
-        batch.image_index.to(torch.int64).contiguous(),
-        scale.to(device=dev, dtype=torch.float32).contiguous(),
-        gauss.contiguous(),
-        label_embed.contiguous(),
-        tokens,
-        counts,
-        k,
-        t,
-        float(input_size[0]),
-        float(input_size[1]),
-        D_HALF=d // 2,
-        BLOCK_F=triton.next_power_of_2(d // 2),
-        BLOCK_K=triton.next_power_of_2(max(k, 1)),
-    )
+    with launch_guard(dev):  # Triton launches on the current CUDA device, not the tensors'
+        _prompt_pack_kernel[(n,)](
+            batch.points.contiguous(),
+            batch.point_labels.to(torch.int64).contiguous(),
+            batch.boxes.contiguous(),
+            batch.has_box.to(torch.int32).contiguous(),
+            batch.image_index.to(torch.int64).contiguous(),
+            scale.to(device=dev, dtype=torch.float32).contiguous(),
+            gauss.contiguous(),
+            label_embed.contiguous(),
+            tokens,
+            counts,
+            k,
+            t,
+            float(input_size[0]),
+            float(input_size[1]),
+            D_HALF=d // 2,
+            BLOCK_F=triton.next_power_of_2(d // 2),
+            BLOCK_K=triton.next_power_of_2(max(k, 1)),
+        )
     return tokens, counts
 

@@ -115,9 +115,22 @@ print(json.dumps(m._triton_child(int(sys.argv[2]))))
 
 
 def _triton_child(seed: int) -> dict:
+    import samr1.kernels.prompt_pack as kp
+
     sam = load_sam("tiny")
     batch = random_batch(seed, n=17)
-    tok_t, cnt_t = pack_prompts(sam, batch, backend="triton")
+    seen = []
+    real_guard = kp.launch_guard
+
+    def spy(device):  # records the device the launcher guards, then enters the real guard
+        seen.append(str(torch.device(device)))
+        return real_guard(device)
+
+    kp.launch_guard = spy
+    try:
+        tok_t, cnt_t = pack_prompts(sam, batch, backend="triton")
+    finally:
+        kp.launch_guard = real_guard
     tok_r, cnt_r = pack_prompts_reference(sam, batch)
     auto, _ = pack_prompts(sam, PromptBatch.from_lists([0], [[1, 2, 3, 4]], [[]], [[]], [(5, 5)]), backend="auto")
     return {
@@ -126,6 +139,7 @@ def _triton_child(seed: int) -> dict:
         "counts_equal": bool(torch.equal(cnt_t, cnt_r)),
         "shape_equal": tok_t.shape == tok_r.shape,
         "auto_shape": list(auto.shape),
+        "guarded": seen,
     }
 
 
@@ -142,13 +156,30 @@ def test_triton_interpreted_matches_upstream_and_reference():
     assert res["vs_upstream"] <= ATOL, f"seed={seed}: triton vs upstream {res['vs_upstream']:.3g} > {ATOL}"
     assert res["vs_reference"] <= ATOL, f"seed={seed}: triton vs torch {res['vs_reference']:.3g} > {ATOL}"
     assert res["auto_shape"] == [1, 2, 256]
+    assert res["guarded"] == ["cpu"], f"the launch must run under launch_guard(tokens' device): {res['guarded']}"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
+                    reason="needs two CUDA devices: checks a launch on cuda:1 while cuda:0 is current")
+def test_triton_on_second_cuda_device(sam):
+    pytest.importorskip("triton")
+    seed = random.randrange(2**31)
+    batch = random_batch(seed, n=9)
+    with torch.cuda.device(0):
+        tok, cnt = pack_prompts(load_sam("tiny", device="cuda:1"), batch.to("cuda:1"), backend="triton")
+    assert tok.device == torch.device("cuda:1")
+    ref_tok, ref_cnt = pack_prompts_reference(sam, batch)  # same seeded weights, on the CPU
+    assert torch.equal(cnt.cpu(), ref_cnt), f"seed={seed}"
+    worst = float((tok.cpu() - ref_tok).abs().max())
+    assert worst <= ATOL, f"seed={seed}: triton on cuda:1 vs torch reference {worst:.3g} > {ATOL}"
 
 
 def test_backend_selection(sam, monkeypatch):
     batch = PromptBatch.from_lists([0], [[1, 2, 30, 40]], [[[5, 6]]], [[0]], [(50, 60)])
-    ref = pack_prompts_reference(sam, batch)
     auto = pack_prompts(sam, batch, backend="auto")  # CPU tensors: auto means torch
-    assert torch.equal(auto[0], ref[0]) and torch.equal(auto[1], ref[1])
+    # against upstream PromptEncoder (independent of what auto resolves to), not against the reference
+    assert check_against_upstream(sam, batch, *auto) <= ATOL
     with pytest.raises(ValueError, match="backend must be"):
         pack_prompts(sam, batch, backend="cuda")
     monkeypatch.setenv("SAMR1_DISABLE_TRITON", "1")

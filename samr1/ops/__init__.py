@@ -1,27 +1,34 @@
 """Public ops of samr1: validated, dispatched to C++ (CPU) / Triton (CUDA) / torch (reference).
 
 * :func:`mask_iou_from_logits` / :func:`mask_iou_grouped` -- SAM low-res logits -> postprocessed mask
-  -> IoU against the ground truth, without materialising full-resolution masks (samr1/ops/mask_iou.py).
+  -> IoU against the ground truth, without materialising full-resolution masks (samr1/ops/mask_iou.py);
+  equal to SAM's mask except within :func:`near_threshold_eps` of the threshold.
 """
 
 from samr1.ops.mask_iou import (
     BACKENDS,
+    NEAR_THRESHOLD_RTOL,
     last_backend,
     mask_iou_from_logits,
     mask_iou_grouped,
     mask_iou_grouped_reference,
     mask_iou_reference,
+    near_threshold_eps,
+    near_threshold_pixels,
     postprocess_reference,
     select_backend,
 )
 
 __all__ = [
     "BACKENDS",
+    "NEAR_THRESHOLD_RTOL",
     "last_backend",
     "mask_iou_from_logits",
     "mask_iou_grouped",
     "mask_iou_grouped_reference",
     "mask_iou_reference",
+    "near_threshold_eps",
+    "near_threshold_pixels",
     "postprocess_reference",
     "select_backend",
 ]
