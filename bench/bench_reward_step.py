@@ -10,20 +10,32 @@ All three parse the completions with ``samr1.answer.parse_answer``. Prints time 
 speedups, encoder calls and the max IoU difference between the ways (they must agree).
 
     python bench/bench_reward_step.py [--quick | --smoke] [--device cpu] [--sam tiny] [--encoder torch]
-                                      [-B 16] [-G 8] [--out DIR]
+                                      [-B 16] [-G 8] [--threads N[,N...]] [--out DIR]
+
+``--threads 1,2`` times every way at each count in the same run and adds parallel efficiency per way.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import time
+from collections.abc import Sequence
 
 import numpy as np
 import torch
-from samr1.bench.harness import Timing, format_table, measure, write_records
+from samr1.bench.harness import (
+    Timing,
+    add_scaling,
+    format_table,
+    load_average,
+    measure,
+    parse_thread_counts,
+    thread_counts,
+    torch_threads,
+    write_records,
+)
 
 
 def make_step(b: int, g: int, seed: int = 0, size: tuple[int, int] = (480, 640)):
@@ -85,7 +97,7 @@ LONG_CALL_S = 20.0
 
 def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_kind: str = "tiny",
         b: int | None = None, g: int | None = None, repeats: int | None = None, plot: bool = True,
-        smoke: bool = False, encoder: str = "torch") -> list[dict]:
+        smoke: bool = False, encoder: str = "torch", threads: int | Sequence[int] | None = None) -> list[dict]:
     """Time one reward step four ways; print the table; append ``out/reward_step.jsonl``; plot when ``out``.
 
     Args:
@@ -97,11 +109,15 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
         encoder: the engine's image encoder, one of ENCODER_SPECS ("torch" fp32, "torch-bf16-compiled",
             "onnx", "tensorrt", ...); the loops always run SAM's torch fp32 encoder (what Seg-Zero-style code
             runs), so a faster encoder here measures the goal "fastest backend vs the fp32 loop".
+        threads: torch threads, one count or several (a sweep: the four ways timed at each count in turn,
+            same step; default: torch's setting). The engine uses torch's count (its default), so each count
+            is also its decoder's worker threads.
 
-    Returns one row per way (loop, loop-cached, engine-cold, engine-warm) with ``step_s`` (median
+    Returns one row per way (loop, loop-cached, engine-cold, engine-warm) and thread count with ``step_s`` (median
     seconds per step), ``cpu_s`` (process CPU time per step), speedups, encoder images per step, ``max_iou_diff_vs_loop`` and ``parse_s`` (the
     parse of all B*G completions on its own, included in every way's step time); the engine rows carry
-    ``stages`` (seconds per stage of the last call: parse, load, encode, decode, iou).
+    ``stages`` (seconds per stage of the last call: parse, load, encode, decode, iou); with several thread
+    counts also ``speedup_vs_first`` and parallel ``efficiency`` per way (see ``harness.add_scaling``).
     """
     from segment_anything import SamPredictor
 
@@ -111,6 +127,7 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
     from samr1.sam import load_sam
 
     enc_opts = encoder_options(encoder)  # validated before any model is built
+    counts = thread_counts(threads)
     b = b or (2 if smoke else 4 if quick else 16)
     g = g or (2 if smoke else 4 if quick else 8)
     repeats = repeats or (1 if (quick or smoke) else 3)
@@ -161,74 +178,89 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
         return res
 
     t_parse = measure(parse_all, warmup=warmup, repeats=max(repeats, 3), device="cpu")
-    results = {}
-    ious = {}
-    cpu_s, loads = {}, {}
-    for name, fn in [("loop", loop), ("loop-cached", loop_cached), ("engine-cold", engine_cold),
-                     ("engine-warm", engine_warm)]:
-        last: dict = {"cpu": []}
-
-        def call(fn=fn, last=last):
-            c = time.process_time()
-            last["ious"] = fn()
-            last["cpu"].append(time.process_time() - c)
-
-        first = None
-        if warmup:
-            t0 = time.perf_counter()
-            call()
-            first = time.perf_counter() - t0
-        if first is not None and first > LONG_CALL_S:
-            # The CPU loop takes ~55 s per step at B=16 x G=8 here (minutes with a ViT): a call that long
-            # has no start-up cost worth repeating it for, so the warm-up call is the measurement.
-            results[name] = Timing(first, first, first, 1, [first])
-            cpu_s[name] = last["cpu"][0]
-        else:
-            results[name] = measure(call, warmup=0, repeats=repeats, device=device)
-            # process CPU time (all threads) of the timed calls: on a shared machine it depends far less
-            # than wall time on what else runs, so its ratios are the steadier ones
-            cpu_s[name] = statistics.median(last["cpu"][1 if warmup else 0:])
-        ious[name] = np.asarray(last["ious"])
-        loads[name] = round(os.getloadavg()[0], 2)
     n_ok = sum(a.ok for a in parse_all())
-    enc_calls = {"loop": n_ok, "loop-cached": n_distinct, "engine-cold": cold_counts["encoder_images"],
-                 "engine-warm": warm_counts["encoder_images"]}
     stage_keys = ("time_load_s", "time_encode_s", "time_decode_s", "time_iou_s")  # the engine's, in order
-    stages = {"time_parse_s": t_parse.median, **{k: warm_engine.stats[k] for k in stage_keys}}
-    cold_stages = {"time_parse_s": t_parse.median, **{k: cold_engine.stats[k] for k in stage_keys}}
-    base = results["loop"].median
+    ways = [("loop", loop), ("loop-cached", loop_cached), ("engine-cold", engine_cold), ("engine-warm", engine_warm)]
     rows = []
-    for name, t in results.items():
-        rows.append({
-            "way": name, "B": b, "G": g, "sam": sam_kind, "encoder": "torch" if name.startswith("loop") else encoder,
-            "step_s": t.median, "p20_s": t.p20, "p80_s": t.p80, "repeats": t.repeats,
-            "cpu_s": cpu_s[name], "cpu_speedup_vs_loop": cpu_s["loop"] / max(cpu_s[name], 1e-9),
-            "completions_per_s": n / t.median, "speedup_vs_loop": base / t.median,
-            "speedup_vs_loop_cached": results["loop-cached"].median / t.median,
-            "encoder_images": enc_calls[name], "parse_s": t_parse.median, "answers_ok": n_ok,
-            "max_iou_diff_vs_loop": float(np.abs(ious[name] - ious["loop"]).max()), "iou_tol": IOU_TOL,
-            "mean_iou": float(ious[name].mean()), "smoke": smoke, "threads": torch.get_num_threads(),
-            "loadavg_1m": loads[name],
-            **({"stages": cold_stages} if name == "engine-cold" else {}),
-            **({"stages": stages} if name == "engine-warm" else {}),
-        })
+    ious_all = {}
+    for t in counts:
+        results, ious, cpu_s, loads = {}, {}, {}, {}
+        with torch_threads(t):
+            for name, fn in ways:
+                last: dict = {"cpu": []}
+
+                def call(fn=fn, last=last):
+                    c = time.process_time()
+                    last["ious"] = fn()
+                    last["cpu"].append(time.process_time() - c)
+
+                first = None
+                if warmup:
+                    t0 = time.perf_counter()
+                    call()
+                    first = time.perf_counter() - t0
+                if first is not None and first > LONG_CALL_S:
+                    # The CPU loop takes ~55 s per step at B=16 x G=8 here (minutes with a ViT): a call that
+                    # long has no start-up cost worth repeating it for, so the warm-up call is the measurement.
+                    results[name] = Timing(first, first, first, 1, [first])
+                    cpu_s[name] = last["cpu"][0]
+                else:
+                    results[name] = measure(call, warmup=0, repeats=repeats, device=device)
+                    # process CPU time (all threads) of the timed calls: on a shared machine it depends far
+                    # less than wall time on what else runs, so its ratios are the steadier ones
+                    cpu_s[name] = statistics.median(last["cpu"][1 if warmup else 0:])
+                ious[name] = np.asarray(last["ious"])
+                loads[name] = load_average()
+        enc_calls = {"loop": n_ok, "loop-cached": n_distinct, "engine-cold": cold_counts["encoder_images"],
+                     "engine-warm": warm_counts["encoder_images"]}
+        stages = {"time_parse_s": t_parse.median, **{k: warm_engine.stats[k] for k in stage_keys}}
+        cold_stages = {"time_parse_s": t_parse.median, **{k: cold_engine.stats[k] for k in stage_keys}}
+        base = results["loop"].median
+        for name, tm in results.items():
+            rows.append({
+                "way": name, "B": b, "G": g, "sam": sam_kind,
+                "encoder": "torch" if name.startswith("loop") else encoder,
+                "step_s": tm.median, "p20_s": tm.p20, "p80_s": tm.p80, "repeats": tm.repeats,
+                "cpu_s": cpu_s[name], "cpu_speedup_vs_loop": cpu_s["loop"] / max(cpu_s[name], 1e-9),
+                "completions_per_s": n / tm.median, "ms_per_completion": tm.median / n * 1e3,
+                "speedup_vs_loop": base / tm.median,
+                "speedup_vs_loop_cached": results["loop-cached"].median / tm.median,
+                "encoder_images": enc_calls[name], "parse_s": t_parse.median, "answers_ok": n_ok,
+                "max_iou_diff_vs_loop": float(np.abs(ious[name] - ious["loop"]).max()), "iou_tol": IOU_TOL,
+                "mean_iou": float(ious[name].mean()), "smoke": smoke, "threads": t,
+                "loadavg_1m": loads[name],
+                **({"stages": cold_stages} if name == "engine-cold" else {}),
+                **({"stages": stages} if name == "engine-warm" else {}),
+            })
+        ious_all[t] = ious
+    add_scaling(rows, "way", "step_s")
     print(f"reward step: B={b} images x G={g} completions ({n_ok} parse ok), SAM {sam_kind}, engine encoder "
-          f"{encoder}, device {device}, {torch.get_num_threads()} torch threads, median of {repeats}"
+          f"{encoder}, device {device}, torch threads {','.join(map(str, counts))}, median of {repeats}"
           + (" (smoke: no warm-up)" if smoke else ""))
-    print(format_table(rows, ["way", "step_s", "repeats", "completions_per_s", "speedup_vs_loop",
-                              "speedup_vs_loop_cached", "cpu_s", "cpu_speedup_vs_loop", "encoder_images",
-                              "max_iou_diff_vs_loop"]))
+    print(format_table(rows, ["way", "threads", "step_s", "repeats", "ms_per_completion", "speedup_vs_loop",
+                              "speedup_vs_loop_cached", "cpu_s", "cpu_speedup_vs_loop", "speedup_vs_first",
+                              "efficiency", "encoder_images", "max_iou_diff_vs_loop", "loadavg_1m"]))
     print(f"parse of all {n} completions (inside every way's step): {t_parse.median * 1e3:.2f} ms")
-    print("engine stages (cold): " + ", ".join(f"{k[5:-2]} {v * 1e3:.1f} ms" for k, v in cold_stages.items()))
-    print("engine stages (warm): " + ", ".join(f"{k[5:-2]} {v * 1e3:.1f} ms" for k, v in stages.items()))
+    for r in rows:
+        if "stages" in r:
+            print(f"engine stages ({r['way'][7:]}, {r['threads']} threads): "
+                  + ", ".join(f"{k[5:-2]} {v * 1e3:.1f} ms" for k, v in r["stages"].items()))
     worst = max(r["max_iou_diff_vs_loop"] for r in rows)
     print(f"agreement: max |IoU diff| vs loop {worst:.3g} (tolerance {IOU_TOL:g}): "
           + ("OK" if worst <= IOU_TOL else "MISMATCH"))
+    if len(counts) > 1:
+        same = all(np.array_equal(ious_all[t][w], ious_all[counts[0]][w]) for t in counts for w in ("engine-cold", "engine-warm"))
+        print(f"engine IoUs identical across thread counts {','.join(map(str, counts))}: " + ("yes" if same else "NO"))
     path = write_records(rows, out, "reward_step", device)
     if path:
         print(f"records appended to {path}")
     if out and plot:
-        print(f"plot: {plot_reward_step(rows, out, device)}")
+        top = [r for r in rows if r["threads"] == counts[-1]]
+        print(f"plot: {plot_reward_step(top, out, device)}")
+        if len(counts) > 1:
+            from samr1.bench.plots import plot_thread_scaling
+
+            print(f"plot: {plot_thread_scaling(rows, out, 'reward_step_scaling', 'way', device, per='completion')}")
     return rows
 
 
@@ -249,8 +281,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("-G", type=int, default=None)
     p.add_argument("--smoke", action="store_true", help="B=2, G=2, one call per way (agreement check, seconds)")
     p.add_argument("--encoder", default="torch", choices=ENCODER_SPECS, help="the engine's image encoder")
+    p.add_argument("--threads", type=parse_thread_counts, default=None, metavar="N[,N...]",
+                   help="torch threads, or a comma-separated sweep such as 1,2 (default: torch's choice)")
     a = p.parse_args(argv)
-    run(quick=a.quick, out=a.out, device=a.device, sam_kind=a.sam, b=a.B, g=a.G, smoke=a.smoke, encoder=a.encoder)
+    run(quick=a.quick, out=a.out, device=a.device, sam_kind=a.sam, b=a.B, g=a.G, smoke=a.smoke, encoder=a.encoder,
+        threads=a.threads)
 
 
 if __name__ == "__main__":

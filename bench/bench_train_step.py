@@ -245,6 +245,10 @@ def run(quick: bool = False, smoke: bool = False, out: str | None = None, device
     path = write_records(rows_out, out, "train_step", device)
     if path:
         print(f"records appended to {path}")
+    if out:
+        from samr1.bench.plots import plot_train_step
+
+        print(f"figure: {plot_train_step(rows_out, out, device)}")
     return rows_out
 
 

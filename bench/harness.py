@@ -7,12 +7,13 @@ reference and the fast path run in the SAME process and the ratio is printed wit
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -140,3 +141,56 @@ def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths, strict=True)), "  ".join("-" * w for w in widths)]
     lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths, strict=True)) for row in cells]
     return "\n".join(lines)
+
+
+def parse_thread_counts(text: str) -> list[int]:
+    """``"1,2,4"`` -> [1, 2, 4] (the ``--threads`` flag): positive ints, no repeats, order kept."""
+    try:
+        counts = [int(v) for v in str(text).split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"--threads takes positive ints separated by commas (e.g. 1,2,4), got {text!r}") from None
+    return thread_counts(counts)
+
+
+def thread_counts(threads: int | Sequence[int] | None) -> list[int]:
+    """A bench's thread counts: None -> [torch's current count]; an int -> [it]; a sequence -> its values.
+
+    Raises:
+        ValueError: an empty list, a count < 1 or not an int, or a repeated count.
+    """
+    if threads is None:
+        return [torch.get_num_threads()]
+    counts = [threads] if isinstance(threads, int) else list(threads)
+    if not counts:
+        raise ValueError("threads: give at least one count (e.g. 1 or 1,2,4)")
+    for t in counts:
+        if isinstance(t, bool) or not isinstance(t, int) or t < 1:
+            raise ValueError(f"threads must be >= 1 (ints), got {t!r}")
+    if len(set(counts)) != len(counts):
+        raise ValueError(f"threads: each count once, got {counts}")
+    return counts
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """Torch intra-op threads set to ``n`` for a block, then put back."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def add_scaling(rows: list[dict[str, Any]], key: str, time_key: str) -> None:
+    """Thread scaling of each path, in place: for rows sharing ``row[key]`` (a path or way), against the
+    row with the smallest ``threads``: ``speedup_vs_first`` = T(t0) / T(t) and parallel ``efficiency`` =
+    t0 * T(t0) / (t * T(t)) (1.0 = perfect scaling; on a CPU shared with other processes, meaningless).
+    ``first_threads`` names t0."""
+    for name in dict.fromkeys(r[key] for r in rows):
+        group = [r for r in rows if r[key] == name]
+        first = min(group, key=lambda r: r["threads"])
+        for r in group:
+            r["first_threads"] = first["threads"]
+            r["speedup_vs_first"] = first[time_key] / r[time_key]
+            r["efficiency"] = first["threads"] * first[time_key] / (r["threads"] * r[time_key])

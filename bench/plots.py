@@ -40,8 +40,12 @@ def device_label(device: str | torch.device = "cpu", rows: list[dict[str, Any]] 
     env = first if "device" in first and "date" in first else environment(device)
     parts = [str(env["device"])]
     if parts[0].startswith("cpu"):
-        threads = first.get("threads", env.get("torch_threads", torch.get_num_threads()))
-        parts.append(f"{threads} torch thread{'s' if threads != 1 else ''}")
+        counts = sorted({r["threads"] for r in rows or [] if r.get("threads") is not None})
+        if len(counts) > 1:  # a thread sweep
+            parts.append(f"{','.join(map(str, counts))} torch threads (sweep)")
+        else:
+            threads = counts[0] if counts else env.get("torch_threads", torch.get_num_threads())
+            parts.append(f"{threads} torch thread{'s' if threads != 1 else ''}")
         loads = [r["loadavg_1m"] for r in rows or [] if r.get("loadavg_1m") is not None] or \
             ([env["loadavg_1m"]] if env.get("loadavg_1m") is not None else [])
         if loads:
@@ -163,28 +167,82 @@ def plot_mask_iou(rows: list[dict[str, Any]], out: str, device: str = "cpu") -> 
     return _save(fig, out, "mask_iou")
 
 
+def _decode_short(path: str) -> str:
+    return ("per-prompt predict\n+ numpy IoU (reference)" if "reference" in path else
+            "decode_batch only" if "only" in path else "decode_batch + select_best\n+ fused IoU")
+
+
 def plot_decode(rows: list[dict[str, Any]], out: str, device: str = "cpu") -> str:
-    """Milliseconds per prompt: per-prompt predict loop vs batched decode + fused IoU (and decode alone)."""
+    """Milliseconds per prompt: per-prompt predict loop vs batched decode + fused IoU (and decode alone);
+    one bar per thread count when the rows are a thread sweep (label: ms, speedup over the reference at
+    the same count)."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 4.6))
-    short = []
-    for r in rows:
-        p = r["path"]
-        short.append("per-prompt predict\n+ numpy IoU (reference)" if "reference" in p else
-                     "decode_batch only" if "only" in p else "decode_batch + select_best\n+ fused IoU")
-    vals = [r["ms_per_prompt"] for r in rows]
-    bars = ax.bar(short, vals, color=[REF, FAST, "#7fbf9a"][: len(rows)], width=0.6)
-    for bar, r in zip(bars, rows, strict=True):
-        ax.annotate(f"{r['ms_per_prompt']:.1f} ms\n{r['speedup']:.1f}x", (bar.get_x() + bar.get_width() / 2,
-                    bar.get_height()), ha="center", va="bottom", fontsize=9)
-    ax.set_ylim(0, max(vals) * 1.25)
+    paths = list(dict.fromkeys(r["path"] for r in rows))
+    counts = list(dict.fromkeys(r.get("threads") for r in rows))
+    width = 0.8 / len(counts)
+    palettes = [[REF, FAST, "#7fbf9a"], ["#5f5f5f", FAST2, "#4f9f6a"], ["#3a3a3a", "#0f3f26", "#2f7f4a"]]
+    for ci, t in enumerate(counts):
+        for pi, p in enumerate(paths):
+            r = next((r for r in rows if r["path"] == p and r.get("threads") == t), None)
+            if r is None:
+                continue
+            x = pi + (ci - (len(counts) - 1) / 2) * width
+            ax.bar(x, r["ms_per_prompt"], width=width * 0.95, color=palettes[ci % len(palettes)][pi % 3],
+                   label=f"{t} thread{'s' if t != 1 else ''}" if pi == 1 and len(counts) > 1 else None)
+            ax.annotate(f"{r['ms_per_prompt']:.1f} ms\n{r['speedup']:.1f}x"
+                        + (f"\n{t} thr" if len(counts) > 1 else ""),
+                        (x, r["ms_per_prompt"]), ha="center", va="bottom", fontsize=8 if len(counts) > 1 else 9)
+    ax.set_xticks(range(len(paths)))
+    ax.set_xticklabels([_decode_short(p) for p in paths])
+    ax.set_ylim(0, max(r["ms_per_prompt"] for r in rows) * 1.3)
     ax.set_ylabel("milliseconds per prompt (median)")
+    if len(counts) > 1:
+        ax.legend(fontsize=8, loc="upper right")
     r0 = rows[0]
     ax.set_title(f"decode + IoU, embeddings precomputed: {r0['images']} images, {r0['prompts']} prompts "
                  f"(box + 2 points), SAM {r0['sam']}")
     fig.suptitle(device_label(device, rows), fontsize=9, y=0.995)
     fig.tight_layout()
     return _save(fig, out, "decode")
+
+
+def plot_thread_scaling(rows: list[dict[str, Any]], out: str, name: str, key: str, device: str = "cpu",
+                        per: str = "prompt") -> str:
+    """A thread sweep: left, milliseconds per ``per`` (prompt / completion) vs threads, one line per path
+    (``row[key]``); right, parallel efficiency vs threads (``efficiency`` from
+    :func:`samr1.bench.harness.add_scaling`; 1.0 = perfect). Writes ``<out>/<name>.png``."""
+    plt = _pyplot()
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    field = f"ms_per_{per}"
+    palette = [REF, "#1f77b4", FAST, FAST2, "#d95f02", "#9467bd"]
+    counts = sorted({r["threads"] for r in rows})
+    for i, p in enumerate(dict.fromkeys(r[key] for r in rows)):
+        pts = sorted((r["threads"], r[field], r["efficiency"]) for r in rows if r[key] == p)
+        xs, ys, eff = zip(*pts, strict=True)
+        colour = palette[i % len(palette)]
+        label = _decode_short(p).replace("\n", " ") if key == "path" else p
+        ax1.plot(xs, ys, marker="o", color=colour, label=label)
+        for x, y in zip(xs, ys, strict=True):
+            ax1.annotate(f"{y:.1f}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8, color=colour)
+        ax2.plot(xs, eff, marker="o", color=colour, label=label)
+        for x, e in zip(xs, eff, strict=True):
+            ax2.annotate(f"{e:.0%}", (x, e), textcoords="offset points", xytext=(4, 4), fontsize=8, color=colour)
+    for ax in (ax1, ax2):
+        ax.set_xticks(counts)
+        ax.set_xlabel("threads")
+        ax.grid(True, alpha=0.3)
+    ax1.set_yscale("log")
+    ax1.set_ylabel(f"milliseconds per {per} (median, log)")
+    ax1.set_title(f"time per {per} vs threads")
+    ax1.legend(fontsize=8)
+    ax2.axhline(1.0, color="#555", linestyle=":", linewidth=1)
+    ax2.set_ylim(0, 1.15)
+    ax2.set_ylabel(f"parallel efficiency vs {counts[0]} thread{'s' if counts[0] != 1 else ''}")
+    ax2.set_title("parallel efficiency: t0 T(t0) / (t T(t))")
+    fig.suptitle(device_label(device, rows), fontsize=9, y=0.995)
+    fig.tight_layout()
+    return _save(fig, out, name)
 
 
 def plot_encoder(rows: list[dict[str, Any]], out: str, device: str = "cpu") -> str:
@@ -259,12 +317,48 @@ def plot_parse(rows: list[dict[str, Any]], out: str) -> str:
 
 
 # record file (written by each bench's run) -> the plot function for its rows
+TRAIN_PARTS = {"generation_s": "#7f7f7f", "reward_s": "#d95f02", "other_scoring_s": "#9467bd", "update_s": "#1f77b4"}
+
+
+def plot_train_step(rows: list[dict[str, Any]], out: str, device: str = "cpu") -> str:
+    """One GRPO step per reward path, stacked seconds: generation / reward / other scoring / policy update,
+    with the reward's share of the step written on each bar."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    for r in rows:
+        bottom = 0.0
+        for part, colour in TRAIN_PARTS.items():
+            v = float(r.get(part) or 0.0)
+            ax.bar(r["way"], v, bottom=bottom, color=colour, width=0.55,
+                   label=part[:-2].replace("_", " ") if r is rows[0] else None)
+            bottom += v
+        ax.annotate(f"{_fmt_s(r['step_s'])}\nreward {100 * r['reward_share']:.1f} %", (r["way"], bottom),
+                    ha="center", va="bottom", fontsize=9)
+    r0 = rows[0]
+    ax.set_ylabel("seconds per GRPO step (median)")
+    ax.set_title(f"one GRPO step: {r0['completions_per_step']} completions (G={r0['G']}), SAM {r0['sam']}"
+                 + (" — random policy, SAM never called" if r0.get("random_policy") else ""))
+    ax.set_ylim(0, max(r["step_s"] for r in rows) * 1.3)
+    ax.legend(loc="upper left", fontsize=8)
+    fig.suptitle(device_label(device, rows), fontsize=9, y=0.995)
+    fig.tight_layout()
+    return _save(fig, out, "train_step")
+
+
 RECORDS = {
     "reward_step.jsonl": plot_reward_step,
     "bench_mask_iou.jsonl": plot_mask_iou,
     "bench_decode.jsonl": plot_decode,
     "encoder.jsonl": plot_encoder,
     "parse.jsonl": lambda rows, out, device="cpu": plot_parse(rows, out),
+    "train_step.jsonl": plot_train_step,
+}
+
+
+# record file -> (path column, figure name, unit) of its thread-scaling figure (benches that sweep threads)
+SWEEP_PLOTS = {
+    "reward_step.jsonl": ("way", "reward_step_scaling", "completion"),
+    "bench_decode.jsonl": ("path", "decode_scaling", "prompt"),
 }
 
 
@@ -292,8 +386,17 @@ def main(argv: list[str] | None = None) -> None:
         path = os.path.join(a.records, name)
         if os.path.exists(path):
             rows = last_run(path)
-            if rows:
-                print(fn(rows, a.out or a.records, "cuda" if "cpu" not in str(rows[0].get("device")) else "cpu"))
+            if not rows:
+                continue
+            device = "cuda" if "cpu" not in str(rows[0].get("device")) else "cpu"
+            counts = sorted({r["threads"] for r in rows if r.get("threads") is not None})
+            sweep = len(counts) > 1 and name in SWEEP_PLOTS
+            # a thread sweep of the reward step: its step figure shows the largest count, the sweep its own
+            one = [r for r in rows if r.get("threads") == counts[-1]] if sweep and name == "reward_step.jsonl" else rows
+            print(fn(one, a.out or a.records, device))
+            if sweep:
+                key, fig, per = SWEEP_PLOTS[name]
+                print(plot_thread_scaling(rows, a.out or a.records, fig, key, device, per=per))
 
 
 if __name__ == "__main__":

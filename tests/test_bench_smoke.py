@@ -15,7 +15,7 @@ import os
 
 import pytest
 import torch
-from samr1.bench import bench_decode, bench_encoder, bench_mask_iou, bench_reward_step
+from samr1.bench import bench_decode, bench_encoder, bench_mask_iou, bench_reward_step, bench_train_step
 
 from samr1.cli import main
 from samr1.cli.bench import BENCHES, run_bench
@@ -27,6 +27,8 @@ FILES = {
     "decode": ("bench_decode.jsonl", "decode.png"),
     "encoder": ("encoder.jsonl", "encoder.png"),
     "parse": ("parse.jsonl", "parse.png"),
+    "latency": ("latency.jsonl", "latency.png"),
+    "train-step": ("train_step.jsonl", "train_step.png"),
 }
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -85,6 +87,29 @@ CHECKS = {"reward-step": _check_reward_step, "mask-iou": _check_mask_iou, "decod
           "encoder": _check_encoder, "parse": _check_parse}
 
 
+def _check_latency(rows: list[dict]) -> None:
+    pipe = [r for r in rows if r["part"] == "pipeline"]
+    assert [r["overlap"] for r in pipe] == [False, True] and all(r["masks_equal_across_modes"] for r in pipe)
+    assert pipe[0]["encode_overlap_ms"] == 0  # sequential mode never overlaps
+    assert [r["clients"] for r in rows if r["part"] == "server"] == [1, 2]
+
+
+CHECKS["latency"] = _check_latency
+
+
+def _check_train_step(rows: list[dict]) -> None:
+    assert [r["way"] for r in rows] == list(bench_train_step.WAYS)
+    for r in rows:
+        # the same policy, seed and data: every reward path gives the loop's rewards
+        assert r["max_reward_diff_vs_loop"] <= 1e-6, r
+        assert r["step_s"] > 0 and 0.0 <= r["reward_share"] <= 1.0
+        parts = r["generation_s"] + r["reward_s"] + r["other_scoring_s"] + r["update_s"]
+        assert parts >= r["step_s"] * 0.999, r  # the split covers the step
+
+
+CHECKS["train-step"] = _check_train_step
+
+
 def _check_record(path: str, rows: list[dict], name: str) -> None:
     with open(path, encoding="utf-8") as f:
         records = [json.loads(line) for line in f]
@@ -135,13 +160,14 @@ def test_cli_smoke_writes_record_and_plot(tmp_path, capsys):
     assert torch.get_num_threads() == threads  # --threads is restored after the run
 
 
-def test_cli_rejects_bad_arguments(tmp_path):
-    with pytest.raises(SystemExit):  # argparse: the two sizes are exclusive
-        main(["bench", "parse", "--quick", "--smoke"])
-    with pytest.raises(SystemExit, match="--threads must be >= 1"):
-        main(["bench", "parse", "--smoke", "--threads", "0"])
-    with pytest.raises(SystemExit, match="--encoder applies to reward-step only"):
-        main(["bench", "decode", "--smoke", "--encoder", "onnx"])
+def test_cli_rejects_bad_arguments(tmp_path, capsys):
+    # main() reports a usage error as one line on stderr and exit code 2 (see samr1.cli.EXIT_CODES)
+    for argv, said in ((["bench", "parse", "--quick", "--smoke"], "not allowed with argument"),
+                       (["bench", "parse", "--smoke", "--threads", "0"], "--threads must be >= 1"),
+                       (["bench", "decode", "--smoke", "--encoder", "onnx"], "--encoder applies to reward-step only")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert said in err and err.startswith("samr1 bench: error: ") and err.count("\n") == 1, err
     with pytest.raises(ValueError, match="unknown benchmark"):
         run_bench("nope", smoke=True)
     with pytest.raises(ValueError, match="exclusive"):
@@ -165,3 +191,49 @@ def test_reward_step_smoke_with_onnx_engine(tmp_path, monkeypatch):
     rows = run_bench("reward-step", smoke=True, device="cpu", out=None, threads=1, encoder="onnx")
     _check_reward_step(rows)
     assert [r["encoder"] for r in rows] == ["torch", "torch", "onnx", "onnx"]
+
+
+def test_decode_thread_sweep_smoke(tmp_path, capsys):
+    """``--threads 1,2``: every path timed at each count in one run, the same IoUs at both counts (the
+    decoder's results do not depend on threads), scaling columns, and the scaling plot."""
+    out = str(tmp_path)
+    assert main(["bench", "decode", "--smoke", "--threads", "1,2", "--out", out]) == 0
+    printed = capsys.readouterr().out
+    assert "goal: decode + IoU 2 threads vs 1:" in printed and "agreement:" in printed and ": OK" in printed
+    with open(os.path.join(out, "bench_decode.jsonl"), encoding="utf-8") as f:
+        rows = [json.loads(line) for line in f]
+    assert [r["threads"] for r in rows] == [1, 1, 1, 2, 2, 2]
+    for r in rows:
+        first = next(x for x in rows if x["path"] == r["path"] and x["threads"] == 1)
+        assert r["first_threads"] == 1
+        assert math.isclose(r["speedup_vs_first"], first["median_s"] / r["median_s"])
+        assert math.isclose(r["efficiency"], first["median_s"] / (r["threads"] * r["median_s"]))
+    assert rows[1]["max_iou_diff"] == rows[4]["max_iou_diff"] <= bench_decode.IOU_TOL
+    for png in ("decode.png", "decode_scaling.png"):
+        with open(os.path.join(out, png), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_reward_step_thread_sweep_smoke(tmp_path):
+    rows = bench_reward_step.run(smoke=True, b=1, g=2, threads=[1, 2], out=str(tmp_path))
+    assert [(r["way"], r["threads"]) for r in rows] == [(w, t) for t in (1, 2) for w in
+                                                        ("loop", "loop-cached", "engine-cold", "engine-warm")]
+    _check_reward_step(rows[:4])
+    _check_reward_step(rows[4:])
+    for r in rows[4:]:
+        first = rows[[x["way"] for x in rows].index(r["way"])]
+        assert math.isclose(r["efficiency"], first["step_s"] / (2 * r["step_s"]))
+    assert sorted(os.listdir(tmp_path)) == ["reward_step.jsonl", "reward_step.png", "reward_step_scaling.png"]
+
+
+def test_thread_sweep_arguments(tmp_path, capsys):
+    for argv, said in ((["bench", "parse", "--smoke", "--threads", "1,2"], "is for decode and reward-step"),
+                       (["bench", "decode", "--smoke", "--threads", "2,2"], "lists a count twice"),
+                       (["bench", "decode", "--smoke", "--threads", "1,x"], "positive ints separated by commas")):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert said in err and err.startswith("samr1 bench: error: "), err
+    with pytest.raises(ValueError, match="takes one thread count"):
+        run_bench("parse", smoke=True, threads=[1, 2])
+    with pytest.raises(ValueError, match="threads must be >= 1"):
+        run_bench("decode", smoke=True, threads=[1, 0])

@@ -3,7 +3,9 @@
 Sizes: default = the full run recorded in bench/RESULTS.md; ``--quick`` = small sizes, one repeat (each
 bench well under a minute on a 2-core CPU); ``--smoke`` = the tiniest sizes, one call, no warm-up (a few
 seconds; what the test suite runs: it checks that fast and reference agree, never a time). With
-``--out DIR`` the JSON-lines records and PNG plots are written there.
+``--out DIR`` the JSON-lines records and PNG plots are written there. ``--threads 1,2,...`` (decode,
+reward-step) times every path at each thread count in one run and adds parallel efficiency per path and a
+``*_scaling.png`` plot.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+from collections.abc import Sequence
 from typing import Any
 
 # CLI name -> module in samr1.bench (bench/ in the source tree)
@@ -20,7 +23,18 @@ BENCHES = {
     "decode": "bench_decode",
     "encoder": "bench_encoder",
     "parse": "bench_parse",
+    "train-step": "bench_train_step",
+    "latency": "bench_latency",
 }
+
+
+def _sweeps(name: str) -> bool:
+    """Whether a bench sweeps thread counts itself (its ``run`` takes ``threads``)."""
+    return name in SWEEPS
+
+
+# benches whose run(threads=[...]) times several thread counts in one run
+SWEEPS = ("decode", "reward-step")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,26 +50,48 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--encoder", default=None, metavar="BACKEND",
                    help="reward-step only: the engine's image encoder: torch (fp32, default), torch-bf16, torch-fp16, "
                         "torch-bf16-compiled, torch-fp16-compiled, onnx, tensorrt (fp16), tensorrt-fp32")
-    p.add_argument("--threads", type=int, default=None, metavar="N",
-                   help="torch intra-op threads for the run (default: torch's choice); on a shared CPU 1 is steadier")
+    p.add_argument("--threads", type=_thread_list, default=None, metavar="N[,N...]",
+                   help="torch threads for the run (default: torch's choice); on a shared CPU 1 is steadier. "
+                        "decode and reward-step take a comma-separated sweep (e.g. 1,2,4): each count timed "
+                        "in the same run, with parallel efficiency and a scaling plot")
     p.add_argument("--out", default=None, metavar="DIR", help="write JSON-lines records and PNG plots here")
     p.set_defaults(func=_run)
 
 
+def _thread_list(text: str) -> list[int]:
+    """argparse type of ``--threads``: "2" -> [2], "1,2,4" -> [1, 2, 4]."""
+    try:
+        counts = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected positive ints separated by commas (e.g. 1,2,4), got {text!r}") from None
+    if not counts:
+        raise argparse.ArgumentTypeError(f"expected at least one thread count, got {text!r}")
+    return counts
+
+
 def run_bench(name: str, *, quick: bool = False, smoke: bool = False, device: str = "cpu", sam_kind: str = "tiny",
-              out: str | None = None, threads: int | None = None, encoder: str | None = None) -> list[dict[str, Any]]:
+              out: str | None = None, threads: int | Sequence[int] | None = None,
+              encoder: str | None = None) -> list[dict[str, Any]]:
     """Import ``samr1.bench.<module>`` and call its ``run`` with the arguments it accepts; return its rows.
 
+    ``threads``: one count (torch's threads for the run), or several for a sweep (benches whose ``run``
+    takes ``threads``: decode, reward-step).
+
     Raises:
-        ValueError: unknown ``name``, ``quick`` and ``smoke`` together, ``threads`` < 1, or ``encoder`` given
-            to a bench that has no encoder choice.
+        ValueError: unknown ``name``, ``quick`` and ``smoke`` together, a thread count < 1 or repeated, a
+            sweep for a bench without one, or ``encoder`` given to a bench that has no encoder choice.
     """
     if name not in BENCHES:
         raise ValueError(f"unknown benchmark {name!r}; choose one of {list(BENCHES)}")
     if quick and smoke:
         raise ValueError("quick and smoke are exclusive: smoke is the smaller of the two")
-    if threads is not None and threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+    counts = None
+    if threads is not None:
+        counts = [threads] if isinstance(threads, int) else list(threads)
+        if not counts or any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in counts):
+            raise ValueError(f"threads must be >= 1 (one count or a list), got {threads!r}")
+        if len(set(counts)) != len(counts):
+            raise ValueError(f"threads: each count once, got {counts}")
     try:
         module = importlib.import_module(f"samr1.bench.{BENCHES[name]}")
     except ModuleNotFoundError as exc:
@@ -71,8 +107,14 @@ def run_bench(name: str, *, quick: bool = False, smoke: bool = False, device: st
             raise ValueError(f"benchmark {name!r} has no encoder choice (--encoder is for reward-step; "
                              "the encoder bench times every backend)")
         kwargs["encoder"] = encoder
-    if threads is None:
+    if counts is None:
         return module.run(**kwargs)
+    if "threads" in params:  # the bench sweeps (or sets) the counts itself
+        return module.run(**kwargs, threads=counts if len(counts) > 1 else counts[0])
+    if len(counts) > 1:
+        raise ValueError(f"benchmark {name!r} takes one thread count; sweeps (--threads 1,2,...) are for "
+                         f"{[n for n in BENCHES if _sweeps(n)]}")
+    threads = counts[0]
     import torch
 
     old = torch.get_num_threads()
@@ -89,8 +131,14 @@ def _run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     names = list(BENCHES) if args.name == "all" else [args.name]
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    if args.threads is not None and args.threads < 1:
-        raise SystemExit(f"samr1 bench: --threads must be >= 1, got {args.threads}")
+    if args.threads is not None:
+        if any(t < 1 for t in args.threads):
+            raise SystemExit(f"samr1 bench: --threads must be >= 1, got {','.join(map(str, args.threads))}")
+        if len(set(args.threads)) != len(args.threads):
+            raise SystemExit(f"samr1 bench: --threads lists a count twice: {','.join(map(str, args.threads))}")
+        if len(args.threads) > 1 and not all(_sweeps(n) for n in names):
+            raise SystemExit("samr1 bench: a --threads sweep (several counts) is for decode and reward-step; "
+                             "give one count for the others")
     if args.encoder is not None and "reward-step" not in names:
         raise SystemExit("samr1 bench: --encoder applies to reward-step only (the encoder bench times every backend)")
     for name in names:

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -43,15 +44,32 @@ class SamEngine:
         store: an optional :class:`samr1.store.EmbeddingStore` (or the path of one, built by ``samr1 embed``)
             read before encoding; it must have been built with this model (checked by model id).
         threshold: mask logit threshold (SAM's ``mask_threshold`` is 0.0).
+        threads: CPU threads one ``score`` / ``segment_batch`` call uses: the decoder's worker threads (see
+            :func:`samr1.sam.decoder.decode_batch`) and torch's intra-op threads (the torch encoder) during
+            the call. None (default): ``torch.get_num_threads()`` at call time. The fused C++ IoU op has its
+            own thread setting (``SAMR1_CPP_THREADS``, see :func:`samr1._ext.cpp_threads`). IoUs do not
+            depend on either (every decode op runs single-threaded in a worker; intersections and unions are
+            integer counts). Ignored by the decoder on CUDA.
         encoder_kwargs: passed to :func:`samr1.sam.encoder.make_encoder` (dtype, compile, cache_dir...).
 
     ``stats`` holds counters (``encoder_images``, ``cache_hits``, ``cache_misses``, ...), the backend that
     ran each stage and per-stage seconds of the last ``score`` call (``time_*``), for a trainer to log.
     """
 
+    def __new__(cls, sam: Any = None, *args: Any, **kwargs: Any):
+        # A SAM 2 model (the sam2 extra) gets the same API from its own engine: SAM 2's decoder needs the
+        # high-res backbone features and its own postprocess (samr1/engine/sam2_engine.py)
+        from samr1.sam.sam2_build import is_sam2_model
+
+        if cls is SamEngine and is_sam2_model(sam):
+            from samr1.engine.sam2_engine import Sam2Engine
+
+            return Sam2Engine(sam, *args, **kwargs)
+        return super().__new__(cls)
+
     def __init__(self, sam: Sam, encoder: str = "torch", cache_bytes: int = 2 << 30, multimask: bool = True,
                  device: str | torch.device | None = None, iou_backend: str = "auto", store: Any = None,
-                 threshold: float = 0.0, **encoder_kwargs: Any):
+                 threshold: float = 0.0, threads: int | None = None, **encoder_kwargs: Any):
         from samr1.engine.cache import EmbeddingCache
         from samr1.sam.encoder import make_encoder
 
@@ -59,6 +77,11 @@ class SamEngine:
             raise TypeError(f"sam must be a segment_anything Sam model (see samr1.sam.load_sam), got {type(sam).__name__}")
         if cache_bytes < 0:
             raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
+        from samr1.sam.decoder import resolve_threads
+
+        if threads is not None:
+            resolve_threads(threads)  # validates: a positive int
+        self.threads = threads
         self.sam = sam.eval()
         self.device = torch.device(device) if device is not None else next(sam.parameters()).device
         if self.device != next(sam.parameters()).device:
@@ -99,7 +122,17 @@ class SamEngine:
         out["encoder_backend"] = self.encoder.name
         return out
 
-    @torch.inference_mode()
+    def _threads(self) -> int:
+        """The thread count of a call: the ``threads`` setting, else torch's current one."""
+        return self.threads if self.threads is not None else torch.get_num_threads()
+
+    def _thread_scope(self) -> contextlib.AbstractContextManager:
+        """Torch intra-op threads of the calling thread set to the engine's count for one call (CPU only)."""
+        n = self._threads()
+        if self.device.type != "cpu" or n == torch.get_num_threads():
+            return contextlib.nullcontext()
+        return _torch_threads(n)
+
     def score(self, images: Sequence[Any], answers: Sequence[Any], gt_masks: Sequence[Any]) -> list[float]:
         """IoU per answer against its ground-truth mask, for a whole rollout step at once.
 
@@ -118,9 +151,15 @@ class SamEngine:
             InputError: lengths differ, an image or mask is malformed, or a mask's size is not its image's
                 (the message names the index and field).
         """
+        with self._thread_scope(), torch.inference_mode():
+            return self._score(images, answers, gt_masks)
+
+    def _score(self, images: Sequence[Any], answers: Sequence[Any], gt_masks: Sequence[Any]) -> list[float]:
         n = len(answers)
         if len(images) != n or len(gt_masks) != n:
             raise InputError(f"images ({len(images)}), answers ({n}) and gt_masks ({len(gt_masks)}) must be parallel lists")
+        if any(_n_objects(a) > 1 for a in answers):  # multi-object answers: IoU of the union of their masks
+            return self._score_unions(images, answers, gt_masks)
         t0 = time.perf_counter()
         ok = [i for i, a in enumerate(answers) if getattr(a, "ok", False)]
         with self._lock:
@@ -160,7 +199,7 @@ class SamEngine:
             self._last = {
                 "time_encode_s": t1 - t0, "time_load_s": t_load - t1, "time_decode_s": t2 - t_load,
                 "time_iou_s": t3 - t2, "iou_backend": last_backend(), "step_images": len(step.keys),
-                "step_prompts": len(ok),
+                "step_prompts": len(ok), "threads": self._threads(),
             }
         return ious
 
@@ -170,11 +209,16 @@ class SamEngine:
         original size); an answer that is not ``ok`` gives an all-False mask."""
         return self.segment_batch([image], [answer])[0]
 
-    @torch.inference_mode()
     def segment_batch(self, images: Sequence[Any], answers: Sequence[Any]) -> list[np.ndarray]:
         """Masks for several (image, answer) pairs in one encoder call and one decode pass."""
+        with self._thread_scope(), torch.inference_mode():
+            return self._segment_batch(images, answers)
+
+    def _segment_batch(self, images: Sequence[Any], answers: Sequence[Any]) -> list[np.ndarray]:
         if len(images) != len(answers):
             raise InputError(f"images ({len(images)}) and answers ({len(answers)}) must be parallel lists")
+        if any(_n_objects(a) > 1 for a in answers):  # multi-object answers: OR of the objects' masks
+            return self._segment_unions(images, answers)
         out: list[np.ndarray | None] = [None] * len(answers)
         ok = [i for i, a in enumerate(answers) if getattr(a, "ok", False)]
         step = self.cache.lookup(list(images))  # every image is checked, even those of failed answers
@@ -202,7 +246,7 @@ class SamEngine:
         labels = [list(getattr(a, "labels", None) or [1] * len(a.points)) for a in answers]
         batch = PromptBatch.from_lists(img_index, boxes, points, labels,
                                        original_sizes=original_sizes, device=self.device)
-        logits, iou_pred = decode_batch(self.sam, emb, batch, multimask=self.multimask)
+        logits, iou_pred = decode_batch(self.sam, emb, batch, multimask=self.multimask, threads=self._threads())
         return select_best(logits, iou_pred)
 
     def _distinct_masks(self, masks: list[Any], fields: list[str], img_index: list[int],
@@ -217,7 +261,7 @@ class SamEngine:
         for m, field, j in zip(masks, fields, img_index, strict=True):
             g = by_obj.get((id(m), j))
             if g is None:
-                arr = load_mask(m, field=field)
+                arr = load_mask(m, field=field, expected_size=tuple(sizes[j]))  # an RLE is checked before decoding
                 if arr.shape != tuple(sizes[j]):
                     raise InputError(f"{field}: mask is {arr.shape[0]}x{arr.shape[1]} but its image is "
                                      f"{sizes[j][0]}x{sizes[j][1]} (H x W); masks are at the original image size")
@@ -226,3 +270,64 @@ class SamEngine:
                 group_img.append(j)
             index.append(g)
         return index, distinct, group_img
+
+    # ------------------------------------------------------------------ multi-object answers
+    def _segment_unions(self, images: Sequence[Any], answers: Sequence[Any]) -> list[np.ndarray]:
+        """Masks when some answers hold several objects (``Answer.objects``, VisionReasoner's list form):
+        every object's prompt goes through the plain batched path (one encoder call per distinct image, one
+        decode pass for all prompts) and each answer's masks are OR-ed."""
+        flat_images, flat_answers, owner = [], [], []
+        for i, (img, a) in enumerate(zip(images, answers, strict=True)):
+            for part in (a.per_object() if _n_objects(a) > 1 else [a]):
+                flat_images.append(img)
+                flat_answers.append(part)
+                owner.append(i)
+        out: list[np.ndarray | None] = [None] * len(answers)
+        for i, m in zip(owner, self.segment_batch(flat_images, flat_answers), strict=True):
+            out[i] = m if out[i] is None else (out[i] | m)
+        return out  # type: ignore[return-value]
+
+    def _score_unions(self, images: Sequence[Any], answers: Sequence[Any], gt_masks: Sequence[Any]) -> list[float]:
+        """IoUs when some answers hold several objects: single-object answers take the fused path (one
+        ``score`` call); a multi-object answer is scored on the OR of its objects' SAM masks, counted in
+        numpy (a union is no single logit map, so the fused op cannot count it). IoU(empty, empty) = 1."""
+        multi = [i for i, a in enumerate(answers) if _n_objects(a) > 1]
+        single = [i for i in range(len(answers)) if _n_objects(answers[i]) <= 1]
+        ious = [0.0] * len(answers)
+        if single:
+            got = self.score([images[i] for i in single], [answers[i] for i in single], [gt_masks[i] for i in single])
+            for i, v in zip(single, got, strict=True):
+                ious[i] = v
+        masks = self._segment_unions([images[i] for i in multi], [answers[i] for i in multi])
+        for i, m in zip(multi, masks, strict=True):
+            gt = load_mask(gt_masks[i], field=f"gt_masks[{i}]")
+            if gt.shape != m.shape:
+                raise InputError(f"gt_masks[{i}]: mask is {gt.shape[0]}x{gt.shape[1]} but its image is "
+                                 f"{m.shape[0]}x{m.shape[1]} (H x W); masks are at the original image size")
+            union = int(np.count_nonzero(m | gt))
+            ious[i] = 1.0 if union == 0 else int(np.count_nonzero(m & gt)) / union
+        with self._lock:
+            self._counters["union_answers"] = self._counters.get("union_answers", 0) + len(multi)
+        return ious
+
+
+def _n_objects(answer: Any) -> int:
+    """How many objects an ok answer holds (``Answer.objects``; 1 for answers without that field)."""
+    if not getattr(answer, "ok", False):
+        return 0
+    return max(1, len(getattr(answer, "objects", None) or ()))
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int):
+    """Torch intra-op threads of the calling thread set to ``n`` for a block, then put back.
+
+    ``torch.set_num_threads`` is per thread for threads that already ran torch (OpenMP's setting is a
+    per-thread value), but it also sets the default of threads created later: putting it back restores both.
+    """
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

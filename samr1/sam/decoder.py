@@ -23,18 +23,26 @@ Where this forward differs from upstream ``MaskDecoder.predict_masks`` / ``TwoWa
    softmax ignores), ``softmax(.) (X Wv^T + bv) = (softmax(.) X) Wv^T + bv`` (rows sum to 1), and for
    image->token attention ``q_proj(X) k^T = X (Wq^T k^T) + bq k^T`` and ``out_proj(A v) = A (v Wo^T) +
    bo``, fused with the residual into one ``baddbmm``. Same math, different summation order: round-off
-   only (observed ~3e-7 on logits; the tests bound it by 1e-4).
+   only (observed ~3e-7 on logits ~0.4 of random weights, up to 5.5e-5 on logits ~60 of the trained
+   tiny-shapes weights; the tests bound it by 2e-5 x max(1, max |logit|)).
 4. The final token->image attention runs only for the IoU token and the kept mask tokens (the other
    tokens' outputs are never read upstream either).
 5. The two stride-2 2x2 transposed convolutions of the upscaler are per-pixel linear maps: they run as
    plain matmuls in a "sub-pixel" layout (channels last), and the pixels are put in place once at the
    end for the C kept masks only. LayerNorm2d is ``F.layer_norm`` over the channel axis (same formula).
 6. Only the kept mask tokens' hypernetwork MLPs run (upstream computes all and slices).
+
+On the CPU, the passes (and each image's layer-1 work) run concurrently on ``threads`` worker threads, each
+with torch single-threaded (see the comment above ``_pool`` for the measurements). The passes are fixed by
+the batch alone, so the logits are bitwise equal for any thread count.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +51,8 @@ from torch import nn
 
 from samr1.sam.prompts import PromptBatch, PromptError, pack_prompts
 
-__all__ = ["decode_batch", "select_best", "default_max_prompts_per_pass", "DEFAULT_MAX_PROMPTS_PER_PASS"]
+__all__ = ["decode_batch", "select_best", "default_max_prompts_per_pass", "resolve_threads",
+           "DEFAULT_MAX_PROMPTS_PER_PASS"]
 
 # Default prompts per pass, by device type. On the CPU a pass's per-prompt working set (~6 image-sized
 # L x D fp32 tensors, 4 MB each at 64 x 64 x 256, plus 12 MB in the upscaler) should stay in the 32 MB L3:
@@ -68,12 +77,12 @@ def _heads(w: torch.Tensor, h: int) -> torch.Tensor:
 
 @dataclass
 class _ImageSide:
-    """Layer-1 image-only tensors for the U images of one pass (channels last, per head)."""
+    """Layer-1 image-only tensors of one image (channels last, per head), shared by all its prompts."""
 
-    src: torch.Tensor  # (U, L, D) embedding + no_mask_embed
-    k0: torch.Tensor  # (U, H, dh, L) token->image keys k_proj(src + pos), transposed for q @ k^T
-    v0: torch.Tensor  # (U, H, dh, L) token->image values v_proj(src), transposed
-    q0: torch.Tensor  # (U, H, dh, L) image->token queries q_proj(src + pos), transposed
+    src: torch.Tensor  # (L, D) embedding + no_mask_embed
+    k0: torch.Tensor  # (H, dh, L) token->image keys k_proj(src + pos), transposed for q @ k^T
+    v0: torch.Tensor  # (H, dh, L) token->image values v_proj(src), transposed
+    q0: torch.Tensor  # (H, dh, L) image->token queries q_proj(src + pos), transposed
 
 
 def _check_decoder(sam) -> None:
@@ -102,8 +111,8 @@ def _layer_norm(mod: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 
 class _Workspace:
-    """Image-sized buffers reused by every pass of one ``decode_batch`` call (outputs of ops that take
-    ``out=``; LayerNorm has no real out= kernel, its out variant allocates and copies).
+    """Image-sized buffers reused by every pass one worker runs in one ``decode_batch`` call (outputs of
+    ops that take ``out=``; LayerNorm has no real out= kernel, its out variant allocates and copies).
 
     Why: on the CPU a fresh multi-MB tensor is paid in page faults on first touch. Measured on the
     2-core CPU (one thread): writing a pass's 8 MB residual sum into a fresh tensor took 8.7 ms, into a
@@ -199,31 +208,27 @@ def _softmax_over_tokens(logits_t: torch.Tensor, t: int, key_bias) -> torch.Tens
 
 
 def _image_side(sam, src: torch.Tensor, pos: torch.Tensor) -> _ImageSide:
-    """Layer-1 image-only work for U images: src (U, L, D) (embedding + no_mask_embed), pos (L, D).
+    """Layer-1 image-only work for one image: src (L, D) (embedding + no_mask_embed), pos (L, D).
 
     The projections are computed transposed, ``W @ X^T + b`` -> (Di, L) = (H, dh, L), so that the
     per-head layout comes out of the matmul without a transpose copy.
     """
     layer = sam.mask_decoder.transformer.layers[0]
     t2i, i2t = layer.cross_attn_token_to_image, layer.cross_attn_image_to_token
-    u, l_, _ = src.shape
+    l_ = src.shape[0]
 
     def proj_t(lin: nn.Linear, x: torch.Tensor, heads: int) -> torch.Tensor:
         return torch.addmm(lin.bias[:, None], lin.weight, x.t()).view(heads, -1, l_)
 
-    k0, v0, q0 = [], [], []
-    for i in range(u):
-        x0 = src[i] + pos
-        k0.append(proj_t(t2i.k_proj, x0, t2i.num_heads))
-        v0.append(proj_t(t2i.v_proj, src[i], t2i.num_heads))
-        q0.append(proj_t(i2t.q_proj, x0, i2t.num_heads))
-    return _ImageSide(src=src, k0=torch.stack(k0), v0=torch.stack(v0), q0=torch.stack(q0))
+    x0 = src + pos
+    return _ImageSide(src=src, k0=proj_t(t2i.k_proj, x0, t2i.num_heads), v0=proj_t(t2i.v_proj, src, t2i.num_heads),
+                      q0=proj_t(i2t.q_proj, x0, i2t.num_heads))
 
 
-def _first_layer(sam, side: _ImageSide, groups, tokens, key_bias, ws: _Workspace):
+def _first_layer(sam, sides: list[_ImageSide], groups, tokens, key_bias, ws: _Workspace):
     """Layer 1 of the two-way transformer (skip_first_layer_pe) with the image side shared.
 
-    groups: list of (u, start, end): prompts start:end of the pass belong to image u of ``side``.
+    groups: list of (u, start, end): prompts start:end of the pass belong to the image of ``sides[u]``.
     Returns (queries (n, T, D), keys (n, L, D)).
     """
     layer = sam.mask_decoder.transformer.layers[0]
@@ -240,8 +245,8 @@ def _first_layer(sam, side: _ImageSide, groups, tokens, key_bias, ws: _Workspace
     out = torch.empty_like(q)
     for u, s, e in groups:
         qh = q[s:e].reshape((e - s) * t, h, dh).transpose(0, 1) / math.sqrt(dh)  # (H, m*T, dh), pre-scaled
-        a = torch.softmax(qh @ side.k0[u], dim=-1)  # (H, m*T, L)
-        out[s:e] = (a @ side.v0[u].transpose(1, 2)).transpose(0, 1).reshape(e - s, t, -1)
+        a = torch.softmax(qh @ sides[u].k0, dim=-1)  # (H, m*T, L)
+        out[s:e] = (a @ sides[u].v0.transpose(1, 2)).transpose(0, 1).reshape(e - s, t, -1)
     queries = _layer_norm(layer.norm2, queries + t2i.out_proj(out))
     queries = _layer_norm(layer.norm3, queries + layer.mlp(queries))
 
@@ -254,11 +259,11 @@ def _first_layer(sam, side: _ImageSide, groups, tokens, key_bias, ws: _Workspace
     for u, s, e in groups:
         m = e - s
         kh = k[s:e].permute(2, 0, 1, 3).reshape(h, m * t, dh) / math.sqrt(dh)  # (H, m*T, dh)
-        logits_t = (kh @ side.q0[u]).view(h, m, t, -1)  # (H, m, T, L): logits transposed
+        logits_t = (kh @ sides[u].q0).view(h, m, t, -1)  # (H, m, T, L): logits transposed
         kb = None if key_bias is None else key_bias[s:e].view(1, m, t, 1)
         a_t = _softmax_over_tokens(logits_t.view(h, m * t, -1), t, kb)
         a_t = a_t.view(h, m, t, -1).transpose(0, 1).reshape(m, h * t, -1)  # (m, H*T, L)
-        torch.baddbmm(side.src[u].expand(m, -1, -1), a_t.transpose(1, 2), vw[s:e], out=pre[s:e])
+        torch.baddbmm(sides[u].src.expand(m, -1, -1), a_t.transpose(1, 2), vw[s:e], out=pre[s:e])
     keys = _layer_norm(layer.norm4, pre)
     return queries, keys
 
@@ -354,7 +359,7 @@ def _place(m: torch.Tensor, out: torch.Tensor) -> None:
     out.view(*lead, c, h, 2, 2, w, 2, 2).copy_(src)
 
 
-def _decode_pass(sam, up: _Upscaler, ws: _Workspace, side, groups, sparse, counts, pos, h, w, mask_slice,
+def _decode_pass(sam, up: _Upscaler, ws: _Workspace, sides, groups, sparse, counts, pos, h, w, mask_slice,
                  logits_out, iou_out, sel):
     md = sam.mask_decoder
     tr = md.transformer
@@ -369,7 +374,7 @@ def _decode_pass(sam, up: _Upscaler, ws: _Workspace, side, groups, sparse, count
         key_bias = torch.zeros((n, t), dtype=tokens.dtype, device=tokens.device).masked_fill_(~real, float("-inf"))
         key_bias = key_bias.view(n, 1, 1, t)
 
-    queries, keys = _first_layer(sam, side, groups, tokens, key_bias, ws)
+    queries, keys = _first_layer(sam, sides, groups, tokens, key_bias, ws)
     for layer in tr.layers[1:]:
         queries, keys = _later_layer(layer, queries, keys, tokens, pos, key_bias, ws)
 
@@ -424,6 +429,7 @@ def decode_batch(
     multimask: bool = True,
     max_prompts_per_pass: int | None = None,
     pack_backend: str = "auto",
+    threads: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Decode all prompts of a step at once.
 
@@ -439,6 +445,10 @@ def decode_batch(
             resident, fastest there), 64 on CUDA (see ``DEFAULT_MAX_PROMPTS_PER_PASS``). Results do not
             depend on it beyond round-off.
         pack_backend: prompt packing backend ("auto", "torch", "triton"), see ``pack_prompts``.
+        threads: CPU only: worker threads that decode passes (and images' shared work) concurrently, each
+            running torch single-threaded (see ``_pool``). None: ``torch.get_num_threads()`` of the caller.
+            The passes and every op in them are the same for any value, so the results are bitwise equal
+            for any ``threads``. Ignored on CUDA.
 
     Returns:
         low_res_logits: (N, C, 4h, 4w) float32 (N x C x 256 x 256 for upstream SAM): the mask logits
@@ -448,8 +458,8 @@ def decode_batch(
     if max_prompts_per_pass is None and isinstance(embeddings, torch.Tensor):
         max_prompts_per_pass = default_max_prompts_per_pass(embeddings.device)
     _validate(sam, embeddings, batch, max_prompts_per_pass)
+    threads = resolve_threads(threads)
     md = sam.mask_decoder
-    pe = sam.prompt_encoder
     b, d, h, w = embeddings.shape
     mask_slice = slice(1, None) if multimask else slice(0, 1)
     c = len(range(md.num_mask_tokens)[mask_slice])
@@ -460,59 +470,174 @@ def decode_batch(
     if n == 0:
         return logits_out, iou_out
 
-    sparse, counts = pack_prompts(sam, batch, backend=pack_backend, num_images=b)
-    pos = pe.get_dense_pe().reshape(d, h * w).t().contiguous()  # (L, D)
-    no_mask = pe.no_mask_embed.weight.reshape(1, d)
-    up = _Upscaler.from_decoder(md)
-    ws = _Workspace(min(n, max_prompts_per_pass), h * w, d, up, c, embeddings.dtype, dev)
-
-    # Prompts sorted by image so that each image's prompts are contiguous within a pass.
+    # The plan (which prompts share a pass) depends only on the batch and the pass size, never on the
+    # thread count: prompts sorted by image so that each image's prompts are contiguous within a pass.
     img = batch.image_index.long()
     order = torch.sort(img, stable=True).indices
     img_sorted = img[order].tolist()
-    cached: dict[int, tuple[_ImageSide, int]] = {}
-    for start in range(0, n, max_prompts_per_pass):
-        end = min(n, start + max_prompts_per_pass)
-        ids = img_sorted[start:end]
-        uniq = sorted(set(ids))
-        # Reuse the image-side tensors of an image whose prompts straddle two passes.
-        need = [i for i in uniq if i not in cached]
-        if need:
-            src = embeddings[need].reshape(len(need), d, h * w).transpose(1, 2) + no_mask  # (U, L, D)
-            side_new = _image_side(sam, src, pos)
-            new = {i: (side_new, j) for j, i in enumerate(need)}
-        else:
-            new = {}
-        cached = {i: (cached.get(i) or new[i]) for i in uniq}
-        side, groups = _gather_side(cached, uniq, ids)
-        sel = order[start:end]
-        cnt = counts[sel]
-        smax = int(cnt.max())
-        _decode_pass(sam, up, ws, side, groups, sparse[sel, :smax], cnt, pos, h, w, mask_slice, logits_out, iou_out, sel)
+    passes = [(s, min(n, s + max_prompts_per_pass)) for s in range(0, n, max_prompts_per_pass)]
+    images = sorted(set(img_sorted))
+
+    run = _Runner(dev, threads)
+    prep = run.submit(_prepare, sam, batch, pack_backend, b)
+    sides = {i: run.submit(_side_task, sam, embeddings, i, prep) for i in images}
+    workspaces: dict[int, _Workspace] = {}  # one per worker thread (buffers reused by its passes)
+    ws_args = (min(n, max_prompts_per_pass), h * w, d, c, embeddings.dtype, dev)
+    tasks = [run.submit(_pass_task, sam, prep, sides, workspaces, ws_args, img_sorted[s:e], order[s:e], h, w,
+                        mask_slice, logits_out, iou_out) for s, e in passes]
+    run.wait([prep, *sides.values(), *tasks])
     return logits_out, iou_out
 
 
-def _gather_side(cached, uniq, ids):
-    """One _ImageSide for the pass's images (reusing tensors when they all come from one computation)
-    and the (u, start, end) prompt ranges per image."""
-    sides = [cached[i] for i in uniq]
-    first = sides[0][0]
-    if all(s is first for s, _ in sides):
-        rows = [j for _, j in sides]
-        side = first if rows == list(range(first.src.shape[0])) else _ImageSide(
-            *(getattr(first, f)[rows] for f in ("src", "k0", "v0", "q0")))
-    else:
-        side = _ImageSide(*(torch.stack([getattr(s, f)[j] for s, j in sides]) for f in ("src", "k0", "v0", "q0")))
-    groups = []
+def resolve_threads(threads: int | None) -> int:
+    """The worker count :func:`decode_batch` uses: ``threads``, or torch's intra-op thread count when None."""
+    if threads is None:
+        return torch.get_num_threads()
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive int (or None for torch.get_num_threads()), got {threads!r}")
+    return threads
+
+
+@dataclass
+class _Prepared:
+    sparse: torch.Tensor  # (N, S, D) packed prompt tokens
+    counts: torch.Tensor  # (N,) real tokens per prompt
+    pos: torch.Tensor  # (L, D) image positional encoding
+    no_mask: torch.Tensor  # (1, D)
+    up: _Upscaler
+
+
+def _prepare(sam, batch: PromptBatch, pack_backend: str, num_images: int) -> _Prepared:
+    """Per-call work shared by every pass: prompt packing, the dense PE, the upscaler's weights."""
+    pe = sam.prompt_encoder
+    d = pe.embed_dim
+    sparse, counts = pack_prompts(sam, batch, backend=pack_backend, num_images=num_images)
+    pos = pe.get_dense_pe().reshape(d, -1).t().contiguous()  # (L, D)
+    return _Prepared(sparse, counts, pos, pe.no_mask_embed.weight.reshape(1, d), _Upscaler.from_decoder(sam.mask_decoder))
+
+
+def _side_task(sam, embeddings: torch.Tensor, i: int, prep: Future) -> _ImageSide:
+    p: _Prepared = prep.result()
+    d = embeddings.shape[1]
+    src = embeddings[i].reshape(d, -1).t() + p.no_mask  # (L, D)
+    return _image_side(sam, src, p.pos)
+
+
+def _pass_task(sam, prep: Future, side_futs: dict[int, Future], workspaces: dict, ws_args, ids: list[int],
+               sel: torch.Tensor, h: int, w: int, mask_slice, logits_out, iou_out) -> None:
+    p: _Prepared = prep.result()
+    uniq = sorted(set(ids))
+    sides = [side_futs[i].result() for i in uniq]
     pos_of = {im: u for u, im in enumerate(uniq)}
-    s = 0
+    groups, s = [], 0  # (u, start, end): prompts start:end of the pass belong to the image of sides[u]
     while s < len(ids):
         e = s
         while e < len(ids) and ids[e] == ids[s]:
             e += 1
         groups.append((pos_of[ids[s]], s, e))
         s = e
-    return side, groups
+    tid = threading.get_ident()
+    ws = workspaces.get(tid)
+    if ws is None:
+        n, l_, d, c, dtype, dev = ws_args
+        ws = workspaces.setdefault(tid, _Workspace(n, l_, d, p.up, c, dtype, dev))
+    cnt = p.counts[sel]
+    smax = int(cnt.max())
+    _decode_pass(sam, p.up, ws, sides, groups, p.sparse[sel, :smax], cnt, p.pos, h, w, mask_slice, logits_out,
+                 iou_out, sel)
+
+
+# ------------------------------------------------------------------ CPU worker threads
+#
+# Why a pool of single-threaded workers rather than torch's intra-op threads: a CPU pass is ~2 prompts
+# of small matmuls (T ~ 8 token rows, D = 256) and one-prompt upscaler GEMMs, sized to stay in the L3
+# cache; split over cores by OpenMP, every op ends at a barrier and the threads mostly wait there.
+# Measured on the 2-core CPU with torch's intra-op threads (idle machine, `samr1 bench decode --quick`,
+# 32 prompts, decode + select + fused IoU): 1 thread 41.0 ms/prompt, 2 threads 29.7 (1.38x; CPU time
+# 41 -> 59 ms/prompt). Passes of several prompts instead: on the same machine under load (1-min load
+# average 9-10; decode_batch alone, 32 prompts, wall / CPU ms per prompt) intra-op 2 threads with passes
+# of 2: 915 / 312, of 8: 584 / 171; this pool, 2 workers, passes of 1 / 2 / 4: 244 / 68, 226 / 63,
+# 199 / 57, against 220 / 61 for 1 worker. Again at load 3.6-5.5, alternating, best of 2: intra-op 1
+# thread 60-89 / 58-65, 2 threads 266-404 / 176-263; pool 1 worker 75-91 / 62-68, 2 workers 85-96 / 56-59.
+# The pool's CPU time per prompt stays that of one thread (no barrier, no spinning OpenMP worker; the
+# GIL is released inside every torch op), so on an idle machine its wall time per prompt is about the
+# one-thread time / workers; the intra-op path spends up to 4x the CPU time when a core is contended.
+# The pass size stays 2 (1 / 2 / 4 are within the noise of these runs; 2 was best at one thread).
+# Workers also make the result independent of the thread count: every op runs on one thread whichever
+# worker runs it, and the passes are fixed by the batch, so 1, 2 or 4 threads give bitwise equal logits.
+
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def _forget_pools_in_child() -> None:
+    # A forked child (a DataLoader or server worker) inherits the pools without their threads: a task
+    # submitted there would never run. It starts with no pools and makes its own on first use.
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools_in_child)
+
+
+def _init_worker(barrier: threading.Barrier) -> None:
+    # get first: torch initialises a thread's OpenMP/MKL thread count lazily on its first parallel op,
+    # from the process default; reading it forces that now, so set_num_threads(1) below is not undone later.
+    torch.get_num_threads()
+    torch.set_num_threads(1)
+    barrier.wait(timeout=60)  # one init task per thread: each waits until all k threads exist
+
+
+def _pool(k: int) -> ThreadPoolExecutor:
+    """The process-wide pool of ``k`` decode workers, each with torch set to one intra-op thread.
+
+    Created once per size and kept (idle threads cost nothing). ``torch.set_num_threads`` also sets the
+    process default that threads created later start with: it is put back to the caller's value after the
+    workers are set up, so nothing outside the pool sees a change.
+    """
+    with _POOLS_LOCK:
+        pool = _POOLS.get(k)
+        if pool is None:
+            caller = torch.get_num_threads()
+            pool = ThreadPoolExecutor(max_workers=k, thread_name_prefix=f"samr1-decode-{k}")
+            barrier = threading.Barrier(k)
+            for f in [pool.submit(_init_worker, barrier) for _ in range(k)]:
+                f.result()
+            torch.set_num_threads(caller)
+            _POOLS[k] = pool
+    return pool
+
+
+class _Runner:
+    """Runs decode tasks: on the CPU in the ``threads`` worker pool (under the caller's grad/inference
+    mode, which is thread-local), elsewhere inline in submission order (CUDA ops are asynchronous anyway)."""
+
+    def __init__(self, device: torch.device, threads: int) -> None:
+        self.pool = _pool(threads) if device.type == "cpu" else None
+        self.inference = torch.is_inference_mode_enabled()
+
+    def submit(self, fn, *args) -> Future:
+        if self.pool is not None:
+            return self.pool.submit(self._call, fn, *args)
+        f: Future = Future()
+        try:
+            f.set_result(fn(*args))
+        except BaseException as exc:  # noqa: BLE001 - re-raised by wait(), like the pool's futures
+            f.set_exception(exc)
+        return f
+
+    def _call(self, fn, *args):
+        with torch.inference_mode(self.inference), torch.no_grad():
+            return fn(*args)
+
+    @staticmethod
+    def wait(futures: list[Future]) -> None:
+        """Wait for every task (none is left running on shared outputs), then raise the first error."""
+        wait(futures)
+        for f in futures:
+            f.result()
 
 
 def select_best(low_res_logits: torch.Tensor, iou_pred: torch.Tensor, return_index: bool = False):
