@@ -38,7 +38,6 @@ from samr1.bench.harness import (
     load_average,
     parse_thread_counts,
     thread_counts,
-    torch_threads,
     write_records,
 )
 from segment_anything import SamPredictor
@@ -46,6 +45,7 @@ from segment_anything import SamPredictor
 from samr1.sam import load_sam
 from samr1.sam.decoder import decode_batch, select_best
 from samr1.sam.prompts import PromptBatch
+from samr1.threads import torch_threads
 
 SIZES = [(480, 640), (333, 517), (640, 427), (375, 500)]
 G = 8

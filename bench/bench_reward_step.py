@@ -33,9 +33,10 @@ from samr1.bench.harness import (
     measure,
     parse_thread_counts,
     thread_counts,
-    torch_threads,
     write_records,
 )
+
+from samr1.threads import torch_threads
 
 
 def make_step(b: int, g: int, seed: int = 0, size: tuple[int, int] = (480, 640)):

@@ -7,13 +7,12 @@ reference and the fast path run in the SAME process and the ratio is printed wit
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,17 +168,6 @@ def thread_counts(threads: int | Sequence[int] | None) -> list[int]:
     if len(set(counts)) != len(counts):
         raise ValueError(f"threads: each count once, got {counts}")
     return counts
-
-
-@contextlib.contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Torch intra-op threads set to ``n`` for a block, then put back."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def add_scaling(rows: list[dict[str, Any]], key: str, time_key: str) -> None:

@@ -17,21 +17,13 @@ TEMPLATE = "Find {query}."  # short: the byte-level tiny tokenizer makes one tok
 
 
 @pytest.fixture(scope="module")
-def policy(tmp_path_factory):
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    from samr1.train.tiny_policy import build_tiny_policy
-
-    path = build_tiny_policy(tmp_path_factory.mktemp("policy"))
-    return path, AutoModelForImageTextToText.from_pretrained(path), AutoProcessor.from_pretrained(path)
+def policy(tiny_policy):
+    return tiny_policy
 
 
 @pytest.fixture(scope="module")
-def engine():
-    from samr1.engine import SamEngine
-    from samr1.sam import load_sam
-
-    return SamEngine(load_sam("tiny-shapes"))
+def engine(shapes_engine):
+    return shapes_engine
 
 
 def answer_text(mask: np.ndarray, frame=(840, 840)) -> str:

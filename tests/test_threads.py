@@ -10,7 +10,6 @@ convolutions and matmuls split their output (not their sums) over threads. Fresh
 
 from __future__ import annotations
 
-import contextlib
 import random
 import threading
 
@@ -29,6 +28,7 @@ from samr1.rewards import SamR1Reward
 from samr1.sam import load_sam
 from samr1.sam.decoder import decode_batch, resolve_threads
 from samr1.sam.prompts import PromptBatch
+from samr1.threads import torch_threads
 
 THREADS = (1, 2, 4)
 
@@ -164,7 +164,7 @@ def test_cpp_iou_counts_equal_for_any_thread_count(monkeypatch):
     inputs = [ResizeLongestSide.get_preprocess_shape(h, w, 1024) for h, w in sizes]  # SAM's resized (h, w)
     got = {}
     for t in THREADS:
-        with _torch_threads(t):
+        with torch_threads(t):
             got[t] = mask_iou_grouped(logits, gts, index, inputs, sizes, backend="cpp")
     _, ri, ru = mask_iou_grouped_reference(logits, gts, index, inputs, sizes)
     for t in THREADS:
@@ -210,20 +210,10 @@ def test_encoder_embeddings_equal_for_any_thread_count(sam):
     imgs = [rng.integers(0, 256, (97, 61, 3), dtype=np.uint8)]
     out = {}
     for t in THREADS:
-        with _torch_threads(t), torch.inference_mode():
+        with torch_threads(t), torch.inference_mode():
             out[t] = enc.encode(imgs)
     for t in THREADS[1:]:
         assert torch.equal(out[t], out[1]), f"embeddings differ between 1 and {t} threads"
-
-
-@contextlib.contextmanager
-def _torch_threads(n):
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def test_decode_in_a_forked_child_after_the_parent_made_its_pool(sam):

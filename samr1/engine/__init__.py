@@ -26,6 +26,7 @@ import torch
 from segment_anything.modeling import Sam
 
 from samr1.io import InputError, load_mask
+from samr1.threads import torch_threads
 
 __all__ = ["SamEngine"]
 
@@ -131,7 +132,7 @@ class SamEngine:
         n = self._threads()
         if self.device.type != "cpu" or n == torch.get_num_threads():
             return contextlib.nullcontext()
-        return _torch_threads(n)
+        return torch_threads(n)
 
     def score(self, images: Sequence[Any], answers: Sequence[Any], gt_masks: Sequence[Any]) -> list[float]:
         """IoU per answer against its ground-truth mask, for a whole rollout step at once.
@@ -316,18 +317,3 @@ def _n_objects(answer: Any) -> int:
     if not getattr(answer, "ok", False):
         return 0
     return max(1, len(getattr(answer, "objects", None) or ()))
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int):
-    """Torch intra-op threads of the calling thread set to ``n`` for a block, then put back.
-
-    ``torch.set_num_threads`` is per thread for threads that already ran torch (OpenMP's setting is a
-    per-thread value), but it also sets the default of threads created later: putting it back restores both.
-    """
-    old = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
