@@ -80,20 +80,25 @@ def mask_outline(mask: np.ndarray, width: int = 2) -> np.ndarray:
     return mask & ~inner
 
 
-def _overlay(image: np.ndarray, gt: np.ndarray, pred: np.ndarray, answer: Any, title: str) -> Image.Image:
-    """Image with predicted mask (red tint), ground-truth outline (green), box (yellow), points (cyan)."""
+def overlay_image(image: np.ndarray, pred: np.ndarray, answer: Any, gt: np.ndarray | None = None,
+                  title: str | None = None) -> Image.Image:
+    """``H x W x 3`` uint8 image with the predicted mask (``H x W`` bool) tinted red, the ground truth (optional)
+    as a green 2 px outline, the answer's box (yellow) and points (cyan), both in original pixels, and an
+    optional title bar."""
     out = image.astype(np.float32)
     out[pred] = out[pred] * 0.5 + np.array([255, 0, 0]) * 0.5
-    # ground truth as a 2 px outline so that it stays visible on any object colour and over the prediction
-    out[mask_outline(gt, 2)] = (0, 255, 0)
+    if gt is not None:
+        # ground truth as a 2 px outline so that it stays visible on any object colour and over the prediction
+        out[mask_outline(gt, 2)] = (0, 255, 0)
     im = Image.fromarray(out.clip(0, 255).astype(np.uint8))
     d = ImageDraw.Draw(im)
     if getattr(answer, "ok", False):
         d.rectangle(list(answer.bbox), outline=(255, 230, 0), width=2)
         for x, y in answer.points:
             d.ellipse([x - 4, y - 4, x + 4, y + 4], outline=(0, 255, 255), width=2)
-    d.rectangle([0, 0, im.width, 14], fill=(0, 0, 0))
-    d.text((3, 1), title[:80], fill=(255, 255, 255))
+    if title is not None:
+        d.rectangle([0, 0, im.width, 14], fill=(0, 0, 0))
+        d.text((3, 1), title[:80], fill=(255, 255, 255))
     return im
 
 
@@ -159,8 +164,8 @@ def run_demo(out_dir: str = "demo_out", sam_kind: str = "tiny-shapes", checkpoin
         for i, (kind, comp) in enumerate(samples):
             row = DemoRow(s, kind, comp, answers[i], ious[i], {k: v[i] for k, v in parts.items()}, totals[i])
             rows.append(row)
-            panels.append(_overlay(scene.image, obj.mask, masks[i], answers[i],
-                                   f"{kind}: IoU {ious[i]:.2f} reward {totals[i]:.1f}"))
+            panels.append(overlay_image(scene.image, masks[i], answers[i], obj.mask,
+                                        f"{kind}: IoU {ious[i]:.2f} reward {totals[i]:.1f}"))
         _grid(panels).save(os.path.join(out_dir, f"scene{s}.png"))
         echo(f"\nscene {s}: {scene.image.shape[1]}x{scene.image.shape[0]}, query: {obj.query!r}")
         echo(format_rows([r for r in rows if r.scene == s]))

@@ -34,21 +34,6 @@ def add_policy_flags(p: argparse.ArgumentParser, group: Any) -> None:
     p.add_argument("--max-new-tokens", type=int, default=256, help="with --model: generation budget (default 256)")
 
 
-def overlay_image(image: np.ndarray, mask: np.ndarray, answer: Any) -> Any:
-    """The image with the mask tinted red, the box yellow and the points cyan (a PIL image)."""
-    from PIL import Image, ImageDraw
-
-    out = image.astype(np.float32)
-    out[mask] = out[mask] * 0.5 + np.array([255, 0, 0]) * 0.5
-    im = Image.fromarray(out.clip(0, 255).astype(np.uint8))
-    d = ImageDraw.Draw(im)
-    if getattr(answer, "ok", False):
-        d.rectangle(list(answer.bbox), outline=(255, 230, 0), width=2)
-        for x, y in answer.points:
-            d.ellipse([x - 4, y - 4, x + 4, y + 4], outline=(0, 255, 255), width=2)
-    return im
-
-
 def overlay_path(out: str, overlay: str | None) -> str:
     if overlay:
         return overlay
@@ -65,6 +50,7 @@ def run_policy(args: argparse.Namespace, segmenter: Any = None, **generate_kwarg
     from PIL import Image
 
     from samr1.cli import OutputError, UsageError, check_output_file, os_error_text, resolve_device
+    from samr1.demo import overlay_image
     from samr1.io import load_image
 
     if args.query is None or (args.model is None and segmenter is None):
