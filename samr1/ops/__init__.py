@@ -18,6 +18,7 @@ from samr1.ops.mask_iou import (
     postprocess_reference,
     select_backend,
 )
+from samr1.ops.mask_iou_sam2 import mask_iou_sam2, mask_iou_sam2_reference, postprocess_sam2_reference
 
 __all__ = [
     "BACKENDS",
@@ -31,4 +32,7 @@ __all__ = [
     "near_threshold_pixels",
     "postprocess_reference",
     "select_backend",
+    "mask_iou_sam2",
+    "mask_iou_sam2_reference",
+    "postprocess_sam2_reference",
 ]

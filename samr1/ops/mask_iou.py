@@ -477,7 +477,7 @@ def _(logits, gts, image_index, input_sizes, threshold, frame, backend):
 # ----------------------------------------------------------------------------- public API
 def mask_iou_from_logits(logits: torch.Tensor, gt: torch.Tensor, input_size: Sequence[int],
                          original_size: Sequence[int], threshold: float = 0.0, backend: str = "auto",
-                         frame: int = 1024) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                         frame: int = 1024, resize: str = "sam") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """IoU of SAM's postprocessed masks against one ground truth, without full-resolution masks.
 
     Args:
@@ -489,6 +489,10 @@ def mask_iou_from_logits(logits: torch.Tensor, gt: torch.Tensor, input_size: Seq
         threshold: mask = postprocessed logit > threshold (strict; SAM's ``mask_threshold`` is 0.0).
         backend: "auto", "torch" (reference), "cpp" (CPU tensors) or "triton" (CUDA tensors).
         frame: the model's square input size (``sam.image_encoder.img_size``, 1024 upstream).
+        resize: "sam" (SAM v1: upsample to the frame, crop ``input_size``, resize to the original) or "sam2"
+            (SAM 2: the image was squashed to the square frame, so ONE bilinear resize of the logits to
+            ``original_size``; ``input_size`` and ``frame`` are not used; :mod:`samr1.ops.mask_iou_sam2`,
+            backends "auto" / "torch").
 
     Returns:
         (iou float32 (N,), intersection int64 (N,), union int64 (N,)) on the logits' device; IoU of
@@ -500,6 +504,14 @@ def mask_iou_from_logits(logits: torch.Tensor, gt: torch.Tensor, input_size: Seq
         TypeError / ValueError: malformed inputs (the message says which and how to fix it);
         RuntimeError: an explicitly requested backend is unavailable (with how to get it).
     """
+    if resize == "sam2":
+        from samr1.ops.mask_iou_sam2 import mask_iou_sam2
+
+        if tuple(int(v) for v in original_size) != tuple(getattr(gt, "shape", ())):
+            raise ValueError(f"original_size {tuple(original_size)} must equal gt.shape {tuple(getattr(gt, 'shape', ()))}")
+        return mask_iou_sam2(logits.detach(), gt.detach(), threshold, backend)
+    if resize != "sam":
+        raise ValueError(f"resize must be 'sam' (SAM v1 postprocess) or 'sam2' (SAM 2's), got {resize!r}")
     _check_logits(logits)
     t, frame = _check_common(threshold, backend, frame)
     (ih, iw), _ = _check_image(gt, input_size, original_size, frame, logits.device, "")

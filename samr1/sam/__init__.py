@@ -127,8 +127,13 @@ def check_kind(kind: str) -> SamSpec:
 
     This is the one check of a kind name: :func:`load_sam` and the CLI (up front, before any data is read)
     both call it, so a new kind is added to :data:`SAM_KINDS` (or accepted here) and nowhere else."""
+    from samr1.sam.sam2_build import SAM2_KINDS, is_sam2_kind, require_sam2
+
+    if is_sam2_kind(kind):  # SAM 2 kinds have no SamSpec (their configs ship with the sam2 extra)
+        require_sam2()  # without the extra: one line naming it, before any data is read
+        return None  # type: ignore[return-value]
     if not isinstance(kind, str) or kind not in SAM_KINDS:
-        raise ModelError(f"unknown SAM kind {kind!r}; choose one of {sorted(SAM_KINDS)}")
+        raise ModelError(f"unknown SAM kind {kind!r}; choose one of {sorted(SAM_KINDS) + sorted(SAM2_KINDS)}")
     return SAM_KINDS[kind]
 
 
@@ -281,6 +286,10 @@ def load_sam(kind: str = "tiny", checkpoint: str | os.PathLike | None = None, de
         not a state dict of tensors) or mismatched checkpoint. DeviceError: ``device`` is not usable here.
         All three are checked before the model is built.
     """
+    from samr1.sam.sam2_build import is_sam2_kind, load_sam2
+
+    if is_sam2_kind(kind):  # SAM 2 kinds (optional extra): same device check and safe checkpoint reader
+        return load_sam2(kind, checkpoint, check_device(device), seed, _read_state_dict, _file_digest)
     spec = check_kind(kind)
     device = check_device(device)
     if checkpoint is None and kind in SHIPPED_WEIGHTS:
