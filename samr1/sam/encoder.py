@@ -240,7 +240,7 @@ class TorchEncoder(ImageEncoder):
 def _onnx_key(sam: Sam, opset: int) -> dict[str, Any]:
     # The ONNX graph is device-independent (exported weights are plain float32 initialisers), so the key
     # names no device; runtime versions are included so that an upgrade re-exports rather than trusting an
-    # old file (the brief's rule: library versions are part of every artefact key).
+    # old file (library versions are part of every artefact key).
     enc = sam.image_encoder
     return {
         "artifact": "sam-image-encoder-onnx",
