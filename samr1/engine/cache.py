@@ -282,11 +282,6 @@ class EmbeddingCache:
             return {**self._counts, "bytes_held": self._bytes, "entries": len(self._lru),
                     "capacity_bytes": self.capacity, "encoder": getattr(self.encoder, "name", None)}
 
-    def reset_stats(self) -> None:
-        with self._lock:
-            for k in self._counts:
-                self._counts[k] = 0
-
     def keys(self) -> list[str]:
         """Resident keys, least recently used first."""
         with self._lock:
