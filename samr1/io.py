@@ -360,6 +360,9 @@ def _array_to_mask(arr: np.ndarray, field: str, source: str | None, *, where: st
 # --- COCO run-length encoding (column-major, counts alternate background/foreground from background) ---
 
 
+_MAX_COUNT_GROUPS = 13  # 5-bit groups per count: 65 bits, twice what a COCO count can need
+
+
 def _decode_counts_string(s: str | bytes, field: str, source: str | None) -> list[int]:
     """COCO's compressed counts: LEB128-like 5-bit groups offset by 48, deltas from the count two back."""
     if isinstance(s, bytes):
@@ -377,6 +380,11 @@ def _decode_counts_string(s: str | bytes, field: str, source: str | None) -> lis
         while more:
             if p >= n:
                 raise InputError(f"{_where(field, source)}: truncated RLE counts string")
+            if k == _MAX_COUNT_GROUPS:
+                # COCO's counts are 32-bit (7 groups); without a bound, one count of n groups costs O(n^2)
+                # big-int shifts (an 80 kB string took 0.3 s, a 400 kB one 8 s).
+                raise InputError(f"{_where(field, source)}: RLE count {len(counts)} runs over {_MAX_COUNT_GROUPS} "
+                                 "characters: not a COCO counts string")
             c = ord(s[p]) - 48
             if c < 0 or c > 63:
                 raise InputError(f"{_where(field, source)}: invalid character {s[p]!r} in RLE counts")

@@ -558,6 +558,8 @@ class EmbeddingStore:
         if row is None:
             return None
         mm = self._mm  # one reference: a concurrent grow swaps self._mm, the old map stays valid
+        if mm is None:
+            raise StoreError(f"embedding store {self.path} is closed; open it again to read")
         return torch.from_numpy(np.array(mm[row])), self._sizes[row]
 
     # --- writing ---
@@ -608,8 +610,9 @@ class EmbeddingStore:
                 if self._rows >= self._capacity:
                     self._map(max(2 * self._capacity, self._rows + 1, 16))
                 self._mm[self._rows] = emb
-                self._keys[key] = self._rows
                 self._sizes.append(size)
+                # the key is published last: a reader thread that sees it finds the row and its size
+                self._keys[key] = self._rows
                 self._rows += 1
                 written += 1
         return written

@@ -97,6 +97,19 @@ def test_client_handles_rle_masks_conversational_completions_and_bad_rows(engine
     assert client.stats["masks_uploaded"] == 0  # RLE masks travel inline
 
 
+def test_a_malformed_inline_rle_scores_its_row_0_as_in_process(engine):
+    """A malformed inline RLE is that row's problem, not the request's: the server hands it to the reward,
+    which scores its mask rewards 0 with a counted reason, exactly as the in-process reward does."""
+    rng = np.random.default_rng()
+    completions, images, masks = _batch(rng, n_images=2, g=2, rle_masks=True)
+    masks[1] = {"size": list(masks[1]["size"]), "counts": "zz"}  # not a decodable counts string
+    with pytest.warns(RuntimeWarning):
+        expected = SamR1Reward(engine)(None, completions, image=images, mask=masks)
+    with ServerThread(create_app(engine)) as srv:
+        got = SamR1Client(srv.url)(None, completions, image=images, mask=masks)
+    assert got == pytest.approx(expected, abs=1e-6)
+
+
 def test_client_rejects_bad_configuration():
     with pytest.raises(ValueError, match="http"):
         SamR1Client("localhost:8000")

@@ -310,3 +310,16 @@ def test_loaded_arrays_are_writable_and_contiguous(tmp_path):
     for got in (load_mask(Image.fromarray(m)), load_mask(tmp_path / "m.png"), load_image(Image.fromarray(rgb)),
                 load_image(tmp_path / "i.png"), load_mask(np.asarray(Image.fromarray(m)))):
         assert got.flags.writeable and got.flags.c_contiguous
+
+
+def test_rle_counts_string_with_an_endless_count_is_refused_quickly():
+    # One count written with 200k continuation characters: bounded before any big-int work piles up.
+    from samr1.io import InputError, rle_decode
+
+    with pytest.raises(InputError, match="not a COCO counts string"):
+        rle_decode({"size": [10, 10], "counts": "o" * 200_000 + "0"})
+    # a real 32-bit count still decodes: 100 background pixels
+    from samr1.io import rle_encode
+
+    m = np.zeros((10, 10), bool)
+    assert np.array_equal(rle_decode(rle_encode(m)), m)

@@ -164,7 +164,13 @@ def test_non_multipart_and_bad_score_bodies_are_400(server):
     u = urllib.parse.urlsplit(server.url)
     for path, body, ctype in [("/segment", b"{}", "application/json"), ("/score", b"{not json", "application/json"),
                               ("/score", b'{"items": []}', "application/json"),
-                              ("/score", b'{"items": [{"image": "k", "completion": "x"}]}', "application/json")]:
+                              ("/score", b'{"items": [{"image": "k", "completion": "x"}]}', "application/json"),
+                              ("/score", b"[" * 100_000, "application/json"),  # deeper than the JSON parser goes
+                              ("/score", b'{"items": ' + b"1" * 5000 + b"}", "application/json"),  # a 5000-digit int
+                              # 40 bytes of RLE that would decode to 10^10 pixels: refused from its declared size
+                              ("/score", json.dumps({"items": [{"image": None, "completion": "x", "mask": {
+                                  "size": [100_000, 100_000], "counts": [10_000_000_000]}}]}).encode(),
+                               "application/json")]:
         conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
         conn.request("POST", path, body=body, headers={"Content-Type": ctype})
         r = conn.getresponse()
@@ -331,3 +337,4 @@ def test_uploads_are_read_like_every_other_input(tmp_path):
     got = decode_upload(buf.getvalue(), field="image", limits=Limits())
     expected = np.round(ramp.astype(np.float64) * 255 / 65535).astype(np.uint8)
     np.testing.assert_array_equal(got[..., 0], expected)
+

@@ -40,6 +40,9 @@ def test_round_trip_grow_and_reopen(tmp_path):
     assert ro.get("absent") is None and "absent" not in ro and "k3" in ro
     with pytest.raises(StoreError, match="read-only"):
         ro.put(["x"], emb[:1], [(1, 1)])
+    ro.close()
+    with pytest.raises(StoreError, match="closed"):
+        ro.get("k3")
 
 
 def test_refuses_other_model_id_naming_both(tmp_path):

@@ -38,7 +38,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError("samr1 serve needs FastAPI, uvicorn and python-multipart: pip install 'samr1[serve]'") from exc
 
-from samr1.io import InputError, rle_decode
+from samr1.io import InputError
 from samr1.serve.batcher import Batcher, QueueFull
 from samr1.serve.blobs import BlobStore
 from samr1.serve.protocol import (
@@ -176,6 +176,7 @@ class SamR1Service:
                              "per request (split the batch)")
         completions, images, masks = [], [], []
         missing: dict[str, list[str]] = {"images": [], "masks": []}
+        inline: dict[str, dict] = {}  # canonical JSON of an inline RLE -> the one dict every equal copy uses
         for i, it in enumerate(items):
             if not isinstance(it, dict):
                 raise InputError(f"items[{i}]: expected an object with image, completion and mask")
@@ -203,13 +204,44 @@ class SamR1Service:
                 if mask is None and mk not in missing["masks"]:
                     missing["masks"].append(mk)
             elif isinstance(m, dict):
-                mask = rle_decode(m, field=f"items[{i}].mask")
+                mask = self._inline_rle(m, i, inline)
             else:
                 raise InputError(f"items[{i}].mask: expected a mask key, a COCO RLE dict or null")
             completions.append(c)
             images.append(img)
             masks.append(mask)
         return completions, images, masks, missing
+
+    def _inline_rle(self, rle: dict, i: int, seen: dict[str, dict]) -> dict:
+        """An inline COCO RLE of ``/score`` item ``i``, checked against this server's limits BEFORE anything is
+        decoded, and shared between equal copies (a G-group's mask is one object, so the reward decodes it
+        once). The dict itself goes to the reward, which decodes it against its image and, like the in-process
+        reward, scores a malformed one 0 with the counted reason ``bad_mask`` / ``mask_size_mismatch``.
+
+        Raises InputError (400) when a declared size exceeds the limits, or when the distinct inline masks of
+        one request would decode to more than ``2 * max_pixels`` pixels in all (40 bytes of RLE can declare
+        81 M pixels)."""
+        key = json.dumps(rle, sort_keys=True)
+        if key in seen:
+            return seen[key]
+        lim = self.config.limits
+        size = rle.get("size")
+        if _int_pair(size):
+            h, w = size
+            if max(h, w) > lim.max_side or h * w > lim.max_pixels:
+                raise InputError(f"items[{i}].mask: the RLE declares {h}x{w} (H x W); this server accepts at most "
+                                 f"{lim.max_side} px a side and {lim.max_pixels} pixels")
+            total = sum(int(v["size"][0]) * int(v["size"][1]) for v in seen.values() if _int_pair(v.get("size")))
+            if total + max(h, 0) * max(w, 0) > 2 * lim.max_pixels:
+                raise InputError(f"items[{i}].mask: the request's distinct inline RLE masks exceed "
+                                 f"{2 * lim.max_pixels} pixels in all; upload masks once (mask keys) or split the batch")
+        seen[key] = rle
+        return rle
+
+
+def _int_pair(size: Any) -> bool:
+    return (isinstance(size, (list, tuple)) and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in size))
 
 
 class _BodyTooLarge(Exception):
@@ -428,13 +460,16 @@ def create_app(engine: Any = None, *, reward: Any = None, segmenter: Any = None,
             body = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise _HTTPError(400, f"request: invalid JSON ({exc.msg} at position {exc.pos})") from None
+        except (ValueError, RecursionError) as exc:  # a 5000-digit number, nesting deeper than the parser allows
+            raise _HTTPError(400, f"request: invalid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
         if not isinstance(body, dict):
             raise _HTTPError(400, "request: expected a JSON object with 'items'")
         stored = []
         for kind, fname, data in uploads:
             stored.append(await run_in_threadpool(service.store_upload, data, kind, fname))
             service.counters["images_uploaded" if kind == "image" else "masks_uploaded"] += 1
-        completions, images, masks, missing = service.resolve_score(body.get("items"))
+        # off the event loop: validating thousands of items must not stall other requests
+        completions, images, masks, missing = await run_in_threadpool(service.resolve_score, body.get("items"))
         service.counters["score_requests"] += 1
         if missing["images"] or missing["masks"]:
             return {"missing": missing, "rewards": None}
