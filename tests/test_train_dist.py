@@ -61,6 +61,18 @@ WORKER = textwrap.dedent('''
     want = [f(completions=list(comps), sam_image=[ds[r]["sam_image"] for r in ids], mask=[ds[r]["mask"] for r in ids])
             for f in local]
     res.update(got=got, want=want, encoder_images=engine.stats["encoder_images"], gather=hub.gather)
+
+    # scoring that raises on the node leader must raise on every rank, not leave the others waiting
+    def boom(*a, **k):
+        raise RuntimeError("engine exploded")
+
+    if rank == 0:
+        hub._score_local = boom
+    try:
+        hub.functions()[0](prompts=None, completions=comps[::-1], **{k: v[::-1] for k, v in kw.items()})
+        res["failure"] = None
+    except RuntimeError as exc:
+        res["failure"] = str(exc)
     with open(f"{out_dir}/rank{rank}.json", "w") as f:
         json.dump(res, f)
 ''')
@@ -88,6 +100,8 @@ def test_two_process_group_check_and_node_gather(tmp_path):
         assert r["gather"] == "node"
         for got, want in zip(r["got"], r["want"], strict=True):
             assert got == pytest.approx(want, abs=1e-6)
+    for r in res:
+        assert r["failure"] and "engine exploded" in r["failure"] and "rank 0" in r["failure"], r["failure"]
     # scored once, on the node's first process: it encoded both processes' images, the other none
     assert res[0]["encoder_images"] == 4 and res[1]["encoder_images"] == 0
     # not a vacuous match: SAM scored some answers above the lowest tier

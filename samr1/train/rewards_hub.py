@@ -201,17 +201,25 @@ class RewardHub:
             kw[self.reward.image_key] = [c[0] for c in cols]
             kw[self.reward.mask_key] = [c[1] for c in cols]
             kw["row_id"] = all_ids
-            values = self._score_local(all_comps, kw)
-            out, start = [], 0
-            for p in got:
-                n = len(p[0])
-                out.append([v[start:start + n] for v in values])
-                start += n
+            try:
+                values = self._score_local(all_comps, kw)
+            except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
+                # The other ranks wait in scatter: tell them, or they hang until the collective times out.
+                failure = f"reward scoring failed on rank {rank}: {type(exc).__name__}: {exc}"
+                out = [_ScoringFailed(failure)] * n_local
+            else:
+                out, start = [], 0
+                for p in got:
+                    n = len(p[0])
+                    out.append([v[start:start + n] for v in values])
+                    start += n
         else:
             out = None
             self._scored_ids = []
         recv: list[Any] = [None]
         dist.scatter_object_list(recv, out, src=leader, group=group)
+        if isinstance(recv[0], _ScoringFailed):
+            raise RuntimeError(recv[0].message)
         return recv[0]
 
     # ------------------------------------------------------------------ scoring
@@ -299,3 +307,10 @@ class RewardHub:
         os.makedirs(os.path.dirname(self.log_path), exist_ok=True)
         with open(self.log_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(line) + "\n")
+
+
+class _ScoringFailed:
+    """What the node leader scatters instead of rewards when scoring raised, so that every rank raises."""
+
+    def __init__(self, message: str):
+        self.message = message
