@@ -337,6 +337,11 @@ def _load_or_error(loader: Callable[..., np.ndarray], value: Any, field: str, so
         return exc
 
 
+def _same_as(error: Exception, first_row: int, row: int, field: str) -> str:
+    """A load error's message for ``row`` when it was raised loading the same value for ``first_row``."""
+    return str(error) if first_row == row else f"{error} (row {row} holds the same {field})"
+
+
 class _Batch:
     """Everything computed once for one batch: per-component rewards, answers, IoUs, reasons."""
 
@@ -571,22 +576,23 @@ class SamR1Reward:
             if isinstance(img, (list, tuple)) and img and not isinstance(img, str):
                 img = img[0]
             ik = img if isinstance(img, str) else id(img)
-            if ik not in img_cache:
-                img_cache[ik] = _load_or_error(load_image, img, self.image_key, f"row {i}")
-            a = img_cache[ik]
+            if ik not in img_cache:  # (array or the error, the row that first loaded it: its message names it)
+                img_cache[ik] = (_load_or_error(load_image, img, self.image_key, f"row {i}"), i)
+            a, a_row = img_cache[ik]
             # the image's size goes to load_mask so a mismatched (e.g. huge) RLE is refused before decoding
             size = a.shape[:2] if isinstance(a, np.ndarray) else None
             mk = (m if isinstance(m, str) else id(m), size)
             if mk not in mask_cache:
-                mask_cache[mk] = _load_or_error(partial(load_mask, expected_size=size), m, self.mask_key, f"row {i}")
-            g = mask_cache[mk]
+                mask_cache[mk] = (_load_or_error(partial(load_mask, expected_size=size), m, self.mask_key,
+                                                 f"row {i}"), i)
+            g, g_row = mask_cache[mk]
             if isinstance(a, Exception):
-                self._warn(i, "bad_image", a)
+                self._warn(i, "bad_image", _same_as(a, a_row, i, self.image_key))
                 codes[i].append("bad_image")
                 a = None
             if isinstance(g, Exception):
                 code = "mask_size_mismatch" if isinstance(g, MaskSizeError) else "bad_mask"
-                self._warn(i, code, g)
+                self._warn(i, code, _same_as(g, g_row, i, self.mask_key))
                 codes[i].append(code)
                 g = None
             if a is not None and g is not None and g.shape != a.shape[:2]:

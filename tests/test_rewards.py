@@ -625,3 +625,16 @@ def test_multi_object_union_with_a_decoy_first(shapes_sam):
     assert iou_union == pytest.approx(want_union, abs=1e-9)
     assert iou_first == pytest.approx(want_first, abs=2e-3)  # the fused op on one prompt
     assert iou_union > iou_first + 0.2, (iou_union, iou_first)
+
+
+def test_a_shared_bad_image_is_reported_for_the_row_that_has_it(engine):
+    # G copies of one unreadable image: each row's warning names the row it is about, not only the first row
+    bad = np.zeros((6, 6), dtype=np.float32)  # not an H x W x 3 uint8 image
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        SamR1Reward(engine)(["p"] * 3, [GOOD] * 3, image=[bad] * 3, mask=[np.zeros((6, 6), bool)] * 3)
+    msgs = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert len(msgs) == 3
+    assert "row 0" in msgs[0] and "holds the same" not in msgs[0]
+    for i in (1, 2):
+        assert f"row {i} holds the same image" in msgs[i] and f"rewards of row {i} are 0" in msgs[i], msgs[i]
