@@ -272,6 +272,8 @@ def test_batcher_batches_by_kind_and_bounds_its_queue():
     finally:
         gate.set()
         b.close()
+    with pytest.raises(QueueFull, match="shutting down"):  # after close nothing is queued to wait forever
+        b.submit("x", 7)
 
 
 def test_protocol_parsers():

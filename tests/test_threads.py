@@ -142,6 +142,8 @@ def test_bad_thread_counts_are_refused(sam):
         with pytest.raises(ValueError, match="threads must be a positive int"):
             SamEngine(sam, threads=bad)
     assert resolve_threads(None) == torch.get_num_threads()
+    with pytest.raises(ValueError, match="at most 256"):  # each count keeps a pool: the count is bounded
+        resolve_threads(10_000)
 
 
 def test_cpp_iou_counts_equal_for_any_thread_count(monkeypatch):

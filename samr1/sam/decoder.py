@@ -489,12 +489,19 @@ def decode_batch(
     return logits_out, iou_out
 
 
+MAX_DECODE_THREADS = 256
+"""Largest worker count :func:`decode_batch` accepts."""
+
+
 def resolve_threads(threads: int | None) -> int:
     """The worker count :func:`decode_batch` uses: ``threads``, or torch's intra-op thread count when None."""
     if threads is None:
         return torch.get_num_threads()
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive int (or None for torch.get_num_threads()), got {threads!r}")
+    if threads > MAX_DECODE_THREADS:
+        # each count gets a process-wide pool that is kept: an unbounded count would spawn unbounded threads
+        raise ValueError(f"threads must be at most {MAX_DECODE_THREADS}, got {threads}")
     return threads
 
 

@@ -53,6 +53,7 @@ class Batcher:
         self._q: queue.Queue = queue.Queue(maxsize=int(max_queue))
         self.stats: dict[str, Any] = {"jobs": 0, "batches": 0, "rejected": 0, "largest_batch": 0}
         self._lock = threading.Lock()
+        self._closed = False
         self._thread = threading.Thread(target=self._loop, name="samr1-batcher", daemon=True)
         self._thread.start()
 
@@ -60,6 +61,9 @@ class Batcher:
         """Queue one job; returns a Future with its result. Raises :class:`QueueFull` when the queue is full."""
         if kind not in self.handlers:
             raise ValueError(f"no handler for job kind {kind!r}; known: {sorted(self.handlers)}")
+        if self._closed:
+            # the worker is gone or going: a queued job would never run and its caller would wait forever
+            raise QueueFull("the server is shutting down; retry on another instance")
         fut: Future = Future()
         try:
             self._q.put_nowait((kind, payload, fut))
@@ -76,6 +80,7 @@ class Batcher:
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the worker after the jobs already queued (jobs submitted later are never run)."""
+        self._closed = True
         deadline = time.monotonic() + timeout
         while self._thread.is_alive() and time.monotonic() < deadline:
             try:
