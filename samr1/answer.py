@@ -353,7 +353,8 @@ def _collect_points(obj: dict) -> tuple[list[Any], str]:
     return [], "none"
 
 
-def _check_size(size: Any, name: str) -> tuple[int, int]:
+def check_size(size: Any, name: str) -> tuple[int, int]:
+    """``(h, w)`` as positive ints from a 2-sequence, or ValueError naming ``name`` and what was wrong."""
     try:
         h, w = size
     except (TypeError, ValueError):
@@ -427,13 +428,13 @@ def parse_answer(text: Any, image_size: tuple[int, int] | None = None,
     Cost: two ``rfind`` scans of the text plus work bounded by :data:`MAX_ANSWER_CHARS`; see
     ``bench/bench_parse.py`` for measured times (200 kB of junk included).
     """
-    mh, mw = _check_size(model_size, "model_size")
+    mh, mw = check_size(model_size, "model_size")
     if multi_object not in MULTI_OBJECT_MODES:
         raise ValueError(f"multi_object must be one of {MULTI_OBJECT_MODES}, got {multi_object!r}")
     if image_size is None:
         ih, iw = mh, mw
     else:
-        ih, iw = _check_size(image_size, "image_size")
+        ih, iw = check_size(image_size, "image_size")
     if not isinstance(text, str):
         return _fail("not_text", f"expected str, got {type(text).__name__}")
 

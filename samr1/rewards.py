@@ -55,7 +55,7 @@ from samr1.answer import (
     MULTI_OBJECT_MODES,
     REASON_CODES,
     Answer,
-    _check_size,
+    check_size,
     parse_answer,
 )
 from samr1.geometry import POINT_RULES, box_iou, mask_to_box, mask_to_points, resize_mask_nearest
@@ -475,7 +475,7 @@ class SamR1Reward:
         self.engine = engine
         self.tiers = validate_tiers(tiers)
         self.components = comps
-        self.model_size = _check_size(model_size, "model_size")
+        self.model_size = check_size(model_size, "model_size")
         self.image_key = image_key
         self.mask_key = mask_key
         self.require_points = bool(require_points)
