@@ -301,7 +301,7 @@ class SamEngine:
                 ious[i] = v
         masks = self._segment_unions([images[i] for i in multi], [answers[i] for i in multi])
         for i, m in zip(multi, masks, strict=True):
-            gt = load_mask(gt_masks[i], field=f"gt_masks[{i}]")
+            gt = load_mask(gt_masks[i], field=f"gt_masks[{i}]", expected_size=m.shape)  # RLE size checked first
             if gt.shape != m.shape:
                 raise InputError(f"gt_masks[{i}]: mask is {gt.shape[0]}x{gt.shape[1]} but its image is "
                                  f"{m.shape[0]}x{m.shape[1]} (H x W); masks are at the original image size")
