@@ -237,3 +237,28 @@ def test_thread_sweep_arguments(tmp_path, capsys):
         run_bench("parse", smoke=True, threads=[1, 2])
     with pytest.raises(ValueError, match="threads must be >= 1"):
         run_bench("decode", smoke=True, threads=[1, 0])
+
+
+def test_reward_step_smoke_sam2(tmp_path):
+    """A SAM 2 kind: the SAM2ImagePredictor loops against Sam2Engine (same IoUs within the SAM 2 bound), one
+    encode per distinct image when cold and none when warm, and the per-completion loop timed on a subset
+    (1 of 2 completions) and extrapolated, which the rows record. SAM 2 resizes every image to 1024 x 1024,
+    so each encode costs seconds whatever the image size: one image, four encodes in all (~20 s)."""
+    pytest.importorskip("sam2", reason="the sam2 package (extra [sam2]) is not installed")
+    rows = bench_reward_step.run(smoke=True, sam_kind="sam2_hiera_t", b=1, g=2, size=(64, 80), threads=1,
+                                 loop_subset=1, out=str(tmp_path))
+    assert [r["way"] for r in rows] == ["loop", "loop-cached", "engine-cold", "engine-warm"]
+    assert all(r["sam"] == "sam2_hiera_t" and r["iou_tol"] == bench_reward_step.IOU_TOL_SAM2 for r in rows)
+    assert all(r["loop_extrapolated_from"] == 1 for r in rows)
+    for r in rows:
+        assert r["max_iou_diff_vs_loop"] <= bench_reward_step.IOU_TOL_SAM2, r
+        assert math.isfinite(r["step_s"]) and r["step_s"] > 0
+    enc = {r["way"]: r["encoder_images"] for r in rows}
+    assert enc == {"loop": rows[0]["answers_ok"], "loop-cached": 1, "engine-cold": 1, "engine-warm": 0}
+    _check_record(os.path.join(str(tmp_path), "reward_step.jsonl"), rows, "reward-step")
+    with open(os.path.join(str(tmp_path), "reward_step.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="torch fp32 encoder only"):
+        bench_reward_step.run(smoke=True, sam_kind="sam2_hiera_t", encoder="onnx")
+    with pytest.raises(ValueError, match="loop_subset must be >= 0"):
+        bench_reward_step.run(smoke=True, loop_subset=-1)

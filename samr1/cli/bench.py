@@ -54,6 +54,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch threads for the run (default: torch's choice); on a shared CPU 1 is steadier. "
                         "decode and reward-step take a comma-separated sweep (e.g. 1,2,4): each count timed "
                         "in the same run, with parallel efficiency and a scaling plot")
+    p.add_argument("--sam-checkpoint", default=None, metavar="PATH",
+                   help="reward-step only: weights for --sam (default: random weights, warned)")
+    p.add_argument("--loop-subset", type=int, default=None, metavar="K",
+                   help="reward-step only: time the per-completion loop on the first K completions and "
+                        "extrapolate (0: all; default: 16 for SAM 2 kinds on the CPU, else all)")
     p.add_argument("--out", default=None, metavar="DIR", help="write JSON-lines records and PNG plots here")
     p.set_defaults(func=_run)
 
@@ -71,11 +76,13 @@ def _thread_list(text: str) -> list[int]:
 
 def run_bench(name: str, *, quick: bool = False, smoke: bool = False, device: str = "cpu", sam_kind: str = "tiny",
               out: str | None = None, threads: int | Sequence[int] | None = None,
-              encoder: str | None = None) -> list[dict[str, Any]]:
+              encoder: str | None = None, checkpoint: str | None = None,
+              loop_subset: int | None = None) -> list[dict[str, Any]]:
     """Import ``samr1.bench.<module>`` and call its ``run`` with the arguments it accepts; return its rows.
 
     ``threads``: one count (torch's threads for the run), or several for a sweep (benches whose ``run``
-    takes ``threads``: decode, reward-step).
+    takes ``threads``: decode, reward-step). ``checkpoint`` / ``loop_subset``: passed to benches whose ``run``
+    takes them (reward-step), ignored by the others.
 
     Raises:
         ValueError: unknown ``name``, ``quick`` and ``smoke`` together, a thread count < 1 or repeated, a
@@ -107,6 +114,9 @@ def run_bench(name: str, *, quick: bool = False, smoke: bool = False, device: st
             raise ValueError(f"benchmark {name!r} has no encoder choice (--encoder is for reward-step; "
                              "the encoder bench times every backend)")
         kwargs["encoder"] = encoder
+    for key, value in (("checkpoint", checkpoint), ("loop_subset", loop_subset)):
+        if value is not None and key in params:
+            kwargs[key] = value
     if counts is None:
         return module.run(**kwargs)
     if "threads" in params:  # the bench sweeps (or sets) the counts itself
@@ -144,5 +154,6 @@ def _run(args: argparse.Namespace) -> int:
     for name in names:
         print(f"\n=== samr1 bench {name} ({mode}, {device}) ===")
         run_bench(name, quick=args.quick, smoke=args.smoke, device=device, sam_kind=args.sam, out=args.out,
-                  threads=args.threads, encoder=args.encoder if name == "reward-step" else None)
+                  threads=args.threads, encoder=args.encoder if name == "reward-step" else None,
+                  checkpoint=args.sam_checkpoint, loop_subset=args.loop_subset)
     return 0
