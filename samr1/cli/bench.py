@@ -38,7 +38,7 @@ SWEEPS = ("decode", "reward-step")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench", help="run a benchmark (reward-step, mask-iou, decode, encoder, parse, all)",
+    p = sub.add_parser("bench", help=f"run a benchmark ({', '.join([*BENCHES, 'all'])})",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", choices=[*BENCHES, "all"], help="which benchmark")
     size = p.add_mutually_exclusive_group()
