@@ -50,7 +50,14 @@ def score_reference(sam: Sam, images: Sequence[np.ndarray], answers: Sequence[An
         answers: :class:`samr1.answer.Answer` objects; one that is not ``ok`` scores 0.0.
         gt_masks: H x W bool arrays parallel to ``answers``, each the size of its image.
     """
-    predictor = SamPredictor(sam)
+    return predictor_loop(SamPredictor(sam), predict_mask, images, answers, gt_masks, multimask)
+
+
+def predictor_loop(predictor: Any, predict: Any, images: Sequence[np.ndarray], answers: Sequence[Any],
+                   gt_masks: Sequence[np.ndarray], multimask: bool = True) -> list[float]:
+    """The straightforward loop every reference shares: answers sorted by image content, ``set_image`` once
+    per run of equal images, ``predict(predictor, answer, multimask) -> H x W bool`` per answer, numpy IoU
+    against its ground truth. An answer that is not ``ok`` scores 0.0."""
     keys = [image_key(img) for img in images]  # one hash per image, used to sort and to detect a change
     order = sorted(range(len(answers)), key=keys.__getitem__)
     ious = [0.0] * len(answers)
@@ -61,6 +68,6 @@ def score_reference(sam: Sam, images: Sequence[np.ndarray], answers: Sequence[An
         if keys[i] != current:
             predictor.set_image(images[i])
             current = keys[i]
-        ious[i] = mask_iou_numpy(predict_mask(predictor, answers[i], multimask), gt_masks[i])
+        ious[i] = mask_iou_numpy(predict(predictor, answers[i], multimask), np.asarray(gt_masks[i], bool))
     return ious
 

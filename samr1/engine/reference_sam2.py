@@ -12,8 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from samr1.engine.reference import mask_iou_numpy
-from samr1.store import image_key
+from samr1.engine.reference import predictor_loop
 
 __all__ = ["predict_mask_sam2", "score_reference_sam2"]
 
@@ -47,15 +46,4 @@ def score_reference_sam2(sam2_model: Any, images: Sequence[np.ndarray], answers:
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
     predictor = SAM2ImagePredictor(sam2_model, mask_threshold=mask_threshold)
-    keys = [image_key(img) for img in images]
-    order = sorted(range(len(answers)), key=keys.__getitem__)
-    ious = [0.0] * len(answers)
-    current = None
-    for i in order:
-        if not answers[i].ok:
-            continue
-        if keys[i] != current:
-            predictor.set_image(images[i])
-            current = keys[i]
-        ious[i] = mask_iou_numpy(predict_mask_sam2(predictor, answers[i], multimask), np.asarray(gt_masks[i], bool))
-    return ious
+    return predictor_loop(predictor, predict_mask_sam2, images, answers, gt_masks, multimask)
