@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from segment_anything.modeling import Sam
 
+from samr1.engine.frozen import frozen_on
 from samr1.io import InputError, load_mask
 from samr1.threads import torch_threads
 
@@ -83,12 +84,7 @@ class SamEngine:
         if threads is not None:
             resolve_threads(threads)  # validates: a positive int
         self.threads = threads
-        self.sam = sam.eval()
-        self.device = torch.device(device) if device is not None else next(sam.parameters()).device
-        if self.device != next(sam.parameters()).device:
-            self.sam = self.sam.to(self.device)
-        for p in self.sam.parameters():
-            p.requires_grad_(False)
+        self.sam, self.device = frozen_on(sam, device)
         self.multimask = bool(multimask)
         self.iou_backend = iou_backend
         self.threshold = float(threshold)

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from samr1.engine.frozen import frozen_on
 from samr1.io import InputError, load_image, load_mask
 
 __all__ = ["Sam2Engine"]
@@ -91,12 +92,7 @@ class Sam2Engine:
             raise ValueError(f"iou_backend must be 'auto', 'fused' or 'torch' for SAM 2 models, got {iou_backend!r}")
         from sam2.utils.transforms import SAM2Transforms
 
-        self.sam = sam.eval()
-        self.device = torch.device(device) if device is not None else next(sam.parameters()).device
-        if self.device != next(sam.parameters()).device:
-            self.sam = self.sam.to(self.device)
-        for p in self.sam.parameters():
-            p.requires_grad_(False)
+        self.sam, self.device = frozen_on(sam, device)
         self.multimask = bool(multimask)
         self.iou_backend = iou_backend
         self.threshold = float(threshold)
