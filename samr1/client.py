@@ -55,6 +55,17 @@ def encode_multipart(fields: dict[str, str], files: list[tuple[str, str, bytes, 
     return b"".join(out), f"multipart/form-data; boundary={boundary}"
 
 
+def _keyed_or_warn(load: Any, content_key: Any, value: Any, field: str, row: int) -> tuple[Any, Any]:
+    """``(content key, array)`` of a row's image or mask, or ``(None, None)`` with a warning when it cannot be
+    loaded (the server then scores the row's mask-based rewards 0, as the in-process reward does)."""
+    try:
+        arr = load(value, field=field, source=f"row {row}")
+    except InputError as exc:
+        warnings.warn(f"SamR1Client: {exc}; the row's mask-based rewards will be 0", RuntimeWarning, stacklevel=4)
+        return None, None
+    return content_key(arr), arr
+
+
 class SamR1Client:
     """Talks to a ``samr1 serve`` server; callable as a TRL reward function.
 
@@ -159,13 +170,7 @@ class SamR1Client:
             if isinstance(img, (list, tuple)) and img:
                 img = img[0]
             if id(img) not in img_by_id:
-                try:
-                    arr = load_image(img, field=self.image_key, source=f"row {i}")
-                    img_by_id[id(img)] = (image_content_key(arr), arr)
-                except InputError as exc:
-                    warnings.warn(f"SamR1Client: {exc}; the row's mask-based rewards will be 0", RuntimeWarning,
-                                  stacklevel=3)
-                    img_by_id[id(img)] = (None, None)
+                img_by_id[id(img)] = _keyed_or_warn(load_image, image_content_key, img, self.image_key, i)
             ik, arr = img_by_id[id(img)]
             if ik is not None:
                 img_arrays[ik] = arr
@@ -174,13 +179,7 @@ class SamR1Client:
                 if isinstance(m, dict):
                     mask_by_id[id(m)] = (m, None)  # COCO RLE goes inline: it is already compact
                 else:
-                    try:
-                        marr = load_mask(m, field=self.mask_key, source=f"row {i}")
-                        mask_by_id[id(m)] = (mask_content_key(marr), marr)
-                    except InputError as exc:
-                        warnings.warn(f"SamR1Client: {exc}; the row's mask-based rewards will be 0", RuntimeWarning,
-                                      stacklevel=3)
-                        mask_by_id[id(m)] = (None, None)
+                    mask_by_id[id(m)] = _keyed_or_warn(load_mask, mask_content_key, m, self.mask_key, i)
             mk, marr = mask_by_id[id(m)]
             if isinstance(mk, str):
                 mask_arrays[mk] = marr
