@@ -142,7 +142,7 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
     """
     from samr1.answer import parse_answer
     from samr1.engine import SamEngine
-    from samr1.engine.reference import mask_iou_numpy
+    from samr1.geometry import mask_iou_numpy
     from samr1.sam import load_sam
     from samr1.sam.sam2_build import is_sam2_kind
 

@@ -63,7 +63,8 @@ class LoopReward:
 
         def tiered_iou(completions, **kw):
             from samr1.answer import parse_answer
-            from samr1.engine.reference import mask_iou_numpy, predict_mask
+            from samr1.engine.reference import predict_mask
+            from samr1.geometry import mask_iou_numpy
             from samr1.rewards import completion_text, tiered_iou_reward
 
             out = []

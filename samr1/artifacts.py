@@ -27,7 +27,6 @@ second one keeps the first one's folder).
 
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
@@ -39,6 +38,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
+
+from samr1 import hashing
+from samr1.hashing import default_algorithm
 
 __all__ = [
     "ENV_VAR",
@@ -105,7 +107,9 @@ def device_capability(device: Any) -> dict[str, Any]:
 def key_digest(key: dict[str, Any]) -> str:
     """16 hex characters identifying ``key`` (canonical JSON, blake2b)."""
     blob = json.dumps(key, sort_keys=True, separators=(",", ":"), default=str).encode()
-    return hashlib.blake2b(blob, digest_size=8).hexdigest()
+    h = hashing.new_hasher("blake2b", digest_size=8)
+    h.update(blob)
+    return h.hexdigest()
 
 
 def slug(text: str, max_len: int = 48) -> str:
@@ -114,41 +118,16 @@ def slug(text: str, max_len: int = 48) -> str:
     return (s or "model")[:max_len]
 
 
-def _hasher():
-    # xxh3 hashes ~10 GB/s, blake2b ~1 GB/s: the difference is seconds for a ViT-H export (2.5 GB) on every
-    # load. xxhash is optional; the algorithm is recorded with the digest so either reads back correctly.
-    try:
-        import xxhash
-
-        return "xxh3_128", xxhash.xxh3_128()
-    except ImportError:
-        return "blake2b", hashlib.blake2b(digest_size=16)
-
-
-def _hasher_named(name: str):
-    if name == "blake2b":
-        return hashlib.blake2b(digest_size=16)
-    if name == "xxh3_128":
-        try:
-            import xxhash
-        except ImportError:
-            return None
-        return xxhash.xxh3_128()
-    return None
-
-
 def file_digest(path: str | os.PathLike, algorithm: str | None = None) -> str | None:
-    """``"alg:hex"`` content digest of a file (None when ``algorithm`` is not available here)."""
-    if algorithm is None:
-        algorithm, h = _hasher()
-    else:
-        h = _hasher_named(algorithm)
-        if h is None:
-            return None
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return f"{algorithm}:{h.hexdigest()}"
+    """``"alg:hex"`` content digest of a file (None when ``algorithm`` is not available here).
+
+    xxh3 hashes ~10 GB/s, blake2b ~1 GB/s: the difference is seconds for a ViT-H export (2.5 GB) on every
+    load. xxhash is optional; the algorithm is recorded with the digest so either reads back correctly."""
+    algorithm = algorithm or default_algorithm()
+    try:
+        return f"{algorithm}:{hashing.file_digest(path, algorithm)}"
+    except (ImportError, ValueError):  # xxh3 recorded but xxhash not installed here, or an unknown name
+        return None
 
 
 def _temp_name(folder: Path, prefix: str, suffix: str = "") -> Path:

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
+    "mask_iou_numpy",
     "BOX_CONVENTIONS",
     "POINT_RULES",
     "mask_to_box",
@@ -296,3 +297,10 @@ def _circle_points(m: np.ndarray, k: int, border_is_background: bool) -> list[tu
         m &= (xx - x) ** 2 + (yy - y) ** 2 >= r2
         m[y, x] = False  # the centre itself always goes, so the loop always makes progress
     return out
+
+
+def mask_iou_numpy(pred: np.ndarray, gt: np.ndarray) -> float:
+    """IoU of two H x W bool masks; two empty masks have IoU 1.0 (nothing to find, nothing found)."""
+    inter = np.logical_and(pred, gt).sum(dtype=np.int64)
+    union = np.logical_or(pred, gt).sum(dtype=np.int64)
+    return 1.0 if union == 0 else float(inter) / float(union)

@@ -40,7 +40,6 @@ Conventions (Seg-Zero's, where it has one; ``bench/bench_fidelity.py`` measures 
 from __future__ import annotations
 
 import collections
-import hashlib
 import itertools
 import math
 import warnings
@@ -59,6 +58,7 @@ from samr1.answer import (
     parse_answer,
 )
 from samr1.geometry import POINT_RULES, box_iou, mask_to_box, mask_to_points, resize_mask_nearest
+from samr1.hashing import mask_digest
 from samr1.io import InputError, MaskSizeError, load_image, load_mask
 
 __all__ = [
@@ -740,10 +740,7 @@ class SamR1Reward:
         """(box, points) of a ground-truth mask in ``self.frame``, memoised by content (bounded LRU of 4096)."""
         if gt is None:
             return None, []
-        h = hashlib.blake2b(digest_size=16)
-        h.update(str(gt.shape).encode())
-        h.update(np.packbits(gt).tobytes())
-        k = h.hexdigest()
+        k = mask_digest(gt)
         hit = self._gt_geometry.get(k)
         if hit is not None:
             self._gt_geometry.move_to_end(k)

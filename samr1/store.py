@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import datetime
 import errno
-import hashlib
 import json
 import math
 import os
@@ -61,6 +60,7 @@ import numpy as np
 import torch
 
 from samr1.artifacts import atomic_write_json
+from samr1.hashing import ALGORITHMS, array_digest, default_algorithm
 
 __all__ = ["EmbeddingStore", "StoreError", "StoreLockedError", "StoreWriteError", "StoreLock", "StoreWarning",
            "image_key", "default_hash", "encoder_precision", "HASHES"]
@@ -69,7 +69,7 @@ _FORMAT = 1
 _DATA = "embeddings.f16"
 _INDEX = "index.json"
 _LOCK = "writer.lock"
-HASHES = ("xxh3_128", "blake2b")
+HASHES = ALGORITHMS
 # Bounds that keep a hand-edited index from asking for absurd allocations: 2**31 float16 values (4 GiB) per
 # row is ~250x SAM's 256 x 64 x 64, and no SAM frame is near 65536 px.
 _MAX_ROW_VALUES = 1 << 31
@@ -102,12 +102,7 @@ class StoreWarning(RuntimeWarning):
 
 def default_hash() -> str:
     """``"xxh3_128"`` when the optional xxhash package is installed (about 10x faster), else ``"blake2b"``."""
-    try:
-        import xxhash  # noqa: F401
-
-        return "xxh3_128"
-    except ImportError:
-        return "blake2b"
+    return default_algorithm()
 
 
 def encoder_precision(name: str) -> str:
@@ -128,19 +123,10 @@ def image_key(image: np.ndarray, algorithm: str | None = None) -> str:
     """
     arr = np.ascontiguousarray(image)
     algorithm = algorithm or default_hash()
-    header = f"{arr.dtype.str}:{'x'.join(map(str, arr.shape))}".encode()
-    if algorithm == "xxh3_128":
-        import xxhash
-
-        h = xxhash.xxh3_128()
-    elif algorithm == "blake2b":
-        h = hashlib.blake2b(digest_size=16)
-    else:
+    if algorithm not in HASHES:
         raise ValueError(f"unknown image hash {algorithm!r}; choose one of {list(HASHES)}")
-    h.update(header)
-    h.update(memoryview(arr).cast("B"))
     short = "x".join(map(str, arr.shape))
-    return f"{'xxh3' if algorithm == 'xxh3_128' else 'b2'}:{short}:{h.hexdigest()}"
+    return f"{'xxh3' if algorithm == 'xxh3_128' else 'b2'}:{short}:{array_digest(arr, algorithm)}"
 
 
 # ------------------------------------------------------------------------------------------ writer lock

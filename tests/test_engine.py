@@ -6,7 +6,8 @@ import torch
 
 from samr1.answer import Answer, parse_answer
 from samr1.engine import SamEngine
-from samr1.engine.reference import mask_iou_numpy, score_reference
+from samr1.engine.reference import score_reference
+from samr1.geometry import mask_iou_numpy
 from samr1.io import InputError, rle_encode
 from samr1.sam import load_sam
 

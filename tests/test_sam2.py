@@ -144,8 +144,8 @@ def test_engine_equals_predictor_loop_random_and_trained(model, engine, step):
     sets each distinct image once and predicts under both weight settings (only the decoder changes)."""
     from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-    from samr1.engine.reference import mask_iou_numpy
     from samr1.engine.reference_sam2 import predict_mask_sam2
+    from samr1.geometry import mask_iou_numpy
 
     images, masks, answers = step
     random_w = {k: v.clone() for k, v in model.sam_mask_decoder.state_dict().items()}
@@ -180,8 +180,8 @@ def test_engine_equals_predictor_loop_random_and_trained(model, engine, step):
 
 
 def test_segment_and_reference_loop_agree(model, engine, step):
-    from samr1.engine.reference import mask_iou_numpy
     from samr1.engine.reference_sam2 import score_reference_sam2
+    from samr1.geometry import mask_iou_numpy
 
     images, masks, answers = step
     rows = [3, 4, 5, 6]  # one image, box / box + points / points-only, and a failed answer

@@ -14,14 +14,8 @@ import numpy as np
 from segment_anything import SamPredictor
 from segment_anything.modeling import Sam
 
+from samr1.geometry import mask_iou_numpy
 from samr1.store import image_key
-
-
-def mask_iou_numpy(pred: np.ndarray, gt: np.ndarray) -> float:
-    """IoU of two H x W bool masks; two empty masks have IoU 1.0 (nothing to find, nothing found)."""
-    inter = np.logical_and(pred, gt).sum(dtype=np.int64)
-    union = np.logical_or(pred, gt).sum(dtype=np.int64)
-    return 1.0 if union == 0 else float(inter) / float(union)
 
 
 def predict_mask(predictor: SamPredictor, answer: Any, multimask: bool) -> np.ndarray:

@@ -84,7 +84,7 @@ def resolution_ceiling(frame: int, n_scenes: int = 100, first_seed: int = 0) -> 
     import torch
     import torch.nn.functional as F
 
-    from samr1.engine.reference import mask_iou_numpy
+    from samr1.geometry import mask_iou_numpy
     from samr1.sam import build_sam
     from samr1.sam.train_sam import TINY_SHAPES_SPEC, _frame_mask, _resize_shape, size_bucket
     from samr1.scenes import make_scene
@@ -120,7 +120,7 @@ def examples_figure(weights: str | None, out_png: str, n: int = 6, first_seed: i
     from segment_anything import SamPredictor
 
     from samr1.demo import _grid, mask_outline
-    from samr1.engine.reference import mask_iou_numpy
+    from samr1.geometry import mask_iou_numpy
     from samr1.sam import load_sam
     from samr1.sam.train_sam import _box
     from samr1.scenes import make_scene

@@ -33,7 +33,6 @@ Use ``samr1 train-sam`` (see :mod:`samr1.cli.train_sam`) or :func:`train`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -46,8 +45,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samr1.engine.reference import mask_iou_numpy
-from samr1.geometry import mask_to_box
+from samr1.geometry import mask_iou_numpy, mask_to_box
+from samr1.hashing import state_dict_digest
 from samr1.provenance import git_commit
 from samr1.sam import SamSpec, build_sam
 from samr1.scenes import Scene, make_scene
@@ -414,11 +413,7 @@ def _sample_loss(sam, emb: torch.Tensor, s: _Sample, frame: int,
 
 def weights_hash(state: dict[str, torch.Tensor]) -> str:
     """blake2b-96 of the names and bytes of a state dict (sorted by name): equal weights, equal hash."""
-    h = hashlib.blake2b(digest_size=12)
-    for name in sorted(state):
-        h.update(name.encode())
-        h.update(state[name].detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
+    return state_dict_digest(state)
 
 
 def fp16_state(sam) -> dict[str, torch.Tensor]:
@@ -621,10 +616,10 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     path = os.path.join(cfg.out, "tiny_shapes.pth")
     whash = save_weights(sam, path)
     # evaluate the SHIPPED form: the fp16 weights loaded back into an fp32 model
-    from samr1.sam import _load_weights
+    from samr1.sam import load_weights
 
     ship = build_sam(TINY_SHAPES_SPEC)
-    _load_weights(ship, path, "tiny-shapes")
+    load_weights(ship, path, "tiny-shapes")
     metrics = evaluate(ship, n_scenes=cfg.eval_scenes, first_seed=0)
     metrics_single = evaluate(ship, n_scenes=cfg.eval_scenes, first_seed=0, multimask=False)
     card = {

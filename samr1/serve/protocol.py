@@ -11,7 +11,6 @@ Nothing here imports FastAPI, so the client works without the ``[serve]`` extra.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import math
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from samr1.hashing import mask_digest
 from samr1.io import InputError, load_image, load_mask
 from samr1.store import image_key
 
@@ -65,10 +65,7 @@ def image_content_key(image: Any) -> str:
 def mask_content_key(mask: Any) -> str:
     """Content key of a mask (bool/uint8 array, PIL image, COCO RLE dict or path; nonzero = object)."""
     m = load_mask(mask)
-    h = hashlib.blake2b(digest_size=16)
-    h.update(f"{m.shape[0]}x{m.shape[1]}".encode())
-    h.update(np.packbits(m).tobytes())
-    return f"{MASK_KEY_PREFIX}{m.shape[0]}x{m.shape[1]}:{h.hexdigest()}"
+    return f"{MASK_KEY_PREFIX}{m.shape[0]}x{m.shape[1]}:{mask_digest(m)}"
 
 
 def encode_png(array: np.ndarray) -> bytes:

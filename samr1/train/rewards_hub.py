@@ -21,7 +21,6 @@ call; the others reuse the result):
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import threading
@@ -31,18 +30,16 @@ from typing import Any
 
 import numpy as np
 
+from samr1.hashing import array_digest
+
 __all__ = ["RewardHub", "content_key", "dedup_by_content"]
 
 
 def content_key(image: Any) -> Any:
-    """A key equal for equal pixels: blake2b of shape + bytes for arrays and PIL images; paths as is."""
+    """A key equal for equal pixels: blake2b of dtype + shape + bytes for arrays and PIL images; paths as is."""
     if isinstance(image, (str, os.PathLike)):
         return ("path", os.fspath(image))
-    arr = np.asarray(image)
-    h = hashlib.blake2b(digest_size=16)
-    h.update(str((arr.shape, arr.dtype.str)).encode())
-    h.update(np.ascontiguousarray(arr).tobytes())
-    return ("pixels", h.hexdigest())
+    return ("pixels", array_digest(np.asarray(image)))
 
 
 def dedup_by_content(column: Sequence[Any]) -> tuple[list[Any], int]:
