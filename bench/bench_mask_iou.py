@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from samr1.bench.harness import format_table, measure, write_records
 
+from samr1.geometry import resize_longest_side
 from samr1.ops import mask_iou_from_logits, mask_iou_reference, near_threshold_pixels, select_backend
 
 FULL_SIZES = [(480, 640), (1080, 1920)]
@@ -54,12 +55,6 @@ COUNT_TOL_FRAC = 1e-4
 def count_tolerance(size: tuple[int, int]) -> int:
     """Largest |intersection or union difference| (pixels) allowed against the reference at ``size``."""
     return max(1, int(COUNT_TOL_FRAC * size[0] * size[1]))
-
-
-def _input_size(size: tuple[int, int], frame: int = 1024) -> tuple[int, int]:
-    from segment_anything.utils.transforms import ResizeLongestSide
-
-    return ResizeLongestSide.get_preprocess_shape(size[0], size[1], frame)
 
 
 def _inputs(n: int, size: tuple[int, int], device: str, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,7 +132,7 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", smoke:
     gen = torch.Generator().manual_seed(0)
     rows: list[dict] = []
     for size, n in cases:
-        isz = _input_size(size)
+        isz = resize_longest_side(*size, 1024)
         logits, gt = _inputs(n, size, device, gen)
         ref = mask_iou_reference(logits, gt, isz, size)
         t_ref, cpu_ref = _measure_reference(lambda x=logits, g=gt, i=isz, s=size: mask_iou_reference(x, g, i, s),
@@ -210,7 +205,7 @@ def run_omp(out: str | None = None, busy: bool = False, repeats: int = 30) -> li
     rows: list[dict] = []
     try:
         for size, n in OMP_CASES:
-            isz = _input_size(size)
+            isz = resize_longest_side(*size, 1024)
             logits, gt = _inputs(n, size, "cpu", gen)
             idx, wts = image_plan((256, 256), isz, size, 1024, fused)
             plans = [(idx, wts, gt.numpy().view(np.uint8), isz[0])]

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 
 __all__ = [
+    "resize_longest_side",
     "mask_iou_numpy",
     "BOX_CONVENTIONS",
     "POINT_RULES",
@@ -304,3 +305,13 @@ def mask_iou_numpy(pred: np.ndarray, gt: np.ndarray) -> float:
     inter = np.logical_and(pred, gt).sum(dtype=np.int64)
     union = np.logical_or(pred, gt).sum(dtype=np.int64)
     return 1.0 if union == 0 else float(inter) / float(union)
+
+
+def resize_longest_side(h: int, w: int, frame: int) -> tuple[int, int]:
+    """SAM's resized ``(h', w')`` of an ``h x w`` image whose longest side becomes ``frame`` (before padding).
+
+    The same arithmetic as segment-anything's ``ResizeLongestSide.get_preprocess_shape`` (Python doubles,
+    round half up), so every module that needs the input size agrees with ``SamPredictor`` to the pixel.
+    """
+    scale = frame * 1.0 / max(h, w)
+    return int(h * scale + 0.5), int(w * scale + 0.5)

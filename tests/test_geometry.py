@@ -286,3 +286,15 @@ def test_mask_to_points_rectangle_and_two_discs():
     assert mask_to_points(one, 2, rule="circles") == [(3.0, 2.0)]  # mask exhausted after the first circle
     with pytest.raises(ValueError, match="k"):
         mask_to_points(m, -1)
+
+
+def test_resize_longest_side_equals_upstream_preprocess_shape():
+    from segment_anything.utils.transforms import ResizeLongestSide
+
+    from samr1.geometry import resize_longest_side
+
+    rng = np.random.default_rng()
+    sizes = [(1, 1), (1, 5000), (5000, 1), (480, 640), (3, 7)] + [tuple(rng.integers(1, 6000, 2)) for _ in range(3000)]
+    for h, w in sizes:
+        for frame in (1024, 256, 840, 1000):
+            assert resize_longest_side(int(h), int(w), frame) == ResizeLongestSide.get_preprocess_shape(int(h), int(w), frame)

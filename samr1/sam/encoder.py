@@ -41,6 +41,7 @@ from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
 from samr1 import artifacts
+from samr1.geometry import resize_longest_side
 from samr1.io import load_image
 from samr1.sam import DeviceError, check_device
 from samr1.sam import model_id as sam_model_id
@@ -135,7 +136,7 @@ class ImageEncoder:
         out = []
         for img in images:
             shape = img.shape if isinstance(img, np.ndarray) else load_image(img).shape
-            out.append(tuple(ResizeLongestSide.get_preprocess_shape(shape[0], shape[1], self.frame)))
+            out.append(resize_longest_side(shape[0], shape[1], self.frame))
         return out
 
     def preprocess(self, images: Sequence[Any]) -> tuple[torch.Tensor, list[tuple[int, int]]]:

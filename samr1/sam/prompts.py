@@ -25,6 +25,8 @@ from dataclasses import dataclass, fields
 
 import torch
 
+from samr1.geometry import resize_longest_side
+
 __all__ = [
     "PromptBatch",
     "PromptError",
@@ -37,12 +39,6 @@ __all__ = [
 
 class PromptError(ValueError):
     """A prompt batch is malformed; the message says which field, which prompt, and how to fix it."""
-
-
-def _preprocess_shape(h: int, w: int, frame: int) -> tuple[int, int]:
-    # Same arithmetic as ResizeLongestSide.get_preprocess_shape (Python doubles, round half up).
-    scale = frame * 1.0 / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
 
 
 @dataclass
@@ -265,7 +261,7 @@ def frame_scales(original_sizes: torch.Tensor, frame: int) -> torch.Tensor:
     """
     rows = []
     for h, w in original_sizes.tolist():
-        nh, nw = _preprocess_shape(int(h), int(w), frame)
+        nh, nw = resize_longest_side(int(h), int(w), frame)
         rows.append((nw / w, nh / h))
     return torch.tensor(rows, dtype=torch.float64, device=original_sizes.device).reshape(-1, 2)
 

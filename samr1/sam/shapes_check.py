@@ -84,9 +84,9 @@ def resolution_ceiling(frame: int, n_scenes: int = 100, first_seed: int = 0) -> 
     import torch
     import torch.nn.functional as F
 
-    from samr1.geometry import mask_iou_numpy
+    from samr1.geometry import mask_iou_numpy, resize_longest_side
     from samr1.sam import build_sam
-    from samr1.sam.train_sam import TINY_SHAPES_SPEC, _frame_mask, _resize_shape, size_bucket
+    from samr1.sam.train_sam import TINY_SHAPES_SPEC, _frame_mask, size_bucket
     from samr1.scenes import make_scene
 
     _check_frame(frame)
@@ -101,7 +101,7 @@ def resolution_ceiling(frame: int, n_scenes: int = 100, first_seed: int = 0) -> 
             t = torch.from_numpy(_frame_mask(o.mask, frame))[None, None]
             low = F.adaptive_avg_pool2d(t, grid) - 0.5
             with torch.no_grad():
-                up = sam.postprocess_masks(low, _resize_shape(h, w, frame), (h, w))[0, 0] > 0
+                up = sam.postprocess_masks(low, resize_longest_side(h, w, frame), (h, w))[0, 0] > 0
             frac = o.mask.sum() / (h * w)
             sizes[size_bucket(frac)].append(mask_iou_numpy(up.numpy(), o.mask))
     every = [v for vs in sizes.values() for v in vs]

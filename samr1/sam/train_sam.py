@@ -45,7 +45,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samr1.geometry import mask_iou_numpy, mask_to_box
+from samr1.geometry import mask_iou_numpy, mask_to_box, resize_longest_side
 from samr1.hashing import state_dict_digest
 from samr1.provenance import git_commit
 from samr1.sam import SamSpec, build_sam
@@ -157,12 +157,6 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 # ----------------------------------------------------------------------------------------------- data
 
-def _resize_shape(h: int, w: int, frame: int) -> tuple[int, int]:
-    """SAM's ResizeLongestSide target (h', w') for an h x w image."""
-    scale = frame / max(h, w)
-    return int(h * scale + 0.5), int(w * scale + 0.5)
-
-
 def _frame_image(image: np.ndarray, frame: int) -> np.ndarray:
     """H x W x 3 uint8 -> h' x w' x 3 uint8 exactly as ``SamPredictor.set_image`` resizes it."""
     from segment_anything.utils.transforms import ResizeLongestSide
@@ -174,7 +168,7 @@ def _frame_mask(mask: np.ndarray, frame: int) -> np.ndarray:
     """H x W bool -> frame x frame float32 in [0, 1]: area-weighted resize to (h', w'), zero padding."""
     from PIL import Image
 
-    h, w = _resize_shape(*mask.shape, frame)
+    h, w = resize_longest_side(*mask.shape, frame)
     m = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize((w, h), Image.BILINEAR), np.float32) / 255
     out = np.zeros((frame, frame), np.float32)
     out[:h, :w] = m
@@ -242,7 +236,7 @@ def _make_sample(scene: int | Scene, rng: np.random.Generator, k: int, frame: in
     :class:`~samr1.scenes.Scene` itself (``make_scene`` is a pure function of the seed); it is only read."""
     scene = scene if isinstance(scene, Scene) else make_scene(scene)
     h, w = scene.image.shape[:2]
-    nh, nw = _resize_shape(h, w, frame)
+    nh, nw = resize_longest_side(h, w, frame)
     sx, sy = nw / w, nh / h
     scale = sy if h >= w else sx
     # objects too small to prompt sensibly at this frame (< ~6 frame pixels) are not trained on
