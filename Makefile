@@ -25,7 +25,7 @@ $(STAMP): $(SRC_DEPS)
 	$(PIP) install -q -c constraints.txt setuptools wheel pybind11
 	$(PIP) install -q -c constraints.txt --no-build-isolation -e '.[$(EXTRAS)]'
 	$(PY) -c "import sys; from samr1.sam.encoder import ort_distributions as d; f = [x for x in d() if x.split()[0] in ('onnxruntime', 'onnxruntime-gpu')]; sys.exit(len(f) > 1 and 'both ONNX Runtime flavours are installed (' + ', '.join(f) + '); they overwrite each other: pip uninstall -y onnxruntime onnxruntime-gpu, then make install again')"
-	$(PY) -c "import samr1._ext as e; print('samr1 C++ extension:', 'built' if e.available() else 'NOT built (torch fallback)')"
+	$(PY) -c "from samr1.ops import backends as b; ok, why = b.cpp_status(); print('samr1 C++ extension:', 'built' if ok else 'NOT built (torch fallback): ' + why)"
 	@touch $(STAMP)
 
 demo: install

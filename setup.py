@@ -1,7 +1,7 @@
 """Build script: compiles csrc/ into ``samr1._C`` and ships ``kernels/`` as ``samr1.kernels``.
 
 The C++ extension is optional at run time: when a compiler is missing the build still succeeds
-(with a warning) and ``samr1`` falls back to its torch paths, saying so once (see samr1/_ext.py).
+(with a warning) and ``samr1`` falls back to its torch paths, saying so once (see samr1/ops/backends.py).
 """
 
 import glob

@@ -10,6 +10,10 @@ truth + tables, over a measured device-to-device copy bandwidth) and the fractio
 
     python -m samr1.bench.bench_mask_iou [--quick | --smoke] [--device cpu|cuda] [--out DIR]
     python -m samr1.bench.bench_mask_iou --omp [--busy] [--out DIR]
+    python -m samr1.bench.bench_mask_iou --resize sam2 [--quick | --smoke] [--device cpu|cuda] [--out DIR]
+
+``--resize sam2`` times SAM 2's postprocess (one bilinear resize, :mod:`samr1.ops.mask_iou_sam2`): the
+reference against every body that runs on the device (torch row blocks, C++, Triton) in one table.
 
 ``--omp`` times the C++ kernel alone (CPU) at 1 and 2 OpenMP threads, forced (every thread woken) and
 as the default per-call thread count picks, with wall and process CPU time per call: what the thread
@@ -194,10 +198,10 @@ def run_omp(out: str | None = None, busy: bool = False, repeats: int = 30) -> li
     woke, the wait policy and the load average. ``busy``: one spinning child process during the run."""
     import numpy as np
 
-    from samr1 import _ext
+    from samr1.ops import backends
     from samr1.ops.mask_iou import image_plan, torch_cpu_fuses
 
-    C = _ext.get()
+    C = backends.cpp_module()
     fused = torch_cpu_fuses() and C.mask_iou_fma_supported()
     default_wpt = C.work_per_thread_default()
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
@@ -244,6 +248,80 @@ def run_omp(out: str | None = None, busy: bool = False, repeats: int = 30) -> li
     return rows
 
 
+SAM2_SIZES = [(480, 640), (1080, 1920)]
+SAM2_NS = [1, 8, 32, 64]
+SAM2_QUICK_CASES = [((480, 640), 8), ((480, 640), 32), ((1080, 1920), 8), ((1080, 1920), 32)]
+
+
+def _sam2_bodies(device: torch.device) -> list[str]:
+    """The SAM 2 mode's fast bodies that can run on ``device``: the torch row blocks always, C++ / Triton
+    where samr1.ops.mask_iou_sam2 would run them."""
+    from samr1.ops.mask_iou_sam2 import select_backend_sam2
+
+    bodies = ["fused"]
+    for b in ("cpp", "triton"):
+        try:
+            select_backend_sam2(b, device)
+        except (RuntimeError, ValueError):
+            continue
+        bodies.append(b)
+    return bodies
+
+
+def run_sam2(quick: bool = False, out: str | None = None, device: str = "cpu", smoke: bool = False) -> list[dict]:
+    """SAM 2's postprocess (one bilinear resize of 256 x 256 logits to the original size): the reference
+    (``mask_iou_sam2_reference``) against every body that runs on ``device`` (torch row blocks "fused", C++,
+    Triton), in the same process, with the speed-up, CPU time and count agreement; which body "auto" picks is
+    printed. Records go to ``out/bench_mask_iou_sam2.jsonl``. ``quick``: 4 cases; ``smoke``: the 2 tiny
+    cases, one call each. Set torch's threads (``OMP_NUM_THREADS=1``) to compare one thread with C++'s one."""
+    from samr1.ops.mask_iou_sam2 import (
+        mask_iou_sam2,
+        mask_iou_sam2_reference,
+        near_threshold_pixels_sam2,
+        select_backend_sam2,
+    )
+
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda requested but no CUDA device is available")
+    bodies = _sam2_bodies(dev)
+    auto = select_backend_sam2("auto", dev)
+    cases = SMOKE_CASES if smoke else SAM2_QUICK_CASES if quick else [(s, n) for s in SAM2_SIZES for n in SAM2_NS]
+    gen = torch.Generator().manual_seed(0)
+    rows: list[dict] = []
+    for size, n in cases:
+        logits, gt = _inputs(n, size, device, gen)
+        ref = mask_iou_sam2_reference(logits, gt)
+        t_ref, cpu_ref = _measure_reference(lambda x=logits, g=gt: mask_iou_sam2_reference(x, g), device, smoke)
+        near = max(int(near_threshold_pixels_sam2(logits[i:i + 16], size).sum(dim=(1, 2)).max())
+                   for i in range(0, n, 16))
+        base = {"size": f"{size[0]}x{size[1]}", "N": n, "threads": torch.get_num_threads(),
+                "loadavg_1m": round(os.getloadavg()[0], 2), "near_px": near, "smoke": smoke}
+        rows.append({**base, "backend": "torch (reference)", **t_ref, "speedup": 1.0, "cpu_s": cpu_ref,
+                     "cpu_speedup": 1.0, "max_iou_err": 0.0, "max_count_err": 0})
+        for body in bodies:
+            got = mask_iou_sam2(logits, gt, backend=body)
+            t, cpu = _measure(lambda x=logits, g=gt, b=body: mask_iou_sam2(x, g, backend=b), device,
+                              warmup=0 if smoke else 2, repeats=1 if smoke else 10 if n <= 8 else 5)
+            rows.append({**base, "backend": body + (" (auto)" if body == auto else ""), **t,
+                         "speedup": t_ref["median_s"] / t["median_s"], "cpu_s": cpu,
+                         "cpu_speedup": cpu_ref / max(cpu, 1e-9),
+                         "max_iou_err": float((got[0] - ref[0]).abs().max()),
+                         "max_count_err": int(max((got[1] - ref[1]).abs().max(), (got[2] - ref[2]).abs().max()))})
+    print(f"SAM 2 postprocess (one resize), device {device}, torch threads {torch.get_num_threads()}, "
+          f"auto -> {auto}")
+    print(format_table(rows, ["size", "N", "backend", "median_s", "speedup", "cpu_s", "cpu_speedup", "max_iou_err",
+                              "max_count_err", "near_px", "loadavg_1m"]))
+    fast_rows = [r for r in rows if r["backend"] != "torch (reference)"]
+    ok = all(r["max_count_err"] <= r["near_px"] for r in fast_rows)
+    print(f"agreement with the reference: max |count err| {max((r['max_count_err'] for r in fast_rows), default=0)} "
+          "px (allowed: the pixels within near_threshold_eps of the threshold, near_px): " + ("OK" if ok else "MISMATCH"))
+    path = write_records(rows, out, "bench_mask_iou_sam2", device)
+    if path:
+        print(f"records appended to {path}")
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="3 small cases instead of 2 sizes x N in {1, 8, 64, 256}")
@@ -253,9 +331,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--omp", action="store_true",
                    help="C++ kernel only: 1 vs 2 OpenMP threads (forced and default), wall and CPU time")
     p.add_argument("--busy", action="store_true", help="with --omp: keep one other process spinning on a core")
+    p.add_argument("--resize", choices=("sam", "sam2"), default="sam",
+                   help="postprocess: sam (SAM v1: frame, crop, resize) or sam2 (one resize; every body timed)")
     args = p.parse_args(argv)
     if args.omp:
         run_omp(out=args.out, busy=args.busy)
+        return
+    if args.resize == "sam2":
+        run_sam2(quick=args.quick, out=args.out, device=args.device, smoke=args.smoke)
         return
     run(quick=args.quick, out=args.out, device=args.device, smoke=args.smoke)
 

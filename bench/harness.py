@@ -108,9 +108,9 @@ def environment(device: str | torch.device = "cpu") -> dict[str, Any]:
             env[mod] = __import__(mod).__version__
         except Exception:  # noqa: BLE001 - optional packages; absence is recorded
             env[mod] = None
-    from samr1 import _ext
+    from samr1.ops import backends
 
-    env["samr1_cpp"] = _ext.available()
+    env["samr1_cpp"] = backends.cpp_status()[0]
     return env
 
 

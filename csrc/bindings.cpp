@@ -3,8 +3,10 @@
 #include <pybind11/pybind11.h>
 
 #include "mask_iou.h"
+#include "mask_iou_sam2.h"
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "samr1 CPU kernels (optional; samr1 falls back to torch without them)";
   samr1::bind_mask_iou(m);
+  samr1::bind_mask_iou_sam2(m);
 }

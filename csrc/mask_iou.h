@@ -33,10 +33,6 @@ struct ImagePlan {
   int64_t ih;
 };
 
-// Units of work (one output pixel or one H-row value) per woken OpenMP thread by default: a call
-// below it runs on one thread (see useful_threads in mask_iou.cpp for the measurement).
-constexpr int64_t kDefaultWorkPerThread = int64_t(16) << 20;
-
 // True when this build + CPU can run the fused-multiply-add variant (x86: AVX2+FMA at run time).
 bool mask_iou_fma_supported();
 
@@ -44,8 +40,8 @@ bool mask_iou_fma_supported();
 // (all rows use image 0). Writes inter[N], uni[N]. `fused` picks fma(a, wa, b * wb) (what torch's
 // AVX2/AVX-512 CPU kernels compute, the compiler contracts them) instead of a * wa + b * wb.
 // Runs with up to `num_threads` OpenMP threads (<= 0: the OpenMP default), one per
-// `work_per_thread` units of work (output pixels + H-row values; < 0: kDefaultWorkPerThread, 0: all
-// of them). isa: 0 = best variant for this CPU, 1 = force AVX2 on x86 (tests). Thread-safe, no Python.
+// `work_per_thread` units of work (output pixels + H-row values; < 0: rows::kDefaultWorkPerThread in
+// row_blocks.h, 0: all of them). isa: 0 = best variant for this CPU, 1 = force AVX2 on x86 (tests). Thread-safe, no Python.
 void mask_iou_counts(const float* logits, int64_t N, int64_t lh, int64_t lw,
                      const int64_t* image_index, const ImagePlan* plans, int64_t n_images,
                      float threshold, bool fused, int num_threads, int64_t* inter, int64_t* uni,

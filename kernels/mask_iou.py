@@ -29,6 +29,7 @@ import torch
 import triton
 import triton.language as tl
 from samr1.kernels import launch_guard
+from samr1.kernels.mask_counts import count_tile, launch_counts, store_counts
 
 __all__ = ["TILES", "mask_iou_counts_triton"]
 
@@ -126,14 +127,8 @@ def _mask_iou_kernel(
         t0 = tl.fma(f0a, vx0, f0b * vx1)
         t1 = tl.fma(f1a, vx0, f1b * vx1)
         v = tl.fma(t0, wv0, t1 * wv1)
-        inside = rmask[:, None] & cmask[None, :]
-        pred = (v > threshold) & inside
-        g = tl.load(gt_ptr + go + rows[:, None].to(tl.int64) * W + cols[None, :], mask=inside, other=0) != 0
-        ci += (pred & g).to(tl.int32)
-        cu += (pred | g).to(tl.int32)
-    out = part_ptr + (m * n_rb + rb) * 2
-    tl.store(out, tl.sum(tl.sum(ci, axis=1), axis=0))
-    tl.store(out + 1, tl.sum(tl.sum(cu, axis=1), axis=0))
+        ci, cu = count_tile(v, threshold, rows, cols, rmask, cmask, gt_ptr, go, W, ci, cu)
+    store_counts(part_ptr, m, rb, n_rb, ci, cu)
 
 
 # (BLOCK_R, BLOCK_W, num_warps) per device type. On CUDA 8 x 128 tiles keep ~1k pixels per program (16
@@ -156,14 +151,4 @@ def mask_iou_counts_triton(logits: torch.Tensor, gt_flat: torch.Tensor, img: tor
     Returns:
         intersection, union: int64 (N,) on the logits' device.
     """
-    n, lh, lw = logits.shape
-    block_r, block_w, warps = TILES["cuda" if logits.device.type == "cuda" else "cpu"]
-    n_rb = triton.cdiv(max_h, block_r)
-    part = torch.empty((n, n_rb, 2), dtype=torch.int32, device=logits.device)
-    with launch_guard(logits.device):
-        _mask_iou_kernel[(n, n_rb)](
-            logits, gt_flat, img, idx, wts, meta, part, n_rb, lh, lw, float(threshold),
-            BLOCK_R=block_r, BLOCK_W=block_w, num_warps=warps,
-        )
-    counts = part.sum(dim=1, dtype=torch.int64)
-    return counts[:, 0].clone(), counts[:, 1].clone()  # separate storages: custom ops may not alias outputs
+    return launch_counts(_mask_iou_kernel, TILES, launch_guard, logits, gt_flat, img, idx, wts, meta, max_h, threshold)

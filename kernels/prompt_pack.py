@@ -9,8 +9,7 @@ coordinates use the per-image scale from ``samr1.sam.prompts.frame_scales`` (in 
 reference multiplies in float64 like ResizeLongestSide does, a difference of ~1 ulp of the coordinate).
 
 The launch runs under the batch's CUDA device (``samr1.kernels.launch_guard``). Do not call this
-directly: use ``samr1.sam.prompts.pack_prompts(sam, batch, backend="triton")``, which
-validates the batch. Runs on CUDA tensors, or on CPU tensors when TRITON_INTERPRET=1 was set before this
+directly: use ``samr1.ops.pack_prompts(sam, batch, backend="triton")``, which validates the batch. Runs on CUDA tensors, or on CPU tensors when TRITON_INTERPRET=1 was set before this
 module was imported (the test suite does that in a subprocess).
 """
 
@@ -98,37 +97,40 @@ def _prompt_pack_kernel(
         tl.store(base + D_HALF + f, hi, mask=fmask)
 
 
-def prompt_pack_triton(batch, scale: torch.Tensor, gauss: torch.Tensor, label_embed: torch.Tensor,
-                       input_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+def prompt_pack_triton(points: torch.Tensor, point_labels: torch.Tensor, boxes: torch.Tensor, has_box: torch.Tensor,
+                       image_index: torch.Tensor, scale: torch.Tensor, gauss: torch.Tensor, label_embed: torch.Tensor,
+                       input_size: tuple[int, int], num_tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the packing kernel once for the whole (already validated) batch.
 
     Args:
-        batch: ``samr1.sam.prompts.PromptBatch`` on the kernel's device.
-        scale: (B, 2) float32 original -> frame scales (sx, sy).
+        points (N, K, 2) float32, point_labels (N, K) int, boxes (N, 4) float32, has_box (N,) bool,
+            image_index (N,) int: a ``samr1.sam.prompts.PromptBatch``'s tensors (ORIGINAL pixels), on the
+            kernel's device.
+        scale: (B, 2) original -> frame scales (sx, sy); read as float32.
         gauss: (2, D/2) float32 Fourier matrix. label_embed: (5, D) float32 (see ``prompt_tables``).
         input_size: (H_in, W_in) the PE normalises by.
+        num_tokens: T, the largest token count of the batch (sizes the output; read on the host by the op).
 
     Returns:
-        tokens (N, T, D) float32 and counts (N,) int64, like ``pack_prompts_reference``.
+        tokens (N, T, D) float32 and counts (N,) int64, like ``samr1.ops.pack_prompts_reference``.
     """
     dev = label_embed.device
-    n, k = batch.point_labels.shape
+    n, k = point_labels.shape
     d = label_embed.shape[1]
     if d % 2:
         raise ValueError(f"prompt embedding dim must be even (sin/cos halves), got {d}")
-    # T sizes the output, so it is read on the host (one sync); the kernel recomputes the counts.
-    t = int(batch.token_counts().max()) if n else 0
+    t = int(num_tokens)
     tokens = torch.empty((n, t, d), dtype=torch.float32, device=dev)
     counts = torch.empty((n,), dtype=torch.int64, device=dev)
     if n == 0:
         return tokens, counts
     with launch_guard(dev):  # Triton launches on the current CUDA device, not the tensors'
         _prompt_pack_kernel[(n,)](
-            batch.points.contiguous(),
-            batch.point_labels.to(torch.int64).contiguous(),
-            batch.boxes.contiguous(),
-            batch.has_box.to(torch.int32).contiguous(),
-            batch.image_index.to(torch.int64).contiguous(),
+            points.contiguous(),
+            point_labels.to(torch.int64).contiguous(),
+            boxes.contiguous(),
+            has_box.to(torch.int32).contiguous(),
+            image_index.to(torch.int64).contiguous(),
             scale.to(device=dev, dtype=torch.float32).contiguous(),
             gauss.contiguous(),
             label_embed.contiguous(),
@@ -143,4 +145,3 @@ def prompt_pack_triton(batch, scale: torch.Tensor, gauss: torch.Tensor, label_em
             BLOCK_K=triton.next_power_of_2(max(k, 1)),
         )
     return tokens, counts
-

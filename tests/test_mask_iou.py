@@ -10,28 +10,25 @@ threshold (1e-5 relative to the mask's largest |logit|). It is checked pixel by 
 truths ``ref AND NOT near`` and ``ref OR near`` the fast path's intersection / union must equal those
 masks' sizes, which holds exactly when no pixel outside the near band differs.
 
-Triton: TRITON_INTERPRET must be set before triton kernels are decorated, i.e. before
-samr1.kernels.mask_iou is imported, and it would make every Triton kernel of the process interpreted
-(slow, and wrong for the CUDA tests). So the interpreter tests (names containing ``triton_interp``) run
-in a child pytest process started by ``test_triton_interpreter_in_subprocess`` with TRITON_INTERPRET=1;
-in the parent they skip with that reason. On CUDA machines the same comparisons run compiled in the
-parent (``test_triton_cuda_*``).
+Triton: the interpreter tests (``@only_in_triton_interpreter``, names containing ``triton_interp``) run in
+a child pytest with TRITON_INTERPRET=1 started by ``test_triton_interpreter_child``
+(``conftest.run_in_triton_interpreter``); in the parent they skip with that reason. On CUDA machines the
+same comparisons run compiled in the parent (``test_triton_cuda_*``).
 """
 
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import only_in_triton_interpreter, run_in_triton_interpreter
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from samr1 import _ext, kernels
 from samr1.ops import (
+    backends,
     last_backend,
     mask_iou_from_logits,
     mask_iou_grouped,
@@ -45,11 +42,9 @@ from samr1.ops import (
 from samr1.ops.mask_iou import image_plan
 
 HAS_CUDA = torch.cuda.is_available()
-HAS_CPP = _ext.available()
-needs_cpp = pytest.mark.skipif(not HAS_CPP, reason=f"C++ extension unavailable: {_ext.why_unavailable()}")
+HAS_CPP = backends.cpp_status()[0]
+needs_cpp = pytest.mark.skipif(not HAS_CPP, reason=f"C++ extension unavailable: {backends.cpp_status()[1]}")
 needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device: compiled Triton tests need one")
-interp_only = pytest.mark.skipif(
-    not kernels.interpreting(), reason="runs in a subprocess with TRITON_INTERPRET=1 (test_triton_interpreter_in_subprocess)")
 
 
 def _gen() -> tuple[torch.Generator, int]:
@@ -159,24 +154,6 @@ def test_cpp_two_threads_match_reference(monkeypatch):
     check_against_reference(x, gt, isz_of(size), size, got, seed, "cpp")
 
 
-def test_cpp_thread_count_setting(monkeypatch):
-    monkeypatch.delenv("SAMR1_CPP_THREADS", raising=False)
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    assert _ext.cpp_threads() == 1  # the measured default under libgomp's spinning policy (bench/RESULTS.md)
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    assert _ext.cpp_threads() == max(1, torch.get_num_threads())
-    monkeypatch.setenv("OMP_WAIT_POLICY", "active")
-    assert _ext.cpp_threads() == 1
-    monkeypatch.setenv("SAMR1_CPP_THREADS", " 3 ")
-    assert _ext.cpp_threads() == 3
-    monkeypatch.setenv("SAMR1_CPP_THREADS", "0")
-    assert _ext.cpp_threads() == max(1, torch.get_num_threads())
-    for bad in ("two", "-1", "1.5"):
-        monkeypatch.setenv("SAMR1_CPP_THREADS", bad)
-        with pytest.raises(ValueError, match="SAMR1_CPP_THREADS must be an integer"):
-            _ext.cpp_threads()
-
-
 @needs_cpp
 @pytest.mark.parametrize("threshold", [-0.2, 0.15])
 def test_cpp_nonzero_threshold_and_uint8_gt(threshold):
@@ -206,7 +183,7 @@ def test_cpp_kernel_variants_pixel_level(fused, isa):
     """Each compiled variant (AVX-512 / AVX2 fma, plain float), at the binding level, on one thread and on
     two forced ones (``work_per_thread=0``: this little work would otherwise run on one), checked pixel by
     pixel against the contract (see check_contract_pixels)."""
-    C = _ext.get()
+    C = backends.cpp_module()
     if fused and not C.mask_iou_fma_supported():
         pytest.skip("CPU without AVX2+FMA")
     gen, seed = _gen()
@@ -229,7 +206,7 @@ def test_cpp_kernel_variants_pixel_level(fused, isa):
 
 @needs_cpp
 def test_cpp_binding_rejects_bad_arguments():
-    C = _ext.get()
+    C = backends.cpp_module()
     size = (10, 12)
     idx, wts = image_plan((256, 256), isz_of(size), size, 1024, False)
     gt = np.zeros(size, np.uint8)
@@ -431,15 +408,15 @@ def test_grouped_validation_errors():
 
 
 # ----------------------------------------------------------------------------- backends and switches
-@pytest.mark.skipif(kernels.interpreting(), reason="auto avoids the interpreter; checked in the parent process")
+@pytest.mark.skipif(backends.interpreting(), reason="auto avoids the interpreter; checked in the parent process")
 def test_backend_selection_and_env_switches(monkeypatch):
     x, gt, isz, size = _ok()
     assert select_backend("torch", "cpu") == "torch"
     assert select_backend("auto", "cpu") == ("cpp" if HAS_CPP else "torch")
-    if kernels.triton_available()[0]:
+    if backends.triton_status()[0]:
         assert select_backend("auto", "cuda") == "triton"
-    with pytest.raises(RuntimeError, match="CUDA tensors"):
-        select_backend("triton", "cpu")  # no interpreter in this process
+        with pytest.raises(ValueError, match="CUDA tensors"):
+            select_backend("triton", "cpu")  # no interpreter in this process
     with pytest.raises(ValueError, match="needs CPU tensors"):
         select_backend("cpp", "cuda")
     mask_iou_from_logits(x, gt, isz, size)
@@ -495,7 +472,7 @@ def _use_tiles(monkeypatch, which: str) -> None:
     monkeypatch.setitem(km.TILES, "cpu", km.TILES[which])
 
 
-@interp_only
+@only_in_triton_interpreter
 @pytest.mark.parametrize("size,n,tiles", TRITON_CASES, ids=[f"{s[0]}x{s[1]}-N{n}-{t}-tiles" for s, n, t in TRITON_CASES])
 def test_triton_interp_matches_reference(size, n, tiles, monkeypatch):
     _use_tiles(monkeypatch, tiles)
@@ -506,7 +483,7 @@ def test_triton_interp_matches_reference(size, n, tiles, monkeypatch):
     check_against_reference(x, gt, isz_of(size), size, got, seed, "triton")
 
 
-@interp_only
+@only_in_triton_interpreter
 def test_triton_interp_grouped_extremes_and_lowres(monkeypatch):
     _use_tiles(monkeypatch, "cuda")
     gen, seed = _gen()
@@ -523,14 +500,14 @@ def test_triton_interp_grouped_extremes_and_lowres(monkeypatch):
     assert got[0][2].item() == 1.0  # empty prediction vs empty gt
 
 
-@interp_only
+@only_in_triton_interpreter
 @pytest.mark.parametrize("value,size", [(0.1, (20, 30)), (-0.37, (13, 140))])
 def test_triton_interp_contract_at_the_threshold(value, size):
     gen, seed = _gen()
     check_contract_pixels(_plateau_logits(gen, 2, value), isz_of(size), size, "triton", seed, threshold=value)
 
 
-@interp_only
+@only_in_triton_interpreter
 def test_triton_interp_launches_under_the_tensor_device(monkeypatch):
     """The launcher enters samr1.kernels.launch_guard with the logits' device (recorded around the real
     guard, which still runs)."""
@@ -571,17 +548,9 @@ def test_launch_guard_selects_the_tensor_device():
         pass
 
 
-@pytest.mark.skipif(kernels.interpreting(), reason="this is the child process")
-@pytest.mark.skipif(not kernels.triton_available()[0], reason="triton unavailable")
-def test_triton_interpreter_in_subprocess():
-    env = {**os.environ, "TRITON_INTERPRET": "1"}
-    env.pop("SAMR1_DISABLE_TRITON", None)
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-k", "triton_interp and not subprocess", __file__],
-        env=env, capture_output=True, text=True, timeout=300)
-    tail = (proc.stdout + proc.stderr)[-3000:]
-    assert proc.returncode == 0, tail
-    assert " passed" in proc.stdout and "skipped" not in proc.stdout.splitlines()[-1], tail
+def test_triton_interpreter_child():
+    """The ``@only_in_triton_interpreter`` tests of this file, in a TRITON_INTERPRET=1 child pytest."""
+    run_in_triton_interpreter(__file__)
 
 
 CUDA_CASES = [(s, 1) for s in SIZES] + [((480, 640), 64), ((1500, 2000), 64)]

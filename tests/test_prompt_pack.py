@@ -7,19 +7,17 @@ observed difference is ~2e-6, from fp32 round-off in the frame transform and the
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
+from conftest import only_in_triton_interpreter, run_in_triton_interpreter
 from segment_anything.utils.transforms import ResizeLongestSide
 
+from samr1.ops import backends, pack_prompts, pack_prompts_reference
 from samr1.sam import load_sam
-from samr1.sam.prompts import PromptBatch, PromptError, pack_prompts, pack_prompts_reference
+from samr1.sam.prompts import PromptBatch, PromptError, frame_scales, prompt_tables
 
 ATOL = 2e-5
 
@@ -104,59 +102,48 @@ def test_single_prompt_and_labels_default(sam):
     assert check_against_upstream(sam, batch, tokens, counts) <= ATOL
 
 
-# The child imports triton only after TRITON_INTERPRET=1 is in its environment (triton.jit picks the
-# interpreter at decoration time), whatever this process did before.
-_CHILD = r"""
-import importlib.util, json, sys
-spec = importlib.util.spec_from_file_location("tpp", sys.argv[1])
-m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)
-print(json.dumps(m._triton_child(int(sys.argv[2]))))
-"""
-
-
-def _triton_child(seed: int) -> dict:
+@only_in_triton_interpreter
+def test_triton_interp_matches_upstream_and_reference(sam, monkeypatch):
+    """The interpreted kernel against upstream PromptEncoder and the torch reference, launched under
+    launch_guard(tokens' device) (recorded around the real guard, which still runs)."""
     import samr1.kernels.prompt_pack as kp
 
-    sam = load_sam("tiny")
+    seed = random.randrange(2**31)
     batch = random_batch(seed, n=17)
     seen = []
     real_guard = kp.launch_guard
 
-    def spy(device):  # records the device the launcher guards, then enters the real guard
+    def spy(device):
         seen.append(str(torch.device(device)))
         return real_guard(device)
 
-    kp.launch_guard = spy
-    try:
-        tok_t, cnt_t = pack_prompts(sam, batch, backend="triton")
-    finally:
-        kp.launch_guard = real_guard
+    monkeypatch.setattr(kp, "launch_guard", spy)
+    tok_t, cnt_t = pack_prompts(sam, batch, backend="triton")
+    assert backends.last("prompt_pack") == "triton"
+    assert seen == ["cpu"], f"the launch must run under launch_guard(tokens' device): {seen}"
     tok_r, cnt_r = pack_prompts_reference(sam, batch)
+    assert torch.equal(cnt_t, cnt_r) and tok_t.shape == tok_r.shape, f"seed={seed}"
+    worst = check_against_upstream(sam, batch, tok_t, cnt_t)
+    assert worst <= ATOL, f"seed={seed}: triton vs upstream {worst:.3g} > {ATOL}"
+    worst = float((tok_t - tok_r).abs().max())
+    assert worst <= ATOL, f"seed={seed}: triton vs torch {worst:.3g} > {ATOL}"
+    # "auto" never picks the interpreter (samr1.ops.backends): CPU tensors run the reference
     auto, _ = pack_prompts(sam, PromptBatch.from_lists([0], [[1, 2, 3, 4]], [[]], [[]], [(5, 5)]), backend="auto")
-    return {
-        "vs_upstream": check_against_upstream(sam, batch, tok_t, cnt_t),
-        "vs_reference": float((tok_t - tok_r).abs().max()),
-        "counts_equal": bool(torch.equal(cnt_t, cnt_r)),
-        "shape_equal": tok_t.shape == tok_r.shape,
-        "auto_shape": list(auto.shape),
-        "guarded": seen,
-    }
+    assert list(auto.shape) == [1, 2, 256] and backends.last("prompt_pack") == "torch"
 
 
-def test_triton_interpreted_matches_upstream_and_reference():
-    pytest.importorskip("triton")
-    seed = random.randrange(2**31)
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    env.pop("SAMR1_DISABLE_TRITON", None)
-    proc = subprocess.run([sys.executable, "-c", _CHILD, os.path.abspath(__file__), str(seed)], env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"seed={seed}: child failed:\n{proc.stderr[-3000:]}"
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert res["counts_equal"] and res["shape_equal"], f"seed={seed}: {res}"
-    assert res["vs_upstream"] <= ATOL, f"seed={seed}: triton vs upstream {res['vs_upstream']:.3g} > {ATOL}"
-    assert res["vs_reference"] <= ATOL, f"seed={seed}: triton vs torch {res['vs_reference']:.3g} > {ATOL}"
-    assert res["auto_shape"] == [1, 2, 256]
-    assert res["guarded"] == ["cpu"], f"the launch must run under launch_guard(tokens' device): {res['guarded']}"
+@only_in_triton_interpreter
+def test_triton_interp_opcheck(sam):
+    """torch.library.opcheck of samr1::prompt_pack with the Triton body (schema, fake tensor, autograd
+    registration, AOT dispatch), on a ragged batch and on an empty one."""
+    for batch in (random_batch(random.randrange(2**31), n=5),
+                  PromptBatch.from_lists([], [], [], [], [(3, 4)])):
+        torch.library.opcheck(torch.ops.samr1.prompt_pack.default, _op_args(sam, batch, "triton"))
+
+
+def test_triton_interpreter_child():
+    """The ``@only_in_triton_interpreter`` tests of this file, in a TRITON_INTERPRET=1 child pytest."""
+    run_in_triton_interpreter(__file__)
 
 
 @pytest.mark.gpu
@@ -180,15 +167,18 @@ def test_backend_selection(sam, monkeypatch):
     auto = pack_prompts(sam, batch, backend="auto")  # CPU tensors: auto means torch
     # against upstream PromptEncoder (independent of what auto resolves to), not against the reference
     assert check_against_upstream(sam, batch, *auto) <= ATOL
+    assert backends.last("prompt_pack") == "torch"
     with pytest.raises(ValueError, match="backend must be"):
         pack_prompts(sam, batch, backend="cuda")
+    with pytest.raises(ValueError, match="prompt_pack has no 'cpp' body"):
+        pack_prompts(sam, batch, backend="cpp")
     monkeypatch.setenv("SAMR1_DISABLE_TRITON", "1")
     with pytest.raises(RuntimeError, match="SAMR1_DISABLE_TRITON"):
         pack_prompts(sam, batch, backend="triton")
     monkeypatch.delenv("SAMR1_DISABLE_TRITON")
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     pytest.importorskip("triton")
-    with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
+    with pytest.raises(ValueError, match="TRITON_INTERPRET"):  # CPU tensors, no interpreter
         pack_prompts(sam, batch, backend="triton")
 
 
@@ -256,3 +246,52 @@ def test_ragged_counts_and_token_counts():
     assert batch.point_labels.tolist() == [[0, -1, -1], [-1, -1, -1], [1, 0, 1]]
     assert batch.point_counts().tolist() == [1, 0, 3]
     assert batch.token_counts().tolist() == [2, 2, 5]
+
+
+# ----------------------------------------------------------------------------- the torch.library op
+def _op_args(sam, batch: PromptBatch, backend: str) -> tuple:
+    """The arguments pack_prompts hands to samr1::prompt_pack for ``batch``."""
+    gauss, label_embed, (h_in, w_in) = prompt_tables(sam)
+    scale = frame_scales(batch.original_sizes, int(sam.image_encoder.img_size))
+    t = int(batch.token_counts().max()) if batch.num_prompts else 0
+    return (batch.points, batch.point_labels, batch.boxes, batch.has_box, batch.image_index, scale, gauss,
+            label_embed, h_in, w_in, t, backend)
+
+
+def test_opcheck_torch_body(sam):
+    """torch.library.opcheck of samr1::prompt_pack (schema, fake tensor, autograd registration, AOT
+    dispatch) with the reference body, on a ragged batch, a one-prompt batch and an empty one."""
+    seed = random.randrange(2**31)
+    batches = [random_batch(seed, n=7), PromptBatch.from_lists([0], [None], [[[3.0, 4.0]]], None, [(9, 11)]),
+               PromptBatch.from_lists([], [], [], [], [(3, 4)])]
+    for batch in batches:
+        torch.library.opcheck(torch.ops.samr1.prompt_pack.default, _op_args(sam, batch, "torch"))
+
+
+def test_fake_tensor_shapes(sam):
+    """Under FakeTensorMode the op gives (N, T, D) float32 tokens and (N,) int64 counts without running,
+    T being the argument pack_prompts reads on the host."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    batch = random_batch(random.randrange(2**31), n=6)
+    args = _op_args(sam, batch, "auto")
+    with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+        fake = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+        tokens, counts = torch.ops.samr1.prompt_pack(*fake)
+    want_t = int(batch.token_counts().max())
+    assert tokens.shape == (6, want_t, sam.prompt_encoder.embed_dim) and tokens.dtype == torch.float32
+    assert counts.shape == (6,) and counts.dtype == torch.int64
+
+
+def test_op_under_torch_compile_fullgraph(sam):
+    """The op composes with torch.compile(fullgraph=True) and gives the eager tokens."""
+    batch = random_batch(random.randrange(2**31), n=9)
+    args = _op_args(sam, batch, "auto")
+
+    def step(*a):
+        tokens, counts = torch.ops.samr1.prompt_pack(*a)
+        return tokens * 2.0, counts + 1
+
+    got = torch.compile(step, fullgraph=True, backend="aot_eager")(*args)
+    want = step(*args)
+    assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])

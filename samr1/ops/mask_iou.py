@@ -13,13 +13,14 @@ Backends (``backend=``):
   SAM, so its masks are SAM's bit for bit.
 * ``"cpp"`` -- ``samr1._C.mask_iou_counts`` (csrc/mask_iou.cpp): OpenMP over (mask, row block),
   streams rows, never materialises a frame x frame or H x W mask. CPU tensors. One thread unless
-  ``SAMR1_CPP_THREADS`` or ``OMP_WAIT_POLICY=passive`` allows more (``samr1._ext.cpp_threads``: why,
-  with the measurement).
+  ``SAMR1_CPP_THREADS`` or ``OMP_WAIT_POLICY=passive`` allows more (``samr1.ops.backends.cpp_threads``:
+  why, with the measurement).
 * ``"triton"`` -- :mod:`samr1.kernels.mask_iou`: one launch for the whole (grouped) call. CUDA
   tensors, or CPU tensors under ``TRITON_INTERPRET=1`` (tests).
 * ``"auto"`` -- Triton on CUDA tensors, C++ on CPU tensors, torch otherwise (or when the fast path is
-  missing: a warning says so once). ``SAMR1_DISABLE_TRITON=1`` / ``SAMR1_DISABLE_CPP=1`` switch the
-  fast paths off; an explicitly requested backend that is unavailable raises with how to get it.
+  missing: a warning says so once; never the Triton interpreter). ``SAMR1_DISABLE_TRITON=1`` /
+  ``SAMR1_DISABLE_CPP=1`` switch the fast paths off; an explicitly requested backend that is
+  unavailable raises with how to get it. The rule is :mod:`samr1.ops.backends`' (every op shares it).
 
 Which backend ran: :func:`last_backend` (the most recent call in this thread) and
 :func:`select_backend` (what a call on a device would use, without running it) -- the engine puts
@@ -51,18 +52,18 @@ import functools
 import math
 import numbers
 import platform
-import threading
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from samr1 import _ext
+from samr1.ops import backends
 
 __all__ = [
     "BACKENDS",
     "NEAR_THRESHOLD_RTOL",
+    "axis_table",
     "counts_to_iou",
     "image_plan",
     "last_backend",
@@ -76,16 +77,13 @@ __all__ = [
     "select_backend",
 ]
 
-BACKENDS = ("auto", "torch", "cpp", "triton")
+BACKENDS = backends.BACKENDS
 
 # Relative width of the band around the threshold where the fast paths may disagree with the
 # reference. A postprocessed value is a convex combination of 16 logits computed with ~8 roundings, so
 # two evaluation orders differ by a few ulp of the largest |logit| (2^-24 relative each); 1e-5 leaves
 # a margin of ~20x over that bound. Measured: 2 ulp (0.1 + 1.5e-8, constant logits 0.1).
 NEAR_THRESHOLD_RTOL = 1e-5
-
-_state = threading.local()
-
 
 # ----------------------------------------------------------------------------- the reference
 def postprocess_reference(logits: torch.Tensor, input_size: Sequence[int], original_size: Sequence[int],
@@ -178,7 +176,7 @@ def torch_cpu_fuses() -> bool:
 
 
 @functools.lru_cache(maxsize=512)
-def _axis_table(in_size: int, out_size: int, fused: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def axis_table(in_size: int, out_size: int, fused: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """aten's ``compute_source_index_and_lambda`` for one axis (bilinear, align_corners=False, no scale
     factor): (i0, i1 int64 (out,), w0, w1 float32 (out,)) with out[d] = in[i0] * w0 + in[i1] * w1."""
     if in_size == out_size:  # aten: "scale_factor = 1, simply copy"
@@ -217,10 +215,10 @@ def image_plan(low_res: tuple[int, int], input_size: tuple[int, int], original_s
     h, w = low_res
     ih, iw = input_size
     H, W = original_size
-    r2 = _axis_table(ih, H, fused)
-    r1 = [a[:ih] for a in _axis_table(h, frame, fused)]  # crop: frame rows >= ih are never read
-    c2 = _axis_table(iw, W, fused)
-    c1 = _axis_table(w, frame, fused)
+    r2 = axis_table(ih, H, fused)
+    r1 = [a[:ih] for a in axis_table(h, frame, fused)]  # crop: frame rows >= ih are never read
+    c2 = axis_table(iw, W, fused)
+    c1 = axis_table(w, frame, fused)
     c0, cc1 = c2[0], c2[1]
     idx = np.concatenate([r2[0], r2[1], r1[0], r1[1], c1[0][c0], c1[1][c0], c1[0][cc1], c1[1][cc1]]).astype(np.int32)
     wts = np.concatenate([r2[2], r2[3], r1[2], r1[3], c1[2][c0], c1[3][c0], c1[2][cc1], c1[3][cc1],
@@ -231,62 +229,21 @@ def image_plan(low_res: tuple[int, int], input_size: tuple[int, int], original_s
 
 
 # ----------------------------------------------------------------------------- backend selection
-def _triton_status(device: torch.device) -> tuple[bool, str]:
-    from samr1.kernels import interpreting, triton_available
-
-    ok, why = triton_available()
-    if not ok:
-        return False, why
-    if device.type == "cuda":
-        return True, "ok"
-    if device.type == "cpu" and interpreting():
-        return True, "ok"
-    return False, (f"the Triton kernel runs on CUDA tensors (got {device.type}); move the inputs with .cuda(), "
-                   "or set TRITON_INTERPRET=1 before importing samr1 to interpret it on the CPU (slow, for tests)")
+_BODIES = ("cpp", "triton")
 
 
 def select_backend(backend: str, device: torch.device | str) -> str:
-    """The backend a call with ``backend`` on tensors of ``device`` uses: "torch", "cpp" or "triton".
-
-    "auto": Triton on CUDA (unless TRITON_INTERPRET=1, which would interpret it), C++ on CPU, torch
-    otherwise or when that fast path is missing (a RuntimeWarning says so once). An explicit backend
-    that cannot run raises RuntimeError (missing/disabled: with how to get it) or ValueError (wrong
-    device)."""
-    device = torch.device(device)
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "torch":
-        return "torch"
-    if backend == "cpp":
-        if device.type != "cpu":
-            raise ValueError(f"backend='cpp' needs CPU tensors (got {device.type}); use backend='auto' or "
-                             "'triton' on CUDA, or move the inputs with .cpu()")
-        if not _ext.available():
-            raise RuntimeError(f"backend='cpp' is unavailable: {_ext.why_unavailable()}")
-        return "cpp"
-    if backend == "triton":
-        ok, why = _triton_status(device)
-        if not ok:
-            raise RuntimeError(f"backend='triton' is unavailable: {why}")
-        return "triton"
-    # auto
-    from samr1.kernels import interpreting
-
-    if device.type == "cuda":
-        if not interpreting() and _triton_status(device)[0]:
-            return "triton"
-        return "torch"
-    if device.type == "cpu":
-        if _ext.available():
-            return "cpp"
-        _ext.warn_once_if_missing()
-    return "torch"
+    """The backend a call with ``backend`` on tensors of ``device`` uses: "torch", "cpp" or "triton",
+    without running it (:func:`samr1.ops.backends.resolve` for this op: "auto" is Triton on CUDA, C++ on
+    CPU, torch otherwise, never the Triton interpreter; an explicit backend that cannot run raises
+    RuntimeError when unusable, with how to get it, or ValueError on the wrong device)."""
+    return backends.resolve("mask_iou", backend, device, _BODIES)
 
 
 def last_backend() -> str | None:
     """The backend ("torch" / "cpp" / "triton") that ran the most recent mask-IoU call of this thread
     (None before the first). Under torch.compile it is set when the compiled graph runs the op."""
-    return getattr(_state, "last", None)
+    return backends.last("mask_iou")
 
 
 # ----------------------------------------------------------------------------- validation
@@ -367,7 +324,7 @@ def _counts_torch(logits, gts, image_index, input_sizes, threshold, frame):
 
 
 def _counts_cpp(logits, gts, image_index, input_sizes, threshold, frame):
-    C = _ext.get()
+    C = backends.cpp_module()
     fused = torch_cpu_fuses() and C.mask_iou_fma_supported()
     lowres = (int(logits.shape[1]), int(logits.shape[2]))
     plans = []
@@ -376,8 +333,8 @@ def _counts_cpp(logits, gts, image_index, input_sizes, threshold, frame):
         plans.append((idx, wts, _u8(g).numpy(), int(isz[0])))
     ii = (np.empty(0, np.int64) if image_index is None
           else image_index.to(device="cpu", dtype=torch.int64).contiguous().numpy())
-    # threads: 1 unless SAMR1_CPP_THREADS / OMP_WAIT_POLICY=passive say otherwise (samr1._ext.cpp_threads)
-    inter, union = C.mask_iou_counts(logits.contiguous().numpy(), ii, plans, threshold, fused, _ext.cpp_threads())
+    # threads: 1 unless SAMR1_CPP_THREADS / OMP_WAIT_POLICY=passive say otherwise (samr1.ops.backends.cpp_threads)
+    inter, union = C.mask_iou_counts(logits.contiguous().numpy(), ii, plans, threshold, fused, backends.cpp_threads())
     return torch.from_numpy(inter), torch.from_numpy(union)
 
 
@@ -434,7 +391,7 @@ _COUNTERS = {"torch": _counts_torch, "cpp": _counts_cpp, "triton": _counts_trito
 def _run(logits, gts, image_index, input_sizes, threshold, frame, backend):
     chosen = select_backend(backend, logits.device)
     inter, union = _COUNTERS[chosen](logits, gts, image_index, input_sizes, threshold, frame)
-    _state.last = chosen
+    backends.record("mask_iou", chosen)
     inter = inter.to(logits.device)
     union = union.to(logits.device)
     return counts_to_iou(inter, union), inter, union
@@ -492,7 +449,7 @@ def mask_iou_from_logits(logits: torch.Tensor, gt: torch.Tensor, input_size: Seq
         resize: "sam" (SAM v1: upsample to the frame, crop ``input_size``, resize to the original) or "sam2"
             (SAM 2: the image was squashed to the square frame, so ONE bilinear resize of the logits to
             ``original_size``; ``input_size`` and ``frame`` are not used; :mod:`samr1.ops.mask_iou_sam2`,
-            backends "auto" / "torch").
+            whose backends are these plus "fused", the torch row-block path).
 
     Returns:
         (iou float32 (N,), intersection int64 (N,), union int64 (N,)) on the logits' device; IoU of

@@ -7,8 +7,10 @@ reads, exactly as upstream ``PromptEncoder.forward`` would for each prompt on it
 
     token order per prompt:  [point 0, ..., point k-1, (not-a-point if no box), (box corner 1, corner 2)]
 
-``pack_prompts`` has two backends: "torch" (:func:`pack_prompts_reference`, the one reference) and
-"triton" (``samr1.kernels.prompt_pack``, one launch for the whole batch).
+The packing itself is the op :func:`samr1.ops.pack_prompts` (samr1/ops/prompt_pack.py: the torch
+reference :func:`samr1.ops.pack_prompts_reference` and the Triton body); both names are re-exported here.
+This module keeps the batch, its validation and the tables both bodies read (:func:`prompt_tables`,
+:func:`frame_scales`).
 
 Coordinate frames:
     * original pixels: (x, y) in the image as the user has it, ``0 <= x < W``, ``0 <= y < H``;
@@ -19,7 +21,6 @@ Coordinate frames:
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
@@ -31,8 +32,6 @@ __all__ = [
     "PromptBatch",
     "PromptError",
     "frame_scales",
-    "pack_prompts",
-    "pack_prompts_reference",
     "prompt_tables",
 ]
 
@@ -284,113 +283,11 @@ def prompt_tables(sam) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
     return gauss, label_embed, (int(h_in), int(w_in))
 
 
-def _fourier(coords: torch.Tensor, gauss: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
-    """SAM's random-Fourier PE of frame-pixel coords (..., 2) already shifted by +0.5 -> (..., D)."""
-    # Same ops in the same order as PositionEmbeddingRandom.forward_with_coords + _pe_encoding.
-    x = coords[..., 0] / input_size[1]
-    y = coords[..., 1] / input_size[0]
-    c = torch.stack([x, y], dim=-1)
-    c = 2 * c - 1
-    c = c @ gauss
-    c = 2 * math.pi * c
-    return torch.cat([torch.sin(c), torch.cos(c)], dim=-1)
+def __getattr__(name: str):
+    # pack_prompts / pack_prompts_reference live in samr1.ops.prompt_pack (the op, beside its reference);
+    # re-exported here lazily because that module imports this one.
+    if name in ("pack_prompts", "pack_prompts_reference"):
+        from samr1.ops import prompt_pack
 
-
-def pack_prompts_reference(sam, batch: PromptBatch) -> tuple[torch.Tensor, torch.Tensor]:
-    """Torch reference of prompt packing (no validation; call :func:`pack_prompts` from user code).
-
-    Returns:
-        tokens: (N, T, D) float32, T = max token count; row n holds prompt n's sparse tokens in
-            upstream order (points, not-a-point pad when no box, box corners) then zero rows.
-        counts: (N,) int64 tokens per prompt.
-    """
-    gauss, label_embed, input_size = prompt_tables(sam)
-    dev = gauss.device
-    frame = int(sam.image_encoder.img_size)
-    n, k = batch.point_labels.shape
-    d = label_embed.shape[1]
-    counts = batch.token_counts().to(dev)
-    t = int(counts.max()) if n else 0
-    tokens = torch.zeros((n, t, d), dtype=torch.float32, device=dev)
-    if n == 0:
-        return tokens, counts
-    img = batch.image_index.to(dev).long()
-    scale = frame_scales(batch.original_sizes.to(dev), frame)[img]  # (N, 2) float64
-    labels = batch.point_labels.to(dev).long()
-    npts = (labels >= 0).sum(1)
-    rows = torch.arange(n, device=dev)
-
-    # Points: original -> frame in float64 then float32 (apply_coords works on float64 numpy), +0.5 shift.
-    pts = (batch.points.to(dev).double() * scale[:, None, :]).float() + 0.5
-    pe_pts = _fourier(pts, gauss, input_size)  # (N, K, D)
-    real = labels >= 0
-    emb_idx = labels.clamp(min=0)  # 0 -> background row, 1 -> foreground row
-    pe_pts = pe_pts + label_embed[emb_idx]
-    jj = torch.arange(k, device=dev).expand(n, k)
-    tokens[rows[:, None].expand(n, k)[real], jj[real]] = pe_pts[real]
-
-    # Prompts without a box get one not-a-point token after their points (upstream pad = boxes is None);
-    # its PE is zeroed upstream, so the token is exactly not_a_point_embed.
-    nobox = ~batch.has_box.to(dev)
-    tokens[rows[nobox], npts[nobox]] = label_embed[4]
-
-    hb = batch.has_box.to(dev)
-    if hb.any():
-        box = (batch.boxes.to(dev)[hb].double().reshape(-1, 2, 2) * scale[hb][:, None, :]).float() + 0.5
-        pe_box = _fourier(box, gauss, input_size) + label_embed[2:4][None]
-        r = rows[hb]
-        tokens[r, npts[hb]] = pe_box[:, 0]
-        tokens[r, npts[hb] + 1] = pe_box[:, 1]
-    return tokens, counts
-
-
-def _resolve_backend(backend: str, device: torch.device) -> str:
-    from samr1.kernels import interpreting, triton_available
-
-    if backend not in ("auto", "torch", "triton"):
-        raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
-    if backend == "torch":
-        return "torch"
-    ok, why = triton_available()
-    usable = ok and (device.type == "cuda" or interpreting())
-    if backend == "triton":
-        if not ok:
-            raise RuntimeError(f"prompt packing backend 'triton' requested but unavailable: {why}")
-        if not usable:
-            raise RuntimeError(
-                f"prompt packing backend 'triton' needs CUDA tensors (got {device}) or TRITON_INTERPRET=1 "
-                "set before triton is imported; use backend='torch' on CPU"
-            )
-        return "triton"
-    return "triton" if (ok and device.type == "cuda") else "torch"
-
-
-def pack_prompts(sam, batch: PromptBatch, backend: str = "auto",
-                 num_images: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Pack a ragged prompt batch into the decoder's padded sparse tokens.
-
-    Args:
-        sam: a segment-anything ``Sam`` (its prompt encoder's weights and ``image_encoder.img_size``).
-        batch: the prompts (original pixels); validated first.
-        backend: "torch" (reference), "triton" (one kernel launch; CUDA, or CPU with TRITON_INTERPRET=1),
-            "auto" (Triton on CUDA when available and not disabled by SAMR1_DISABLE_TRITON=1, else torch).
-        num_images: when given, ``batch.original_sizes`` must have that many rows.
-
-    Returns:
-        tokens: (N, T, D) float32 on the model's device, T = max tokens per prompt, D =
-            ``prompt_encoder.embed_dim``; row n's first ``counts[n]`` rows equal upstream
-            ``PromptEncoder(points, boxes, None)[0][0]`` for prompt n alone; the rest are zeros.
-        counts: (N,) int64.
-    """
-    batch.validate(num_images)
-    dev = sam.prompt_encoder.point_embeddings[0].weight.device
-    if batch.device != dev:
-        raise PromptError(f"prompt batch is on {batch.device} but SAM is on {dev}; use batch.to({str(dev)!r})")
-    which = _resolve_backend(backend, dev)
-    if which == "torch" or batch.num_prompts == 0:
-        return pack_prompts_reference(sam, batch)
-    from samr1.kernels.prompt_pack import prompt_pack_triton
-
-    gauss, label_embed, input_size = prompt_tables(sam)
-    scale = frame_scales(batch.original_sizes, int(sam.image_encoder.img_size)).float()
-    return prompt_pack_triton(batch, scale, gauss, label_embed, input_size)
+        return getattr(prompt_pack, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
