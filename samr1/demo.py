@@ -1,7 +1,7 @@
 """``samr1 demo``: score sample completions against generated scenes and draw what SAM made of them.
 
-No downloads: the scenes come from :mod:`samr1.scenes`, SAM from :func:`samr1.sam.load_sam` — by default
-"tiny-shapes", the small SAM the project trained on such scenes and ships, so the IoU rewards mean
+No downloads: the scenes come from :mod:`samr1.shapes.scenes`, SAM from :func:`samr1.sam.load_sam` — by
+default "tiny-shapes", the small SAM the project trained on such scenes and ships, so the IoU rewards mean
 something; a random-weight kind (e.g. "tiny") without a checkpoint gives meaningless masks, and the demo
 says so. For each scene it writes completions of several kinds — good, off-target, malformed, no
 reasoning, conversational — scores them with :class:`samr1.rewards.SamR1Reward`, prints a table with
@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-MODEL_FRAME = (840, 840)
+from samr1.answer import DEFAULT_MODEL_SIZE
+from samr1.shapes.viz import grid_sheet, mask_outline
 
 
 @dataclass
@@ -34,14 +35,17 @@ class DemoRow:
 
 
 def _to_frame(xy: np.ndarray, hw: tuple[int, int]) -> list[float]:
-    """Original pixels (x, y, ...) -> the policy's 840 x 840 frame, rounded like a model would write them."""
+    """Original pixels (x, y, ...) -> the policy's frame (:data:`samr1.answer.DEFAULT_MODEL_SIZE`, (h, w)),
+    rounded like a model would write them."""
     h, w = hw
-    scale = np.tile([MODEL_FRAME[1] / w, MODEL_FRAME[0] / h], len(xy) // 2)
+    mh, mw = DEFAULT_MODEL_SIZE
+    scale = np.tile([mw / w, mh / h], len(xy) // 2)
     return [int(round(v)) for v in np.asarray(xy, dtype=np.float64) * scale]
 
 
 def sample_completions(mask: np.ndarray, query: str) -> list[tuple[str, Any]]:
-    """Completions of each kind for the object ``mask`` (H x W bool), boxes/points in the 840 frame."""
+    """Completions of each kind for the object ``mask`` (H x W bool), boxes/points in the policy's frame
+    (:data:`samr1.answer.DEFAULT_MODEL_SIZE`)."""
     from samr1.geometry import mask_to_box, mask_to_points
 
     hw = mask.shape
@@ -52,8 +56,9 @@ def sample_completions(mask: np.ndarray, query: str) -> list[tuple[str, Any]]:
     good = {"bbox": box, "points_1": pts[0], "points_2": pts[1]}
     bw = box[2] - box[0]
     # off target: the same box moved by more than its own width, away from the object
-    dx = bw + 40 if box[0] + box[2] < MODEL_FRAME[1] else -(bw + 40)
-    off_box = [min(max(v + dx, 0), MODEL_FRAME[1]) if i % 2 == 0 else v for i, v in enumerate(box)]
+    mw = DEFAULT_MODEL_SIZE[1]
+    dx = bw + 40 if box[0] + box[2] < mw else -(bw + 40)
+    off_box = [min(max(v + dx, 0), mw) if i % 2 == 0 else v for i, v in enumerate(box)]
     off = {"bbox": off_box, "points_1": [(off_box[0] + off_box[2]) // 2, (off_box[1] + off_box[3]) // 2],
            "points_2": [(off_box[0] + off_box[2]) // 2, (off_box[1] * 3 + off_box[3]) // 4]}
     think = f"<think>The query asks for {query}. I locate it and give its box and two points inside it.</think>"
@@ -67,17 +72,6 @@ def sample_completions(mask: np.ndarray, query: str) -> list[tuple[str, Any]]:
         ("no answer", "<think>I am not sure.</think> It is probably somewhere in the image."),
         ("conversational", [{"role": "assistant", "content": f"{think}\n<answer>{json.dumps(good)}</answer>"}]),
     ]
-
-
-def mask_outline(mask: np.ndarray, width: int = 2) -> np.ndarray:
-    """The ``width``-pixel inner band of an H x W bool mask (4-neighbour erosion; the image border counts as
-    outside), H x W bool: what the overlays draw as the ground-truth outline."""
-    inner = mask.copy()
-    for _ in range(width):
-        inner[1:-1, 1:-1] &= inner[:-2, 1:-1] & inner[2:, 1:-1] & inner[1:-1, :-2] & inner[1:-1, 2:]
-        inner[[0, -1], :] = False
-        inner[:, [0, -1]] = False
-    return mask & ~inner
 
 
 def overlay_image(image: np.ndarray, pred: np.ndarray, answer: Any, gt: np.ndarray | None = None,
@@ -102,15 +96,6 @@ def overlay_image(image: np.ndarray, pred: np.ndarray, answer: Any, gt: np.ndarr
     return im
 
 
-def _grid(panels: list[Image.Image], cols: int = 4) -> Image.Image:
-    w, h = panels[0].size
-    rows = (len(panels) + cols - 1) // cols
-    sheet = Image.new("RGB", (cols * w, rows * h), (30, 30, 30))
-    for i, p in enumerate(panels):
-        sheet.paste(p, ((i % cols) * w, (i // cols) * h))
-    return sheet
-
-
 def _fresh_dir(out_dir: str) -> str:
     """Never overwrite what is there: a non-empty folder gets a new timestamped subfolder."""
     if os.path.isdir(out_dir) and os.listdir(out_dir):
@@ -131,7 +116,7 @@ def run_demo(out_dir: str = "demo_out", sam_kind: str = "tiny-shapes", checkpoin
     from samr1.engine import SamEngine
     from samr1.rewards import SamR1Reward
     from samr1.sam import SHIPPED_WEIGHTS, load_sam
-    from samr1.scenes import make_scene
+    from samr1.shapes.scenes import make_scene
 
     if checkpoint is None and sam_kind not in SHIPPED_WEIGHTS:
         echo(f"NOTE: SAM '{sam_kind}' has RANDOM weights (no --sam-checkpoint given): its masks are "
@@ -166,7 +151,7 @@ def run_demo(out_dir: str = "demo_out", sam_kind: str = "tiny-shapes", checkpoin
             rows.append(row)
             panels.append(overlay_image(scene.image, masks[i], answers[i], obj.mask,
                                         f"{kind}: IoU {ious[i]:.2f} reward {totals[i]:.1f}"))
-        _grid(panels).save(os.path.join(out_dir, f"scene{s}.png"))
+        grid_sheet(panels).save(os.path.join(out_dir, f"scene{s}.png"))
         echo(f"\nscene {s}: {scene.image.shape[1]}x{scene.image.shape[0]}, query: {obj.query!r}")
         echo(format_rows([r for r in rows if r.scene == s]))
     echo(f"\noverlays (green outline = ground truth, red = SAM mask, yellow = box, cyan = points) written to {out_dir}/")

@@ -1,9 +1,9 @@
-"""samr1.scenes: reproducible scenes whose masks, queries and distribution are what the docstring says."""
+"""samr1.shapes.scenes: reproducible scenes whose masks, queries and distribution are what the docstring says."""
 
 import numpy as np
 import pytest
 
-from samr1.scenes import COLOURS, SHAPES, Scene, make_scene, nearest_colour_name
+from samr1.shapes.scenes import COLOURS, SHAPES, Scene, make_scene, nearest_colour_name
 
 
 @pytest.mark.parametrize("size", [None, (192, 640), (641, 193), (257, 257)])

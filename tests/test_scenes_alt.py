@@ -1,12 +1,13 @@
-"""samr1.scenes_alt: the independent check generator keeps the Scene contract (reproducible, exact disjoint
-visible masks, queries) and draws every shape it names; shapes_check runs both generators end to end."""
+"""samr1.shapes.scenes_alt: the independent check generator keeps the Scene contract (reproducible, exact
+disjoint visible masks, queries) and draws every shape it names; `samr1 shapes-check` runs both generators
+end to end."""
 
 import json
 
 import numpy as np
 
-from samr1.scenes import COLOURS, Scene
-from samr1.scenes_alt import ALT_SHAPES, make_alt_scene
+from samr1.shapes.scenes import COLOURS, Scene
+from samr1.shapes.scenes_alt import ALT_SHAPES, make_alt_scene
 
 
 def test_contract_and_reproducibility():
@@ -38,15 +39,27 @@ def test_every_shape_occurs_and_objects_stand_out():
     assert np.median(gaps) > 60  # solid shapes at RGB distance >= 80 from the base, noise averages out
 
 
-def test_shapes_check_runs_both_generators(tmp_path):
-    from samr1.sam.shapes_check import main
+def test_shapes_check_help_exits_0(capsys):
+    from samr1.cli import main
+
+    assert main(["shapes-check", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("usage: samr1 shapes-check") and all(f in out for f in ("--scenes", "--ceiling", "--json"))
+
+
+def test_shapes_check_runs_both_generators(tmp_path, capsys):
+    from samr1.cli import main
 
     out = tmp_path / "r.json"
-    assert main(["--scenes", "2", "--json", str(out)]) == 0
+    assert main(["shapes-check", "--scenes", "2", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
-    for gen in ("own", "alt"):
-        for mode in ("multimask", "single_mask"):
-            r = res[gen][mode]
-            assert r["scenes"] == 2 and r["objects"] > 0 and 0.0 <= r["box"] <= 1.0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4, lines  # one line per generator and output mode, as they finish
+    for line, (gen, mode) in zip(lines, [(g, m) for g in ("own", "alt") for m in ("multimask", "single_mask")],
+                                 strict=True):
+        r = res[gen][mode]
+        assert r["scenes"] == 2 and r["objects"] > 0 and 0.0 <= r["box"] <= 1.0
+        # the printed numbers are the written ones
+        assert line.split()[:2] == [gen, mode] and f"box {r['box']:.3f}" in line and f"({r['objects']} objects" in line
     # the shipped model, not a random one, was evaluated (random weights score ~0.0-0.05)
     assert res["own"]["multimask"]["box"] > 0.4 and res["alt"]["multimask"]["box"] > 0.4, res

@@ -13,7 +13,8 @@ import torch
 from segment_anything import SamPredictor
 
 from samr1.sam import SAM_KINDS, SHIPPED_WEIGHTS, CheckpointError, build_sam, load_sam, model_id
-from samr1.sam.train_sam import (
+from samr1.shapes.scenes import make_scene
+from samr1.shapes.train import (
     TINY_SHAPES_SPEC,
     TRAIN_SEED_BASE,
     StepBatches,
@@ -24,14 +25,13 @@ from samr1.sam.train_sam import (
     train,
     weights_hash,
 )
-from samr1.scenes import make_scene
 
 WEIGHTS = SHIPPED_WEIGHTS["tiny-shapes"]
 CARD = os.path.join(os.path.dirname(WEIGHTS), "tiny_shapes.json")
 # Held-out mean IoU floor for the 4 random held-out scenes evaluated here (objects >= 400 px). Measured on
 # the shipped model (384 frame) over 30 such blocks (seeds 2000..2119): box min 0.71, mean 0.82; box + point
 # min 0.72, mean 0.83. A random model scores ~0.0-0.05, so a broken load path fails. The card holds the
-# 100-scene numbers (0.811 / 0.813, below the 0.85 goal on samr1.scenes; 0.876 / 0.877 on the independent
+# 100-scene numbers (0.811 / 0.813, below the 0.85 goal on samr1.shapes.scenes; 0.876 / 0.877 on the independent
 # generator).
 MIN_IOU_BOX = 0.65
 MIN_IOU_BOX_POINT = 0.65
@@ -44,9 +44,10 @@ def sam():
         return load_sam("tiny-shapes")
 
 
-def test_spec_is_the_trained_one():
-    assert SAM_KINDS["tiny-shapes"] == TINY_SHAPES_SPEC
-    for kind in ("vit_b", "vit_l", "vit_h", "tiny"):  # the upstream kinds are untouched
+def test_the_trainer_trains_the_one_registered_spec():
+    # one definition: the trainer holds the registry's object itself, not a copy that could drift from it
+    assert TINY_SHAPES_SPEC is SAM_KINDS["tiny-shapes"]
+    for kind in ("vit_b", "vit_l", "vit_h", "tiny"):  # the upstream kinds keep SAM's 1024 frame
         assert SAM_KINDS[kind].img_size == 1024
 
 
@@ -215,7 +216,7 @@ def test_step_batches_are_a_function_of_seed_and_step():
     assert not torch.equal(x[0].image, z[0].image)
 
     # built without the model, the image is normalised and padded exactly as Sam.preprocess does it
-    from samr1.sam.train_sam import _augment, _frame_image, _make_sample
+    from samr1.shapes.train import _augment, _frame_image, _make_sample
 
     seed = TRAIN_SEED_BASE + 123
     s = _make_sample(seed, np.random.default_rng(3), 2, frame, sam.pixel_mean, sam.pixel_std)
@@ -228,7 +229,7 @@ def test_scene_reuse_groups_steps_on_the_same_scenes(monkeypatch):
     """--scene-reuse 2: steps 2g and 2g + 1 draw from the same scenes (each drawn once per process) with
     their own prompts; a cold process builds the same item as a warm one; reuse 1 keeps the scene numbering
     the shipped weights were trained with."""
-    import samr1.sam.train_sam as ts
+    import samr1.shapes.train as ts
 
     drawn: list[int] = []
     real = ts.make_scene
@@ -262,7 +263,7 @@ def test_scene_reuse_groups_steps_on_the_same_scenes(monkeypatch):
     cold = StepBatches(cfg, frame, sam.pixel_mean, sam.pixel_std)[1]  # a fresh process: no cached scenes
     assert all(same(p, q) for p, q in zip(second, cold, strict=True))
     # through a data worker process, the same items in the same order
-    from samr1.sam.train_sam import _batches
+    from samr1.shapes.train import _batches
 
     fresh = StepBatches(dataclasses.replace(cfg, steps=4), frame, sam.pixel_mean, sam.pixel_std)
     in_process, worker = list(_batches(fresh, 0)), list(_batches(fresh, 1))
@@ -278,7 +279,7 @@ def test_scene_reuse_groups_steps_on_the_same_scenes(monkeypatch):
 
 
 def test_all_masks_weight_adds_the_mean_multimask_loss_for_unambiguous_prompts():
-    from samr1.sam.train_sam import _mask_loss, _sample_loss
+    from samr1.shapes.train import _mask_loss, _sample_loss
 
     torch.manual_seed(11)
     sam = build_sam(TINY_SHAPES_SPEC)
@@ -314,7 +315,8 @@ def test_all_masks_weight_adds_the_mean_multimask_loss_for_unambiguous_prompts()
 
 
 def test_resolution_ceiling_rises_with_the_frame_and_the_cli_reports_it(tmp_path, capsys):
-    from samr1.sam.shapes_check import main, resolution_ceiling
+    from samr1.cli import main
+    from samr1.shapes.check import resolution_ceiling
 
     coarse, fine = resolution_ceiling(128, n_scenes=3), resolution_ceiling(512, n_scenes=3)
     assert (coarse["grid"], fine["grid"]) == (32, 128)
@@ -323,11 +325,15 @@ def test_resolution_ceiling_rises_with_the_frame_and_the_cli_reports_it(tmp_path
     # a perfect 128 x 128 prediction is nearly exact; at 32 x 32 small objects lose much of their area
     assert 0.0 < coarse["all"] < fine["all"] <= 1.0 and fine["all"] > 0.95, (coarse, fine)
     out = tmp_path / "c.json"
-    assert main(["--ceiling", "128", "--scenes", "3", "--json", str(out)]) == 0
+    assert main(["shapes-check", "--ceiling", "128", "--scenes", "3", "--json", str(out)]) == 0
     assert json.loads(out.read_text())[0]["all"] == coarse["all"]
-    assert "ceiling IoU" in capsys.readouterr().out
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("frame 128 (low-res 32 x 32): ceiling IoU") and f"{coarse['all']:.3f}" in line, line
     for bad in (["--ceiling", "128", "250"], ["--ceiling", "0"]):  # refused before any work is done
-        with pytest.raises(SystemExit):
-            main([*bad, "--scenes", "1"])
+        assert main(["shapes-check", *bad, "--scenes", "1"]) == 2
         captured = capsys.readouterr()
+        assert captured.err.startswith("samr1 shapes-check: error: ") and captured.err.count("\n") == 1
         assert "positive multiple of the patch size" in captured.err and "ceiling IoU" not in captured.out
+    for frame in (0, 250, -16):
+        with pytest.raises(ValueError, match="positive multiple"):
+            resolution_ceiling(frame, n_scenes=1)

@@ -3,7 +3,7 @@
 Writes ``OUT/tiny_shapes.pth`` (fp16 state dict) and ``OUT/card.json`` (spec, seed, the command, held-out
 IoU for box / box + point / centre point, weights hash); ``--ship`` also copies both into samr1/assets/,
 where ``load_sam("tiny-shapes")`` finds them. The same seed, steps, device and ``--threads`` give the same
-weights hash on the same machine. See :mod:`samr1.sam.train_sam` for the recipe.
+weights hash on the same machine. See :mod:`samr1.shapes.train` for the recipe.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import dataclasses
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from samr1.sam.train_sam import TrainConfig
+    from samr1.shapes.train import TrainConfig
 
     p = sub.add_parser("train-sam", help="train the tiny-shapes SAM on synthetic scenes (minutes on a GPU, "
                        "~2 h on a 2-core CPU)", description=__doc__)
@@ -28,7 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace):
     """The :class:`TrainConfig` named by the parsed flags (validated)."""
     from samr1.cli import UsageError
-    from samr1.sam.train_sam import TrainConfig
+    from samr1.shapes.train import TrainConfig
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     try:
@@ -44,7 +44,7 @@ def _run(args: argparse.Namespace) -> int:
 
     from samr1.cli import check_output_dir
     from samr1.sam import SHIPPED_WEIGHTS
-    from samr1.sam.train_sam import train
+    from samr1.shapes.train import train
 
     cfg = config_from_args(args)
     check_output_dir(cfg.out, "--out")  # before hours of training, not at the first checkpoint

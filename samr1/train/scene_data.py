@@ -1,4 +1,4 @@
-"""Synthetic training data on disk: ``samr1.scenes`` written as a JSONL manifest (for tests, benches, smoke runs).
+"""Synthetic training data on disk: ``samr1.shapes.scenes`` written as a JSONL manifest (for tests, benches, smoke runs).
 
 Each row is one object of one scene: ``img<scene>.png`` (H x W x 3), ``mask<scene>_<object>.png`` (0/255)
 and the object's query ("the red circle on the left"). The tiny-shapes SAM was trained on the same
@@ -20,7 +20,7 @@ def write_scene_manifest(folder: str | os.PathLike, n_rows: int, *, size: tuple[
                          seed: int = 0, objects_per_scene: int = 2, name: str = "train.jsonl") -> str:
     """Write ``n_rows`` rows (one object each; ``objects_per_scene`` objects per image, one row per image)
     and return the manifest path. ``size``: (H, W) of every image, or None for the generator's random sizes."""
-    from samr1.scenes import make_scene
+    from samr1.shapes.scenes import make_scene
 
     folder = os.fspath(folder)
     os.makedirs(folder, exist_ok=True)

@@ -1,15 +1,15 @@
 """A second, independent scene generator, used only to check that ``tiny-shapes`` generalises.
 
-``tiny-shapes`` is trained on :mod:`samr1.scenes`; a model that only learnt that generator's look would
+``tiny-shapes`` is trained on :mod:`samr1.shapes.scenes`; a model that only learnt that generator's look would
 score well on its held-out scenes and fail on anyone else's. This module draws the same *kind* of content
 with different code and different choices: PIL ``ImageDraw`` primitives (anti-aliasing off, so masks are
 exact), regular polygons and stars, rounded rectangles, one solid colour per shape at RGB distance >= 80
 from the background's base colour (a linear grade can move the background up to 60 per channel toward
 it; shapes are not kept apart from each other), and Gaussian or uniform pixel noise over the flat or graded
-background (applied to the shapes too in half of the scenes). Like :func:`samr1.scenes.make_scene` it
+background (applied to the shapes too in half of the scenes). Like :func:`samr1.shapes.scenes.make_scene` it
 keeps objects at least half visible. It is never used for training.
 
-    make_alt_scene(seed) -> samr1.scenes.Scene   (image H x W x 3 uint8, visible masks, queries)
+    make_alt_scene(seed) -> samr1.shapes.scenes.Scene   (image H x W x 3 uint8, visible masks, queries)
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw
 
-from samr1.scenes import Scene, SceneObject, nearest_colour_name
+from samr1.shapes.scenes import Scene, SceneObject, nearest_colour_name
 
 __all__ = ["make_alt_scene", "ALT_SHAPES"]
 

@@ -1,8 +1,10 @@
-"""Train ``tiny-shapes``: a small SAM-architecture model on the synthetic scenes of :mod:`samr1.scenes`.
+"""Train ``tiny-shapes``: a small SAM-architecture model on the synthetic scenes of
+:mod:`samr1.shapes.scenes`.
 
 The model is SAM's own modules (``ImageEncoderViT`` + ``PromptEncoder`` + ``MaskDecoder``, built by
-:func:`samr1.sam.build_sam` from :data:`TINY_SHAPES_SPEC`), so ``SamPredictor``, the engine and every
-other path that takes a ``Sam`` work unchanged; only the frame (``image_encoder.img_size``) is smaller.
+:func:`samr1.sam.build_sam` from :data:`TINY_SHAPES_SPEC`, which is ``SAM_KINDS["tiny-shapes"]``), so
+``SamPredictor``, the engine and every other path that takes a ``Sam`` work unchanged; only the frame
+(``image_encoder.img_size``) is smaller.
 
 Recipe (SAM's, scaled down):
 
@@ -48,27 +50,16 @@ import torch.nn.functional as F
 from samr1.geometry import mask_iou_numpy, mask_to_box, resize_longest_side
 from samr1.hashing import state_dict_digest
 from samr1.provenance import git_commit
-from samr1.sam import SamSpec, build_sam
-from samr1.scenes import Scene, make_scene
+from samr1.sam import SAM_KINDS, build_sam, load_weights
+from samr1.shapes.scenes import Scene, make_scene
+from samr1.shapes.viz import plot_curve
 
 __all__ = ["TrainConfig", "TINY_SHAPES_SPEC", "TRAIN_SEED_BASE", "train", "evaluate", "weights_hash",
-           "save_weights", "centre_point", "StepBatches", "size_bucket"]
+           "save_weights", "centre_point", "StepBatches", "size_bucket", "frame_mask", "box_prompt"]
 
-# 384 frame, patch 16 -> 24 x 24 embedding grid -> 96 x 96 low-res masks (one logit per 4 frame pixels).
-# Why so small: the budget is 2 hours of this 2-core CPU. Measured (1 thread, compute only, 6 scenes x 5
-# prompts): 0.47 s/step at a 256 frame (16 x 16 grid), 1.02 s at 384, 2.64 s at 256 with patch 8; a step
-# of 8 scenes x 4 prompts with SAM's 256-d prompts/decoder (5.6 M parameters) took 8.4 s at patch 8.
-# The frame sets the resolution ceiling (ground truth area-downsampled to the low-res grid, upsampled
-# back with SAM's postprocessing, IoU vs the original mask; 100 held-out scenes, 347 objects;
-# `python -m samr1.sam.shapes_check --ceiling 256 384`): 0.925
-# mean IoU at 64 x 64 (0.84 on objects < 1 % of the image), 0.960 at 96 x 96 (0.92 on them). The 256
-# frame model (13.9k steps, 112 min) reached held-out box IoU 0.795, its small objects 0.66; the 384
-# frame one, fewer but better-resolved steps, is what ships (see the card in samr1/assets/).
-# Must equal SAM_KINDS["tiny-shapes"] in samr1/sam/__init__.py (a test checks).
-TINY_SHAPES_SPEC = SamSpec(
-    encoder_embed_dim=128, encoder_depth=4, encoder_num_heads=4, encoder_global_attn_indexes=(1, 3),
-    img_size=384, patch_size=16, window_size=8, prompt_embed_dim=128, decoder_mlp_dim=512,
-)
+# The architecture trained and shipped: one definition, in samr1.sam.build (load_sam reads it there too; the
+# comment there says why the frame is 384).
+TINY_SHAPES_SPEC = SAM_KINDS["tiny-shapes"]
 
 # Training scenes use seeds >= this; held-out evaluation uses seeds below it.
 TRAIN_SEED_BASE = 1_000_000
@@ -96,7 +87,7 @@ class TrainConfig:
     all_masks_weight: float = field(default=0.0, metadata={
         "help": "for unambiguous prompts (a box, or 2+ points), weight of the mean loss over all three "
                 "multimask outputs on top of best-of-3, so the mask picked by predicted IoU is good too (one "
-                "run with 1.0, --scene-reuse 2 and an earlier decay scored worse: see the README)"})
+                "run with 1.0, --scene-reuse 2 and an earlier decay scored worse: see samr1/shapes/README.md)"})
     lr: float = field(default=8e-4, metadata={"help": "peak learning rate (AdamW)"})
     min_lr: float = field(default=1e-5, metadata={"help": "learning rate at the end of the cosine"})
     warmup: int = field(default=100, metadata={"help": "linear warm-up steps"})
@@ -164,8 +155,11 @@ def _frame_image(image: np.ndarray, frame: int) -> np.ndarray:
     return ResizeLongestSide(frame).apply_image(image)
 
 
-def _frame_mask(mask: np.ndarray, frame: int) -> np.ndarray:
-    """H x W bool -> frame x frame float32 in [0, 1]: area-weighted resize to (h', w'), zero padding."""
+def frame_mask(mask: np.ndarray, frame: int) -> np.ndarray:
+    """H x W bool mask in original pixels -> ``frame`` x ``frame`` float32 in [0, 1], the training target:
+    resized (bilinear on the 0/255 mask, so edge pixels keep their covered fraction) to the (h', w') that
+    ``SamPredictor.set_image`` resizes the image to (longest side = ``frame``), then zero-padded bottom and
+    right as ``Sam.preprocess`` pads the image."""
     from PIL import Image
 
     h, w = resize_longest_side(*mask.shape, frame)
@@ -201,7 +195,7 @@ def centre_point(mask: np.ndarray) -> tuple[float, float]:
     return float(xs[i] + x0), float(ys[i] + y0)
 
 
-def _box(mask: np.ndarray) -> np.ndarray:
+def box_prompt(mask: np.ndarray) -> np.ndarray:
     """Tight XYXY box of a non-empty H x W mask in SAM's inclusive convention (max col / row, not +1), as
     the float32 array ``SamPredictor.predict(box=...)`` takes."""
     return np.asarray(mask_to_box(mask, "inclusive"), np.float32)
@@ -233,7 +227,7 @@ def _make_sample(scene: int | Scene, rng: np.random.Generator, k: int, frame: in
     them), or None when the scene has no object big enough to prompt. ``pixel_mean`` / ``pixel_std``
     (3 x 1 x 1) are the model's: the image is normalised and zero-padded exactly as ``Sam.preprocess``
     does, so it can be built in a data worker without the model. ``scene`` is a scene seed or the drawn
-    :class:`~samr1.scenes.Scene` itself (``make_scene`` is a pure function of the seed); it is only read."""
+    :class:`~samr1.shapes.scenes.Scene` itself (``make_scene`` is a pure function of the seed); it is only read."""
     scene = scene if isinstance(scene, Scene) else make_scene(scene)
     h, w = scene.image.shape[:2]
     nh, nw = resize_longest_side(h, w, frame)
@@ -252,9 +246,9 @@ def _make_sample(scene: int | Scene, rng: np.random.Generator, k: int, frame: in
     coords, boxes, targets = [], [], []
     for _ in range(k):
         o = objs[int(rng.integers(len(objs)))]
-        targets.append(_frame_mask(o.mask, frame))
+        targets.append(frame_mask(o.mask, frame))
         if has_box:
-            b = _box(o.mask)
+            b = box_prompt(o.mask)
             if rng.random() < 0.5:  # SAM: noise with std 10 % of the side, at most 20 px
                 bw, bh = b[2] - b[0] + 1, b[3] - b[1] + 1
                 noise = rng.normal(0, 0.1, 4) * np.array([bw, bh, bw, bh])
@@ -426,12 +420,12 @@ def save_weights(sam, path: str) -> str:
 
 # --------------------------------------------------------------------------------------- evaluation
 
-@torch.no_grad()
 def size_bucket(frac: float) -> str:
     """Size class of an object covering ``frac`` of its image: "small" (< 1 %), "medium" (< 5 %), "large"."""
     return "small" if frac < 0.01 else "medium" if frac < 0.05 else "large"
 
 
+@torch.no_grad()
 def evaluate(sam, n_scenes: int = 100, first_seed: int = 0, multimask: bool = True,
              min_area: int = 0, scene_fn=make_scene) -> dict[str, Any]:
     """Mean IoU on held-out scenes (seeds ``first_seed .. first_seed + n_scenes - 1``, all below
@@ -444,8 +438,9 @@ def evaluate(sam, n_scenes: int = 100, first_seed: int = 0, multimask: bool = Tr
     "by_size": {"small"/"medium"/"large": {"box": ..., "n": ...}}} (size by the object's share of the
     image area: < 1 %, < 5 %, >= 5 %).
 
-    ``scene_fn(seed) -> Scene`` draws the scenes: :func:`samr1.scenes.make_scene` (the training generator,
-    held-out seeds) by default, or another generator such as :func:`samr1.scenes_alt.make_alt_scene`.
+    ``scene_fn(seed) -> Scene`` draws the scenes: :func:`samr1.shapes.scenes.make_scene` (the training
+    generator, held-out seeds) by default, or another generator such as
+    :func:`samr1.shapes.scenes_alt.make_alt_scene`.
     """
     from segment_anything import SamPredictor
 
@@ -463,7 +458,7 @@ def evaluate(sam, n_scenes: int = 100, first_seed: int = 0, multimask: bool = Tr
         for o in scene.objects:
             if o.mask.sum() < max(1, min_area):
                 continue
-            box = _box(o.mask)
+            box = box_prompt(o.mask)
             cp = np.array([centre_point(o.mask)], np.float32)
             one = np.ones(1, np.int64)
             for name, kw in (("box", {"box": box}), ("box+point", {"box": box, "point_coords": cp,
@@ -492,41 +487,6 @@ def _history(path: str, row: dict[str, Any]) -> None:
     """Append one JSON line to the run's ``history.jsonl`` (train rows every 25 steps, eval rows)."""
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
-
-
-def plot_curve(history: str, out_png: str) -> str:
-    """Draw a run's ``history.jsonl`` (see :func:`train`): train IoU (mean of the last 50 steps) and the
-    periodic held-out box / box + point / point IoU against the step, the learning rate on a second axis.
-    Returns ``out_png``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    with open(history) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
-    tr = [r for r in rows if "train_iou" in r]
-    ev = [r for r in rows if "eval" in r]
-    fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    ax.plot([r["step"] for r in tr], [r["train_iou"] for r in tr], color="0.6", lw=1, label="train IoU (50-step mean)")
-    for key, colour in (("box", "C0"), ("box+point", "C1"), ("point", "C2")):
-        pts = [(r["step"], r["eval"][key]) for r in ev if r["eval"].get(key) is not None]
-        if pts:
-            ax.plot(*zip(*pts, strict=True), "o-", color=colour, label=f"held-out {key}")
-    ax.axhline(0.85, color="k", ls=":", lw=1, label="goal 0.85")
-    ax.set_xlabel("step")
-    ax.set_ylabel("mean IoU")
-    ax.set_ylim(0, 1)
-    ax.grid(alpha=0.3)
-    ax2 = ax.twinx()
-    ax2.plot([r["step"] for r in tr], [r["lr"] for r in tr], color="C3", lw=0.8, ls="--")
-    ax2.set_ylabel("learning rate", color="C3")
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title("tiny-shapes training (held-out: 20 scenes, multimask)")
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
 
 
 def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
@@ -610,8 +570,6 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     path = os.path.join(cfg.out, "tiny_shapes.pth")
     whash = save_weights(sam, path)
     # evaluate the SHIPPED form: the fp16 weights loaded back into an fp32 model
-    from samr1.sam import load_weights
-
     ship = build_sam(TINY_SHAPES_SPEC)
     load_weights(ship, path, "tiny-shapes")
     metrics = evaluate(ship, n_scenes=cfg.eval_scenes, first_seed=0)
@@ -619,7 +577,7 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
     card = {
         "name": "tiny-shapes",
         "what": "SAM-architecture model (segment-anything ImageEncoderViT + PromptEncoder + MaskDecoder) "
-                "trained from scratch on samr1.scenes synthetic shapes; NOT a general segmenter",
+                "trained from scratch on samr1.shapes.scenes synthetic shapes; NOT a general segmenter",
         "spec": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(TINY_SHAPES_SPEC).items()},
         "parameters": n_params,
         "config": asdict(cfg),
@@ -638,7 +596,7 @@ def train(cfg: TrainConfig, log=print) -> dict[str, Any]:
         "weights_file": os.path.basename(path),
         "weights_dtype": "float16",
         "weights_hash": whash,
-        "weights_hash_note": "blake2b-96 over sorted (name, fp16 bytes) of the state dict (train_sam.weights_hash)",
+        "weights_hash_note": "blake2b-96 over sorted (name, fp16 bytes) of the state dict (samr1.shapes.train.weights_hash)",
         "heldout_multimask": metrics,
         "heldout_single_mask": metrics_single,
     }

@@ -6,7 +6,7 @@ object (occlusion taken into account: later shapes cover earlier ones) and a ref
 ("the red circle on the left"). Everything is drawn with numpy from a seed, so a scene is reproducible.
 
 The distribution is deliberately wide, because ``tiny-shapes`` (the SAM trained on these scenes, see
-:mod:`samr1.sam.train_sam`) must also segment simple shapes drawn by other generators: image sizes
+:mod:`samr1.shapes.train`) must also segment simple shapes drawn by other generators: image sizes
 192..640 per side (any aspect ratio in that box), objects from ~4 % to ~80 % of the short side, aspect
 ratios down to 1:4, named palette colours with jitter or arbitrary RGB colours (named after the nearest
 palette colour), about one object in five in a LOW-contrast colour close to the background under it,

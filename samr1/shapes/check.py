@@ -1,43 +1,44 @@
 """Held-out quality of a ``tiny-shapes`` checkpoint on two scene generators (the card's ``heldout_*`` and
-``alt_generator`` numbers).
+``alt_generator`` numbers), and the resolution ceiling an input frame puts on any model. The command line is
+``samr1 shapes-check`` (:mod:`samr1.cli.shapes_check`); these are its library functions.
 
-    python -m samr1.sam.shapes_check [--weights PATH] [--scenes 100] [--json OUT] [--figure PNG]
-    python -m samr1.sam.shapes_check --ceiling 256 384 [--scenes 100] [--json OUT]
-
-Prints mean IoU for box, box + centre point and centre point prompts, best-of-3 (multimask, the engine's
-default) and single-mask, overall and by object size, on
-
-* ``own``: :func:`samr1.scenes.make_scene`, seeds 0..N-1 (training only draws seeds >= 1,000,000);
-* ``alt``: :func:`samr1.scenes_alt.make_alt_scene`, an independent generator the model never saw.
-
-``--weights`` defaults to the shipped file; any checkpoint of the tiny-shapes spec loads.
-
-``--ceiling FRAME ...`` evaluates no model: it reports, on the own held-out scenes, the IoU of the training
-target itself (the ground truth area-downsampled to the low-res grid of a SAM at that input frame) pushed
-through SAM's postprocessing (:func:`resolution_ceiling`): what a model that predicts its target exactly
-would score, the practical bound the frame choice puts on every number above.
+* :func:`check`: mean IoU for box, box + centre point and centre point prompts, best-of-3 (multimask, the
+  engine's default) and single-mask, overall and by object size, on ``own`` scenes
+  (:func:`samr1.shapes.scenes.make_scene`, seeds 0..N-1; training only draws seeds >= 1,000,000) and ``alt``
+  scenes (:func:`samr1.shapes.scenes_alt.make_alt_scene`, an independent generator the model never saw).
+  Any checkpoint of the tiny-shapes spec loads; the default is the shipped file.
+* :func:`resolution_ceiling`: evaluates no model. On the own held-out scenes, the IoU of the training target
+  itself (the ground truth area-downsampled to the low-res grid of a SAM at that input frame) pushed through
+  SAM's postprocessing: what a model that predicts its target exactly would score, the practical bound the
+  frame choice puts on every number of :func:`check`.
+* :func:`examples_figure`: a sheet of box-prompted masks on scenes of both generators.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
-__all__ = ["check", "resolution_ceiling"]
+__all__ = ["check", "check_frame", "resolution_ceiling", "examples_figure"]
 
 
-def check(weights: str | None = None, n_scenes: int = 100, log=print) -> dict[str, Any]:
+def check(weights: str | None = None, n_scenes: int = 100,
+          progress: Callable[[str, str, dict[str, Any], float], None] | None = None) -> dict[str, Any]:
     """Evaluate ``weights`` (default: the shipped tiny-shapes file) on both generators, both output modes.
 
+    ``progress(generator, mode, result, seconds)``, when given, is called after each of the four entries
+    (generator "own" / "alt", mode "multimask" / "single_mask"), so a caller can report as they come.
+
     Returns {"own": {"multimask": evaluate(...), "single_mask": ...}, "alt": {...}} (see
-    :func:`samr1.sam.train_sam.evaluate` for one entry's fields)."""
+    :func:`samr1.shapes.train.evaluate` for one entry's fields)."""
     from samr1.sam import load_sam
-    from samr1.sam.train_sam import evaluate
-    from samr1.scenes import make_scene
-    from samr1.scenes_alt import make_alt_scene
+    from samr1.shapes.scenes import make_scene
+    from samr1.shapes.scenes_alt import make_alt_scene
+    from samr1.shapes.train import evaluate
+
+    if n_scenes < 1:
+        raise ValueError(f"n_scenes must be >= 1, got {n_scenes}")
 
     sam = load_sam("tiny-shapes", weights)
     out: dict[str, Any] = {}
@@ -46,26 +47,26 @@ def check(weights: str | None = None, n_scenes: int = 100, log=print) -> dict[st
         for mode, multi in (("multimask", True), ("single_mask", False)):
             t = time.time()
             out[name][mode] = evaluate(sam, n_scenes=n_scenes, first_seed=0, multimask=multi, scene_fn=fn)
-            r = out[name][mode]
-            log(f"{name:4s} {mode:11s} box {r['box']:.3f}  box+point {r['box+point']:.3f}  point {r['point']:.3f}"
-                f"  ({r['objects']} objects; small/medium/large box "
-                + "/".join(f"{v['box']:.2f}" if v["box"] is not None else "-" for v in r["by_size"].values())
-                + f"; {time.time() - t:.0f} s)")
+            if progress is not None:
+                progress(name, mode, out[name][mode], time.time() - t)
     return out
 
 
-def _check_frame(frame: int) -> None:
-    from samr1.sam.train_sam import TINY_SHAPES_SPEC
+def check_frame(frame: int) -> None:
+    """Raise ValueError unless ``frame`` (an input side in pixels) is a positive multiple of the tiny-shapes
+    patch size, the frames :func:`resolution_ceiling` can build a model at."""
+    from samr1.sam import SAM_KINDS
 
-    patch = TINY_SHAPES_SPEC.patch_size
+    patch = SAM_KINDS["tiny-shapes"].patch_size
     if frame < patch or frame % patch:
-        raise ValueError(f"frame {frame} is not a positive multiple of the patch size {patch}")
+        raise ValueError(f"frame {frame} is not a positive multiple of the patch size {patch}; use e.g. "
+                         f"{max(patch, round(frame / patch) * patch)}")
 
 
 def resolution_ceiling(frame: int, n_scenes: int = 100, first_seed: int = 0) -> dict[str, Any]:
     """Mean IoU of the ground truth itself pushed through SAM's mask resolution at input frame ``frame``.
 
-    Each held-out object's mask (:func:`samr1.scenes.make_scene`, seeds ``first_seed ..``) is resized to
+    Each held-out object's mask (:func:`samr1.shapes.scenes.make_scene`, seeds ``first_seed ..``) is resized to
     the frame and zero-padded as training targets are (area-weighted), average-pooled to the low-res grid
     of the tiny-shapes spec at that frame (``4 * frame / patch_size`` a side), shifted so 0 is the 0.5
     level, then upsampled back by ``Sam.postprocess_masks`` of a model built at that frame and thresholded
@@ -76,7 +77,7 @@ def resolution_ceiling(frame: int, n_scenes: int = 100, first_seed: int = 0) -> 
     Raises ValueError when ``frame`` is not a positive multiple of the patch size.
 
     Returns {"frame", "grid", "scenes", "objects", "all": mean IoU, "by_size": {"small"/"medium"/"large":
-    {"iou", "n"}}} (sizes as in :func:`samr1.sam.train_sam.evaluate`: < 1 %, < 5 %, >= 5 % of the image).
+    {"iou", "n"}}} (sizes as in :func:`samr1.shapes.train.evaluate`: < 1 %, < 5 %, >= 5 % of the image).
     """
     import dataclasses
 
@@ -85,12 +86,14 @@ def resolution_ceiling(frame: int, n_scenes: int = 100, first_seed: int = 0) -> 
     import torch.nn.functional as F
 
     from samr1.geometry import mask_iou_numpy, resize_longest_side
-    from samr1.sam import build_sam
-    from samr1.sam.train_sam import TINY_SHAPES_SPEC, _frame_mask, size_bucket
-    from samr1.scenes import make_scene
+    from samr1.sam import SAM_KINDS, build_sam
+    from samr1.shapes.scenes import make_scene
+    from samr1.shapes.train import frame_mask, size_bucket
 
-    _check_frame(frame)
-    spec = dataclasses.replace(TINY_SHAPES_SPEC, img_size=frame)
+    check_frame(frame)
+    if n_scenes < 1:
+        raise ValueError(f"n_scenes must be >= 1, got {n_scenes}")
+    spec = dataclasses.replace(SAM_KINDS["tiny-shapes"], img_size=frame)
     sam = build_sam(spec)
     grid = 4 * frame // spec.patch_size
     sizes: dict[str, list[float]] = {"small": [], "medium": [], "large": []}
@@ -98,7 +101,7 @@ def resolution_ceiling(frame: int, n_scenes: int = 100, first_seed: int = 0) -> 
         scene = make_scene(seed)
         h, w = scene.image.shape[:2]
         for o in scene.objects:
-            t = torch.from_numpy(_frame_mask(o.mask, frame))[None, None]
+            t = torch.from_numpy(frame_mask(o.mask, frame))[None, None]
             low = F.adaptive_avg_pool2d(t, grid) - 0.5
             with torch.no_grad():
                 up = sam.postprocess_masks(low, resize_longest_side(h, w, frame), (h, w))[0, 0] > 0
@@ -119,12 +122,12 @@ def examples_figure(weights: str | None, out_png: str, n: int = 6, first_seed: i
     from PIL import Image, ImageDraw
     from segment_anything import SamPredictor
 
-    from samr1.demo import _grid, mask_outline
     from samr1.geometry import mask_iou_numpy
     from samr1.sam import load_sam
-    from samr1.sam.train_sam import _box
-    from samr1.scenes import make_scene
-    from samr1.scenes_alt import make_alt_scene
+    from samr1.shapes.scenes import make_scene
+    from samr1.shapes.scenes_alt import make_alt_scene
+    from samr1.shapes.train import box_prompt
+    from samr1.shapes.viz import grid_sheet, mask_outline
 
     pred = SamPredictor(load_sam("tiny-shapes", weights))
     side = 256
@@ -136,7 +139,7 @@ def examples_figure(weights: str | None, out_png: str, n: int = 6, first_seed: i
             img = scene.image.astype(np.float32)
             ious, boxes, outline = [], [], np.zeros(scene.image.shape[:2], bool)
             for o in scene.objects:
-                box = _box(o.mask)  # the box evaluate() prompts with
+                box = box_prompt(o.mask)  # the box evaluate() prompts with
                 masks, scores, _ = pred.predict(box=box, multimask_output=True)
                 m = masks[int(np.argmax(scores))]
                 ious.append(mask_iou_numpy(m, o.mask))
@@ -155,48 +158,5 @@ def examples_figure(weights: str | None, out_png: str, n: int = 6, first_seed: i
             title = f"{name} {seed}: box IoU " + (f"{np.mean(ious):.2f}" if ious else "-")
             ImageDraw.Draw(tile).text((3, 1), title, fill=(255, 255, 255))
             panels.append(tile)
-    _grid(panels, cols=n).save(out_png)
+    grid_sheet(panels, cols=n).save(out_png)
     return out_png
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m samr1.sam.shapes_check", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--weights", default=None, help="checkpoint path (default: the shipped tiny-shapes weights)")
-    p.add_argument("--scenes", type=int, default=100, help="scenes per generator (default: 100)")
-    p.add_argument("--json", default=None, metavar="OUT", help="also write the results here as JSON")
-    p.add_argument("--figure", default=None, metavar="PNG",
-                   help="also draw 6 scenes of each generator with the box-prompted masks into this PNG")
-    p.add_argument("--ceiling", type=int, nargs="+", default=None, metavar="FRAME",
-                   help="instead of evaluating a model, print the resolution ceiling at these input frames")
-    args = p.parse_args(argv)
-    if args.scenes < 1:
-        p.error("--scenes must be >= 1")
-    if args.ceiling:
-        if args.figure or args.weights:
-            p.error("--ceiling evaluates no model: drop --figure / --weights")
-        for frame in args.ceiling:  # all frames before any work
-            try:
-                _check_frame(frame)
-            except ValueError as exc:
-                p.error(str(exc))
-        res: Any = []
-        for frame in args.ceiling:
-            r = resolution_ceiling(frame, args.scenes)
-            res.append(r)
-            by_size = "/".join(f"{v['iou']:.3f}" if v["iou"] is not None else "-"
-                               for v in r["by_size"].values())
-            print(f"frame {frame} (low-res {r['grid']} x {r['grid']}): ceiling IoU {r['all']:.3f} over "
-                  f"{r['objects']} objects; small/medium/large {by_size}")
-    else:
-        res = check(args.weights, args.scenes)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=1)
-    if args.figure:
-        print(f"figure: {examples_figure(args.weights, args.figure)}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
