@@ -8,12 +8,17 @@ SAME process and interleaved (reference, fast, reference, fast, ...) so that loa
   decoder + its postprocess to the original size + threshold), keep the mask with the highest predicted
   IoU, IoU against the image's ground-truth mask (numpy);
 * fast: ``PromptBatch.from_lists`` + ``decode_batch`` (all prompts) + ``select_best`` +
-  ``samr1.ops.mask_iou_grouped`` (postprocess + threshold + IoU fused, no full-resolution masks; when
-  samr1.ops is missing it falls back to SAM's postprocess + torch IoU and says so).
+  ``samr1.ops.mask_iou_grouped`` (postprocess + threshold + IoU fused, no full-resolution masks).
+
+The reference is the library's own (``samr1.engine.reference.predict_mask`` per prompt,
+``samr1.geometry.mask_iou_numpy``), the one the engine's tests compare against.
 
 Printed: median wall time and process CPU time (all threads; on a shared machine much less sensitive to
 other processes than wall time), ms per prompt, the speed-ups, and the largest IoU difference between
 the two paths (they threshold the same logits up to fp32 round-off). Also one row for decode_batch alone.
+
+SAM 2 kinds (``--sam sam2.1_hiera_t``): the per-prompt ``SAM2ImagePredictor.predict`` loop against
+``Sam2Engine.score`` on its cached features, same scenes and prompts (see :func:`run_sam2`).
 
     python -m samr1.bench.bench_decode [--quick | --smoke] [--device cpu|cuda] [--sam tiny] [--threads N[,N...]]
                                        [--out DIR]
@@ -42,9 +47,14 @@ from samr1.bench.harness import (
 )
 from segment_anything import SamPredictor
 
+from samr1.answer import AnswerObject
+from samr1.engine.reference import predict_mask
+from samr1.geometry import mask_iou_numpy
+from samr1.ops import mask_iou_grouped
 from samr1.sam import load_sam
 from samr1.sam.decoder import decode_batch, select_best
 from samr1.sam.prompts import PromptBatch
+from samr1.sam.sam2_build import is_sam2_kind
 from samr1.threads import torch_threads
 
 SIZES = [(480, 640), (333, 517), (640, 427), (375, 500)]
@@ -54,11 +64,6 @@ G = 8
 # batched vs per prompt, thresholded at 0; fp32 round-off moves only pixels whose logit is ~0 (observed
 # ~1e-8; the engine's test uses the same 1e-3).
 IOU_TOL = 1e-3
-
-try:  # written by another engineer; the bench runs without it
-    from samr1.ops import mask_iou_grouped
-except ImportError:  # pragma: no cover - depends on the tree
-    mask_iou_grouped = None
 
 
 def _scene(rng: np.random.Generator, h: int, w: int, g: int = G):
@@ -77,9 +82,42 @@ def _scene(rng: np.random.Generator, h: int, w: int, g: int = G):
     return img, gt, prompts
 
 
-def _iou_np(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+def _scenes_set(n_images: int, g: int, make_predictor) -> tuple[list, list, list, list]:
+    """``n_images`` scenes (sizes cycling through SIZES, seed 0) with ``g`` prompts each, and one predictor
+    per image with ``set_image`` done (outside any timing: the embedding is "already set").
+
+    Returns ``(predictors, images, ground truths, prompts)``, a prompt being ``(image index, box, points)``.
+    """
+    rng = np.random.default_rng(0)
+    preds, images, gts, prompts = [], [], [], []
+    for b in range(n_images):
+        h, w = SIZES[b % len(SIZES)]
+        img, gt, ps = _scene(rng, h, w, g)
+        p = make_predictor()
+        p.set_image(img)
+        preds.append(p)
+        images.append(img)
+        gts.append(gt)
+        prompts += [(b, box, pts) for box, pts in ps]
+    return preds, images, gts, prompts
+
+
+def _timed(fn, dev: torch.device) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call of ``fn`` (CUDA work included)."""
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    c, t = time.process_time(), time.perf_counter()
+    fn()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return time.perf_counter() - t, time.process_time() - c
+
+
+def _stats(samples: list[tuple[float, float]]) -> dict:
+    wall = [s[0] for s in samples]
+    cpu = [s[1] for s in samples]
+    return {"median_s": statistics.median(wall), "min_s": min(wall), "max_s": max(wall),
+            "repeats": len(wall), "cpu_s": statistics.median(cpu)}
 
 
 def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_kind: str = "tiny",
@@ -103,94 +141,74 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda requested but no CUDA device is available")
     n_images, repeats, g = (2, 1, 2) if smoke else (4, 2, G) if quick else (16, 3, G)
-    rng = np.random.default_rng(0)
+    if is_sam2_kind(sam_kind):
+        return run_sam2(sam_kind, device, counts, n_images, repeats, g, smoke=smoke, out=out, plot=plot)
     sam = load_sam(sam_kind, device=device)
     frame = sam.image_encoder.img_size
-
-    preds, gts, prompts, sizes = [], [], [], []
-    for b in range(n_images):
-        h, w = SIZES[b % len(SIZES)]
-        img, gt, ps = _scene(rng, h, w, g)
-        p = SamPredictor(sam)
-        p.set_image(img)  # outside the timing: the embedding is "already set"
-        preds.append(p)
-        gts.append(gt)
-        prompts += [(b, box, pts) for box, pts in ps]
-        sizes.append((h, w))
+    preds, images, gts, prompts = _scenes_set(n_images, g, lambda: SamPredictor(sam))
+    sizes = [img.shape[:2] for img in images]
     emb = torch.cat([p.features for p in preds], dim=0)
     input_sizes = [tuple(p.input_size) for p in preds]
     gts_t = [torch.from_numpy(g).to(dev) for g in gts]
     n = len(prompts)
 
-    def reference() -> list[float]:
-        ious = []
-        for b, box, pts in prompts:
-            masks, scores, _ = preds[b].predict(np.array(pts), np.array([1, 1]), np.array(box), multimask_output=True)
-            ious.append(_iou_np(masks[int(np.argmax(scores))], gts[b]))
-        return ious
+    # box + foreground points in original pixels: what predict_mask reads from a parsed answer
+    answers = [AnswerObject(bbox=tuple(box), points=[tuple(p) for p in pts], labels=[1] * len(pts))
+               for _, box, pts in prompts]
 
-    iou_path = "mask_iou_grouped" if mask_iou_grouped is not None else "postprocess + torch IoU (samr1.ops missing)"
+    def reference() -> list[float]:
+        return [mask_iou_numpy(predict_mask(preds[b], answer, True), gts[b])
+                for (b, _, _), answer in zip(prompts, answers, strict=True)]
 
     def fast() -> list[float]:
         batch = PromptBatch.from_lists([b for b, _, _ in prompts], [box for _, box, _ in prompts],
                                        [pts for _, _, pts in prompts], None, sizes, device=dev)
         logits, iou_pred = decode_batch(sam, emb, batch, multimask=True)
         best = select_best(logits, iou_pred)
-        if mask_iou_grouped is not None:
-            iou, _, _ = mask_iou_grouped(best, gts_t, batch.image_index, input_sizes, sizes, frame=frame)
-            return iou.tolist()
-        out_ = []
-        for i, (b, _, _) in enumerate(prompts):
-            m = sam.postprocess_masks(best[i][None, None], input_sizes[b], sizes[b])[0, 0] > sam.mask_threshold
-            g = gts_t[b]
-            u = (m | g).sum()
-            out_.append(1.0 if int(u) == 0 else float((m & g).sum() / u))
-        return out_
+        iou, _, _ = mask_iou_grouped(best, gts_t, batch.image_index, input_sizes, sizes, frame=frame)
+        return iou.tolist()
 
     def decode_only():
         batch = PromptBatch.from_lists([b for b, _, _ in prompts], [box for _, box, _ in prompts],
                                        [pts for _, _, pts in prompts], None, sizes, device=dev)
         decode_batch(sam, emb, batch, multimask=True)
 
-    def timed(fn):
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        c, t = time.process_time(), time.perf_counter()
-        res = fn()
-        if dev.type == "cuda":
-            torch.cuda.synchronize(dev)
-        return time.perf_counter() - t, time.process_time() - c, res
+    base = {"images": n_images, "prompts": n, "sam": sam_kind, "iou_tol": IOU_TOL, "smoke": smoke}
+    return _sweep_and_report(reference, fast, (DECODE_ONLY_PATH, decode_only), "decode_batch + select_best + "
+                             "mask_iou_grouped", counts, repeats, dev, base, out, plot)
 
-    def stats(samples):
-        wall = [s[0] for s in samples]
-        cpu = [s[1] for s in samples]
-        return {"median_s": statistics.median(wall), "min_s": min(wall), "max_s": max(wall),
-                "repeats": len(wall), "cpu_s": statistics.median(cpu)}
 
-    fast_name = f"decode_batch + select_best + {iou_path}"
+def _sweep_and_report(reference, fast, extra, fast_name: str, counts: list[int], repeats: int, dev: torch.device,
+                      base: dict, out: str | None, plot: bool) -> list[dict]:
+    """Time ``reference`` and ``fast`` (IoU lists, one per prompt) interleaved, and ``extra`` = (name, fn) when
+    given, at each thread count; print the table, the agreement (``base["iou_tol"]``) and the goals; write
+    records and plots. ``base`` holds the row fields shared by every row (images, prompts, sam, ...)."""
+    n, tol = base["prompts"], base["iou_tol"]
     rows: list[dict] = []
     diffs = []
     for t in counts:
         with torch_threads(t), torch.inference_mode():
             ref_iou = reference()  # warm-up (and the accuracy reference)
             fast_iou = fast()
-            decode_only()
-            samples = {"ref": [], "fast": [], "decode": []}
+            samples = {"ref": [], "fast": [], "extra": []}
             for _ in range(repeats):  # interleaved so that load changes hit both paths
-                samples["ref"].append(timed(reference)[:2])
-                samples["fast"].append(timed(fast)[:2])
-            for _ in range(repeats):
-                samples["decode"].append(timed(decode_only)[:2])
+                samples["ref"].append(_timed(reference, dev))
+                samples["fast"].append(_timed(fast, dev))
+            if extra is not None:
+                extra[1]()
+                for _ in range(repeats):
+                    samples["extra"].append(_timed(extra[1], dev))
             load = load_average()
         diff = np.abs(np.array(ref_iou) - np.array(fast_iou))
         diffs.append(diff)
-        ref = stats(samples["ref"])
-        base = {"images": n_images, "prompts": n, "sam": sam_kind, "threads": t, "loadavg_1m": load,
-                "iou_tol": IOU_TOL, "smoke": smoke}
-        rows.append({**base, "path": REF_PATH, **ref, "speedup": 1.0, "cpu_speedup": 1.0, "max_iou_diff": 0.0})
-        for key, name in (("fast", fast_name), ("decode", DECODE_ONLY_PATH)):
-            st = stats(samples[key])
-            rows.append({**base, "path": name, **st, "speedup": ref["median_s"] / st["median_s"],
+        ref = _stats(samples["ref"])
+        row0 = {**base, "threads": t, "loadavg_1m": load}
+        rows.append({**row0, "path": REF_PATH, **ref, "speedup": 1.0, "cpu_speedup": 1.0, "max_iou_diff": 0.0})
+        for key, name in (("fast", fast_name), ("extra", extra[0] if extra else None)):
+            if not samples[key]:
+                continue
+            st = _stats(samples[key])
+            rows.append({**row0, "path": name, **st, "speedup": ref["median_s"] / st["median_s"],
                          "cpu_speedup": ref["cpu_s"] / max(st["cpu_s"], 1e-9),
                          "max_iou_diff": float(diff.max()) if key == "fast" else None})
     for r in rows:
@@ -202,10 +220,11 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
     diff = np.concatenate(diffs)
     print(f"IoU agreement over {n} prompts x {len(counts)} thread count(s): max |diff| {diff.max():.3g}, "
           f"mean {diff.mean():.3g} (mean IoU reference {np.mean(ref_iou):.4f}, fast {np.mean(fast_iou):.4f})")
-    print(f"agreement: max |IoU diff| {diff.max():.3g} (tolerance {IOU_TOL:g}): "
-          + ("OK" if diff.max() <= IOU_TOL else "MISMATCH"))
+    print(f"agreement: max |IoU diff| {diff.max():.3g} (tolerance {tol:g}): "
+          + ("OK" if diff.max() <= tol else "MISMATCH"))
     for line in goal_lines(rows, fast_name):
         print(line)
+    device = str(dev)
     path = write_records(rows, out, "bench_decode", device)
     if path:
         print(f"records appended to {path}")
@@ -216,6 +235,56 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
         if len(counts) > 1:
             print(f"plot: {plot_thread_scaling(rows, out, 'decode_scaling', 'path', device, per='prompt')}")
     return rows
+
+
+def run_sam2(sam_kind: str, device: str, counts: list[int], n_images: int, repeats: int, g: int, *,
+             smoke: bool = False, out: str | None = None, plot: bool = True) -> list[dict]:
+    """The bench for a SAM 2 kind (``run(sam_kind="sam2.1_hiera_t")`` lands here; random weights).
+
+    Same scenes and prompts (box + 2 foreground points), features computed beforehand, outside the timing,
+    by both paths: reference ``SAM2ImagePredictor.set_image`` once per image, then per prompt
+    ``predict(multimask_output=True)`` + best score + SAM 2's postprocess to the original size + numpy IoU
+    (:func:`samr1.engine.reference_sam2.predict_mask_sam2`, :func:`samr1.geometry.mask_iou_numpy`); fast:
+    ``Sam2Engine.score`` on its cached features (hash lookup, batched decode, fused logits -> mask -> IoU).
+    Agreement tolerance :data:`IOU_TOL_SAM2`.
+    """
+    import warnings
+
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    from samr1.answer import Answer
+    from samr1.engine.reference_sam2 import predict_mask_sam2
+    from samr1.engine.sam2_engine import Sam2Engine
+
+    dev = torch.device(device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # random weights: agreement and speed only
+        sam = load_sam(sam_kind, device=device)
+    engine = Sam2Engine(sam, device=device)
+    preds, images, masks, prompts = _scenes_set(n_images, g, lambda: SAM2ImagePredictor(sam))
+    answers = [Answer(ok=True, bbox=tuple(box), points=[tuple(q) for q in pts], labels=[1] * len(pts))
+               for _, box, pts in prompts]
+    owner = [b for b, _, _ in prompts]
+    imgs, gts = [images[b] for b in owner], [masks[b] for b in owner]
+    engine.score(imgs, answers, gts)  # encodes each image once; the timed calls find them cached
+    assert engine.stats["encoder_images"] == n_images
+
+    def reference() -> list[float]:
+        return [mask_iou_numpy(predict_mask_sam2(preds[b], a), gt) for b, a, gt in zip(owner, answers, gts, strict=True)]
+
+    def fast() -> list[float]:
+        return engine.score(imgs, answers, gts)
+
+    base = {"images": n_images, "prompts": len(answers), "sam": sam_kind, "iou_tol": IOU_TOL_SAM2, "smoke": smoke,
+            "decode_chunk": engine.decode_chunk}
+    return _sweep_and_report(reference, fast, None, "Sam2Engine.score (cached features: decode + fused IoU)",
+                             counts, repeats, dev, base, out, plot)
+
+
+# SAM 2: the engine against the predictor loop. The engine decodes the same prompts with the same modules but
+# squashes the low-res logits to the original size inside the fused IoU op; the SAM 2 engine's own test
+# (tests/test_sam2.py) holds it to 5e-3 per prompt.
+IOU_TOL_SAM2 = 5e-3
 
 
 REF_PATH = "per-prompt predict + argmax + IoU (reference)"
@@ -251,7 +320,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--quick", action="store_true", help="4 images x 8 prompts, 2 repeats instead of 16 x 8, 3")
     p.add_argument("--out", default=None, help="directory for the JSON-lines records")
     p.add_argument("--device", default="cpu", help="torch device (cpu or cuda)")
-    p.add_argument("--sam", default="tiny", help="SAM kind: tiny (default) or vit_b/vit_l/vit_h (random weights)")
+    p.add_argument("--sam", default="tiny", help="SAM kind: tiny (default), vit_b/vit_l/vit_h or a SAM 2 kind such as "
+                   "sam2.1_hiera_t (random weights)")
     p.add_argument("--threads", type=parse_thread_counts, default=None, metavar="N[,N...]",
                    help="torch threads, or a comma-separated sweep such as 1,2,4 (default: torch's choice)")
     p.add_argument("--smoke", action="store_true", help="2 images x 2 prompts, one call per path (agreement check)")

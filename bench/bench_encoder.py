@@ -15,6 +15,11 @@ Backends: CPU: torch fp32, ONNX Runtime (CPU). CUDA: torch fp32, bf16, bf16 + to
 
 Random weights for vit_* (no checkpoints here): speed is what it would be with real weights; the mask IoU
 of random weights only measures agreement between backends.
+
+SAM 2 kinds (``--sam sam2.1_hiera_t``): the backends of :mod:`samr1.sam.sam2_encoder` on its three outputs
+(two high-res maps + the image embedding): ``rel_err_vs_fp32`` is the largest of the three relative errors,
+``max_abs_<output>`` each output's largest elementwise difference, and the masks come from
+``SAM2ImagePredictor.predict`` on the backend's features. No FLOP count for Hiera (``tflops`` empty).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import warnings
 import numpy as np
 import torch
 from samr1.bench.harness import format_table, measure, write_records
+
+from samr1.geometry import mask_iou_numpy
 
 # Dense (no sparsity) bf16 tensor-core peak, TFLOP/s, by substring of torch.cuda.get_device_name().
 BF16_PEAK_TFLOPS = {
@@ -75,7 +82,7 @@ def bf16_peak_tflops(device: str | torch.device) -> float | None:
 
 def _scenes(n: int, seed: int = 0):
     from samr1.geometry import mask_to_box
-    from samr1.scenes import make_scene
+    from samr1.shapes.scenes import make_scene
 
     rng = np.random.default_rng(seed)
     images, boxes = [], []
@@ -89,25 +96,43 @@ def _scenes(n: int, seed: int = 0):
 
 
 def _masks(sam, emb: torch.Tensor, images, sizes, boxes) -> list[np.ndarray]:
-    """Upstream SamPredictor.predict on given embeddings: box prompt, best of 3 by predicted IoU."""
+    """The engine's reference prediction (``samr1.engine.reference.predict_mask``: upstream
+    ``SamPredictor.predict``, box prompt, best of 3 by predicted IoU) on the given embeddings."""
     from segment_anything import SamPredictor
+
+    from samr1.answer import AnswerObject
+    from samr1.engine.reference import predict_mask
 
     pred = SamPredictor(sam)
     out = []
     for i, img in enumerate(images):
-        pred.reset_image()
+        pred.reset_image()  # the backend's embedding stands in for set_image's
         pred.features = emb[i:i + 1].to(pred.device, torch.float32)
         pred.original_size = img.shape[:2]
         pred.input_size = tuple(sizes[i])
         pred.is_image_set = True
-        masks, scores, _ = pred.predict(box=boxes[i], multimask_output=True)
-        out.append(masks[int(np.argmax(scores))])
+        out.append(predict_mask(pred, AnswerObject(bbox=tuple(map(float, boxes[i]))), True))
     return out
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.logical_or(a, b).sum()
-    return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
+def _masks_sam2(sam, feats: list[torch.Tensor], images, boxes) -> list[np.ndarray]:
+    """``SAM2ImagePredictor.predict`` (box prompt, best of 3 by predicted score: the SAM 2 reference) on the
+    given features (``[high_res_s0, high_res_s1, image_embed]``, batch-first) instead of ``set_image``'s."""
+    from sam2.sam2_image_predictor import SAM2ImagePredictor
+
+    from samr1.answer import AnswerObject
+    from samr1.engine.reference_sam2 import predict_mask_sam2
+
+    pred = SAM2ImagePredictor(sam)
+    out = []
+    for i, img in enumerate(images):
+        pred.reset_predictor()
+        f = [t[i:i + 1].to(pred.device, torch.float32) for t in feats]
+        pred._features = {"image_embed": f[-1], "high_res_feats": f[:-1]}
+        pred._orig_hw = [img.shape[:2]]
+        pred._is_image_set = True
+        out.append(predict_mask_sam2(pred, AnswerObject(bbox=tuple(map(float, boxes[i])))))
+    return out
 
 
 def _backends(device: str, cache_dir: str) -> list[tuple[str, dict]]:
@@ -151,17 +176,23 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
     """
     from samr1.sam import load_sam
     from samr1.sam.encoder import image_encoder_flops, make_encoder
+    from samr1.sam.sam2_build import is_sam2_kind
 
-    slow_cpu = torch.device(device).type == "cpu" and sam_kind != "tiny"
+    sam2 = is_sam2_kind(sam_kind)
+    cpu = torch.device(device).type == "cpu"
+    slow_cpu = cpu and sam_kind != "tiny" and not sam2  # Hiera-T: ~5 s per image here, worth a warm-up
     if batches is None:
-        batches = [1] if (slow_cpu or smoke) else ([1, 2] if quick else [1, 8])
+        batches = [1] if (slow_cpu or smoke or (sam2 and cpu)) else ([1, 2] if quick else [1, 8])
     if repeats is None:
         repeats = 1 if (quick or slow_cpu or smoke) else 3
     warmup = 0 if (slow_cpu or smoke) else 1  # an 18 s call has no start-up effect worth another 18 s
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random-weight warning for vit_*: expected here
         sam = load_sam(sam_kind, device=device)
-    flops = image_encoder_flops(sam)
+    from samr1.sam.sam2_encoder import OUTPUT_NAMES, make_sam2_encoder
+
+    make = make_sam2_encoder if sam2 else make_encoder
+    flops = None if sam2 else image_encoder_flops(sam)
     peak = bf16_peak_tflops(device)
     n_acc = max(batches)
     images, boxes = _scenes(n_acc)
@@ -177,18 +208,21 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
     try:
         for backend, opts in _backends(device, cache_dir):
             t0 = time.perf_counter()
-            enc = make_encoder(sam, backend=backend, device=device, max_batch=max(batches), **opts)
+            enc = make(sam, backend=backend, device=device, max_batch=max(batches), **opts)
             setup_s = time.perf_counter() - t0
             if prep_enc is None:
                 prep_enc = enc
-            x, sizes = enc.preprocess(images)
+            x, sizes = (enc.preprocess(images), None) if sam2 else enc.preprocess(images)
             emb = enc.encode_preprocessed(x[:n_acc])
             if ref_emb is None:  # the first backend is torch fp32: the reference
                 ref_emb = emb
-                ref_masks = _masks(sam, ref_emb, images, sizes, boxes)
-            rel_err = float((emb - ref_emb).norm() / ref_emb.norm())
-            masks = _masks(sam, emb, images, sizes, boxes)
-            ious = [_iou(m, r) for m, r in zip(masks, ref_masks, strict=True)]
+                ref_masks = _masks_sam2(sam, emb, images, boxes) if sam2 else _masks(sam, emb, images, sizes, boxes)
+            pairs = list(zip(emb, ref_emb, strict=True)) if sam2 else [(emb, ref_emb)]
+            rel_err = max(float((e - r).norm() / r.norm()) for e, r in pairs)
+            abs_diff = {f"max_abs_{n}": float((e - r).abs().max()) for n, (e, r) in zip(OUTPUT_NAMES, pairs,
+                                                                                         strict=True)} if sam2 else {}
+            masks = _masks_sam2(sam, emb, images, boxes) if sam2 else _masks(sam, emb, images, sizes, boxes)
+            ious = [mask_iou_numpy(m, r) for m, r in zip(masks, ref_masks, strict=True)]
             for b in batches:
                 xb = x[:b].contiguous()
                 cpu: list[float] = []
@@ -209,8 +243,8 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
                 row = {
                     "backend": enc.name, "sam": sam_kind, "batch": b, "ms_per_img": per_img * 1e3,
                     "img_per_s": 1.0 / per_img, "speedup_vs_fp32": ref_time.get(b, float("nan")) / per_img,
-                    "tflops": flops / per_img / 1e12,
-                    "frac_bf16_peak": (flops / per_img / 1e12 / peak) if peak else None,
+                    "tflops": flops / per_img / 1e12 if flops else None,
+                    "frac_bf16_peak": (flops / per_img / 1e12 / peak) if peak and flops else None, **abs_diff,
                     "rel_err_vs_fp32": rel_err, "mask_iou_mean": float(np.mean(ious)),
                     "mask_iou_min": float(np.min(ious)), "setup_s": setup_s, **t.as_dict(),
                     "cpu_ms_per_img": cpu_per_img * 1e3,
@@ -227,11 +261,14 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
         if tmp is not None:
             tmp.cleanup()
 
-    print(f"SAM {sam_kind} image encoder, {flops / 1e12:.3f} TFLOP/img, device {device}"
+    print(f"SAM {sam_kind} image encoder, " + (f"{flops / 1e12:.3f} TFLOP/img, " if flops else "") + f"device {device}"
           + (f" (bf16 peak {peak:.0f} TFLOP/s)" if peak else "") + f", median of {repeats}")
     print(format_table(rows, ["backend", "batch", "ms_per_img", "cpu_ms_per_img", "threads_used", "speedup_vs_fp32",
                               "tflops", "frac_bf16_peak", "rel_err_vs_fp32", "mask_iou_mean", "mask_iou_min", "setup_s"]))
     checked = [r for r in rows if "within_tol" in r]
+    for r in checked if sam2 else []:
+        print(f"{r['backend']} batch {r['batch']}: max |diff| vs torch fp32 per output: "
+              + ", ".join(f"{n} {r[f'max_abs_{n}']:.3g}" for n in OUTPUT_NAMES))
     print("agreement with torch fp32 (relative embedding error <= " + ", ".join(f"{k} {v:g}" for k, v in
           REL_ERR_TOL.items()) + f"; fp32 backends also mean mask IoU >= {MASK_IOU_MIN_FP32}): "
           + ("OK" if all(r["within_tol"] for r in checked) else
@@ -250,7 +287,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="batch 1 and 2, one repeat")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--sam", default="tiny", help="tiny, vit_b, vit_l or vit_h (random weights)")
+    p.add_argument("--sam", default="tiny", help="tiny, vit_b, vit_l, vit_h or a SAM 2 kind such as sam2.1_hiera_t "
+                   "(random weights)")
     p.add_argument("--out", default=None, help="folder for JSON-lines records")
     p.add_argument("--batches", default=None, help="comma-separated batch sizes (default 1,8; vit_* on CPU: 1)")
     p.add_argument("--repeats", type=int, default=None)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from samr1.rewards import SamR1Reward
-from samr1.scenes import make_scene
+from samr1.shapes.scenes import make_scene
 
 FRAME = 840
 COMPONENTS = ("think", "answer", "box_iou", "box_l1", "point_dist")

@@ -32,7 +32,7 @@ STAGES = ("generate_s", "encode_s", "encode_wait_s", "decode_s", "postprocess_s"
 
 
 def _scene_set(n: int, seed: int = 0):
-    from samr1.scenes import make_scene
+    from samr1.shapes.scenes import make_scene
 
     out = []
     for i in range(n):
@@ -42,10 +42,14 @@ def _scene_set(n: int, seed: int = 0):
 
 
 def _answer(mask: np.ndarray) -> str:
+    """A completion that answers ``mask``'s object: its pixel-edge box and one inside point, 840 frame."""
+    from samr1.geometry import mask_to_box
+
     h, w = mask.shape
     ys, xs = np.nonzero(mask)
     sx, sy = 840 / w, 840 / h
-    box = [int(xs.min() * sx), int(ys.min() * sy), int((xs.max() + 1) * sx), int((ys.max() + 1) * sy)]
+    x1, y1, x2, y2 = mask_to_box(mask, convention="edge")
+    box = [int(x1 * sx), int(y1 * sy), int(x2 * sx), int(y2 * sy)]
     i = len(xs) // 2
     return (f'<think>it</think><answer>{{"bbox":{json.dumps(box)},"points":[[{int(xs[i] * sx)},'
             f'{int(ys[i] * sy)}]]}}</answer>')

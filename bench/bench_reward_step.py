@@ -52,7 +52,7 @@ def make_step(b: int, g: int, seed: int = 0, size: tuple[int, int] = (480, 640))
     malformed. Returns (images, masks, completions) as parallel lists of length B*G (images repeated
     as the same object per prompt, as TRL passes them)."""
     from samr1.geometry import mask_to_box, mask_to_points
-    from samr1.scenes import make_scene
+    from samr1.shapes.scenes import make_scene
 
     rng = np.random.default_rng(seed)
     images, masks, completions = [], [], []

@@ -24,22 +24,24 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "load_sam": "samr1.sam",
     "SamEngine": "samr1.engine",
+    "SamEngineConfig": "samr1.engine",
     "SamR1Reward": "samr1.rewards",
+    "SamR1RewardConfig": "samr1.rewards",
     "parse_answer": "samr1.answer",
     "Answer": "samr1.answer",
     "mask_iou_from_logits": "samr1.ops",
     "InputError": "samr1.io",
 }
 
-__all__ = ["Answer", "InputError", "SamEngine", "SamR1Reward", "__version__", "load_sam", "mask_iou_from_logits",
-           "parse_answer"]
+__all__ = ["Answer", "InputError", "SamEngine", "SamEngineConfig", "SamR1Reward", "SamR1RewardConfig", "__version__",
+           "load_sam", "mask_iou_from_logits", "parse_answer"]
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from samr1.answer import Answer, parse_answer
-    from samr1.engine import SamEngine
+    from samr1.engine import SamEngine, SamEngineConfig
     from samr1.io import InputError
     from samr1.ops import mask_iou_from_logits
-    from samr1.rewards import SamR1Reward
+    from samr1.rewards import SamR1Reward, SamR1RewardConfig
     from samr1.sam import load_sam
 
 

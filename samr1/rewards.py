@@ -40,10 +40,12 @@ Conventions (Seg-Zero's, where it has one; ``bench/bench_fidelity.py`` measures 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import itertools
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any
 
@@ -57,6 +59,7 @@ from samr1.answer import (
     check_size,
     parse_answer,
 )
+from samr1.config import ConfigError, check_bool, help_field, set_field, with_overrides
 from samr1.geometry import POINT_RULES, box_iou, mask_to_box, mask_to_points, resize_mask_nearest
 from samr1.hashing import mask_digest
 from samr1.io import InputError, MaskSizeError, load_image, load_mask
@@ -78,6 +81,7 @@ __all__ = [
     "point_distance_reward",
     "FRAMES",
     "SamR1Reward",
+    "SamR1RewardConfig",
 ]
 
 FRAMES: tuple[str, ...] = ("model", "original")
@@ -378,6 +382,83 @@ class _ComponentReward:
         return f"<samr1 reward component {self.__name__!r}>"
 
 
+@dataclass(frozen=True)
+class SamR1RewardConfig:
+    """The settings of :class:`SamR1Reward`: which rewards to sum and how each is measured. Defaults are
+    SAM-R1's (tiers, components) and Seg-Zero's (ablation thresholds, reference points)."""
+
+    tiers: tuple[tuple[float, float], ...] = help_field(
+        DEFAULT_TIERS, "(threshold, reward) pairs of the tiered IoU reward, thresholds in [0, 1] strictly "
+                       "decreasing, rewards non-increasing: IoU > threshold earns the first matching reward "
+                       "(SAM-R1: > 0.8 -> 4, > 0.7 -> 3, > 0.5 -> 2)")
+    components: tuple[str, ...] = help_field(
+        ("think", "answer", "iou"), "which rewards to sum (and log apart): think, answer, iou (tiered), mask_iou "
+                                    "(continuous), box_iou, box_l1, point_dist (Seg-Zero's ablations, against the "
+                                    "ground-truth mask's inclusive box and reference points)")
+    model_size: tuple[int, int] = help_field(
+        DEFAULT_MODEL_SIZE, "(h, w) of the frame the policy saw; answers are in its pixels")
+    image_key: str = help_field("image", "dataset column holding the image (a non-empty list there, TRL's images "
+                                         "column, gives its first image)")
+    mask_key: str = help_field("mask", "dataset column holding the ground-truth mask, at the image's original size")
+    require_points: bool = help_field(True, "an answer needs points to parse (passed to parse_answer)")
+    box_iou_threshold: float = help_field(0.5, "box_iou earns 1 when the box IoU with the ground-truth box is "
+                                               "above this (Seg-Zero: 0.5)")
+    box_l1_threshold: float = help_field(10.0, "box_l1 earns 1 when the mean |corner difference| to the "
+                                               "ground-truth box is below this many pixels (Seg-Zero: 10)")
+    point_threshold: float = help_field(100.0, "point_dist earns 1 when the points lie in the box and their "
+                                               "matched mean distance to the reference points is below this "
+                                               "many pixels (Seg-Zero: 100)")
+    gt_points: int = help_field(2, "reference points derived from the ground-truth mask for point_dist "
+                                   "(Seg-Zero: 2)")
+    frame: str = help_field("model", "pixel frame of the box and point rewards: model (Seg-Zero's: the answer "
+                                     "as written against the mask resized to model_size, thresholds in model-frame "
+                                     "pixels) or original (both in original image pixels)")
+    point_rule: str = help_field("segzero", "how reference points come from the ground-truth mask: segzero or "
+                                            "circles (see samr1.geometry.mask_to_points)")
+    multi_object: str = help_field("union", "an answer listing several objects: union (scored on the union of "
+                                            "SAM's masks of every object) or first (its first object only)")
+
+    def __post_init__(self) -> None:
+        comps = self.components
+        if isinstance(comps, str) or not isinstance(comps, Iterable):
+            raise ConfigError(f"components must be a sequence of names, e.g. ('think', 'answer', 'iou'), got "
+                              f"{comps!r}", field="components")
+        comps = tuple(comps)
+        if not comps:
+            raise ConfigError(f"components must not be empty; choose from {sorted(COMPONENTS)}", field="components")
+        unknown = [c for c in comps if c not in COMPONENTS]
+        if unknown:
+            raise ConfigError(f"unknown reward components {unknown}; choose from {sorted(COMPONENTS)}",
+                              field="components")
+        if len(set(comps)) != len(comps):
+            raise ConfigError(f"components must not repeat, got {comps}", field="components")
+        set_field(self, "components", comps)
+        for name, check in (("tiers", validate_tiers), ("model_size", lambda v: check_size(v, "model_size"))):
+            try:
+                set_field(self, name, check(getattr(self, name)))
+            except ValueError as exc:  # the shared checks' messages; named by the field when they are not
+                msg = str(exc) if str(exc).startswith(name) else f"{name}: {exc}"
+                raise ConfigError(msg, field=name) from None
+        for name in ("image_key", "mask_key"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise ConfigError(f"{name} must be a dataset column name (a non-empty str), got "
+                                  f"{getattr(self, name)!r}", field=name)
+        set_field(self, "require_points", check_bool(self.require_points, "require_points"))
+        for name in ("box_iou_threshold", "box_l1_threshold", "point_threshold"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v)):
+                raise ConfigError(f"{name} must be a finite number, got {v!r}", field=name)
+            set_field(self, name, float(v))
+        if not isinstance(self.gt_points, int) or self.gt_points < 1:
+            raise ConfigError(f"gt_points must be a positive int, got {self.gt_points!r}", field="gt_points")
+        for name, choices in (("frame", FRAMES), ("point_rule", POINT_RULES), ("multi_object", MULTI_OBJECT_MODES)):
+            if getattr(self, name) not in choices:
+                raise ConfigError(f"{name} must be one of {choices}, got {getattr(self, name)!r}", field=name)
+        if self.point_rule == "segzero" and self.gt_points > 2:
+            raise ConfigError(f"point_rule='segzero' defines 2 reference points, got gt_points={self.gt_points}; "
+                              "use point_rule='circles' for more", field="gt_points")
+
+
 class SamR1Reward:
     """SAM-R1's reward as a TRL reward callable, summed over ``components``; see :meth:`functions`.
 
@@ -385,6 +466,9 @@ class SamR1Reward:
         engine: a :class:`samr1.engine.SamEngine` (anything with ``score(images, answers, gt_masks) ->
             list[float]``); may be None when no component needs SAM ("think", "answer", and the box/point
             ablations need none).
+        config: a :class:`SamR1RewardConfig` holding the settings below (default: its defaults). The settings
+            may also be given by keyword (``SamR1Reward(engine, components=("iou",))``); keywords given
+            together with ``config`` override its fields. ``reward.config`` is the effective config.
         tiers: (threshold, reward) pairs of the tiered IoU reward (see :func:`tiered_iou_reward`).
         components: which rewards to sum, from :data:`COMPONENTS`: "think", "answer", "iou" (tiered),
             "mask_iou" (continuous), "box_iou", "box_l1", "point_dist" (Seg-Zero's ablation rewards, computed
@@ -433,56 +517,16 @@ class SamR1Reward:
     MAX_ROW_WARNINGS = 50
     """Row-level warnings (bad image/mask) issued per instance before they are suppressed (counts continue)."""
 
-    def __init__(self, engine: Any, *, tiers: Sequence[Sequence[float]] = DEFAULT_TIERS,
-                 components: Sequence[str] = ("think", "answer", "iou"),
-                 model_size: tuple[int, int] = DEFAULT_MODEL_SIZE, image_key: str = "image", mask_key: str = "mask",
-                 require_points: bool = True, box_iou_threshold: float = 0.5, box_l1_threshold: float = 10.0,
-                 point_threshold: float = 100.0, gt_points: int = 2, frame: str = "model",
-                 point_rule: str = "segzero", multi_object: str = "union"):
-        if isinstance(components, str):
-            raise ValueError(f"components must be a sequence of names, e.g. ('think', 'answer', 'iou'), got {components!r}")
-        comps = tuple(components)
-        if not comps:
-            raise ValueError(f"components must not be empty; choose from {sorted(COMPONENTS)}")
-        unknown = [c for c in comps if c not in COMPONENTS]
-        if unknown:
-            raise ValueError(f"unknown reward components {unknown}; choose from {sorted(COMPONENTS)}")
-        if len(set(comps)) != len(comps):
-            raise ValueError(f"components must not repeat, got {comps}")
-        if engine is None and _ENGINE_COMPONENTS.intersection(comps):
-            raise ValueError(f"components {sorted(_ENGINE_COMPONENTS.intersection(comps))} need SAM: pass "
+    def __init__(self, engine: Any, config: SamR1RewardConfig | None = None, **options: Any):
+        cfg = self.config = with_overrides(SamR1RewardConfig, config, options, "SamR1Reward")
+        if engine is None and _ENGINE_COMPONENTS.intersection(cfg.components):
+            raise ValueError(f"components {sorted(_ENGINE_COMPONENTS.intersection(cfg.components))} need SAM: pass "
                              "engine=SamEngine(load_sam(...))")
         if engine is not None and not callable(getattr(engine, "score", None)):
             raise TypeError(f"engine must have a score(images, answers, gt_masks) method, got {type(engine).__name__}")
-        for name, v in (("box_iou_threshold", box_iou_threshold), ("box_l1_threshold", box_l1_threshold),
-                        ("point_threshold", point_threshold)):
-            if not (isinstance(v, (int, float)) and math.isfinite(v)):
-                raise ValueError(f"{name} must be a finite number, got {v!r}")
-        if not isinstance(gt_points, int) or gt_points < 1:
-            raise ValueError(f"gt_points must be a positive int, got {gt_points!r}")
-        if frame not in FRAMES:
-            raise ValueError(f"frame must be one of {FRAMES}, got {frame!r}")
-        if point_rule not in POINT_RULES:
-            raise ValueError(f"point_rule must be one of {POINT_RULES}, got {point_rule!r}")
-        if point_rule == "segzero" and gt_points > 2:
-            raise ValueError(f"point_rule='segzero' defines 2 reference points, got gt_points={gt_points}; "
-                             "use point_rule='circles' for more")
-        if multi_object not in MULTI_OBJECT_MODES:
-            raise ValueError(f"multi_object must be one of {MULTI_OBJECT_MODES}, got {multi_object!r}")
-        self.frame = frame
-        self.point_rule = point_rule
-        self.multi_object = multi_object
         self.engine = engine
-        self.tiers = validate_tiers(tiers)
-        self.components = comps
-        self.model_size = check_size(model_size, "model_size")
-        self.image_key = image_key
-        self.mask_key = mask_key
-        self.require_points = bool(require_points)
-        self.box_iou_threshold = float(box_iou_threshold)
-        self.box_l1_threshold = float(box_l1_threshold)
-        self.point_threshold = float(point_threshold)
-        self.gt_points = gt_points
+        for f in dataclasses.fields(cfg):  # each setting is also an attribute (reward.components, .tiers, ...)
+            setattr(self, f.name, getattr(cfg, f.name))
         self.__name__ = "samr1_reward"
         self.stats: dict[str, Any] = {
             "batches": 0, "completions": 0, "answers_ok": 0, "engine_calls": 0,

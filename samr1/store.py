@@ -2,10 +2,24 @@
 
 Layout of a store folder::
 
-    embeddings.f16   raw float16 array, rows x C x h x w (numpy memmap; grows by doubling)
-    index.json       {"format", "model_id", "encoder", "shape": [C, h, w], "dtype": "float16", "frame",
-                      "hash", "rows": n, "keys": {image key: row}, "input_sizes": [[h, w] per row]}
+    embeddings.f16   raw float16 array, one flat row per image (numpy memmap; grows by doubling)
+    index.json       {"format", "model_id", "encoder", "kind", "layout": [[name, [C, h, w]], ...],
+                      "shape": [C, h, w], "dtype": "float16", "frame", "hash", "rows": n,
+                      "keys": {image key: row}, "input_sizes": [[h, w] per row]}
     writer.lock      the writer lock (``fcntl.flock``); its text names the process holding it
+
+A row is the concatenation of the feature maps listed in ``layout``, in that order (C-contiguous each);
+``shape`` is the first one's, the image embedding. ``kind`` says which model family the row is for:
+
+* ``"sam"`` (SAM v1): one map, ``[["image_embed", [256, 64, 64]]]`` upstream; input sizes are the resized
+  (h, w) before padding to the frame. Stores written before ``kind`` / ``layout`` were recorded are this.
+* ``"sam2"`` (SAM 2): the three maps SAM 2's decoder reads (:mod:`samr1.sam.sam2_encoder`,
+  :func:`samr1.engine.sam2_engine.store_layout`): ``image_embed`` (256 x 64 x 64, ``no_mem_embed`` added),
+  ``high_res_s0`` (32 x 256 x 256), ``high_res_s1`` (64 x 128 x 128); 8 MiB per image in float16. SAM 2
+  squashes every image to the whole frame, so every input size is ``[frame, frame]``.
+
+Opening a store names the kind it must be (:meth:`EmbeddingStore.open` ``kind=``, ``"sam"`` by default), so a
+SAM v1 store is never read as a SAM 2 one or the other way round, even before the model ids are compared.
 
 ``samr1 embed`` fills a store; :class:`samr1.engine.cache.EmbeddingCache` reads it before encoding, so
 training on a known dataset never runs the encoder. A store is tied to one model id: opening it for another
@@ -29,7 +43,11 @@ first, and only then is the index that points at them published (temporary file,
 ``os.replace``), so a reader sees either the old index or the new one, and every row an index lists is
 complete on disk. A crash loses at most the rows since the last :meth:`~EmbeddingStore.flush`. Embeddings
 are stored as float16 (2 MB per 256 x 64 x 64 embedding instead of 4 MB); SAM's embeddings come out of a
-LayerNorm, so float16's ~5e-4 relative precision is far below what changes a mask.
+LayerNorm, so float16's ~5e-4 relative precision is far below what changes a mask. SAM 2's maps (|values|
+up to ~3 for sam2.1_hiera_t) round the same way: 40 box / point prompts on two small images, decoded from
+float16-rounded instead of float32 features, moved IoUs by at most 2.9e-4 (random weights) and 7.6e-5 (a
+decoder with trained-looking logits up to +-87); tests/test_sam2_parity.py holds a stored engine to 5e-3 of
+the float32 one.
 
 The index is validated field by field when a store is opened: a damaged or hand-edited index is a
 :class:`StoreError` naming the field, never a crash later on.
@@ -63,7 +81,7 @@ from samr1.artifacts import atomic_write_json
 from samr1.hashing import ALGORITHMS, array_digest, default_algorithm
 
 __all__ = ["EmbeddingStore", "StoreError", "StoreLockedError", "StoreWriteError", "StoreLock", "StoreWarning",
-           "image_key", "default_hash", "encoder_precision", "HASHES"]
+           "image_key", "default_hash", "encoder_precision", "HASHES", "KINDS"]
 
 _FORMAT = 1
 _DATA = "embeddings.f16"
@@ -75,6 +93,10 @@ HASHES = ALGORITHMS
 _MAX_ROW_VALUES = 1 << 31
 _MAX_FRAME = 1 << 16
 _F16_MAX = 65504.0
+KINDS = ("sam", "sam2")
+"""Store kinds: the model family a row is for (see the module docstring); ``"sam"`` when an index has none."""
+# Most feature maps one row may hold (SAM 2 uses three): bounds what a hand-edited layout can ask for.
+_MAX_LAYOUT = 8
 
 
 class StoreError(ValueError):
@@ -288,6 +310,15 @@ def _validate_index(meta: Any, index: Path) -> dict[str, Any]:
             or math.prod(shape) > _MAX_ROW_VALUES):
         raise bad("shape", f"must be [C, h, w], three integers >= 1 (at most {_MAX_ROW_VALUES} values), "
                            f"got {shape!r}")
+    kind = meta.get("kind", "sam")  # stores written before kinds were recorded are SAM v1 stores
+    if not isinstance(kind, str) or kind not in KINDS:
+        raise bad("kind", f"must be one of {list(KINDS)} (the model family of the rows), got {kind!r}")
+    if "layout" in meta:
+        layout = _validate_layout(meta["layout"], kind, shape, bad)
+    elif kind == "sam":
+        layout = (("image_embed", tuple(shape)),)
+    else:
+        raise bad("layout", f"is missing; a {kind!r} store lists the feature maps of its rows")
     frame = meta["frame"]
     if not _is_int(frame) or not 1 <= frame <= _MAX_FRAME:
         raise bad("frame", f"must be an integer in 1..{_MAX_FRAME} (the model frame in px), got {frame!r}")
@@ -318,8 +349,34 @@ def _validate_index(meta: Any, index: Path) -> dict[str, Any]:
         if (not isinstance(s, list) or len(s) != 2
                 or not all(_is_int(v) and 1 <= v <= frame for v in s)):
             raise bad(f"input_sizes[{i}]", f"must be [h, w], integers in 1..{frame} (the frame), got {s!r}")
-    return {"model_id": model_id, "encoder": encoder, "shape": tuple(shape), "frame": frame,
-            "hash": meta["hash"], "rows": rows, "keys": dict(keys), "input_sizes": [tuple(s) for s in sizes]}
+    return {"model_id": model_id, "encoder": encoder, "kind": kind, "layout": layout, "shape": tuple(shape),
+            "frame": frame, "hash": meta["hash"], "rows": rows, "keys": dict(keys),
+            "input_sizes": [tuple(s) for s in sizes]}
+
+
+def _validate_layout(layout: Any, kind: str, shape: list[int], bad: Any) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Check an index's ``layout`` ([[name, [C, h, w]], ...], the feature maps of a row in order) against its
+    ``kind`` and ``shape``; return it as a tuple of (name, shape). ``bad(field, problem)`` makes the error."""
+    if not isinstance(layout, list) or not 1 <= len(layout) <= _MAX_LAYOUT:
+        raise bad("layout", f"must be a list of 1..{_MAX_LAYOUT} [name, [C, h, w]] entries, got {layout!r:.200}")
+    out: list[tuple[str, tuple[int, ...]]] = []
+    for i, entry in enumerate(layout):
+        if (not isinstance(entry, list) or len(entry) != 2 or not isinstance(entry[0], str) or not entry[0]
+                or not isinstance(entry[1], list) or len(entry[1]) != 3
+                or not all(_is_int(v) and v >= 1 for v in entry[1])):
+            raise bad(f"layout[{i}]", f"must be [name, [C, h, w]] (a non-empty name, three integers >= 1), "
+                                      f"got {entry!r:.200}")
+        if any(entry[0] == name for name, _ in out):
+            raise bad(f"layout[{i}]", f"repeats the name {entry[0]!r}")
+        out.append((entry[0], tuple(entry[1])))
+    if out[0] != ("image_embed", tuple(shape)):
+        raise bad("layout", f"must start with ['image_embed', {shape}] (the image embedding, field 'shape'), "
+                            f"got {layout[0]!r}")
+    if kind == "sam" and len(out) != 1:
+        raise bad("layout", f"of a 'sam' store holds the image embedding only, got {len(out)} maps")
+    if sum(math.prod(s) for _, s in out) > _MAX_ROW_VALUES:
+        raise bad("layout", f"asks for more than {_MAX_ROW_VALUES} values per row")
+    return tuple(out)
 
 
 def _read_index(path: Path) -> dict[str, Any]:
@@ -336,6 +393,27 @@ def _read_index(path: Path) -> dict[str, Any]:
     return _validate_index(meta, index)
 
 
+def _require(path: Path, meta: dict[str, Any], model_id: str | None = None, kind: str | None = None,
+             layout: Sequence[tuple[str, Sequence[int]]] | None = None) -> None:
+    """Raise a :class:`StoreError` naming the field when the validated ``meta`` of store ``path`` is not of
+    ``kind``, for ``model_id`` and with ``layout`` (None: not checked). The kind goes first: a SAM v1 store
+    offered to a SAM 2 engine (or the other way round) is named as such, not as just another model."""
+    if kind is not None and meta["kind"] != kind:
+        raise StoreError(f"embedding store {path}: field 'kind' is {meta['kind']!r} but {kind!r} is needed: its rows "
+                         f"are for {'SAM 2' if meta['kind'] == 'sam2' else 'SAM v1'} models and would give wrong "
+                         "masks here. Use a store built with `samr1 embed --sam KIND` for the model in use")
+    if model_id is not None and meta["model_id"] != model_id:
+        raise StoreError(
+            f"embedding store {path} (field 'model_id') was built with SAM model {meta['model_id']!r}, but the "
+            f"model in use is {model_id!r}; its embeddings would give wrong masks. Use the matching model or "
+            "rebuild the store with `samr1 embed` for this one")
+    if layout is not None:
+        want = tuple((str(n), tuple(int(v) for v in s)) for n, s in layout)
+        if tuple(meta["layout"]) != want:
+            raise StoreError(f"embedding store {path}: field 'layout' is {meta['layout']} but this model needs "
+                             f"{want}; rebuild the store with `samr1 embed` for the model in use")
+
+
 class EmbeddingStore:
     """Memory-mapped float16 embeddings keyed by :func:`image_key`, for one SAM model id.
 
@@ -346,7 +424,9 @@ class EmbeddingStore:
     Attributes:
         path: the store folder.
         model_id: the SAM model id the embeddings belong to.
-        shape: ``(C, h, w)`` of one embedding.
+        kind: the model family of the rows (:data:`KINDS`: ``"sam"`` or ``"sam2"``).
+        layout: ``((name, (C, h, w)), ...)``: the feature maps of one row, the image embedding first.
+        shape: ``(C, h, w)`` of one image embedding (the first map of the layout).
         frame: the model frame the images were resized into (input sizes are in this frame).
         hash: the image-key algorithm (use ``store.key(image)`` to compute matching keys).
         encoder: the encoder name (backend and precision) that wrote the embeddings, or None for a store
@@ -359,6 +439,8 @@ class EmbeddingStore:
             raise StoreError(f"a writable store needs its writer lock; use EmbeddingStore.create({str(path)!r}, ...)")
         self.path = path
         self.model_id: str = meta["model_id"]
+        self.kind: str = meta["kind"]
+        self.layout: tuple[tuple[str, tuple[int, ...]], ...] = meta["layout"]
         self.shape: tuple[int, int, int] = tuple(meta["shape"])
         self.frame: int = meta["frame"]
         self.hash: str = meta["hash"]
@@ -368,7 +450,8 @@ class EmbeddingStore:
         self._keys: dict[str, int] = dict(meta["keys"])
         self._sizes: list[tuple[int, int]] = list(meta["input_sizes"])
         self._rows: int = meta["rows"]
-        self._row_bytes = math.prod(self.shape) * 2
+        self._row_values = sum(math.prod(s) for _, s in self.layout)
+        self._row_bytes = self._row_values * 2
         self._lock = threading.Lock()
         self._mm: np.memmap | None = None
         self._capacity = 0
@@ -380,7 +463,8 @@ class EmbeddingStore:
     @classmethod
     def create(cls, path: str | os.PathLike, model_id: str, shape: Sequence[int], frame: int,
                hash: str | None = None, encoder: str | None = None, *, wait: float = 0.0,
-               lock: StoreLock | None = None) -> EmbeddingStore:
+               lock: StoreLock | None = None, kind: str = "sam",
+               layout: Sequence[tuple[str, Sequence[int]]] | None = None) -> EmbeddingStore:
         """Open ``path`` for writing: a new store, or an existing one for ``model_id`` (resume).
 
         Takes the store's writer lock (held until :meth:`close`): when another process is writing the store,
@@ -391,10 +475,14 @@ class EmbeddingStore:
         ``encoder`` (e.g. ``ImageEncoder.name``) is recorded in a new store; a resumed one must have been
         written at the same precision (:func:`encoder_precision`).
 
+        ``kind`` (:data:`KINDS`) and ``layout`` (``[(name, (C, h, w)), ...]``, the feature maps of a row, the
+        image embedding of shape ``shape`` first; default: that one map) describe the rows; a resumed store
+        must have the same.
+
         Raises:
             StoreLockedError: another process holds the writer lock.
-            StoreError: the folder holds a store for another model id, embedding shape or precision, its
-                index is damaged, or it cannot be written.
+            StoreError: the folder holds a store for another model id, kind, layout, embedding shape or
+                precision, its index is damaged, or it cannot be written.
         """
         path = Path(path)
         if lock is None:
@@ -402,7 +490,7 @@ class EmbeddingStore:
         elif not lock.held or Path(lock.path).resolve() != path.resolve():
             raise ValueError(f"lock {lock!r} is not a held lock of store {path}")
         try:
-            store = cls._create_locked(path, model_id, shape, frame, hash, encoder, lock)
+            store = cls._create_locked(path, model_id, shape, frame, hash, encoder, lock, kind, layout)
         except BaseException:
             lock.release()
             raise
@@ -410,12 +498,21 @@ class EmbeddingStore:
 
     @classmethod
     def _create_locked(cls, path: Path, model_id: str, shape: Sequence[int], frame: int, hash: str | None,
-                       encoder: str | None, lock: StoreLock) -> EmbeddingStore:
+                       encoder: str | None, lock: StoreLock, kind: str,
+                       layout: Sequence[tuple[str, Sequence[int]]] | None) -> EmbeddingStore:
+        try:
+            layout_json = [[str(name), [int(v) for v in s]] for name, s in
+                           (layout if layout is not None else [("image_embed", shape)])]
+        except (TypeError, ValueError):
+            raise ValueError(f"layout must be [(name, (C, h, w)), ...], got {layout!r}") from None
         if (path / _INDEX).exists():
-            store = cls._open_checked(path, model_id, writable=True, lock=lock)
+            store = cls._open_checked(path, model_id, writable=True, lock=lock, kind=kind)
             if store.shape != tuple(int(v) for v in shape) or store.frame != int(frame):
                 raise StoreError(f"store {path} holds {store.shape} embeddings at frame {store.frame}, not "
                                  f"{tuple(shape)} at frame {frame}; use another --out folder")
+            if [[n, list(s)] for n, s in store.layout] != layout_json:
+                raise StoreError(f"store {path} (field 'layout') holds rows of {store.layout}, not {layout_json}; "
+                                 "use another --out folder")
             if encoder is not None and store.encoder is not None and (
                     encoder_precision(store.encoder) != encoder_precision(encoder)):
                 raise StoreError(f"store {path} was written by encoder {store.encoder!r} "
@@ -431,56 +528,69 @@ class EmbeddingStore:
             return store
         if (path / _DATA).exists():
             os.unlink(path / _DATA)  # rows without an index are unreachable: start clean
-        meta = {"format": _FORMAT, "model_id": model_id, "encoder": encoder, "shape": [int(v) for v in shape],
-                "dtype": "float16", "frame": int(frame), "hash": hash or default_hash(), "rows": 0, "keys": {},
-                "input_sizes": []}
+        meta = {"format": _FORMAT, "model_id": model_id, "encoder": encoder, "kind": kind, "layout": layout_json,
+                "shape": [int(v) for v in shape], "dtype": "float16", "frame": int(frame),
+                "hash": hash or default_hash(), "rows": 0, "keys": {}, "input_sizes": []}
         try:  # the arguments, checked as a reader will check them
             valid = _validate_index(meta, path / _INDEX)
-        except StoreError:
+        except StoreError as exc:
             raise ValueError(f"cannot create a store with shape {tuple(shape)!r}, frame {frame!r}, hash {hash!r}, "
-                             f"model id {model_id!r}, encoder {encoder!r}: shape must be three integers >= 1, "
-                             f"frame an integer >= 1, hash one of {list(HASHES)}, the ids non-empty strings") from None
+                             f"model id {model_id!r}, encoder {encoder!r}, kind {kind!r}, layout {layout!r}: shape "
+                             f"must be three integers >= 1, frame an integer >= 1, hash one of {list(HASHES)}, the "
+                             f"ids non-empty strings, kind one of {list(KINDS)}, the layout's first map "
+                             f"('image_embed', shape) ({str(exc).split(';')[0]})") from None
         atomic_write_json(path / _INDEX, meta)
         return cls(path, valid, writable=True, lock=lock)
 
     @classmethod
     def open(cls, path: str | os.PathLike, model_id: str | None, writable: bool = False, *,
-             wait: float = 0.0) -> EmbeddingStore:
+             wait: float = 0.0, kind: str | None = "sam") -> EmbeddingStore:
         """Open an existing store built for ``model_id`` (None skips the check, e.g. to inspect a store).
+
+        ``kind`` is the model family the rows must be for (:data:`KINDS`; ``"sam"``, SAM v1, by default;
+        ``"sam2"`` for a SAM 2 engine; None accepts any, e.g. to inspect a store).
 
         Read-only (the default) takes no lock and writes nothing, so read-only folders and file systems work.
         ``writable=True`` takes the writer lock as :meth:`create` does (``wait`` as there).
 
         Raises:
-            StoreError: no store there, a damaged index (the message names the field), or a store built with
-                another model id (the message names both ids).
+            StoreError: no store there, a damaged index (the message names the field), a store of another
+                kind (the message names field 'kind'), or a store built with another model id (the message
+                names both ids).
             StoreLockedError: ``writable`` and another process is writing the store.
         """
         path = Path(path)
         if not writable:
-            return cls._open_checked(path, model_id, writable=False, lock=None)
+            return cls._open_checked(path, model_id, writable=False, lock=None, kind=kind)
         if not (path / _INDEX).exists():  # do not create a folder (for the lock) where there is no store
             _read_index(path)
         lock = StoreLock.acquire(path, wait)
         try:
-            return cls._open_checked(path, model_id, writable=True, lock=lock)
+            return cls._open_checked(path, model_id, writable=True, lock=lock, kind=kind)
         except BaseException:
             lock.release()
             raise
 
     @classmethod
     def _open_checked(cls, path: Path, model_id: str | None, writable: bool,
-                      lock: StoreLock | None) -> EmbeddingStore:
+                      lock: StoreLock | None, kind: str | None = "sam") -> EmbeddingStore:
         meta = _read_index(path)
-        if model_id is not None and meta["model_id"] != model_id:
-            raise StoreError(
-                f"embedding store {path} was built with SAM model {meta['model_id']!r}, but the model in use is "
-                f"{model_id!r}; its embeddings would give wrong masks. Use the matching model or rebuild the "
-                "store with `samr1 embed` for this one")
+        _require(path, meta, model_id=model_id, kind=kind)
         if meta["hash"] == "xxh3_128" and default_hash() != "xxh3_128":
             raise StoreError(f"store {path} keys images with {meta['hash']!r}, which is not available here "
                              "(pip install xxhash, or rebuild the store)")
         return cls(path, meta, writable=writable, lock=lock)
+
+    def require(self, model_id: str | None = None, kind: str | None = None,
+                layout: Sequence[tuple[str, Sequence[int]]] | None = None) -> None:
+        """Check that this store is for ``model_id``, of ``kind`` and with rows of ``layout`` (None: not
+        checked), as an engine does with a store it was handed open.
+
+        Raises:
+            StoreError: naming the first field that differs ('kind', 'model_id' or 'layout') and both values.
+        """
+        _require(self.path, {"kind": self.kind, "model_id": self.model_id, "layout": self.layout},
+                 model_id=model_id, kind=kind, layout=layout)
 
     # --- memory map ---
 
@@ -507,7 +617,7 @@ class EmbeddingStore:
         if capacity:
             try:
                 mm = np.memmap(data, dtype=np.float16, mode="r+" if self.writable else "r",
-                               shape=(capacity, *self.shape))
+                               shape=(capacity, self._row_values))
             except (OSError, ValueError) as exc:
                 raise StoreError(f"{data} cannot be memory-mapped ({exc}); the store is damaged or unreadable") from None
         # Swapped in one assignment: a reader thread holding the old map keeps a valid view of the rows it
@@ -546,14 +656,35 @@ class EmbeddingStore:
         mm = self._mm  # one reference: a concurrent grow swaps self._mm, the old map stays valid
         if mm is None:
             raise StoreError(f"embedding store {self.path} is closed; open it again to read")
-        return torch.from_numpy(np.array(mm[row])), self._sizes[row]
+        return torch.from_numpy(np.array(mm[row, :math.prod(self.shape)]).reshape(self.shape)), self._sizes[row]
+
+    def get_parts(self, key: str) -> tuple[list[torch.Tensor], tuple[int, int]] | None:
+        """``([one float16 CPU tensor per layout map, each of its (C, h, w)], input_size)`` for ``key``, or
+        None if absent: every feature map of the row (a SAM 2 row: image embedding, then the high-resolution
+        maps). Copies, as stored (see :meth:`get`)."""
+        row = self._keys.get(key)
+        if row is None:
+            return None
+        mm = self._mm
+        if mm is None:
+            raise StoreError(f"embedding store {self.path} is closed; open it again to read")
+        flat = np.array(mm[row])
+        parts, at = [], 0
+        for _, shape in self.layout:
+            n = math.prod(shape)
+            parts.append(torch.from_numpy(flat[at:at + n].reshape(shape)))
+            at += n
+        return parts, self._sizes[row]
 
     # --- writing ---
 
-    def put(self, keys: Sequence[str], embeddings: torch.Tensor | np.ndarray,
+    def put(self, keys: Sequence[str], embeddings: torch.Tensor | np.ndarray | Sequence[torch.Tensor | np.ndarray],
             input_sizes: Iterable[Sequence[int]]) -> int:
         """Append embeddings (``B x C x h x w``, any float dtype/device) for ``keys``; keys already present are
         skipped. Returns the number of rows written. Call :meth:`flush` to make them durable and visible.
+
+        A store whose layout has several maps (SAM 2) takes a list of ``B x C x h x w`` arrays, one per map in
+        layout order; a one-map store takes the array itself (or a list of one).
 
         Raises:
             StoreError: the store is read-only or closed, or a row is not finite in float16 (NaN, inf, or
@@ -565,12 +696,17 @@ class EmbeddingStore:
         if not self.writable:
             raise StoreError(f"store {self.path} was opened read-only; use EmbeddingStore.create to write")
         sizes = [tuple(int(v) for v in s) for s in input_sizes]
-        if len(keys) != len(embeddings) or len(keys) != len(sizes):
-            raise ValueError(f"put needs as many keys ({len(keys)}), embeddings ({len(embeddings)}) and input "
-                             f"sizes ({len(sizes)})")
-        if tuple(embeddings.shape[1:]) != self.shape:
-            raise ValueError(f"embeddings of shape {tuple(embeddings.shape[1:])} do not fit store {self.path} "
-                             f"of shape {self.shape}")
+        parts = list(embeddings) if isinstance(embeddings, (list, tuple)) else [embeddings]
+        if len(parts) != len(self.layout):
+            raise ValueError(f"store {self.path} rows hold {len(self.layout)} maps ({[n for n, _ in self.layout]}); "
+                             f"put got {len(parts)}: pass one B x C x h x w array per map, in that order")
+        for part, (name, shape) in zip(parts, self.layout, strict=True):
+            if len(keys) != len(part) or len(keys) != len(sizes):
+                raise ValueError(f"put needs as many keys ({len(keys)}), embeddings ({len(part)}) and input "
+                                 f"sizes ({len(sizes)})")
+            if tuple(part.shape[1:]) != shape:
+                raise ValueError(f"embeddings of shape {tuple(part.shape[1:])} do not fit store {self.path} "
+                                 f"of shape {shape}" + (f" (map {name!r})" if len(parts) > 1 else ""))
         if not keys:
             return 0
         for key, size in zip(keys, sizes, strict=True):
@@ -578,11 +714,14 @@ class EmbeddingStore:
                 raise ValueError(f"store keys must be non-empty strings, got {key!r}")
             if len(size) != 2 or not all(1 <= v <= self.frame for v in size):
                 raise ValueError(f"input size {size} of {key!r} is not (h, w) in 1..{self.frame} (the frame)")
-        if isinstance(embeddings, torch.Tensor):
-            embeddings = embeddings.detach().to("cpu", torch.float16).numpy()
-        with np.errstate(over="ignore"):  # overflow to inf is what the check below reports
-            embeddings = np.asarray(embeddings, dtype=np.float16)
-        finite = np.isfinite(embeddings.reshape(len(keys), -1)).all(axis=1)
+        flat = []
+        for part in parts:
+            if isinstance(part, torch.Tensor):
+                part = part.detach().to("cpu", torch.float16).numpy()
+            with np.errstate(over="ignore"):  # overflow to inf is what the check below reports
+                flat.append(np.asarray(part, dtype=np.float16).reshape(len(keys), -1))
+        embeddings = flat[0] if len(flat) == 1 else np.concatenate(flat, axis=1)  # B x row values
+        finite = np.isfinite(embeddings).all(axis=1)
         if not finite.all():
             bad = [k for k, ok in zip(keys, finite, strict=True) if not ok]
             raise StoreError(f"embeddings of {bad[:3]}{' ...' if len(bad) > 3 else ''} are not finite in float16 "
@@ -613,8 +752,8 @@ class EmbeddingStore:
         with self._lock:
             if self._mm is not None:
                 self._mm.flush()
-            meta = {"format": _FORMAT, "model_id": self.model_id, "encoder": self.encoder,
-                    "shape": list(self.shape), "dtype": "float16",
+            meta = {"format": _FORMAT, "model_id": self.model_id, "encoder": self.encoder, "kind": self.kind,
+                    "layout": [[name, list(s)] for name, s in self.layout], "shape": list(self.shape), "dtype": "float16",
                     "frame": self.frame, "hash": self.hash, "rows": self._rows, "keys": self._keys,
                     "input_sizes": [list(s) for s in self._sizes]}
             atomic_write_json(self.path / _INDEX, meta)

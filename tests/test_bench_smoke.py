@@ -15,6 +15,7 @@ import os
 
 import pytest
 import torch
+from _markers import requires_cuda, requires_sam2
 from samr1.bench import bench_decode, bench_encoder, bench_mask_iou, bench_reward_step, bench_train_step
 
 from samr1.cli import main
@@ -143,7 +144,7 @@ def test_bench_smoke_cpu(name, tmp_path):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@requires_cuda
 @pytest.mark.parametrize("name", ["mask-iou", "decode", "reward-step"])
 def test_bench_smoke_cuda(name, tmp_path):
     rows = run_bench(name, smoke=True, device="cuda", sam_kind="tiny", out=str(tmp_path))
@@ -194,8 +195,10 @@ def test_reward_step_smoke_with_onnx_engine(tmp_path, monkeypatch):
 
 
 def test_decode_thread_sweep_smoke(tmp_path, capsys):
-    """``--threads 1,2``: every path timed at each count in one run, the same IoUs at both counts (the
-    decoder's results do not depend on threads), scaling columns, and the scaling plot."""
+    """``--threads 1,2``: every path timed at each count in one run, agreement within the tolerance at both
+    counts, scaling columns, and the scaling plot. (The reference runs upstream SAM's torch ops, whose
+    reductions may round a near-threshold pixel differently per thread count, so the agreement is not
+    bit-equal across counts; the decoder's own thread independence is tested in tests/test_threads.py.)"""
     out = str(tmp_path)
     assert main(["bench", "decode", "--smoke", "--threads", "1,2", "--out", out]) == 0
     printed = capsys.readouterr().out
@@ -208,7 +211,7 @@ def test_decode_thread_sweep_smoke(tmp_path, capsys):
         assert r["first_threads"] == 1
         assert math.isclose(r["speedup_vs_first"], first["median_s"] / r["median_s"])
         assert math.isclose(r["efficiency"], first["median_s"] / (r["threads"] * r["median_s"]))
-    assert rows[1]["max_iou_diff"] == rows[4]["max_iou_diff"] <= bench_decode.IOU_TOL
+    assert rows[1]["max_iou_diff"] <= bench_decode.IOU_TOL and rows[4]["max_iou_diff"] <= bench_decode.IOU_TOL
     for png in ("decode.png", "decode_scaling.png"):
         with open(os.path.join(out, png), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -239,12 +242,12 @@ def test_thread_sweep_arguments(tmp_path, capsys):
         run_bench("decode", smoke=True, threads=[1, 0])
 
 
+@requires_sam2
 def test_reward_step_smoke_sam2(tmp_path):
     """A SAM 2 kind: the SAM2ImagePredictor loops against Sam2Engine (same IoUs within the SAM 2 bound), one
     encode per distinct image when cold and none when warm, and the per-completion loop timed on a subset
     (1 of 2 completions) and extrapolated, which the rows record. SAM 2 resizes every image to 1024 x 1024,
     so each encode costs seconds whatever the image size: one image, four encodes in all (~20 s)."""
-    pytest.importorskip("sam2", reason="the sam2 package (extra [sam2]) is not installed")
     rows = bench_reward_step.run(smoke=True, sam_kind="sam2_hiera_t", b=1, g=2, size=(64, 80), threads=1,
                                  loop_subset=1, out=str(tmp_path))
     assert [r["way"] for r in rows] == ["loop", "loop-cached", "engine-cold", "engine-warm"]

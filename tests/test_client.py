@@ -7,14 +7,14 @@ import json
 
 import numpy as np
 import pytest
+from _markers import requires_serve
 
-pytest.importorskip("fastapi")
-
-from samr1.client import AsyncSamR1Client, SamR1Client  # noqa: E402
-from samr1.io import rle_encode  # noqa: E402
-from samr1.rewards import SamR1Reward  # noqa: E402
-from samr1.scenes import make_scene  # noqa: E402
-from samr1.serve import ServerThread, create_app  # noqa: E402
+from samr1 import serve  # serve.create_app imports FastAPI: only in @requires_serve tests
+from samr1.client import AsyncSamR1Client, SamR1Client
+from samr1.io import rle_encode
+from samr1.rewards import SamR1Reward
+from samr1.serve import ServerThread
+from samr1.shapes.scenes import make_scene
 
 
 @pytest.fixture(scope="module")
@@ -58,12 +58,13 @@ def _batch(rng: np.random.Generator, n_images: int, g: int, rle_masks: bool = Fa
     return completions, images, masks
 
 
+@requires_serve
 def test_client_rewards_equal_in_process_and_each_image_is_uploaded_once(engine):
     rng = np.random.default_rng()
     completions, images, masks = _batch(rng, n_images=3, g=5)
     local = SamR1Reward(engine, components=("think", "answer", "iou", "mask_iou"))
     expected = local(None, completions, image=images, mask=masks)
-    with ServerThread(create_app(engine, reward=SamR1Reward(engine, components=("think", "answer", "iou", "mask_iou")))) as srv:
+    with ServerThread(serve.create_app(engine, reward=SamR1Reward(engine, components=("think", "answer", "iou", "mask_iou")))) as srv:
         client = SamR1Client(srv.url, timeout_s=60)
         got = client(None, completions, image=images, mask=masks)
         assert got == pytest.approx(expected, abs=1e-5)
@@ -81,6 +82,7 @@ def test_client_rewards_equal_in_process_and_each_image_is_uploaded_once(engine)
         assert again == pytest.approx(local(None, completions2, image=images, mask=masks), abs=1e-5)
 
 
+@requires_serve
 def test_client_handles_rle_masks_conversational_completions_and_bad_rows(engine):
     rng = np.random.default_rng()
     completions, images, masks = _batch(rng, n_images=2, g=3, rle_masks=True)
@@ -89,7 +91,7 @@ def test_client_handles_rle_masks_conversational_completions_and_bad_rows(engine
     local = SamR1Reward(engine)
     with pytest.warns(RuntimeWarning):
         expected = local(None, completions, image=images, mask=masks)
-    with ServerThread(create_app(engine)) as srv:
+    with ServerThread(serve.create_app(engine)) as srv:
         client = SamR1Client(srv.url)
         with pytest.warns(RuntimeWarning, match="row 2"):
             got = client(None, completions, image=images, mask=masks)
@@ -97,6 +99,7 @@ def test_client_handles_rle_masks_conversational_completions_and_bad_rows(engine
     assert client.stats["masks_uploaded"] == 0  # RLE masks travel inline
 
 
+@requires_serve
 def test_a_malformed_inline_rle_scores_its_row_0_as_in_process(engine):
     """A malformed inline RLE is that row's problem, not the request's: the server hands it to the reward,
     which scores its mask rewards 0 with a counted reason, exactly as the in-process reward does."""
@@ -105,7 +108,7 @@ def test_a_malformed_inline_rle_scores_its_row_0_as_in_process(engine):
     masks[1] = {"size": list(masks[1]["size"]), "counts": "zz"}  # not a decodable counts string
     with pytest.warns(RuntimeWarning):
         expected = SamR1Reward(engine)(None, completions, image=images, mask=masks)
-    with ServerThread(create_app(engine)) as srv:
+    with ServerThread(serve.create_app(engine)) as srv:
         got = SamR1Client(srv.url)(None, completions, image=images, mask=masks)
     assert got == pytest.approx(expected, abs=1e-6)
 
@@ -120,6 +123,7 @@ def test_client_rejects_bad_configuration():
         c(None, ["x"], image=[1, 2], mask=[None])
 
 
+@requires_serve
 def test_client_inside_a_real_grpo_trainer_step(engine, tmp_path):
     """TRL's GRPOTrainer calls the (async) client and the in-process reward on the same batch (its real columns and
     conversational completions): the rewards agree and each distinct image is uploaded once."""
@@ -155,7 +159,7 @@ def test_client_inside_a_real_grpo_trainer_step(engine, tmp_path):
                       max_completion_length=8, max_steps=1, use_cpu=True, bf16=False, gradient_checkpointing=False,
                       report_to=[], remove_unused_columns=False, disable_tqdm=True, save_strategy="no",
                       dataloader_num_workers=0, learning_rate=1e-6, logging_steps=1)
-    with ServerThread(create_app(engine, reward=SamR1Reward(engine, image_key="sam_image"))) as srv:
+    with ServerThread(serve.create_app(engine, reward=SamR1Reward(engine, image_key="sam_image"))) as srv:
         client = AsyncSamR1Client(srv.url, image_key="sam_image")
         trainer = GRPOTrainer(model=policy, reward_funcs=[recorded_async(client, "client"), recorded(local, "local")],
                               args=args, train_dataset=ds.as_hf(), processing_class=AutoProcessor.from_pretrained(policy))

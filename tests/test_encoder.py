@@ -14,6 +14,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _markers import requires_cuda, requires_onnxruntime, requires_tensorrt
 from segment_anything import SamPredictor
 
 from samr1 import artifacts
@@ -70,6 +71,7 @@ def test_torch_fp32_equals_sam_predictor(sam):
         assert max(sizes[i]) == enc.frame
 
 
+@requires_onnxruntime
 def test_onnx_runtime_matches_torch(sam, onnx_cache):
     rng = np.random.default_rng()
     imgs = _images(rng, [(50, 70), (64, 23), (11, 11)])  # batch 3: not the export's example batch of 2
@@ -84,6 +86,7 @@ def test_onnx_runtime_matches_torch(sam, onnx_cache):
     torch.testing.assert_close(enc.encode(imgs[2:]), ref[2:], atol=1e-4 * float(ref.abs().max()), rtol=0)
 
 
+@requires_onnxruntime
 def test_corrupt_onnx_is_reported_and_rebuilt(sam, onnx_cache, tmp_path):
     root = tmp_path / "cache"
     shutil.copytree(onnx_cache, root)
@@ -104,6 +107,7 @@ def test_corrupt_onnx_is_reported_and_rebuilt(sam, onnx_cache, tmp_path):
         assert not make_encoder(sam, backend="onnx", device="cpu", cache_dir=root).artifact.built
 
 
+@requires_onnxruntime
 def test_export_cli_reports_cached_artifact(onnx_cache, capsys):
     from samr1.cli import main
 
@@ -222,12 +226,9 @@ def test_flops_match_torch_flop_counter(kind):
 
 # ------------------------------------------------------------------------------------------ GPU
 
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-_trt_ok, _trt_reason = tensorrt_available()
-
-
 @pytest.mark.gpu
-@cuda
+@requires_cuda
+@requires_onnxruntime
 def test_torch_bf16_and_onnx_cuda_close_to_fp32(onnx_cache):
     import onnxruntime as ort
 
@@ -251,7 +252,7 @@ def test_torch_bf16_and_onnx_cuda_close_to_fp32(onnx_cache):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not _trt_ok, reason=_trt_reason)
+@requires_tensorrt
 def test_tensorrt_fp16_close_to_fp32_and_cached(onnx_cache):
     sam = load_sam("tiny", device="cuda")
     imgs = _images(np.random.default_rng(), [(300, 200), (128, 400), (77, 77)])
@@ -267,7 +268,7 @@ def test_tensorrt_fp16_close_to_fp32_and_cached(onnx_cache):
 
 
 def test_tensorrt_missing_raises_with_install_hint(sam):
-    if _trt_ok:
+    if tensorrt_available()[0]:
         pytest.skip("tensorrt is available here")
     with pytest.raises(ImportError, match="tensorrt backend is unavailable"):
         make_encoder(sam, backend="tensorrt")

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from _markers import requires_cuda
 
 from samr1.answer import Answer, parse_answer
 from samr1.engine import SamEngine
@@ -164,12 +165,12 @@ def test_extreme_aspect_ratio_is_an_input_error_and_reward_survives(sam):
     assert rewards == [2.0]  # format rewards only; the IoU part is 0 with a counted reason
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@requires_cuda
 def test_cuda_engine_equals_reference():
     """The CUDA engine scores with the Triton kernel: a silent fallback to torch fails this test."""
-    from samr1.kernels import interpreting, triton_available
+    from samr1.ops.backends import interpreting, triton_status
 
-    ok, why = triton_available()
+    ok, why = triton_status()
     if not ok or interpreting():
         pytest.skip(f"the CUDA engine's fast path needs compiled Triton: {why if not ok else 'TRITON_INTERPRET=1'}")
     sam = load_sam("tiny", seed=0, device="cuda")
@@ -178,4 +179,25 @@ def test_cuda_engine_equals_reference():
     engine = SamEngine(sam)
     got = engine.score(images, answers, masks)
     assert engine.stats["iou_backend"] == "triton", f"the IoU ran on {engine.stats['iou_backend']!r}, not Triton"
+    assert engine.stats["backends"]["prompt_pack"] == "triton", engine.stats["backends"]
     np.testing.assert_allclose(got, score_reference(sam, images, answers, masks), atol=1e-3)
+
+
+def test_stats_name_every_ops_backend(sam, monkeypatch):
+    """stats["backends"] names what ran in the last score, by the same rule as the ops' select_backend:
+    None before a score; after one, real backends; with the C++ extension switched off, the IoU on torch."""
+    from samr1.ops import prompt_pack, select_backend
+
+    rng = np.random.default_rng()
+    images, masks, answers = _step(rng, [(57, 83), (40, 31)], 2)
+    engine = SamEngine(sam)
+    assert engine.stats["backends"] == {"prompt_pack": None, "mask_iou": None, "encoder": engine.encoder.name}
+    engine.score(images, answers, masks)
+    got = engine.stats["backends"]
+    assert got == {"prompt_pack": prompt_pack.select_backend("auto", "cpu"), "mask_iou": select_backend("auto", "cpu"),
+                   "encoder": engine.stats["encoder_backend"]}
+    assert got["mask_iou"] == engine.stats["iou_backend"] and got["mask_iou"] in ("torch", "cpp")
+    assert got["prompt_pack"] == "torch"  # "auto" never runs Triton on CPU tensors
+    monkeypatch.setenv("SAMR1_DISABLE_CPP", "1")
+    engine.score(images, answers, masks)
+    assert engine.stats["backends"]["mask_iou"] == "torch" == select_backend("auto", "cpu")

@@ -13,7 +13,7 @@ from PIL import Image
 
 from samr1.answer import parse_answer
 from samr1.pipeline import ReasoningSegmenter, ScriptedText, evaluate_rows, merge_results, shard_indices
-from samr1.scenes import make_scene
+from samr1.shapes.scenes import make_scene
 
 TEMPLATE = "Find {query}."
 

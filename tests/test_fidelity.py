@@ -47,7 +47,7 @@ def test_restated_edt_and_resize_are_exact():
 
 
 def test_reference_points_match_the_restatement_on_scene_masks():
-    from samr1.scenes import make_scene
+    from samr1.shapes.scenes import make_scene
 
     rng = np.random.default_rng()
     for seed in rng.integers(0, 10_000, 2):

@@ -8,10 +8,11 @@ import json
 
 import numpy as np
 import pytest
+from _markers import requires_serve
 
 from samr1.answer import parse_answer
 from samr1.pipeline import ReasoningSegmenter, ScriptedText
-from samr1.scenes import make_scene
+from samr1.shapes.scenes import make_scene
 
 TEMPLATE = "Find {query}."  # short: the byte-level tiny tokenizer makes one token per character
 
@@ -178,8 +179,8 @@ def test_cli_segment_with_a_policy_writes_mask_overlay_and_json(policy, engine, 
     seg.close()
 
 
+@requires_serve
 def test_server_segment_with_a_query_runs_the_policy(policy, engine):
-    pytest.importorskip("fastapi")
     from samr1.client import SamR1Client
     from samr1.serve import ServerThread, create_app
 

@@ -595,7 +595,7 @@ def test_multi_object_union_with_a_decoy_first(shapes_sam):
     """VisionReasoner's list answer [decoy, target]: "union" ORs SAM's mask of every object (the target is
     found), "first" keeps the decoy only. Both equal IoUs restated from the engine's own per-object masks."""
     from samr1.engine import SamEngine
-    from samr1.scenes import make_scene
+    from samr1.shapes.scenes import make_scene
 
     engine = SamEngine(shapes_sam)
     scene = next(sc for sc in (make_scene(s, size=(300, 420), n_objects=2) for s in range(700, 800))

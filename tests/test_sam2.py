@@ -7,12 +7,11 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from _markers import requires_sam2
 
 from samr1.answer import Answer
 from samr1.sam import CheckpointError, ModelError, load_sam, model_id
 from samr1.sam.sam2_build import SAM2_KINDS
-
-sam2 = pytest.importorskip("sam2", reason="the sam2 extra is not installed (SAM2_BUILD_CUDA=0 pip install 'samr1[sam2]')")
 
 KIND = "sam2.1_hiera_t"  # the smallest kind: 39 M parameters, builds in seconds on the CPU
 
@@ -61,6 +60,7 @@ def engine(model):
     return Sam2Engine(model, decode_chunk=8)  # prompts of both images in one decoder call, as on a GPU
 
 
+@requires_sam2
 def test_every_kind_has_a_shipped_config():
     from samr1.sam.sam2_build import sam2_config
 
@@ -69,6 +69,7 @@ def test_every_kind_has_a_shipped_config():
     assert dims["sam2_hiera_t"] == dims["sam2.1_hiera_s"] == 96 and dims["sam2_hiera_l"] == 144
 
 
+@requires_sam2
 def test_random_weights_warn_and_have_an_id(model):
     from sam2.modeling.sam2_base import SAM2Base
 
@@ -76,6 +77,7 @@ def test_random_weights_warn_and_have_an_id(model):
     assert model_id(model) == f"{KIND}:random:seed=0"
 
 
+@requires_sam2
 def test_official_checkpoint_layout_round_trips(model, tmp_path):
     path = tmp_path / "ckpt.pt"
     sd = {k: v.clone() for k, v in model.state_dict().items()}
@@ -89,6 +91,7 @@ def test_official_checkpoint_layout_round_trips(model, tmp_path):
     assert model_id(loaded).startswith(f"{KIND}:") and "random" not in model_id(loaded)
 
 
+@requires_sam2
 def test_unsafe_and_missing_checkpoints_are_refused(tmp_path):
     bad = tmp_path / "evil.pt"
     torch.save({"model": {"w": torch.zeros(1)}, "hook": print}, bad)
@@ -117,6 +120,7 @@ def test_without_the_extra_one_line_names_it(monkeypatch):
         assert "samr1[sam2]" in msg and "\n" not in msg
 
 
+@requires_sam2
 def test_kind_check_knows_sam2_kinds():
     from samr1.sam import check_kind
 
@@ -138,6 +142,7 @@ def _trained_looking(model, scale: float, seed: int):
         head.weight.copy_(torch.randn(head.weight.shape, generator=g))
 
 
+@requires_sam2
 def test_engine_equals_predictor_loop_random_and_trained(model, engine, step):
     """Engine vs the per-completion SAM2ImagePredictor loop (set_image, predict(multimask_output=True),
     best score, IoU at the original size), with random and with trained-looking decoder weights. The loop
@@ -174,11 +179,18 @@ def test_engine_equals_predictor_loop_random_and_trained(model, engine, step):
         assert len({round(v, 4) for v in want["trained"][:-1]}) > 2
         # one encode per distinct image over both calls (equal copies included), the second call all hits
         assert engine.stats["encoder_images"] == 2 and engine.stats["cache_hits"] >= 2
+        # stats name what ran: the encoder's backend and the IoU body the one "auto" rule picks here
+        from samr1.ops import backends
+
+        want_iou = "cpp" if backends.cpp_status()[0] else "torch"
+        assert engine.stats["iou_backend"] == engine.stats["backends"]["mask_iou"] == want_iou
+        assert engine.stats["encoder_backend"] == engine.stats["backends"]["encoder"] == "torch-fp32"
     finally:
         model.sam_mask_decoder.load_state_dict(random_w)
         engine.decode_chunk = 8
 
 
+@requires_sam2
 def test_segment_and_reference_loop_agree(model, engine, step):
     from samr1.engine.reference_sam2 import score_reference_sam2
     from samr1.geometry import mask_iou_numpy
@@ -193,6 +205,7 @@ def test_segment_and_reference_loop_agree(model, engine, step):
     assert not engine.segment(images[3], Answer(ok=False, reason="x")).any()
 
 
+@requires_sam2
 def test_engine_rejects_what_it_cannot_do(model, engine, step):
     from samr1.engine.sam2_engine import Sam2Engine
     from samr1.io import InputError
@@ -200,7 +213,9 @@ def test_engine_rejects_what_it_cannot_do(model, engine, step):
     with pytest.raises(TypeError, match="SAM 2 model"):
         Sam2Engine(load_sam("tiny"))
     with pytest.raises(ValueError, match="encoder"):
-        Sam2Engine(model, encoder="onnx")
+        Sam2Engine(model, encoder="openvino")
+    with pytest.raises(ValueError, match="compile=True applies to the torch backend only"):
+        Sam2Engine(model, encoder="onnx", compile=True)  # refused before any export
     images, masks, answers = step
     eng = Sam2Engine(model, cache_bytes=0)
     with pytest.raises(InputError, match="parallel"):
@@ -209,6 +224,7 @@ def test_engine_rejects_what_it_cannot_do(model, engine, step):
         engine.score(images[:1], answers[:1], [np.zeros((5, 5), bool)])
 
 
+@requires_sam2
 def test_sam_engine_hands_sam2_models_to_the_sam2_engine(model, engine, step):
     from samr1.engine import SamEngine
     from samr1.engine.sam2_engine import Sam2Engine

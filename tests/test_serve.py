@@ -13,17 +13,16 @@ import zlib
 
 import numpy as np
 import pytest
+from _markers import requires_serve
 
-pytest.importorskip("fastapi")
-pytest.importorskip("uvicorn")
-
-from samr1.answer import parse_answer  # noqa: E402
-from samr1.client import SamR1Client, ServerError  # noqa: E402
-from samr1.io import rle_decode  # noqa: E402
-from samr1.scenes import make_scene  # noqa: E402
-from samr1.serve import Limits, ServerConfig, ServerThread, create_app  # noqa: E402
-from samr1.serve.batcher import Batcher, QueueFull  # noqa: E402
-from samr1.serve.protocol import encode_png, parse_box, parse_points  # noqa: E402
+from samr1 import serve  # serve.create_app / serve.ServerConfig import FastAPI: only in @requires_serve tests
+from samr1.answer import parse_answer
+from samr1.client import SamR1Client, ServerError
+from samr1.io import rle_decode
+from samr1.serve import Limits, ServerThread
+from samr1.serve.batcher import Batcher, QueueFull
+from samr1.serve.protocol import encode_png, parse_box, parse_points
+from samr1.shapes.scenes import make_scene
 
 
 @pytest.fixture(scope="module")
@@ -36,8 +35,8 @@ def engine():
 
 @pytest.fixture(scope="module")
 def server(engine):
-    cfg = ServerConfig(limits=Limits(max_body_bytes=2 << 20, max_side=4096, max_pixels=4096 * 4096))
-    with ServerThread(create_app(engine, config=cfg)) as srv:
+    cfg = serve.ServerConfig(limits=Limits(max_body_bytes=2 << 20, max_side=4096, max_pixels=4096 * 4096))
+    with ServerThread(serve.create_app(engine, config=cfg)) as srv:
         yield srv
 
 
@@ -93,6 +92,7 @@ def _bomb_png(w: int, h: int) -> bytes:
             + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
 
 
+@requires_serve
 def test_segment_returns_decodable_mask_of_the_image_size(server, engine):
     rng = np.random.default_rng()
     h, w = int(rng.integers(150, 260)), int(rng.integers(150, 260))  # odd, non-square sizes each run
@@ -110,6 +110,7 @@ def test_segment_returns_decodable_mask_of_the_image_size(server, engine):
     assert out["timings"]["total_s"] >= out["timings"]["engine_s"] >= 0
 
 
+@requires_serve
 def test_bad_requests_are_4xx_with_a_message_and_the_server_keeps_serving(server, engine):
     image, gt = _scene(7, (200, 240))
     good_files = [("image", "x.png", encode_png(image), "image/png")]
@@ -137,6 +138,7 @@ def test_bad_requests_are_4xx_with_a_message_and_the_server_keeps_serving(server
         np.testing.assert_array_equal(rle_decode(out2["mask"]), expected)
 
 
+@requires_serve
 def test_oversize_chunked_body_without_length_is_413(server):
     """A body streamed without Content-Length is counted as it arrives: the limit still holds."""
     import http.client
@@ -157,6 +159,7 @@ def test_oversize_chunked_body_without_length_is_413(server):
     assert SamR1Client(server.url).health()["ok"] is True
 
 
+@requires_serve
 def test_non_multipart_and_bad_score_bodies_are_400(server):
     import http.client
     import urllib.parse
@@ -179,6 +182,7 @@ def test_non_multipart_and_bad_score_bodies_are_400(server):
         assert r.status == 400 and out["error"], (path, body, out)
 
 
+@requires_serve
 def test_32_concurrent_clients_each_get_their_own_answer(server, engine):
     rng = np.random.default_rng()
     reqs = []
@@ -205,9 +209,10 @@ def test_32_concurrent_clients_each_get_their_own_answer(server, engine):
         assert (m != exp).mean() < 1e-3
 
 
+@requires_serve
 def test_full_queue_is_503_and_recovers(engine):
-    cfg = ServerConfig(max_queue=1)
-    app = create_app(engine, config=cfg)
+    cfg = serve.ServerConfig(max_queue=1)
+    app = serve.create_app(engine, config=cfg)
     svc = app.state.service
     release = threading.Event()
     svc.batcher.handlers["block"] = lambda payloads: [release.wait(30) for _ in payloads]
@@ -229,11 +234,12 @@ def test_full_queue_is_503_and_recovers(engine):
         assert status == 200 and rle_decode(out["mask"]).shape == (180, 200)
 
 
+@requires_serve
 def test_bearer_token(engine):
     image, gt = _scene(5, (160, 170))
     files = [("image", "x.png", encode_png(image), "image/png")]
     fields = {"box": ",".join(map(str, _box(gt)))}
-    with ServerThread(create_app(engine, config=ServerConfig(token="s3cret"))) as srv:
+    with ServerThread(serve.create_app(engine, config=serve.ServerConfig(token="s3cret"))) as srv:
         assert _post_segment(srv.url, files, fields)[0] == 401
         assert _post_segment(srv.url, files, fields, token="wrong")[0] == 401
         assert _post_segment(srv.url, files, fields, token="s3cret")[0] == 200

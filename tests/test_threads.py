@@ -16,6 +16,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from _markers import requires_cpp
 from samr1.bench.bench_reward_step import make_step
 from segment_anything import SamPredictor
 from segment_anything.utils.transforms import ResizeLongestSide
@@ -146,16 +147,14 @@ def test_bad_thread_counts_are_refused(sam):
         resolve_threads(10_000)
 
 
+@requires_cpp
 def test_cpp_iou_counts_equal_for_any_thread_count(monkeypatch):
     """The C++ op allowed torch's thread count (SAMR1_CPP_THREADS=0) on a call big enough to wake several
     OpenMP threads (one per ~16M units of work: 16 masks at 1080 x 1920 are ~65M): same integer counts for
     1, 2 and 4 threads, and the torch reference's counts."""
-    from samr1 import _ext
     from samr1.ops import mask_iou_grouped
     from samr1.ops.mask_iou import mask_iou_grouped_reference, near_threshold_pixels
 
-    if not _ext.available():
-        pytest.skip("samr1._C not built: the C++ IoU op is absent")
     monkeypatch.setenv("SAMR1_CPP_THREADS", "0")
     seed = random.randrange(2**31)
     g = torch.Generator().manual_seed(seed)

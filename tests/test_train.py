@@ -157,7 +157,7 @@ def test_reward_hub_dedups_copies_and_matches_direct_reward(tmp_path):
     from samr1.engine import SamEngine
     from samr1.rewards import SamR1Reward
     from samr1.sam import load_sam
-    from samr1.scenes import make_scene
+    from samr1.shapes.scenes import make_scene
     from samr1.train.rewards_hub import RewardHub
 
     sam = load_sam("tiny-shapes")

@@ -26,7 +26,8 @@ from typing import Any, NoReturn
 
 # Subcommands in the order ``samr1 --help`` lists them; each is samr1/cli/<name>.py. A name whose module is
 # not in this build (train, eval and serve arrive as their modules do) is left out of the parser and the help.
-COMMANDS = ["demo", "train", "segment", "eval", "serve", "embed", "export", "bench", "train_sam"]
+COMMANDS = ["demo", "train", "segment", "eval", "serve", "embed", "export", "bench", "train_sam",
+            "shapes_check"]
 
 # Exit codes (documented in ``samr1 --help`` and the README). Scripts may rely on them.
 EXIT_OK = 0
@@ -172,6 +173,73 @@ def os_error_text(exc: OSError) -> str:
     return f"{reason}: {' -> '.join(files)}" if files else reason
 
 
+# ------------------------------------------------------------------------------------- optional extras
+
+# Top-level module of a third-party package -> the pip extras of pyproject.toml that install it (the first
+# one named in hints; tests/test_layout.py checks that this table and pyproject agree). The base install
+# has none of these; a command that needs a missing one says which extra to install, in its one line.
+OPTIONAL_MODULES: dict[str, tuple[str, ...]] = {
+    "transformers": ("train",), "trl": ("train",), "accelerate": ("train",), "datasets": ("train",),
+    "yaml": ("train",), "pycocotools": ("train",),
+    "fastapi": ("serve",), "uvicorn": ("serve",), "multipart": ("serve",),
+    # the ONNX export serves both ONNX Runtime flavours (and TensorRT, which builds from it); the two
+    # extras must never be installed together (onnxruntime and onnxruntime-gpu overwrite each other)
+    "onnxruntime": ("onnx", "gpu"), "onnx": ("onnx", "gpu"), "onnxscript": ("onnx", "gpu"),
+    "tensorrt": ("gpu",),
+    "sam2": ("sam2",),
+}
+
+
+class MissingExtraError(CliError):
+    """A command needs an optional extra that is not installed (exit 5); the message names the extra."""
+
+    exit_code = EXIT_DEVICE
+
+
+def install_hint(module: str) -> str | None:
+    """``"pip install 'samr1[train]'"`` for the extra that provides ``module`` (a dotted name counts by its
+    top-level package), or None when no extra does."""
+    extras = OPTIONAL_MODULES.get(module.split(".")[0])
+    if not extras:
+        return None
+    first, *others = extras
+    return f"pip install 'samr1[{first}]'" + "".join(f" (or 'samr1[{e}]', not both)" for e in others)
+
+
+def require_extra(extra: str) -> None:
+    """Fail before any work when a package of ``extra`` is missing.
+
+    Raises:
+        MissingExtraError: one line naming the missing packages and ``pip install 'samr1[<extra>]'``.
+        ValueError: ``extra`` is not one of :data:`OPTIONAL_MODULES`' extras (a bug in the caller).
+    """
+    import importlib.util
+
+    modules = [m for m, extras in OPTIONAL_MODULES.items() if extra in extras]
+    if not modules:
+        raise ValueError(f"unknown extra {extra!r}; extras: {sorted({e for v in OPTIONAL_MODULES.values() for e in v})}")
+
+    def absent(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is None
+        except (ImportError, ValueError):  # a finder that refuses it, or a half-imported module
+            return True
+
+    missing = [m for m in modules if absent(m)]
+    if missing:
+        raise MissingExtraError(f"this command needs the [{extra}] extra ({', '.join(missing)} not installed): "
+                                f"pip install 'samr1[{extra}]'")
+
+
+def _missing_package_text(exc: ImportError) -> str:
+    """``str(exc)`` plus the extra to install when ``exc.name`` is a package of one (and it is not said yet)."""
+    text = str(exc)
+    hint = install_hint(exc.name) if exc.name else None
+    if hint and "samr1[" not in text:
+        return f"{text}; install it with {hint}"
+    return text
+
+
 # ------------------------------------------------------------------------------------- argv pre-pass
 
 # A flag value that starts with '-' followed by a digit: "-50,-50,-10,-10", "-5", "-.5,3", "-1e3,2".
@@ -244,7 +312,7 @@ def build_parser() -> argparse.ArgumentParser:
             for added in set(sub.choices) - before:
                 del sub.choices[added]
             sub._choices_actions[:] = [a for a in sub._choices_actions if a.dest in sub.choices]
-            unavailable[name.replace("_", "-")] = str(exc)
+            unavailable[name.replace("_", "-")] = _missing_package_text(exc)
     parser.samr1_unavailable = unavailable  # type: ignore[attr-defined]
     if unavailable:
         parser.epilog += "\nunavailable here (a package they need is missing): " + "; ".join(
@@ -302,7 +370,7 @@ def classify(exc: BaseException) -> tuple[int, str]:
     if isinstance(exc, torch.OutOfMemoryError):
         return EXIT_DEVICE, f"out of device memory ({_first_line(exc)}); use a smaller --batch or another --device"
     if isinstance(exc, ImportError):
-        return EXIT_DEVICE, f"a package this needs is not installed: {exc}"
+        return EXIT_DEVICE, f"a package this needs is not installed: {_missing_package_text(exc)}"
     if isinstance(exc, OSError):
         # Inputs are read through samr1.io / samr1.data / samr1.sam, which wrap their OSErrors in InputError /
         # CheckpointError; a bare OSError reaching here comes from writing an output, a cache or a store.
@@ -381,8 +449,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()
         wanted = next((a for a in argv if not a.startswith("-")), None)
         if wanted in parser.samr1_unavailable:
-            return _report(f"samr1 {wanted}", EXIT_DEVICE, "this command is unavailable here: "
-                           f"{parser.samr1_unavailable[wanted]}; install the extra it needs (see the README)")
+            why = parser.samr1_unavailable[wanted]
+            fix = "" if "samr1[" in why else "; install the extra it needs (see the README)"
+            return _report(f"samr1 {wanted}", EXIT_DEVICE, f"this command is unavailable here: {why}{fix}")
         args = parser.parse_args(join_negative_values(parser, argv))
     except CliError as exc:
         return _report(exc.prog or prog, exc.exit_code, _one_line(str(exc), None))

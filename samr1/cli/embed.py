@@ -3,8 +3,11 @@
 Reads a JSONL manifest (``{"image": ..., "query": ..., "mask": ...}`` per line), encodes every distinct
 image once (batched) and appends float16 embeddings to ``--out`` (``embeddings.f16`` + ``index.json``).
 Resumable: images already in the store are skipped, so an interrupted run continues where it stopped.
-Point training at the store (``SamEngine(..., store=EmbeddingStore.open(DIR, model_id))``) and the
-encoder never runs for this dataset.
+Point training at the store (``SamEngine(..., store=DIR)``) and the encoder never runs for this dataset.
+
+With a SAM 2 kind (``--sam sam2.1_hiera_t``, ...) each row holds every map SAM 2's decoder reads (the image
+embedding and the two high-resolution feature maps, 8 MiB per image in float16) and the store is a
+``"sam2"`` store: only a SAM 2 engine of the same model reads it, and a SAM v1 engine refuses it.
 
 One writer per store: while a run writes a store it holds the store's lock (writer.lock). A second
 ``samr1 embed`` on the same --out is refused at once, with a message naming the running one (pid, host,
@@ -68,6 +71,16 @@ def _load(paths: list[str], sources: dict[str, str], frame: int | None) -> list[
     return out
 
 
+def _row_maps(enc: Any, images: list[Any]) -> list[Any]:
+    """The maps of the store rows of ``images``, each B x C x h x w, in the store's layout order: SAM's one
+    embedding, or SAM 2's image embedding then its high-resolution maps (its encoder returns those first)."""
+    out = enc.encode(images)
+    if isinstance(out, (list, tuple)):
+        *high_res, embed = out
+        return [embed, *high_res]
+    return [out]
+
+
 def _run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -76,6 +89,7 @@ def _run(args: argparse.Namespace) -> int:
     from samr1.io import InputError
     from samr1.sam import load_sam
     from samr1.sam.encoder import make_encoder
+    from samr1.sam.sam2_build import is_sam2_model
     from samr1.store import EmbeddingStore, StoreLock
 
     if args.batch < 1:
@@ -97,10 +111,20 @@ def _run(args: argparse.Namespace) -> int:
     try:
         device = resolve_device(args.device)
         sam = load_sam(args.sam, args.sam_checkpoint, device=device)
-        enc = make_encoder(sam, backend=args.backend, device=device, dtype=args.dtype, cache_dir=args.cache_dir,
-                           max_batch=args.batch)
-        store = EmbeddingStore.create(args.out, enc.model_id, enc.embedding_shape, enc.frame, encoder=enc.name,
-                                      lock=lock)
+        if is_sam2_model(sam):
+            from samr1.engine.sam2_engine import store_layout
+            from samr1.sam.sam2_encoder import make_sam2_encoder
+
+            enc = make_sam2_encoder(sam, backend=args.backend, device=device, dtype=args.dtype,
+                                    cache_dir=args.cache_dir, max_batch=args.batch)
+            layout = store_layout(enc)
+            store = EmbeddingStore.create(args.out, enc.model_id, layout[0][1], enc.frame, encoder=enc.name,
+                                          lock=lock, kind="sam2", layout=layout)
+        else:
+            enc = make_encoder(sam, backend=args.backend, device=device, dtype=args.dtype, cache_dir=args.cache_dir,
+                               max_batch=args.batch)
+            store = EmbeddingStore.create(args.out, enc.model_id, enc.embedding_shape, enc.frame, encoder=enc.name,
+                                          lock=lock)
     except BaseException:
         lock.release()
         raise
@@ -137,10 +161,11 @@ def _run(args: argparse.Namespace) -> int:
                         todo[k] = (path, img)
                 if todo:
                     imgs = [img for _, img in todo.values()]
-                    emb = enc.encode(imgs)  # an encoder failure is no row's fault: flushed below, then raised
-                    sizes = enc.input_sizes(imgs)
+                    parts = _row_maps(enc, imgs)  # an encoder failure is no row's fault: flushed below, then raised
+                    sizes = [(enc.frame, enc.frame)] * len(imgs) if store.kind == "sam2" else enc.input_sizes(imgs)
                     # float16 is what the store keeps: a value beyond its range would read back as inf.
-                    ok = (emb.detach().float().cpu().flatten(1).abs() <= 65504).all(1).tolist()
+                    ok = [all(v) for v in zip(*[(p.detach().float().cpu().flatten(1).abs() <= 65504).all(1).tolist()
+                                                for p in parts], strict=True)]
                     keep = []
                     for i, (path, _) in enumerate(todo.values()):
                         if ok[i]:
@@ -150,7 +175,7 @@ def _run(args: argparse.Namespace) -> int:
                                 f"image ({sources[path]}): the {enc.name} encoder gave non-finite values "
                                 f"(NaN, inf, or beyond float16's range) for {path}; nothing of it was stored"))
                     keys = list(todo)
-                    store.put([keys[i] for i in keep], emb[keep], [sizes[i] for i in keep])
+                    store.put([keys[i] for i in keep], [p[keep] for p in parts], [sizes[i] for i in keep])
                     encoded += len(keep)
                 if time.perf_counter() - last_flush > 30:  # bound the work lost to a crash to ~30 s
                     store.flush()
@@ -167,7 +192,8 @@ def _run(args: argparse.Namespace) -> int:
     print(f"{len(samples)} samples, {len(paths)} distinct image files: encoded {encoded}, skipped {skipped} "
           f"(already in the store or repeated), bad {len(bad)} image files ({bad_rows} rows){rate}")
     print(f"store {store.path}: {len(store)} embeddings (was {before}), model {store.model_id}, "
-          f"shape {store.shape} float16, encoder {enc.name}")
+          f"shape {store.shape} float16{' + the high-res maps (a sam2 store)' if store.kind == 'sam2' else ''}, "
+          f"encoder {enc.name}")
     if bad:
         print(f"samr1 embed: skipped {bad_rows} bad rows ({len(bad)} image files) with --skip-bad-rows:",
               file=sys.stderr)

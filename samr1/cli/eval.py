@@ -118,7 +118,7 @@ def _read_shard(path: str) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from samr1.cli import UsageError, check_output_file, resolve_device
+    from samr1.cli import UsageError, check_output_file, require_extra, resolve_device
     from samr1.pipeline import merge_results
 
     paths = output_paths(args.out)
@@ -141,6 +141,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--max-samples must be >= 1, got {args.max_samples}")
     for key in ("results", "samples", "figure"):
         check_output_file(paths[key], "--out", force=args.force)
+    require_extra("train")  # the policy (transformers) and the dataset loaders, before any loading
 
     from samr1.engine import SamEngine
     from samr1.pipeline import ReasoningSegmenter, evaluate_rows, shard_indices

@@ -18,7 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="build the ONNX / TensorRT image-encoder artefacts and print where",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_flags(p)
-    p.add_argument("--backend", required=True, choices=["onnx", "tensorrt"], help="which artefact to build")
+    p.add_argument("--backend", "--encoder", dest="backend", required=True, choices=["onnx", "tensorrt"],
+                   help="which artefact to build (SAM 2 kinds: of samr1.sam.sam2_encoder's image features)")
     p.add_argument("--cache-dir", metavar="DIR", help="artefact cache root (default: $SAMR1_CACHE_DIR or ~/.cache/samr1)")
     p.add_argument("--max-batch", type=int, default=8, metavar="N",
                    help="largest batch of the TensorRT optimisation profile (default: 8)")
@@ -35,6 +36,8 @@ def _run(args: argparse.Namespace) -> int:
     from samr1.cli import OutputError, UsageError, os_error_text, resolve_device
     from samr1.sam import DeviceError, load_sam
     from samr1.sam.encoder import make_encoder
+    from samr1.sam.sam2_build import is_sam2_kind
+    from samr1.sam.sam2_encoder import make_sam2_encoder
 
     if args.max_batch < 1:
         raise UsageError(f"--max-batch must be >= 1, got {args.max_batch}")
@@ -51,8 +54,9 @@ def _run(args: argparse.Namespace) -> int:
     sam = load_sam(args.sam, args.sam_checkpoint, device=device)
     t0 = time.perf_counter()
     try:
-        enc = make_encoder(sam, backend=args.backend, device=device, dtype=args.dtype, cache_dir=args.cache_dir,
-                           max_batch=args.max_batch, **({"cpu_fallback": True} if args.cpu_fallback else {}))
+        make = make_sam2_encoder if is_sam2_kind(args.sam) else make_encoder
+        enc = make(sam, backend=args.backend, device=device, dtype=args.dtype, cache_dir=args.cache_dir,
+                   max_batch=args.max_batch, **({"cpu_fallback": True} if args.cpu_fallback else {}))
     except OSError as exc:  # the cache (or a folder in it) is not writable here: permissions, read-only, full
         raise OutputError(f"cannot write the artefact cache {root}: {os_error_text(exc)}; pass --cache-dir DIR "
                           "(or set SAMR1_CACHE_DIR) to a writable folder") from exc

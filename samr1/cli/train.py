@@ -79,6 +79,9 @@ def config_from_args(args: argparse.Namespace):
 
 
 def _run(args: argparse.Namespace) -> int:
+    from samr1.cli import require_extra
+
+    require_extra("train")  # before the config and the data are read: TRL, transformers, datasets, yaml
     from samr1.train.driver import train
 
     cfg = config_from_args(args)

@@ -108,6 +108,7 @@ class EmbeddingCache:
         self.capacity = int(cache_bytes)
         self.device = torch.device(device) if device is not None else torch.device(encoder.device)
         if store is not None:
+            store.require(kind="sam")  # a SAM 2 store's rows are not SAM embeddings (StoreError naming 'kind')
             if store.model_id != self.model_id:
                 raise StoreError(f"embedding store {store.path} was built with SAM model {store.model_id!r} but the "
                                  f"encoder's model is {self.model_id!r}; use the matching store or rebuild it")

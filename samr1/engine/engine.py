@@ -25,18 +25,24 @@ import numpy as np
 import torch
 from segment_anything.modeling import Sam
 
+from samr1.config import ConfigError, with_overrides
+from samr1.engine.config import SamEngineConfig
 from samr1.engine.frozen import frozen_on
-from samr1.io import InputError, load_mask
+from samr1.engine.scoring import ScoringEngine, distinct_masks, n_objects
+from samr1.io import InputError
 from samr1.threads import torch_threads
 
 __all__ = ["SamEngine"]
 
 
-class SamEngine:
+class SamEngine(ScoringEngine):
     """Batched, cached SAM scoring for GRPO rewards and inference.
 
     Args:
         sam: a segment-anything ``Sam`` (e.g. from :func:`samr1.sam.load_sam`); frozen, eval mode.
+        config: a :class:`samr1.engine.SamEngineConfig` holding the settings below (default: its defaults).
+            The settings may also be given by keyword (``SamEngine(sam, encoder="onnx", threads=2)``); keywords
+            given together with ``config`` override its fields. ``engine.config`` is the effective config.
         encoder: image-encoder backend: "torch", "onnx" or "tensorrt" (see :mod:`samr1.sam.encoder`).
         cache_bytes: byte budget of the embedding LRU cache (one ViT embedding is 4 MiB in fp32).
         multimask: ask SAM for 3 masks and keep the one with the highest predicted IoU (Seg-Zero's
@@ -49,10 +55,12 @@ class SamEngine:
         threads: CPU threads one ``score`` / ``segment_batch`` call uses: the decoder's worker threads (see
             :func:`samr1.sam.decoder.decode_batch`) and torch's intra-op threads (the torch encoder) during
             the call. None (default): ``torch.get_num_threads()`` at call time. The fused C++ IoU op has its
-            own thread setting (``SAMR1_CPP_THREADS``, see :func:`samr1._ext.cpp_threads`). IoUs do not
+            own thread setting (``SAMR1_CPP_THREADS``, see :func:`samr1.ops.backends.cpp_threads`). IoUs do not
             depend on either (every decode op runs single-threaded in a worker; intersections and unions are
             integer counts). Ignored by the decoder on CUDA.
-        encoder_kwargs: passed to :func:`samr1.sam.encoder.make_encoder` (dtype, compile, cache_dir...).
+        dtype, compile, cache_dir, max_batch, cpu_fallback: encoder options passed to
+            :func:`samr1.sam.encoder.make_encoder` when set (``max_batch`` defaults to 1 for the torch encoder on
+            the CPU).
 
     ``stats`` holds counters (``encoder_images``, ``cache_hits``, ``cache_misses``, ...), the backend that
     ran each stage and per-stage seconds of the last ``score`` call (``time_*``), for a trainer to log.
@@ -69,44 +77,39 @@ class SamEngine:
             return Sam2Engine(sam, *args, **kwargs)
         return super().__new__(cls)
 
-    def __init__(self, sam: Sam, encoder: str = "torch", cache_bytes: int = 2 << 30, multimask: bool = True,
-                 device: str | torch.device | None = None, iou_backend: str = "auto", store: Any = None,
-                 threshold: float = 0.0, threads: int | None = None, **encoder_kwargs: Any):
+    def __init__(self, sam: Sam, config: SamEngineConfig | None = None, **options: Any):
         from samr1.engine.cache import EmbeddingCache
         from samr1.sam.encoder import make_encoder
 
         if not isinstance(sam, Sam):
             raise TypeError(f"sam must be a segment_anything Sam model (see samr1.sam.load_sam), got {type(sam).__name__}")
-        if cache_bytes < 0:
-            raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
-        from samr1.sam.decoder import resolve_threads
-
-        if threads is not None:
-            resolve_threads(threads)  # validates: a positive int
-        self.threads = threads
-        self.sam, self.device = frozen_on(sam, device)
-        self.multimask = bool(multimask)
-        self.iou_backend = iou_backend
-        self.threshold = float(threshold)
-        if self.device.type == "cpu" and encoder == "torch":
+        cfg = self.config = with_overrides(SamEngineConfig, config, options, "SamEngine")
+        if cfg.decode_chunk is not None:
+            raise TypeError("decode_chunk applies to SAM 2 models only (prompts per SAM 2 decoder call); leave it "
+                            "None for SAM models")
+        if cfg.iou_backend == "fused":
+            raise ConfigError("iou_backend 'fused' is the SAM 2 engine's; SAM models take auto, torch, cpp or triton",
+                              field="iou_backend")
+        self.threads = cfg.threads
+        self.sam, self.device = frozen_on(sam, cfg.device)
+        self.multimask = cfg.multimask
+        self.iou_backend = cfg.iou_backend
+        self.threshold = cfg.threshold
+        encoder_kwargs = cfg.encoder_options()
+        if self.device.type == "cpu" and cfg.encoder == "torch":
             # On the CPU a batched ViT pass costs more per image than single images (ViT-B: 28.7 s vs 20.3 s
             # per image at batch 2 on the 2-core machine; bench/RESULTS.md): encode misses one at a time.
             encoder_kwargs.setdefault("max_batch", 1)
-        self.encoder = make_encoder(self.sam, backend=encoder, device=self.device, **encoder_kwargs)
+        self.encoder = make_encoder(self.sam, backend=cfg.encoder, device=self.device, **encoder_kwargs)
+        store = cfg.store
         if isinstance(store, (str, os.PathLike)):
             from samr1.store import EmbeddingStore
 
             store = EmbeddingStore.open(store, self.encoder.model_id)
-        self.cache = EmbeddingCache(self.encoder, cache_bytes=cache_bytes, device=self.device, store=store)
+        self.cache = EmbeddingCache(self.encoder, cache_bytes=cfg.cache_bytes, device=self.device, store=store)
         self._counters: dict[str, Any] = {"score_calls": 0, "answers_scored": 0, "answers_skipped": 0}
         self._last: dict[str, Any] = {}
         self._lock = threading.Lock()  # score() may be called from several threads (e.g. a server)
-
-    def _now(self) -> float:
-        """A stage timestamp; on CUDA after a synchronize, so stage times are kernel times, not launch times."""
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter()
 
     # ------------------------------------------------------------------ public API
     @property
@@ -117,6 +120,15 @@ class SamEngine:
             out.update(self._counters)
             out.update(self._last)
         out["encoder_backend"] = self.encoder.name
+        # Every op's backend in the last score (None before the first): the IoU one as recorded in the
+        # scoring thread (samr1.ops.backends keeps per-thread records), prompt packing by that op's rule
+        # for the "auto" the decoder packs with on the model's device (it packs in a worker thread on
+        # the CPU, whose record this thread cannot see), the encoder by name.
+        from samr1.ops import prompt_pack
+
+        scored = "iou_backend" in out
+        out["backends"] = {"prompt_pack": prompt_pack.select_backend("auto", self.device) if scored else None,
+                           "mask_iou": out.get("iou_backend"), "encoder": self.encoder.name}
         return out
 
     def _threads(self) -> int:
@@ -151,29 +163,17 @@ class SamEngine:
         with self._thread_scope(), torch.inference_mode():
             return self._score(images, answers, gt_masks)
 
-    def _score(self, images: Sequence[Any], answers: Sequence[Any], gt_masks: Sequence[Any]) -> list[float]:
-        n = len(answers)
-        if len(images) != n or len(gt_masks) != n:
-            raise InputError(f"images ({len(images)}), answers ({n}) and gt_masks ({len(gt_masks)}) must be parallel lists")
-        if any(_n_objects(a) > 1 for a in answers):  # multi-object answers: IoU of the union of their masks
-            return self._score_unions(images, answers, gt_masks)
+    def _score_rows(self, images: Sequence[Any], answers: Sequence[Any], gt_masks: Sequence[Any],
+                    ok: list[int]) -> tuple[list[float], dict[str, Any]]:
+        """The fused path of :meth:`ScoringEngine._score` for the ok single-object answers ``ok``."""
         t0 = time.perf_counter()
-        ok = [i for i, a in enumerate(answers) if getattr(a, "ok", False)]
-        with self._lock:
-            self._counters["score_calls"] += 1
-            self._counters["answers_scored"] += len(ok)
-            self._counters["answers_skipped"] += n - len(ok)
-        ious = [0.0] * n
-        if not ok:
-            self._last = {"time_encode_s": 0.0, "time_load_s": 0.0, "time_decode_s": 0.0, "time_iou_s": 0.0}
-            return ious
         # --- embeddings of the step's distinct images: the cache loads each image once (by object, then by
         # content), serves hits, reads the store, and encodes all misses in ONE batched encoder call
         step = self.cache.lookup([images[i] for i in ok])
         t1 = self._now()
         # --- ground truths, loaded once per (mask object, image) and checked against their image's size
-        gt_index, distinct_gts, gt_img = self._distinct_masks([gt_masks[i] for i in ok], [f"gt_masks[{i}]" for i in ok],
-                                                              step.index, step.original_sizes)
+        gt_index, distinct_gts, gt_img = distinct_masks([gt_masks[i] for i in ok], [f"gt_masks[{i}]" for i in ok],
+                                                        step.index, step.original_sizes)
         t_load = self._now()
         # --- batched decode of every prompt of the step
         low_res = self._decode(step.embeddings, step.original_sizes, step.index, [answers[i] for i in ok])
@@ -190,15 +190,11 @@ class SamEngine:
         )
         values = iou.tolist()  # one device-to-host copy (and sync) for the whole step
         t3 = time.perf_counter()
-        for row, i in enumerate(ok):
-            ious[i] = float(values[row])
-        with self._lock:
-            self._last = {
-                "time_encode_s": t1 - t0, "time_load_s": t_load - t1, "time_decode_s": t2 - t_load,
-                "time_iou_s": t3 - t2, "iou_backend": last_backend(), "step_images": len(step.keys),
-                "step_prompts": len(ok), "threads": self._threads(),
-            }
-        return ious
+        return values, {
+            "time_encode_s": t1 - t0, "time_load_s": t_load - t1, "time_decode_s": t2 - t_load,
+            "time_iou_s": t3 - t2, "iou_backend": last_backend(), "step_images": len(step.keys),
+            "step_prompts": len(ok), "threads": self._threads(),
+        }
 
     @torch.inference_mode()
     def segment(self, image: Any, answer: Any) -> np.ndarray:
@@ -214,7 +210,7 @@ class SamEngine:
     def _segment_batch(self, images: Sequence[Any], answers: Sequence[Any]) -> list[np.ndarray]:
         if len(images) != len(answers):
             raise InputError(f"images ({len(images)}) and answers ({len(answers)}) must be parallel lists")
-        if any(_n_objects(a) > 1 for a in answers):  # multi-object answers: OR of the objects' masks
+        if any(n_objects(a) > 1 for a in answers):  # multi-object answers: OR of the objects' masks
             return self._segment_unions(images, answers)
         out: list[np.ndarray | None] = [None] * len(answers)
         ok = [i for i, a in enumerate(answers) if getattr(a, "ok", False)]
@@ -245,71 +241,3 @@ class SamEngine:
                                        original_sizes=original_sizes, device=self.device)
         logits, iou_pred = decode_batch(self.sam, emb, batch, multimask=self.multimask, threads=self._threads())
         return select_best(logits, iou_pred)
-
-    def _distinct_masks(self, masks: list[Any], fields: list[str], img_index: list[int],
-                        sizes: list[tuple[int, int]]) -> tuple[list[int], list[np.ndarray], list[int]]:
-        """Load masks once per (object, image) and check each against its image's size.
-
-        Returns (group index per input, distinct masks, image index per group)."""
-        by_obj: dict[tuple[int, int], int] = {}
-        distinct: list[np.ndarray] = []
-        group_img: list[int] = []
-        index: list[int] = []
-        for m, field, j in zip(masks, fields, img_index, strict=True):
-            g = by_obj.get((id(m), j))
-            if g is None:
-                arr = load_mask(m, field=field, expected_size=tuple(sizes[j]))  # an RLE is checked before decoding
-                if arr.shape != tuple(sizes[j]):
-                    raise InputError(f"{field}: mask is {arr.shape[0]}x{arr.shape[1]} but its image is "
-                                     f"{sizes[j][0]}x{sizes[j][1]} (H x W); masks are at the original image size")
-                g = by_obj[(id(m), j)] = len(distinct)
-                distinct.append(arr)
-                group_img.append(j)
-            index.append(g)
-        return index, distinct, group_img
-
-    # ------------------------------------------------------------------ multi-object answers
-    def _segment_unions(self, images: Sequence[Any], answers: Sequence[Any]) -> list[np.ndarray]:
-        """Masks when some answers hold several objects (``Answer.objects``, VisionReasoner's list form):
-        every object's prompt goes through the plain batched path (one encoder call per distinct image, one
-        decode pass for all prompts) and each answer's masks are OR-ed."""
-        flat_images, flat_answers, owner = [], [], []
-        for i, (img, a) in enumerate(zip(images, answers, strict=True)):
-            for part in (a.per_object() if _n_objects(a) > 1 else [a]):
-                flat_images.append(img)
-                flat_answers.append(part)
-                owner.append(i)
-        out: list[np.ndarray | None] = [None] * len(answers)
-        for i, m in zip(owner, self.segment_batch(flat_images, flat_answers), strict=True):
-            out[i] = m if out[i] is None else (out[i] | m)
-        return out  # type: ignore[return-value]
-
-    def _score_unions(self, images: Sequence[Any], answers: Sequence[Any], gt_masks: Sequence[Any]) -> list[float]:
-        """IoUs when some answers hold several objects: single-object answers take the fused path (one
-        ``score`` call); a multi-object answer is scored on the OR of its objects' SAM masks, counted in
-        numpy (a union is no single logit map, so the fused op cannot count it). IoU(empty, empty) = 1."""
-        multi = [i for i, a in enumerate(answers) if _n_objects(a) > 1]
-        single = [i for i in range(len(answers)) if _n_objects(answers[i]) <= 1]
-        ious = [0.0] * len(answers)
-        if single:
-            got = self.score([images[i] for i in single], [answers[i] for i in single], [gt_masks[i] for i in single])
-            for i, v in zip(single, got, strict=True):
-                ious[i] = v
-        masks = self._segment_unions([images[i] for i in multi], [answers[i] for i in multi])
-        for i, m in zip(multi, masks, strict=True):
-            gt = load_mask(gt_masks[i], field=f"gt_masks[{i}]", expected_size=m.shape)  # RLE size checked first
-            if gt.shape != m.shape:
-                raise InputError(f"gt_masks[{i}]: mask is {gt.shape[0]}x{gt.shape[1]} but its image is "
-                                 f"{m.shape[0]}x{m.shape[1]} (H x W); masks are at the original image size")
-            union = int(np.count_nonzero(m | gt))
-            ious[i] = 1.0 if union == 0 else int(np.count_nonzero(m & gt)) / union
-        with self._lock:
-            self._counters["union_answers"] = self._counters.get("union_answers", 0) + len(multi)
-        return ious
-
-
-def _n_objects(answer: Any) -> int:
-    """How many objects an ok answer holds (``Answer.objects``; 1 for answers without that field)."""
-    if not getattr(answer, "ok", False):
-        return 0
-    return max(1, len(getattr(answer, "objects", None) or ()))

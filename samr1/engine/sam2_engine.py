@@ -16,13 +16,20 @@ Same three stages as the SAM v1 engine, with SAM 2's rules:
    without keeping its aspect ratio) and ``> mask_threshold``, counted by the fused
    :func:`samr1.ops.mask_iou_sam2.mask_iou_sam2`.
 
+Input checks, counters and multi-object answers (IoU of the union of the objects' masks) follow the SAM v1
+engine's rules, from one place (:class:`samr1.engine.scoring.ScoringEngine`). A SAM 2 embedding store
+(``samr1 embed --sam sam2.1_hiera_t``) holds every map of step 1 per image, so a filled store never runs the
+encoder.
+
 :func:`samr1.engine.reference_sam2.score_reference_sam2` (a ``SAM2ImagePredictor`` loop) is the reference.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
@@ -30,10 +37,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from samr1.config import with_overrides
+from samr1.engine.config import SamEngineConfig
 from samr1.engine.frozen import frozen_on
-from samr1.io import InputError, load_image, load_mask
+from samr1.engine.scoring import ScoringEngine, distinct_masks, n_objects
+from samr1.io import InputError, load_image
+from samr1.ops.mask_iou_sam2 import BACKENDS as SAM2_IOU_BACKENDS
 
-__all__ = ["Sam2Engine"]
+__all__ = ["Sam2Engine", "store_layout"]
 
 # Prompts per decoder call. Each prompt carries its image's high-res features (32 x 256 x 256 + 64 x 128 x 128
 # floats = 12 MiB), so a B x G = 128 step in one call would hold 1.5 GiB of gathered copies: 32 at most. On the
@@ -54,64 +65,71 @@ class _Entry:
         self.nbytes = embed.numel() * embed.element_size() + sum(t.numel() * t.element_size() for t in high_res)
 
 
-class Sam2Engine:
+def store_layout(encoder: Any) -> list[tuple[str, tuple[int, ...]]]:
+    """The layout of a SAM 2 embedding-store row for ``encoder`` (a :mod:`samr1.sam.sam2_encoder` encoder):
+    ``[(name, (C, h, w)), ...]``, the image embedding first (the store's ``shape``), then the high-resolution
+    maps, highest resolution first. ``encoder.encode`` returns them highest resolution first."""
+    *high, embed = zip(("high_res_s0", "high_res_s1", "image_embed"), encoder.feature_shapes, strict=True)
+    return [(n, tuple(int(v) for v in s)) for n, s in (embed, *high)]
+
+
+class Sam2Engine(ScoringEngine):
     """Batched, cached SAM 2 scoring; :class:`samr1.engine.SamEngine` hands SAM 2 models to it.
 
     Args:
         sam: a ``sam2.modeling.sam2_base.SAM2Base`` (e.g. ``samr1.sam.load_sam("sam2.1_hiera_t")``); frozen.
-        encoder: "torch" (the only SAM 2 encoder backend here).
+        config: a :class:`samr1.engine.SamEngineConfig` (the settings below); keywords override its fields, as
+            for :class:`samr1.engine.SamEngine`. ``engine.config`` is the effective config.
+        encoder: image-encoder backend, "torch" (the reference), "onnx" (ONNX Runtime) or "tensorrt"; the
+            config's encoder options (dtype, compile, cache_dir, max_batch, cpu_fallback) go to
+            :func:`samr1.sam.sam2_encoder.make_sam2_encoder`.
         cache_bytes: byte budget of the image-feature LRU cache (one upstream entry is 16 MiB in fp32).
         multimask: ask for 3 masks and keep the one with the highest predicted score; False: one mask
             (SAM 2's dynamic multimask fallback applies, as in the predictor).
         device: where features and decoding live (default: the model's device).
-        iou_backend: "auto" / "fused" (row-blocked, never N x H x W) or "torch" (the reference).
+        iou_backend: "auto" (C++ on CPU, Triton on CUDA, else "fused"), "cpp", "triton", "fused" (torch row
+            blocks, never N x H x W) or "torch" (the reference); see :func:`samr1.ops.mask_iou_sam2`.
         threshold: mask logit threshold (``SAM2ImagePredictor``'s ``mask_threshold`` is 0.0).
-        store, threads: accepted for API parity; an embedding store is not supported for SAM 2 (raises).
+        store: an optional SAM 2 :class:`samr1.store.EmbeddingStore` (``kind="sam2"``, built by ``samr1 embed
+            --sam <SAM 2 kind>``), or its path, read before encoding: its rows hold every map the decoder
+            reads (:func:`store_layout`), so a filled store never runs the encoder (``store_hits``). It must
+            be of this model (model id) and layout; a SAM v1 store is refused (a StoreError naming 'kind').
+        threads: accepted for API parity.
         decode_chunk: prompts per decoder call (default: 1 on the CPU, where batching measured slower, else 32).
     """
 
-    def __init__(self, sam: Any, encoder: str = "torch", cache_bytes: int = 2 << 30, multimask: bool = True,
-                 device: str | torch.device | None = None, iou_backend: str = "auto", store: Any = None,
-                 threshold: float = 0.0, threads: int | None = None, decode_chunk: int | None = None,
-                 **encoder_kwargs: Any):
+    def __init__(self, sam: Any, config: SamEngineConfig | None = None, **options: Any):
         from samr1.sam.sam2_build import is_sam2_model, require_sam2
 
         require_sam2()
         if not is_sam2_model(sam):
             raise TypeError(f"sam must be a SAM 2 model (sam2 SAM2Base, see samr1.sam.load_sam('sam2.1_hiera_t')), "
                             f"got {type(sam).__name__}")
-        if encoder != "torch":
-            raise ValueError(f"encoder {encoder!r} is not available for SAM 2 models; use encoder='torch'")
-        if store is not None:
-            raise ValueError("store: embedding stores hold SAM v1 embeddings only; pass store=None for SAM 2 models")
-        if encoder_kwargs:
-            raise TypeError(f"unexpected arguments for a SAM 2 engine: {sorted(encoder_kwargs)}")
-        if cache_bytes < 0:
-            raise ValueError(f"cache_bytes must be >= 0, got {cache_bytes}")
-        if iou_backend not in ("auto", "fused", "torch"):
-            raise ValueError(f"iou_backend must be 'auto', 'fused' or 'torch' for SAM 2 models, got {iou_backend!r}")
-        from sam2.utils.transforms import SAM2Transforms
+        cfg = self.config = with_overrides(SamEngineConfig, config, options, "Sam2Engine")
+        encoder, store, iou_backend, decode_chunk = cfg.encoder, cfg.store, cfg.iou_backend, cfg.decode_chunk
+        encoder_kwargs = cfg.encoder_options()
+        if iou_backend not in SAM2_IOU_BACKENDS:
+            raise ValueError(f"iou_backend must be one of {SAM2_IOU_BACKENDS} for SAM 2 models, got {iou_backend!r}")
+        from samr1.sam.sam2_encoder import make_sam2_encoder
 
-        self.sam, self.device = frozen_on(sam, device)
-        self.multimask = bool(multimask)
+        self.sam, self.device = frozen_on(sam, cfg.device)
+        # the image side (samr1.sam.sam2_encoder): torch, ONNX Runtime or TensorRT, artefacts cached on disk
+        self.encoder = make_sam2_encoder(self.sam, backend=encoder, device=self.device, **encoder_kwargs)
+        self.multimask = cfg.multimask
         self.iou_backend = iou_backend
-        self.threshold = float(threshold)
-        self.threads = threads
-        if decode_chunk is not None and (not isinstance(decode_chunk, int) or decode_chunk < 1):
-            raise ValueError(f"decode_chunk must be a positive int (prompts per decoder call), got {decode_chunk!r}")
+        self.threshold = cfg.threshold
+        self.threads = cfg.threads
         self.decode_chunk = decode_chunk or _DECODE_CHUNK.get(self.device.type, _DECODE_CHUNK_DEFAULT)
-        self.cache_bytes = int(cache_bytes)
+        self.cache_bytes = cfg.cache_bytes
         self.frame = int(self.sam.image_size)
-        s = int(self.sam.sam_image_embedding_size)
-        # feature map sizes, highest resolution first (the predictor hard-codes 256/128/64 for the 1024 frame)
-        self._feat_sizes = [(4 * s, 4 * s), (2 * s, 2 * s), (s, s)]
-        self._transforms = SAM2Transforms(resolution=self.frame, mask_threshold=self.threshold)
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._cache_used = 0
         self._counters: dict[str, Any] = {"encoder_images": 0, "cache_hits": 0, "cache_misses": 0,
-                                          "score_calls": 0, "answers_scored": 0, "answers_skipped": 0}
+                                          "score_calls": 0, "answers_scored": 0, "answers_skipped": 0,
+                                          "store_hits": 0, "store_nonfinite": 0}
         self._last: dict[str, Any] = {}
         self._lock = threading.RLock()
+        self.store = self._open_store(store)
 
     @property
     def stats(self) -> dict[str, Any]:
@@ -121,24 +139,68 @@ class Sam2Engine:
             out.update(self._last)
             out["cache_bytes_used"] = self._cache_used
             out["cache_entries"] = len(self._cache)
-        out["encoder_backend"] = "torch"
+        out["encoder_backend"] = self.encoder.name
         out["model"] = "sam2"
+        # Every op's backend in the last score (None before the first), as SamEngine reports them: SAM 2
+        # encodes prompts with its own (torch) prompt encoder; the IoU backend as the scoring thread recorded it.
+        scored = "iou_backend" in out
+        out["backends"] = {"prompt_pack": "torch" if scored else None, "mask_iou": out.get("iou_backend"),
+                           "encoder": out["encoder_backend"]}
         return out
 
     # ------------------------------------------------------------------ image side
     def _encode(self, image: np.ndarray) -> _Entry:
-        """SAM2ImagePredictor.set_image's features for one H x W x 3 uint8 image."""
-        x = self._transforms(image)[None].to(self.device)
-        backbone_out = self.sam.forward_image(x)
-        _, vision_feats, _, _ = self.sam._prepare_backbone_features(backbone_out)
-        if self.sam.directly_add_no_mem_embed:  # as the predictor does for single images
-            vision_feats[-1] = vision_feats[-1] + self.sam.no_mem_embed
-        feats = [f.permute(1, 2, 0).reshape(1, -1, *fs)[0]
-                 for f, fs in zip(vision_feats[::-1], self._feat_sizes[::-1], strict=True)][::-1]
-        return _Entry(feats[-1].contiguous(), [f.contiguous() for f in feats[:-1]], tuple(image.shape[:2]))
+        """SAM2ImagePredictor.set_image's features for one H x W x 3 uint8 image (by the encoder backend)."""
+        *high_res, embed = self.encoder.encode([image])
+        return _Entry(embed[0], [f[0] for f in high_res], tuple(image.shape[:2]))
+
+    def _open_store(self, store: Any) -> Any:
+        """The SAM 2 embedding store to read before encoding, or None: a path is opened read-only; an open
+        store (or the opened one) must be a ``"sam2"`` store of this model with this model's layout."""
+        if store is None:
+            return None
+        from samr1.store import EmbeddingStore, encoder_precision
+
+        if isinstance(store, (str, os.PathLike)):
+            store = EmbeddingStore.open(store, self.encoder.model_id, kind="sam2")
+        elif not isinstance(store, EmbeddingStore):
+            raise TypeError(f"store must be an EmbeddingStore or the path of one (samr1 embed --sam KIND --out DIR), "
+                            f"got {type(store).__name__}")
+        store.require(model_id=self.encoder.model_id, kind="sam2", layout=store_layout(self.encoder))
+        if store.encoder is not None and encoder_precision(store.encoder) != encoder_precision(self.encoder.name):
+            # same weights, other precision: usable, but not bit-comparable with fresh encodes
+            warnings.warn(f"embedding store {store.path} was written by encoder {store.encoder!r} "
+                          f"({encoder_precision(store.encoder)}), this engine encodes misses with "
+                          f"{self.encoder.name!r} ({encoder_precision(self.encoder.name)}): features from the "
+                          "store and fresh ones differ at the less precise of the two", stacklevel=3)
+        return store
+
+    def _from_store(self, key: str, size: tuple[int, int]) -> _Entry | None:
+        """The entry of image ``key`` (original size ``size``) from the store, or None (no store, absent, or a
+        damaged row: non-finite values would give NaN logits and a silent IoU of 0, so the image is encoded
+        afresh, with a StoreWarning)."""
+        if self.store is None:
+            return None
+        got = self.store.get_parts(key)
+        if got is None:
+            return None
+        parts = [p.to(self.device, torch.float32) for p in got[0]]
+        if not all(bool(torch.isfinite(p).all()) for p in parts):
+            from samr1.store import StoreWarning
+
+            warnings.warn(f"embedding store {self.store.path}: the row of image {key} holds non-finite values (NaN "
+                          "or inf); re-encoding the image. The store is damaged: rebuild it with samr1 embed into "
+                          "a new folder", StoreWarning, stacklevel=4)
+            with self._lock:
+                self._counters["store_nonfinite"] += 1
+            return None
+        with self._lock:
+            self._counters["store_hits"] += 1
+        return _Entry(parts[0], parts[1:], size)  # the store's layout: image embedding first
 
     def _lookup(self, images: Sequence[Any], fields: Sequence[str]) -> tuple[list[int], list[_Entry]]:
-        """(distinct index per input, entry per distinct image); each distinct image encoded at most once."""
+        """(distinct index per input, entry per distinct image); each distinct image encoded at most once:
+        served by the in-memory cache, else by the store, else by the encoder."""
         from samr1.store import image_key
 
         by_obj: dict[int, int] = {}
@@ -149,7 +211,7 @@ class Sam2Engine:
             j = by_obj.get(id(img))
             if j is None:
                 arr = load_image(img, field=field)
-                key = image_key(arr)
+                key = image_key(arr, self.store.hash if self.store is not None else None)  # the store's keys
                 j = by_key.get(key)
                 if j is None:
                     with self._lock:
@@ -158,10 +220,13 @@ class Sam2Engine:
                             self._cache.move_to_end(key)
                             self._counters["cache_hits"] += 1
                     if entry is None:
-                        entry = self._encode(arr)
+                        entry = self._from_store(key, tuple(arr.shape[:2]))
+                        encoded = entry is None
+                        if encoded:
+                            entry = self._encode(arr)
                         with self._lock:
                             self._counters["cache_misses"] += 1
-                            self._counters["encoder_images"] += 1
+                            self._counters["encoder_images"] += int(encoded)
                             self._insert(key, entry)
                     j = by_key[key] = len(entries)
                     entries.append(entry)
@@ -238,48 +303,34 @@ class Sam2Engine:
         with torch.inference_mode():
             return self._score(images, answers, gt_masks)
 
-    def _score(self, images: Sequence[Any], answers: Sequence[Any], gt_masks: Sequence[Any]) -> list[float]:
-        from samr1.ops.mask_iou_sam2 import mask_iou_sam2
+    def _score_rows(self, images: Sequence[Any], answers: Sequence[Any], gt_masks: Sequence[Any],
+                    ok: list[int]) -> tuple[list[float], dict[str, Any]]:
+        """The fused path of :meth:`ScoringEngine._score` for the ok single-object answers ``ok``."""
+        from samr1.ops import backends
+        from samr1.ops.mask_iou_sam2 import mask_iou_sam2_grouped
 
-        n = len(answers)
-        if len(images) != n or len(gt_masks) != n:
-            raise InputError(f"images ({len(images)}), answers ({n}) and gt_masks ({len(gt_masks)}) must be parallel lists")
-        if any(len(getattr(a, "objects", None) or ()) > 1 for a in answers if getattr(a, "ok", False)):
-            raise InputError("multi-object answers are not supported with SAM 2 models yet; give one box per answer")
         t0 = time.perf_counter()
-        ok = [i for i, a in enumerate(answers) if getattr(a, "ok", False)]
-        with self._lock:
-            self._counters["score_calls"] += 1
-            self._counters["answers_scored"] += len(ok)
-            self._counters["answers_skipped"] += n - len(ok)
-        ious = [0.0] * n
-        if not ok:
-            return ious
+        # --- features of the step's distinct images: cache, store, else one encode per image
         index, entries = self._lookup([images[i] for i in ok], [f"images[{i}]" for i in ok])
-        t1 = time.perf_counter()
+        t1 = self._now()
+        # --- ground truths, loaded once per (mask object, image) and checked against their image's size. Its own
+        # stage: counted inside the IoU stage it made that stage look as slow warm as cold
+        gt_index, gts, _ = distinct_masks([gt_masks[i] for i in ok], [f"gt_masks[{i}]" for i in ok], index,
+                                          [e.size for e in entries])
+        t_load = self._now()
+        # --- batched decode of every prompt of the step
         low_res = self._decode(entries, index, [answers[i] for i in ok])
-        t2 = time.perf_counter()
-        # group rows by (ground-truth object, image) so each mask is loaded and moved once
-        groups: dict[tuple[int, int], list[int]] = {}
-        for r, i in enumerate(ok):
-            groups.setdefault((id(gt_masks[i]), index[r]), []).append(r)
-        for (_, j), rows in groups.items():
-            i0 = ok[rows[0]]
-            gt = load_mask(gt_masks[i0], field=f"gt_masks[{i0}]", expected_size=entries[j].size)
-            if gt.shape != entries[j].size:
-                raise InputError(f"gt_masks[{i0}]: mask is {gt.shape[0]}x{gt.shape[1]} but its image is "
-                                 f"{entries[j].size[0]}x{entries[j].size[1]} (H x W); masks are at the original size")
-            sel = torch.as_tensor(rows, dtype=torch.long, device=low_res.device)
-            iou, _, _ = mask_iou_sam2(low_res.index_select(0, sel), torch.from_numpy(gt).to(low_res.device),
-                                      threshold=self.threshold, backend=self.iou_backend)
-            for r, v in zip(rows, iou.tolist(), strict=True):
-                ious[ok[r]] = float(v)
+        t2 = self._now()
+        # --- fused logits -> SAM 2 postprocess -> mask -> IoU for every prompt of the step in one call
+        dev = low_res.device
+        iou, _, _ = mask_iou_sam2_grouped(low_res, [torch.from_numpy(g).to(dev) for g in gts],
+                                          torch.as_tensor(gt_index, dtype=torch.long, device=dev),
+                                          threshold=self.threshold, backend=self.iou_backend)
+        values = [float(v) for v in iou.tolist()]  # tolist: the device-to-host copy (and sync)
         t3 = time.perf_counter()
-        with self._lock:
-            self._last = {"time_encode_s": t1 - t0, "time_decode_s": t2 - t1, "time_iou_s": t3 - t2,
-                          "iou_backend": "torch" if self.iou_backend == "torch" else "fused",
-                          "step_images": len(entries), "step_prompts": len(ok)}
-        return ious
+        return values, {"time_encode_s": t1 - t0, "time_load_s": t_load - t1, "time_decode_s": t2 - t_load,
+                        "time_iou_s": t3 - t2, "iou_backend": backends.last("mask_iou_sam2"),
+                        "step_images": len(entries), "step_prompts": len(ok)}
 
     def segment(self, image: Any, answer: Any) -> np.ndarray:
         """The H x W bool mask SAM 2 makes for ``answer`` (its own postprocess, original size)."""
@@ -291,6 +342,8 @@ class Sam2Engine:
 
         if len(images) != len(answers):
             raise InputError(f"images ({len(images)}) and answers ({len(answers)}) must be parallel lists")
+        if any(n_objects(a) > 1 for a in answers):  # multi-object answers: OR of the objects' masks
+            return self._segment_unions(images, answers)
         with torch.inference_mode():
             index, entries = self._lookup(list(images), [f"images[{i}]" for i in range(len(images))])
             out = [np.zeros(entries[j].size, dtype=bool) for j in index]

@@ -359,40 +359,67 @@ def _place(m: torch.Tensor, out: torch.Tensor) -> None:
     out.view(*lead, c, h, 2, 2, w, 2, 2).copy_(src)
 
 
-def _decode_pass(sam, up: _Upscaler, ws: _Workspace, sides, groups, sparse, counts, pos, h, w, mask_slice,
-                 logits_out, iou_out, sel):
+@dataclass
+class _Outputs:
+    """The outputs of one :func:`decode_batch` call, which its passes fill row by row, and their sizes."""
+
+    logits: torch.Tensor  # (N, C, 4h, 4w) float32 low-res mask logits
+    iou: torch.Tensor  # (N, C) float32 predicted IoUs
+    h: int  # image-embedding grid (L = h * w tokens); masks are 4h x 4w
+    w: int
+    mask_slice: slice  # the kept mask tokens: 1: (multimask, C = 3) or 0:1 (C = 1)
+
+
+@dataclass
+class _Pass:
+    """One pass: n prompts of the call decoded together, sorted by image, and the rows they fill."""
+
+    sides: list[_ImageSide]  # layer-1 image-side tensors of the pass's distinct images
+    groups: list[tuple[int, int, int]]  # (u, start, end): prompts start:end belong to the image of sides[u]
+    sparse: torch.Tensor  # (n, S, D) packed prompt tokens, S = the pass's longest prompt
+    counts: torch.Tensor  # (n,) real tokens per prompt (the rest of S is padding)
+    rows: torch.Tensor  # (n,) int64 rows of the call's outputs these prompts fill
+    pos: torch.Tensor  # (L, D) image positional encoding (the call's)
+    up: _Upscaler  # the upscaler's rearranged weights (the call's)
+    out: _Outputs  # where the results go (shared by the call's passes; each writes only its own rows)
+
+
+def _decode_pass(sam, p: _Pass, ws: _Workspace) -> None:
+    """Decode one pass: the two-way transformer, the IoU head and the upscaler for its n prompts, written
+    into rows ``p.rows`` of ``p.out``."""
     md = sam.mask_decoder
     tr = md.transformer
-    n = sparse.shape[0]
+    pos = p.pos
+    n = p.sparse.shape[0]
     out_tok = torch.cat([md.iou_token.weight, md.mask_tokens.weight], dim=0)  # (O, D): IoU + mask tokens
     o = out_tok.shape[0]
-    tokens = torch.cat([out_tok.expand(n, -1, -1), sparse], dim=1)  # (n, T, D); also the query PE
+    tokens = torch.cat([out_tok.expand(n, -1, -1), p.sparse], dim=1)  # (n, T, D); also the query PE
     t = tokens.shape[1]
-    real = torch.arange(t, device=tokens.device)[None, :] < (o + counts)[:, None]
+    real = torch.arange(t, device=tokens.device)[None, :] < (o + p.counts)[:, None]
     key_bias = None
     if not bool(real.all()):  # padding only when the pass mixes token counts
         key_bias = torch.zeros((n, t), dtype=tokens.dtype, device=tokens.device).masked_fill_(~real, float("-inf"))
         key_bias = key_bias.view(n, 1, 1, t)
 
-    queries, keys = _first_layer(sam, sides, groups, tokens, key_bias, ws)
+    queries, keys = _first_layer(sam, p.sides, p.groups, tokens, key_bias, ws)
     for layer in tr.layers[1:]:
         queries, keys = _later_layer(layer, queries, keys, tokens, pos, key_bias, ws)
 
     # Final token->image attention only for the tokens read afterwards (note 4): the IoU token and the
     # kept mask tokens (queries are independent rows, so dropping the others changes nothing).
-    idx = list(range(md.num_mask_tokens))[mask_slice]
-    rows = [0] + [1 + i for i in idx]
-    q = queries[:, rows] + tokens[:, rows]
+    idx = list(range(md.num_mask_tokens))[p.out.mask_slice]
+    kept = [0] + [1 + i for i in idx]  # token rows: the IoU token, then the kept mask tokens
+    q = queries[:, kept] + tokens[:, kept]
     fin = _token_to_image(tr.final_attn_token_to_image, q, torch.add(keys, pos, out=ws.xk[:n]), keys)
-    hs = _layer_norm(tr.norm_final_attn, queries[:, rows] + fin)
+    hs = _layer_norm(tr.norm_final_attn, queries[:, kept] + fin)
 
-    iou_out[sel] = md.iou_prediction_head(hs[:, 0])[:, mask_slice]
+    p.out.iou[p.rows] = md.iou_prediction_head(hs[:, 0])[:, p.out.mask_slice]
     hyper = torch.stack([md.output_hypernetworks_mlps[i](hs[:, 1 + j]) for j, i in enumerate(idx)], dim=1)  # (n, C, D/8)
     if _per_prompt_upscaler(keys.device):
-        for j, row in enumerate(sel.tolist()):
-            up.one(keys[j], hyper[j], logits_out[row], h, w, ws)
+        for j, row in enumerate(p.rows.tolist()):
+            p.up.one(keys[j], hyper[j], p.out.logits[row], p.out.h, p.out.w, ws)
     else:
-        logits_out[sel] = up.batched(keys, hyper, h, w)
+        p.out.logits[p.rows] = p.up.batched(keys, hyper, p.out.h, p.out.w)
 
 
 def _validate(sam, embeddings: torch.Tensor, batch: PromptBatch, max_prompts_per_pass: int) -> None:
@@ -465,10 +492,10 @@ def decode_batch(
     c = len(range(md.num_mask_tokens)[mask_slice])
     n = batch.num_prompts
     dev = embeddings.device
-    logits_out = torch.empty((n, c, 4 * h, 4 * w), dtype=torch.float32, device=dev)
-    iou_out = torch.empty((n, c), dtype=torch.float32, device=dev)
+    out = _Outputs(logits=torch.empty((n, c, 4 * h, 4 * w), dtype=torch.float32, device=dev),
+                   iou=torch.empty((n, c), dtype=torch.float32, device=dev), h=h, w=w, mask_slice=mask_slice)
     if n == 0:
-        return logits_out, iou_out
+        return out.logits, out.iou
 
     # The plan (which prompts share a pass) depends only on the batch and the pass size, never on the
     # thread count: prompts sorted by image so that each image's prompts are contiguous within a pass.
@@ -483,10 +510,10 @@ def decode_batch(
     sides = {i: run.submit(_side_task, sam, embeddings, i, prep) for i in images}
     workspaces: dict[int, _Workspace] = {}  # one per worker thread (buffers reused by its passes)
     ws_args = (min(n, max_prompts_per_pass), h * w, d, c, embeddings.dtype, dev)
-    tasks = [run.submit(_pass_task, sam, prep, sides, workspaces, ws_args, img_sorted[s:e], order[s:e], h, w,
-                        mask_slice, logits_out, iou_out) for s, e in passes]
+    tasks = [run.submit(_pass_task, sam, prep, sides, workspaces, ws_args, img_sorted[s:e], order[s:e], out)
+             for s, e in passes]
     run.wait([prep, *sides.values(), *tasks])
-    return logits_out, iou_out
+    return out.logits, out.iou
 
 
 MAX_DECODE_THREADS = 256
@@ -531,7 +558,8 @@ def _side_task(sam, embeddings: torch.Tensor, i: int, prep: Future) -> _ImageSid
 
 
 def _pass_task(sam, prep: Future, side_futs: dict[int, Future], workspaces: dict, ws_args, ids: list[int],
-               sel: torch.Tensor, h: int, w: int, mask_slice, logits_out, iou_out) -> None:
+               sel: torch.Tensor, out: _Outputs) -> None:
+    """One pass of prompts ``sel`` (image ``ids[k]`` for the k-th), once the call's shared work is ready."""
     p: _Prepared = prep.result()
     uniq = sorted(set(ids))
     sides = [side_futs[i].result() for i in uniq]
@@ -550,8 +578,8 @@ def _pass_task(sam, prep: Future, side_futs: dict[int, Future], workspaces: dict
         ws = workspaces.setdefault(tid, _Workspace(n, l_, d, p.up, c, dtype, dev))
     cnt = p.counts[sel]
     smax = int(cnt.max())
-    _decode_pass(sam, p.up, ws, sides, groups, p.sparse[sel, :smax], cnt, p.pos, h, w, mask_slice, logits_out,
-                 iou_out, sel)
+    _decode_pass(sam, _Pass(sides=sides, groups=groups, sparse=p.sparse[sel, :smax], counts=cnt, rows=sel,
+                            pos=p.pos, up=p.up, out=out), ws)
 
 
 # ------------------------------------------------------------------ CPU worker threads

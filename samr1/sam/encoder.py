@@ -50,10 +50,21 @@ __all__ = [
     "BACKENDS",
     "ImageEncoder",
     "TorchEncoder",
+    "TorchModuleRunner",
     "OnnxEncoder",
     "TensorRTEncoder",
     "make_encoder",
+    "check_encoder_options",
+    "parse_dtype",
+    "TensorRTProgram",
     "export_onnx",
+    "export_onnx_module",
+    "open_onnx_session",
+    "run_onnx_session",
+    "import_tensorrt",
+    "tensorrt_target",
+    "build_trt_engine",
+    "trt_torch_dtype",
     "select_ort_providers",
     "ort_distributions",
     "image_encoder_flops",
@@ -74,7 +85,8 @@ _DTYPES = {
 }
 
 
-def _parse_dtype(dtype: Any, default: torch.dtype) -> torch.dtype:
+def parse_dtype(dtype: Any, default: torch.dtype) -> torch.dtype:
+    """An encoder dtype (None -> ``default``; a torch dtype or a name such as "bf16") as a torch dtype."""
     if dtype is None:
         return default
     if isinstance(dtype, torch.dtype):
@@ -196,27 +208,31 @@ class ImageEncoder:
 # ----------------------------------------------------------------------------------------------- torch
 
 
-class TorchEncoder(ImageEncoder):
-    """The upstream module itself. ``dtype`` float32 is the reference; bfloat16 / float16 run under autocast
-    (weights stay float32); ``compile=True`` wraps the encoder in ``torch.compile`` (one graph per distinct
-    batch size, so the first call at each batch size is slow)."""
+class TorchModuleRunner:
+    """Runs an encoder module under ``no_grad``: float32 is the reference; bfloat16 / float16 run under autocast
+    (weights stay float32); ``compile=True`` wraps the module in ``torch.compile`` (one graph per distinct
+    batch size, so the first call at each batch size is slow). Returns what the module returns, uncast.
 
-    def __init__(self, sam: Sam, device: torch.device, dtype: torch.dtype, compile: bool, max_batch: int) -> None:
-        super().__init__(sam, device, max_batch)
-        if _sam_device(sam) != self.device and not (
-            _sam_device(sam).type == self.device.type == "cuda" and self.device.index is None
-        ):
+    Attributes:
+        dtype: the autocast dtype (float32: no autocast).
+        compiled: whether the module is wrapped in ``torch.compile``.
+        name: e.g. ``"torch-fp32"``, ``"torch-bf16-compiled"``.
+    """
+
+    def __init__(self, module: torch.nn.Module, model_device: torch.device, device: torch.device,
+                 dtype: torch.dtype, compile: bool, max_batch: int) -> None:
+        if model_device != device and not (model_device.type == device.type == "cuda" and device.index is None):
             raise ValueError(
-                f"the SAM model is on {_sam_device(sam)} but device={self.device}; move it first "
-                f"(sam.to('{self.device}')) or leave device unset to encode where the model is"
+                f"the SAM model is on {model_device} but device={device}; move it first "
+                f"(sam.to('{device}')) or leave device unset to encode where the model is"
             )
-        if dtype == torch.float16 and self.device.type != "cuda":
+        if dtype == torch.float16 and device.type != "cuda":
             raise ValueError("float16 autocast needs a CUDA device; use float32 or bfloat16 on CPU")
+        self.device = device
         self.dtype = dtype
         self.compiled = bool(compile)
-        self._module = sam.image_encoder
         # dynamic=False: static shapes give the best kernels; at most max_batch graphs are compiled.
-        self._fn = torch.compile(self._module, dynamic=False) if compile else self._module
+        self._fn = torch.compile(module, dynamic=False) if compile else module
         if compile:
             # One recompile per batch size 1..max_batch must not fall back to eager silently.
             import torch._dynamo as dynamo
@@ -225,14 +241,25 @@ class TorchEncoder(ImageEncoder):
         prec = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
         self.name = f"torch-{prec}" + ("-compiled" if compile else "")
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> Any:
         with torch.no_grad():
             if self.dtype == torch.float32:
-                y = self._fn(x)
-            else:
-                with torch.autocast(device_type=self.device.type, dtype=self.dtype):
-                    y = self._fn(x)
-        return y.float()
+                return self._fn(x)
+            with torch.autocast(device_type=self.device.type, dtype=self.dtype):
+                return self._fn(x)
+
+
+class TorchEncoder(ImageEncoder):
+    """The upstream module itself, run by :class:`TorchModuleRunner` (float32, bf16 / fp16 autocast,
+    optionally compiled)."""
+
+    def __init__(self, sam: Sam, device: torch.device, dtype: torch.dtype, compile: bool, max_batch: int) -> None:
+        super().__init__(sam, device, max_batch)
+        self._runner = TorchModuleRunner(sam.image_encoder, _sam_device(sam), self.device, dtype, compile, max_batch)
+        self.dtype, self.compiled, self.name = dtype, self._runner.compiled, self._runner.name
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        return self._runner(x).float()
 
 
 # ------------------------------------------------------------------------------------------------- ONNX
@@ -265,11 +292,18 @@ class _EncoderWrapper(torch.nn.Module):
         return self.encoder(image)
 
 
-def _export_onnx_into(sam: Sam, folder: Path, opset: int) -> None:
-    """Export ``sam.image_encoder`` (input ``image``: B x 3 x F x F float32, dynamic B) to ``folder``."""
-    enc = sam.image_encoder
-    dev = _sam_device(sam)
-    frame = int(enc.img_size)
+def export_onnx_module(module: torch.nn.Module, frame: int, path: Path, output_names: Sequence[str],
+                       opset: int = ONNX_OPSET) -> None:
+    """Export ``module`` (``forward(image)``: ``B x 3 x frame x frame`` float32 -> a tensor or a tuple of
+    tensors) to ``path`` with torch's dynamo exporter, the batch dimension dynamic (any B >= 1).
+
+    The graph takes one input named ``image``; its outputs are named ``output_names`` in order. Weights go to
+    ``path`` + ``.data`` beside it. Used for the SAM image encoder and SAM 2's image features alike.
+    """
+    try:
+        dev = next(module.parameters()).device
+    except StopIteration:
+        dev = torch.device("cpu")
     # Batch 2 in the example: a size-1 dimension would be specialised to a constant by torch.export.
     example = torch.zeros((2, 3, frame, frame), dtype=torch.float32, device=dev)
     batch = torch.export.Dim("batch", min=1, max=1024)
@@ -277,15 +311,21 @@ def _export_onnx_into(sam: Sam, folder: Path, opset: int) -> None:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter is chatty about internals we cannot act on
         program = torch.onnx.export(
-            _EncoderWrapper(enc).eval(), (example,), None, dynamo=True, input_names=[_INPUT],
-            output_names=[_OUTPUT], dynamic_shapes={"image": {0: batch}}, opset_version=opset,
+            module.eval(), (example,), None, dynamo=True, input_names=[_INPUT],
+            output_names=list(output_names), dynamic_shapes={"image": {0: batch}}, opset_version=opset,
             external_data=True, verbose=False, optimize=True,
         )
     # Weights always go to an external data file (encoder.onnx.data): required above protobuf's 2 GB limit
     # (ViT-H) and harmless below it, so every model size takes the same, tested path.
-    program.save(str(folder / _ONNX_FILE), external_data=True)
+    program.save(str(path), external_data=True)
     if os.environ.get("SAMR1_VERBOSE"):
-        print(f"samr1: exported ONNX image encoder in {time.perf_counter() - t0:.1f}s to {folder}")
+        print(f"samr1: exported {type(module).__name__} to ONNX in {time.perf_counter() - t0:.1f}s: {path}")
+
+
+def _export_onnx_into(sam: Sam, folder: Path, opset: int) -> None:
+    """Export ``sam.image_encoder`` (input ``image``: B x 3 x F x F float32, dynamic B) to ``folder``."""
+    export_onnx_module(_EncoderWrapper(sam.image_encoder), int(sam.image_encoder.img_size), folder / _ONNX_FILE,
+                       [_OUTPUT], opset)
 
 
 def export_onnx(sam: Sam, cache_dir: str | os.PathLike | None = None, opset: int = ONNX_OPSET) -> artifacts.Artifact:
@@ -368,54 +408,89 @@ class OnnxEncoder(ImageEncoder):
     def __init__(self, sam: Sam, device: torch.device, cache_dir: str | os.PathLike | None, max_batch: int,
                  opset: int = ONNX_OPSET, cpu_fallback: bool = False) -> None:
         super().__init__(sam, device, max_batch)
-        try:
-            import onnxruntime as ort
-        except ImportError as exc:
-            raise ImportError("the onnx encoder backend needs ONNX Runtime: pip install 'samr1[onnx]' (CPU) or "
-                              "'samr1[gpu]' (CUDA), not both") from exc
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
-        providers, self._provider = select_ort_providers(
-            ort.get_available_providers(), self.device, cpu_fallback=cpu_fallback, installed=ort_distributions())
+        self.artifact, self._session, self._provider = open_onnx_session(
+            _onnx_key(sam, opset), lambda d: _export_onnx_into(sam, d, opset), self.device, cache_dir=cache_dir,
+            cpu_fallback=cpu_fallback)
         self.name = f"onnxruntime-{self._provider}"
 
-        def load(folder: Path):
-            opts = ort.SessionOptions()
-            opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-            opts.log_severity_level = 3  # errors only: ORT warns about every unused initialiser otherwise
-            return ort.InferenceSession(str(folder / _ONNX_FILE), opts, providers=providers)
-
-        key = _onnx_key(sam, opset)
-        self.artifact, self._session = artifacts.get_or_build(
-            "onnx", key, lambda d: _export_onnx_into(sam, d, opset), load, cache_dir=cache_dir)
-        if self._provider == "cuda" and "CUDAExecutionProvider" not in self._session.get_providers():
-            # ORT lists the CUDA provider but drops it at session creation when its CUDA/cuDNN libraries do
-            # not load, logging an error and running on the CPU; checked here, after the artefact cache, so a
-            # broken runtime is not mistaken for a corrupt artefact and rebuilt.
-            if not cpu_fallback:
-                raise DeviceError(
-                    f"ONNX Runtime lists CUDAExecutionProvider but could not start it on {self.device} (session "
-                    f"providers: {self._session.get_providers()}); its CUDA/cuDNN libraries are missing or do "
-                    f"not match (see the ONNX Runtime CUDA requirements). Fix: {_ORT_FIX}; or pass "
-                    "cpu_fallback=True to run the encoder on the CPU")
-            self._provider = "cpu"
-            self.name = "onnxruntime-cpu"
-        self._in = self._session.get_inputs()[0].name
-        self._out = self._session.get_outputs()[0].name
-
     def _run(self, x: torch.Tensor) -> torch.Tensor:
-        if self._provider == "cuda" and x.is_cuda:
-            io = self._session.io_binding()
-            index = x.device.index or 0
-            out = torch.empty((x.shape[0], *self.embedding_shape), dtype=torch.float32, device=x.device)
-            io.bind_input(self._in, "cuda", index, np.float32, tuple(x.shape), x.data_ptr())
-            io.bind_output(self._out, "cuda", index, np.float32, tuple(out.shape), out.data_ptr())
-            # ORT runs on its own CUDA stream: the preprocessing kernels on torch's stream must be done first.
-            torch.cuda.current_stream(x.device).synchronize()
-            self._session.run_with_iobinding(io)
-            return out
-        y = self._session.run([self._out], {self._in: x.detach().cpu().numpy()})[0]
-        return torch.from_numpy(y)
+        return run_onnx_session(self._session, self._provider, x, [(x.shape[0], *self.embedding_shape)])[0]
+
+
+def open_onnx_session(key: dict[str, Any], build: Any, device: torch.device, *,
+                      cache_dir: str | os.PathLike | None = None, cpu_fallback: bool = False,
+                      file: str = _ONNX_FILE) -> tuple[artifacts.Artifact, Any, str]:
+    """An ONNX Runtime session on the cached ONNX artefact of ``key`` (``build(folder)`` exports it when it is
+    missing, stale or corrupt; see :func:`samr1.artifacts.get_or_build`).
+
+    Args:
+        key: the artefact key (model id, input shape, opset, library versions).
+        build: writes ``file`` (and its ``.data``) into the folder it is given.
+        device: where the outputs are wanted; a CUDA device must carry its index.
+        cpu_fallback: see :func:`select_ort_providers`.
+
+    Returns:
+        ``(artifact, session, where)`` with ``where`` the provider the session really runs on, "cuda" or "cpu".
+
+    Raises:
+        ImportError: ONNX Runtime is not installed (the message gives the install command).
+        DeviceError: ``device`` is CUDA and ONNX Runtime cannot run there (and no ``cpu_fallback``).
+    """
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        raise ImportError("the onnx encoder backend needs ONNX Runtime: pip install 'samr1[onnx]' (CPU) or "
+                          "'samr1[gpu]' (CUDA), not both") from exc
+    providers, where = select_ort_providers(
+        ort.get_available_providers(), device, cpu_fallback=cpu_fallback, installed=ort_distributions())
+
+    def load(folder: Path):
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3  # errors only: ORT warns about every unused initialiser otherwise
+        return ort.InferenceSession(str(folder / file), opts, providers=providers)
+
+    art, session = artifacts.get_or_build("onnx", key, build, load, cache_dir=cache_dir)
+    if where == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
+        # ORT lists the CUDA provider but drops it at session creation when its CUDA/cuDNN libraries do
+        # not load, logging an error and running on the CPU; checked here, after the artefact cache, so a
+        # broken runtime is not mistaken for a corrupt artefact and rebuilt.
+        if not cpu_fallback:
+            raise DeviceError(
+                f"ONNX Runtime lists CUDAExecutionProvider but could not start it on {device} (session "
+                f"providers: {session.get_providers()}); its CUDA/cuDNN libraries are missing or do "
+                f"not match (see the ONNX Runtime CUDA requirements). Fix: {_ORT_FIX}; or pass "
+                "cpu_fallback=True to run the encoder on the CPU")
+        where = "cpu"
+    return art, session, where
+
+
+def run_onnx_session(session: Any, where: str, x: torch.Tensor,
+                     output_shapes: Sequence[tuple[int, ...]]) -> list[torch.Tensor]:
+    """Run a one-input session (see :func:`open_onnx_session`) on ``x``; its float32 outputs, in graph order.
+
+    On the CUDA provider with ``x`` on the GPU, input and outputs are bound to torch CUDA memory (no host
+    copies; ``output_shapes`` gives the outputs' shapes, one per graph output); otherwise ``x`` is copied to
+    the host and the outputs come back as CPU tensors.
+    """
+    inp = session.get_inputs()[0].name
+    outs = [o.name for o in session.get_outputs()]
+    if len(output_shapes) != len(outs):
+        raise ValueError(f"the ONNX graph has {len(outs)} outputs {outs}; got {len(output_shapes)} output shapes")
+    if where == "cuda" and x.is_cuda:
+        io = session.io_binding()
+        index = x.device.index or 0
+        results = [torch.empty(tuple(s), dtype=torch.float32, device=x.device) for s in output_shapes]
+        io.bind_input(inp, "cuda", index, np.float32, tuple(x.shape), x.data_ptr())
+        for name, out in zip(outs, results, strict=True):
+            io.bind_output(name, "cuda", index, np.float32, tuple(out.shape), out.data_ptr())
+        # ORT runs on its own CUDA stream: the preprocessing kernels on torch's stream must be done first.
+        torch.cuda.current_stream(x.device).synchronize()
+        session.run_with_iobinding(io)
+        return results
+    return [torch.from_numpy(y) for y in session.run(outs, {inp: x.detach().cpu().numpy()})]
 
 
 # --------------------------------------------------------------------------------------------- TensorRT
@@ -434,7 +509,13 @@ def tensorrt_available() -> tuple[bool, str]:
     return True, ""
 
 
-def _trt():
+def import_tensorrt():
+    """The ``tensorrt`` module, with this process's TensorRT logger created (warnings and errors).
+
+    Raises:
+        ImportError: TensorRT is not installed or there is no CUDA device (the message says which and how to
+            install it).
+    """
     ok, reason = tensorrt_available()
     if not ok:
         raise ImportError(f"the tensorrt backend is unavailable: {reason}")
@@ -446,7 +527,8 @@ def _trt():
     return trt
 
 
-def _trt_torch_dtype(trt, dt) -> torch.dtype:
+def trt_torch_dtype(trt, dt) -> torch.dtype:
+    """The torch dtype of a TensorRT tensor dtype ``dt`` (``trt.float16`` -> ``torch.float16``)."""
     table = {trt.float32: torch.float32, trt.float16: torch.float16, trt.int32: torch.int32, trt.int8: torch.int8}
     if hasattr(trt, "bfloat16"):
         table[trt.bfloat16] = torch.bfloat16
@@ -455,10 +537,11 @@ def _trt_torch_dtype(trt, dt) -> torch.dtype:
     return table[dt]
 
 
-def _build_trt_engine(onnx_path: Path, out_path: Path, frame: int, max_batch: int, fp16: bool,
-                      workspace_bytes: int | None) -> None:
-    """Parse the ONNX export and serialise an engine for batch 1..max_batch to ``out_path``."""
-    trt = _trt()
+def build_trt_engine(onnx_path: Path, out_path: Path, frame: int, max_batch: int, fp16: bool,
+                     workspace_bytes: int | None) -> None:
+    """Parse the ONNX file (one input ``B x 3 x frame x frame``) and serialise an engine for batch
+    1..max_batch to ``out_path`` (float16 tactics allowed when ``fp16``; inputs and outputs stay float32)."""
+    trt = import_tensorrt()
     builder = trt.Builder(_TRT_LOGGER)
     # TensorRT 10 networks are always explicit-batch (the flag is deprecated and ignored); older versions
     # need it set to parse ONNX models.
@@ -488,42 +571,64 @@ def _build_trt_engine(onnx_path: Path, out_path: Path, frame: int, max_batch: in
         f.write(serialized)
 
 
-class TensorRTEncoder(ImageEncoder):
-    """A TensorRT engine built from the cached ONNX export (fp16 by default, optimisation profile batch
-    1..max_batch), run on torch-allocated CUDA buffers on the current torch stream (TensorRT 10 API:
-    ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``)."""
+def tensorrt_target(device: str | torch.device, dtype: torch.dtype) -> tuple[torch.device, bool]:
+    """Check a TensorRT backend's target: TensorRT importable, a CUDA ``device``, ``dtype`` float16 or float32.
 
-    def __init__(self, sam: Sam, device: torch.device, dtype: torch.dtype, cache_dir: str | os.PathLike | None,
-                 max_batch: int, workspace_bytes: int | None = None) -> None:
-        trt = _trt()  # before touching the device: a missing TensorRT/CUDA gets the install hint
-        if torch.device(device).type != "cuda":
-            raise ValueError(f"the tensorrt backend needs a CUDA device, got device={device}")
-        super().__init__(sam, device, max_batch)
-        if dtype not in (torch.float16, torch.float32):
-            raise ValueError(f"the tensorrt backend builds float16 or float32 engines, got {dtype}")
-        if self.device.index is None:
-            self.device = torch.device("cuda", torch.cuda.current_device())
-        fp16 = dtype == torch.float16
-        self.name = f"tensorrt-{'fp16' if fp16 else 'fp32'}"
-        onnx_art = export_onnx(sam, cache_dir=cache_dir)
+    Returns ``(the CUDA device with its index, fp16)``. Raises ImportError (with the install hint) before
+    touching the device, then ValueError naming the bad option.
+    """
+    import_tensorrt()
+    dev = torch.device(device)
+    if dev.type != "cuda":
+        raise ValueError(f"the tensorrt backend needs a CUDA device, got device={device}")
+    if dtype not in (torch.float16, torch.float32):
+        raise ValueError(f"the tensorrt backend builds float16 or float32 engines, got {dtype}")
+    if dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev, dtype == torch.float16
+
+
+class TensorRTProgram:
+    """A cached TensorRT engine built from a cached ONNX export with one input (``B x 3 x F x F`` float32) and
+    the named outputs, run on torch-allocated CUDA buffers on the current torch stream (TensorRT 10 API:
+    ``set_input_shape``, ``set_tensor_address``, ``execute_async_v3``).
+
+    The engine's key names the ONNX artefact's key digest, the profile (batch 1..max_batch), the precision,
+    the GPU (:func:`samr1.artifacts.device_capability`) and the torch / TensorRT versions; a change in any of
+    them builds a new engine.
+
+    Attributes:
+        artifact: the engine's :class:`samr1.artifacts.Artifact` (``built`` False when loaded from the cache).
+        outputs: the output names, in the order :meth:`run` returns them.
+    """
+
+    def __init__(self, onnx_art: artifacts.Artifact, onnx_file: str, artifact_name: str, model_id: str | None,
+                 output_names: Sequence[str], device: torch.device, frame: int, max_batch: int, fp16: bool,
+                 cache_dir: str | os.PathLike | None, workspace_bytes: int | None = None) -> None:
+        trt = import_tensorrt()
+        if device.type != "cuda" or device.index is None:
+            raise ValueError(f"a TensorRT program needs a CUDA device with its index, got {device}")
+        self.device = device
+        self.max_batch = int(max_batch)
+        self.outputs = list(output_names)
         key = {
-            "artifact": "sam-image-encoder-tensorrt",
-            "model_id": self.model_id,
+            "artifact": artifact_name,
+            "model_id": model_id,
             "onnx_key": artifacts.key_digest(onnx_art.key),
-            "input": [[1, max_batch], 3, self.frame, self.frame],
+            "input": [[1, self.max_batch], 3, int(frame), int(frame)],
             "precision": "fp16" if fp16 else "fp32",
-            "device": artifacts.device_capability(self.device),
+            "device": artifacts.device_capability(device),
             **artifacts.library_versions("torch", "tensorrt"),
         }
-        onnx_path = onnx_art.file(_ONNX_FILE)
+        onnx_path = onnx_art.file(onnx_file)
 
         def build(folder: Path) -> None:
-            with torch.cuda.device(self.device):
-                _build_trt_engine(onnx_path, folder / _TRT_FILE, self.frame, max_batch, fp16, workspace_bytes)
+            with torch.cuda.device(device):
+                build_trt_engine(onnx_path, folder / _TRT_FILE, int(frame), self.max_batch, fp16, workspace_bytes)
 
         def load(folder: Path):
             runtime = trt.Runtime(_TRT_LOGGER)
-            with torch.cuda.device(self.device):
+            with torch.cuda.device(device):
                 engine = runtime.deserialize_cuda_engine((folder / _TRT_FILE).read_bytes())
             if engine is None:
                 raise RuntimeError(f"TensorRT could not deserialise {folder / _TRT_FILE}")
@@ -534,28 +639,52 @@ class TensorRTEncoder(ImageEncoder):
         names = [self._engine.get_tensor_name(i) for i in range(self._engine.num_io_tensors)]
         ins = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outs = [n for n in names if self._engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if len(ins) != 1 or len(outs) != 1:
-            raise RuntimeError(f"expected one input and one output in {self.artifact.path}, got {ins} / {outs}")
-        self._in, self._out = ins[0], outs[0]
-        self._in_dtype = _trt_torch_dtype(trt, self._engine.get_tensor_dtype(self._in))
-        self._out_dtype = _trt_torch_dtype(trt, self._engine.get_tensor_dtype(self._out))
-        with torch.cuda.device(self.device):
+        if len(ins) != 1 or sorted(outs) != sorted(self.outputs):
+            raise RuntimeError(f"expected one input and the outputs {self.outputs} in {self.artifact.path}, got "
+                               f"{ins} / {outs}")
+        self._in = ins[0]
+        self._in_dtype = trt_torch_dtype(trt, self._engine.get_tensor_dtype(self._in))
+        self._out_dtypes = [trt_torch_dtype(trt, self._engine.get_tensor_dtype(n)) for n in self.outputs]
+        with torch.cuda.device(device):
             self._context = self._engine.create_execution_context()
 
-    def _run(self, x: torch.Tensor) -> torch.Tensor:
+    def run(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The outputs for ``x`` (``B x 3 x F x F``, 1 <= B <= max_batch), float32 on ``device``, in ``outputs``
+        order. Not thread-safe (one execution context): callers serialise."""
         x = x.to(self.device, self._in_dtype).contiguous()
         with torch.cuda.device(self.device):
             ctx = self._context
             if not ctx.set_input_shape(self._in, tuple(x.shape)):
                 raise RuntimeError(f"TensorRT rejected input shape {tuple(x.shape)} (profile 1..{self.max_batch})")
-            out = torch.empty(tuple(ctx.get_tensor_shape(self._out)), dtype=self._out_dtype, device=self.device)
             ctx.set_tensor_address(self._in, x.data_ptr())
-            ctx.set_tensor_address(self._out, out.data_ptr())
+            outs = []
+            for name, dtype in zip(self.outputs, self._out_dtypes, strict=True):
+                out = torch.empty(tuple(ctx.get_tensor_shape(name)), dtype=dtype, device=self.device)
+                ctx.set_tensor_address(name, out.data_ptr())
+                outs.append(out)
             # Enqueued on torch's current stream: ordered after the preprocessing that produced x and before
-            # whatever consumes out, with no extra synchronisation; x and out are freed stream-ordered.
+            # whatever consumes the outputs, with no extra synchronisation; buffers are freed stream-ordered.
             if not ctx.execute_async_v3(torch.cuda.current_stream(self.device).cuda_stream):
                 raise RuntimeError("TensorRT execute_async_v3 failed (see the TensorRT log above)")
-        return out.float()
+        return [o.float() for o in outs]
+
+
+class TensorRTEncoder(ImageEncoder):
+    """A TensorRT engine built from the cached ONNX export (fp16 by default, optimisation profile batch
+    1..max_batch); see :class:`TensorRTProgram`."""
+
+    def __init__(self, sam: Sam, device: torch.device, dtype: torch.dtype, cache_dir: str | os.PathLike | None,
+                 max_batch: int, workspace_bytes: int | None = None) -> None:
+        dev, fp16 = tensorrt_target(device, dtype)
+        super().__init__(sam, dev, max_batch)
+        self.name = f"tensorrt-{'fp16' if fp16 else 'fp32'}"
+        self._program = TensorRTProgram(
+            export_onnx(sam, cache_dir=cache_dir), _ONNX_FILE, "sam-image-encoder-tensorrt", self.model_id,
+            [_OUTPUT], self.device, self.frame, max_batch, fp16, cache_dir, workspace_bytes)
+        self.artifact = self._program.artifact
+
+    def _run(self, x: torch.Tensor) -> torch.Tensor:
+        return self._program.run(x)[0]
 
 
 # ------------------------------------------------------------------------------------------------ factory
@@ -586,23 +715,33 @@ def make_encoder(sam: Sam, backend: str = "torch", device: str | torch.device | 
         ImportError: the backend's library is missing (the message gives the install command).
         DeviceError: onnx on a CUDA device without a working CUDAExecutionProvider (and no ``cpu_fallback``).
     """
+    dtype = check_encoder_options(backend, dtype, compile, cpu_fallback)
+    if backend == "torch":
+        dev = check_device(device) if device is not None else _sam_device(sam)
+        return TorchEncoder(sam, dev, dtype, compile, max_batch)
+    if backend == "onnx":
+        dev = check_device(device) if device is not None else _sam_device(sam)
+        return OnnxEncoder(sam, dev, cache_dir, max_batch, cpu_fallback=cpu_fallback)
+    dev = torch.device(device) if device is not None else torch.device("cuda")
+    return TensorRTEncoder(sam, dev, dtype, cache_dir, max_batch)
+
+
+def check_encoder_options(backend: str, dtype: Any, compile: bool, cpu_fallback: bool) -> torch.dtype:
+    """Validate a backend's options (see :func:`make_encoder`); the dtype it runs in (its default for None).
+
+    Raises:
+        ValueError: unknown backend, or an option the backend does not support (the message says which).
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown encoder backend {backend!r}; choose one of {list(BACKENDS)}")
     if compile and backend != "torch":
         raise ValueError(f"compile=True applies to the torch backend only, not {backend!r}")
     if cpu_fallback and backend != "onnx":
         raise ValueError(f"cpu_fallback=True applies to the onnx backend only, not {backend!r}")
-    if backend == "torch":
-        dev = check_device(device) if device is not None else _sam_device(sam)
-        return TorchEncoder(sam, dev, _parse_dtype(dtype, torch.float32), compile, max_batch)
-    if backend == "onnx":
-        if _parse_dtype(dtype, torch.float32) != torch.float32:
-            raise ValueError("the onnx backend runs the float32 export; use dtype=float32 (or the tensorrt "
-                             "backend for float16)")
-        dev = check_device(device) if device is not None else _sam_device(sam)
-        return OnnxEncoder(sam, dev, cache_dir, max_batch, cpu_fallback=cpu_fallback)
-    dev = torch.device(device) if device is not None else torch.device("cuda")
-    return TensorRTEncoder(sam, dev, _parse_dtype(dtype, torch.float16), cache_dir, max_batch)
+    if backend == "onnx" and parse_dtype(dtype, torch.float32) != torch.float32:
+        raise ValueError("the onnx backend runs the float32 export; use dtype=float32 (or the tensorrt "
+                         "backend for float16)")
+    return parse_dtype(dtype, torch.float16 if backend == "tensorrt" else torch.float32)
 
 
 # ------------------------------------------------------------------------------------------------- FLOPs

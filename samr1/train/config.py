@@ -10,23 +10,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from samr1.config import ConfigError
+from samr1.config import help_field as _f
+
+if TYPE_CHECKING:  # pragma: no cover - the reward side's configs import torch; built on demand
+    from samr1.engine import SamEngineConfig
+    from samr1.rewards import SamR1RewardConfig
 
 __all__ = ["TrainConfig", "ConfigError", "load_yaml_config", "DATA_FORMATS"]
 
 DATA_FORMATS = ("auto", "manifest", "hf", "refcocog", "reasonseg")
-
-
-class ConfigError(ValueError):
-    """A training configuration value is invalid; the message names the field and says how to fix it."""
-
-
-def _f(default: Any, help: str, **kw: Any) -> Any:
-    """A dataclass field with ``help`` metadata (the flag's ``--help`` text)."""
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"help": help, **kw})
-    return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass
@@ -114,6 +110,22 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def engine_config(self) -> SamEngineConfig:
+        """The reward engine's settings from this config's SAM fields (the device is the model's: the
+        driver loads SAM onto this process's device)."""
+        from samr1.engine import SamEngineConfig
+
+        return SamEngineConfig(encoder=self.encoder, cache_bytes=int(self.cache_gb * (1 << 30)),
+                               multimask=self.multimask, store=self.embeddings)
+
+    def reward_config(self) -> SamR1RewardConfig:
+        """The reward's settings: the components, the policy's square frame, the driver's dataset columns
+        (``sam_image``: the original image SAM sees, see :mod:`samr1.train.data`)."""
+        from samr1.rewards import SamR1RewardConfig
+
+        return SamR1RewardConfig(components=tuple(self.components), image_key="sam_image", mask_key="mask",
+                                 model_size=(self.policy_image_size, self.policy_image_size))
+
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, where: str = "config") -> TrainConfig:
         """Build from a mapping of field names; unknown keys raise :class:`ConfigError` naming them."""
@@ -130,7 +142,7 @@ class TrainConfig:
         """Check every value; raise :class:`ConfigError` that says which field and how to fix it."""
         def need(cond: bool, name: str, msg: str) -> None:
             if not cond:
-                raise ConfigError(f"{name}={getattr(self, name)!r}: {msg}")
+                raise ConfigError(f"{name}={getattr(self, name)!r}: {msg}", field=name)
 
         need(isinstance(self.model, str) and bool(self.model), "model", "give the policy directory with --model PATH")
         need(isinstance(self.data, str) and bool(self.data), "data", "give the training data with --data PATH")
@@ -166,15 +178,19 @@ class TrainConfig:
              "must be -1 (run num_train_epochs) or a positive integer")
         need(isinstance(self.num_train_epochs, (int, float)) and self.num_train_epochs > 0, "num_train_epochs",
              "must be > 0")
-        need(isinstance(self.cache_gb, (int, float)) and self.cache_gb >= 0, "cache_gb", "must be >= 0 GiB")
-        need(self.encoder in ("torch", "onnx", "tensorrt"), "encoder", "choose torch, onnx or tensorrt")
+        need(isinstance(self.cache_gb, (int, float)) and math.isfinite(self.cache_gb) and self.cache_gb >= 0,
+             "cache_gb", "must be >= 0 GiB")
         need(self.reward_gather in ("rank", "node"), "reward_gather", "choose rank or node")
-        need(isinstance(self.components, (list, tuple)) and len(self.components) > 0, "components",
-             "give at least one reward component, e.g. think answer iou")
-        from samr1.rewards import COMPONENTS
-
-        bad = [c for c in self.components if c not in COMPONENTS]
-        need(not bad, "components", f"unknown {bad}; choose from {sorted(COMPONENTS)}")
+        # the engine's and the reward's own checks, reported under this config's field names
+        for build, renamed in ((self.engine_config, {"cache_bytes": "cache_gb", "store": "embeddings"}),
+                               (self.reward_config, {"model_size": "policy_image_size"})):
+            try:
+                build()
+            except ConfigError as exc:
+                name = renamed.get(exc.field, exc.field)
+                if name not in self.field_names():
+                    raise
+                raise ConfigError(f"{name}={getattr(self, name)!r}: {exc}", field=name) from None
         from samr1.train.prompts import resolve_prompt
 
         try:

@@ -313,11 +313,8 @@ def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None) -> dict[
 
     # ONE engine per process, built once: its cache, batched decoder and fused IoU serve every step.
     sam = load_sam(cfg.sam, cfg.sam_checkpoint, device=device)
-    engine = SamEngine(sam, encoder=cfg.encoder, cache_bytes=int(cfg.cache_gb * (1 << 30)), multimask=cfg.multimask,
-                       store=cfg.embeddings)
-    size = (cfg.policy_image_size, cfg.policy_image_size)
-    reward = SamR1Reward(engine, components=tuple(cfg.components), model_size=size, image_key="sam_image",
-                         mask_key="mask")
+    engine = SamEngine(sam, config=cfg.engine_config())  # SAM is already on this process's device
+    reward = SamR1Reward(engine, config=cfg.reward_config())
     hub = RewardHub(reward, log_dir=cfg.output_dir, gather=cfg.reward_gather, dataset=dataset,
                     rank=state.process_index)
 
