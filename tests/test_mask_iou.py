@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _markers import requires_cpp, requires_cuda, requires_two_gpus
 from conftest import only_in_triton_interpreter, run_in_triton_interpreter
 from segment_anything.utils.transforms import ResizeLongestSide
 
@@ -43,8 +44,6 @@ from samr1.ops.mask_iou import image_plan
 
 HAS_CUDA = torch.cuda.is_available()
 HAS_CPP = backends.cpp_status()[0]
-needs_cpp = pytest.mark.skipif(not HAS_CPP, reason=f"C++ extension unavailable: {backends.cpp_status()[1]}")
-needs_cuda = pytest.mark.skipif(not HAS_CUDA, reason="no CUDA device: compiled Triton tests need one")
 
 
 def _gen() -> tuple[torch.Generator, int]:
@@ -133,7 +132,7 @@ CASES = [(s, 1) for s in SIZES] + [((480, 640), 64), ((333, 517), 64)]
 
 
 # ----------------------------------------------------------------------------- C++ backend
-@needs_cpp
+@requires_cpp
 @pytest.mark.parametrize("size,n", CASES, ids=[f"{s[0]}x{s[1]}-N{n}" for s, n in CASES])
 def test_cpp_matches_reference(size, n):
     gen, seed = _gen()
@@ -143,7 +142,7 @@ def test_cpp_matches_reference(size, n):
     check_against_reference(x, gt, isz_of(size), size, got, seed, "cpp")
 
 
-@needs_cpp
+@requires_cpp
 def test_cpp_two_threads_match_reference(monkeypatch):
     """SAMR1_CPP_THREADS=2 on work large enough (> 2 x 16M units) that the kernel wakes both threads."""
     monkeypatch.setenv("SAMR1_CPP_THREADS", "2")
@@ -154,7 +153,7 @@ def test_cpp_two_threads_match_reference(monkeypatch):
     check_against_reference(x, gt, isz_of(size), size, got, seed, "cpp")
 
 
-@needs_cpp
+@requires_cpp
 @pytest.mark.parametrize("threshold", [-0.2, 0.15])
 def test_cpp_nonzero_threshold_and_uint8_gt(threshold):
     gen, seed = _gen()
@@ -165,7 +164,7 @@ def test_cpp_nonzero_threshold_and_uint8_gt(threshold):
     check_against_reference(x, gt, isz_of(size), size, got, seed, "cpp", threshold=threshold)
 
 
-@needs_cpp
+@requires_cpp
 @pytest.mark.parametrize("lowres,frame,size", [((128, 192), 512, (300, 200)), ((64, 64), 256, (41, 77)),
                                                ((256, 256), 1024, (1024, 700))])
 def test_cpp_non_square_lowres_and_other_frames(lowres, frame, size):
@@ -176,7 +175,7 @@ def test_cpp_non_square_lowres_and_other_frames(lowres, frame, size):
     check_against_reference(x, gt, isz, size, got, seed, "cpp", frame=frame)
 
 
-@needs_cpp
+@requires_cpp
 @pytest.mark.parametrize("fused,isa", [(True, "auto"), (True, "avx2"), (False, "auto")],
                          ids=["fma-best", "fma-avx2", "plain"])
 def test_cpp_kernel_variants_pixel_level(fused, isa):
@@ -204,7 +203,7 @@ def test_cpp_kernel_variants_pixel_level(fused, isa):
                 f"seed={seed} size={size} threads={threads}: missing {lo_n - inter[:3]}, extra {union[3:] - hi_n}")
 
 
-@needs_cpp
+@requires_cpp
 def test_cpp_binding_rejects_bad_arguments():
     C = backends.cpp_module()
     size = (10, 12)
@@ -224,7 +223,7 @@ def test_cpp_binding_rejects_bad_arguments():
         C.mask_iou_counts(x, none, [(idx, wts, gt, isz_of(size)[0])], 0.0, False, 1, "sse")
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("cpp", marks=needs_cpp)])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("cpp", marks=requires_cpp)])
 def test_empty_and_full_predictions_and_ground_truths(backend):
     size = (37, 53)
     isz = isz_of(size)
@@ -250,7 +249,7 @@ def _grouped_case(gen, n=11):
     return make_logits(n, gen), gts, index, [isz_of(s) for s in sizes], sizes
 
 
-@pytest.mark.parametrize("backend", ["torch", pytest.param("cpp", marks=needs_cpp)])
+@pytest.mark.parametrize("backend", ["torch", pytest.param("cpp", marks=requires_cpp)])
 def test_grouped_matches_sams_own_postprocess(backend):
     """The grouped form row by row against the independent restatement (SAM's postprocess_masks + numpy
     counts): the torch backend exactly, the C++ one within the near-threshold count and pixel by pixel."""
@@ -296,7 +295,7 @@ def _plateau_logits(gen, n, value):
     return torch.where(far, value + torch.sign(blobs) * 0.5, x).contiguous()
 
 
-@pytest.mark.parametrize("backend", [pytest.param("cpp", marks=needs_cpp)])
+@pytest.mark.parametrize("backend", [pytest.param("cpp", marks=requires_cpp)])
 @pytest.mark.parametrize("value,size", [(0.1, (20, 30)), (0.1, (333, 517)), (-0.37, (97, 131)), (0.0, (1, 1)),
                                         (2.5, (480, 640))])
 def test_fast_path_contract_at_the_threshold(backend, value, size):
@@ -435,7 +434,7 @@ def test_backend_selection_and_env_switches(monkeypatch):
         select_backend("triton", "cuda")
 
 
-@needs_cpp
+@requires_cpp
 def test_torch_compile_fullgraph():
     gen, seed = _gen()
     size = (45, 67)
@@ -556,7 +555,7 @@ def test_triton_interpreter_child():
 CUDA_CASES = [(s, 1) for s in SIZES] + [((480, 640), 64), ((1500, 2000), 64)]
 
 
-@needs_cuda
+@requires_cuda
 @pytest.mark.gpu
 @pytest.mark.parametrize("size,n", CUDA_CASES, ids=[f"{s[0]}x{s[1]}-N{n}" for s, n in CUDA_CASES])
 def test_triton_cuda_matches_reference(size, n):
@@ -568,8 +567,7 @@ def test_triton_cuda_matches_reference(size, n):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not HAS_CUDA or torch.cuda.device_count() < 2,
-                    reason="needs two CUDA devices: checks a launch on cuda:1 while cuda:0 is current")
+@requires_two_gpus  # checks a launch on cuda:1 while cuda:0 is current
 def test_triton_cuda_second_device():
     gen, seed = _gen()
     size = (333, 517)
@@ -580,7 +578,7 @@ def test_triton_cuda_second_device():
         check_against_reference(x.to("cuda:1"), gt.to("cuda:1"), isz_of(size), size, got, seed, "triton")
 
 
-@needs_cuda
+@requires_cuda
 @pytest.mark.gpu
 def test_triton_cuda_grouped():
     gen, seed = _gen()

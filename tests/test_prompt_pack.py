@@ -12,6 +12,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from _markers import requires_two_gpus
 from conftest import only_in_triton_interpreter, run_in_triton_interpreter
 from segment_anything.utils.transforms import ResizeLongestSide
 
@@ -147,8 +148,7 @@ def test_triton_interpreter_child():
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available() or torch.cuda.device_count() < 2,
-                    reason="needs two CUDA devices: checks a launch on cuda:1 while cuda:0 is current")
+@requires_two_gpus  # checks a launch on cuda:1 while cuda:0 is current
 def test_triton_on_second_cuda_device(sam):
     pytest.importorskip("triton")
     seed = random.randrange(2**31)
