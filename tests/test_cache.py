@@ -209,3 +209,18 @@ def test_non_finite_store_rows_are_re_encoded_with_a_warning(encoder, pool, tmp_
     for row, i in ((1, 1), (2, 2), (3, 1)):
         _close(emb[row], refs[i])  # re-encoded in float32
     assert sizes == encoder.input_sizes([imgs[0], imgs[1], imgs[2], imgs[1]])
+
+
+def test_byte_lru_evicts_least_recent_and_keeps_its_byte_count():
+    from samr1.lru import ByteLRU
+
+    lru = ByteLRU(10, len)
+    assert lru.put("a", "xxxx") == 0 and lru.put("b", "yyyy") == 0
+    assert lru.get("a") == "xxxx"  # "a" is now the most recent
+    assert lru.put("c", "zzzz") == 1 and "b" not in lru and lru.keys() == ["a", "c"]
+    assert lru.put("a", "xx") == 0 and lru.nbytes == 6  # a replaced value is not counted twice
+    assert lru.put("d", "w" * 11) == 0 and "d" not in lru and lru.nbytes == 6  # larger than the budget: not kept
+    lru.clear()
+    assert len(lru) == 0 and lru.nbytes == 0
+    with pytest.raises(ValueError, match="max_bytes"):
+        ByteLRU(-1, len)

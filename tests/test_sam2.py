@@ -234,5 +234,4 @@ def test_sam_engine_hands_sam2_models_to_the_sam2_engine(model, engine, step):
     assert isinstance(SamEngine(load_sam("tiny")), SamEngine)  # SAM v1 models are unchanged
     images, masks, answers = step
     eng._cache = engine._cache  # share the fixture's encoded images: the decode + IoU path is what is compared
-    eng._cache_used = engine._cache_used
     assert np.abs(np.array(eng.score(images, answers, masks)) - engine.score(images, answers, masks)).max() <= 5e-3

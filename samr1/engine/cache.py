@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import threading
 import warnings
-from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import Any
 import torch
 
 from samr1.io import InputError, load_image
+from samr1.lru import ByteLRU
 from samr1.store import EmbeddingStore, StoreError, StoreWarning, default_hash, encoder_precision, image_key
 
 __all__ = ["EmbeddingCache", "EmbeddingBatch", "DEFAULT_CACHE_BYTES", "check_resizable"]
@@ -128,9 +128,8 @@ class EmbeddingCache:
         # The store fixes the hash (its keys must match ours); without one the fastest available.
         self.hash = store.hash if store is not None else default_hash()
         self._lock = threading.Lock()
-        self._lru: OrderedDict[str, _Entry] = OrderedDict()
+        self._lru: ByteLRU[_Entry] = ByteLRU(self.capacity, lambda e: e[0].numel() * e[0].element_size())
         self._inflight: dict[str, Future] = {}
-        self._bytes = 0
         self._counts = dict.fromkeys(
             ("encoder_images", "encoder_calls", "cache_hits", "cache_misses", "evictions", "store_hits",
              "store_nonfinite"), 0)
@@ -183,7 +182,6 @@ class EmbeddingCache:
             for k in order:
                 entry = self._lru.get(k)
                 if entry is not None:
-                    self._lru.move_to_end(k)
                     found[k] = entry
                     self._counts["cache_hits"] += counts[k]
                 elif k in self._inflight:
@@ -264,15 +262,10 @@ class EmbeddingCache:
 
     def _insert(self, key: str, entry: _Entry) -> None:
         """Insert under the lock, evicting least recently used entries until the budget holds."""
-        nbytes = entry[0].numel() * entry[0].element_size()
-        if nbytes > self.capacity or key in self._lru:
-            return  # larger than the whole budget: returned to the caller, not kept
-        while self._lru and self._bytes + nbytes > self.capacity:
-            _, (old, _) = self._lru.popitem(last=False)
-            self._bytes -= old.numel() * old.element_size()
-            self._counts["evictions"] += 1
-        self._lru[key] = entry
-        self._bytes += nbytes
+        if key in self._lru:
+            return  # already resident: an equal image was encoded first (equal content, equal embedding)
+        # an entry larger than the whole budget is returned to its caller but not kept
+        self._counts["evictions"] += self._lru.put(key, entry)
 
     # --- inspection ---
 
@@ -280,13 +273,13 @@ class EmbeddingCache:
     def stats(self) -> dict[str, Any]:
         """Counters (see the class docstring) plus ``bytes_held``, ``entries``, ``capacity_bytes``, ``encoder``."""
         with self._lock:
-            return {**self._counts, "bytes_held": self._bytes, "entries": len(self._lru),
+            return {**self._counts, "bytes_held": self._lru.nbytes, "entries": len(self._lru),
                     "capacity_bytes": self.capacity, "encoder": getattr(self.encoder, "name", None)}
 
     def keys(self) -> list[str]:
         """Resident keys, least recently used first."""
         with self._lock:
-            return list(self._lru)
+            return self._lru.keys()
 
     def __len__(self) -> int:
         return len(self._lru)
@@ -300,4 +293,3 @@ class EmbeddingCache:
         """Drop every resident embedding (counters are kept)."""
         with self._lock:
             self._lru.clear()
-            self._bytes = 0

@@ -30,7 +30,6 @@ import os
 import threading
 import time
 import warnings
-from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,6 +41,7 @@ from samr1.engine.config import SamEngineConfig
 from samr1.engine.frozen import frozen_on
 from samr1.engine.scoring import ScoringEngine, distinct_masks, n_objects
 from samr1.io import InputError, load_image
+from samr1.lru import ByteLRU
 from samr1.ops.mask_iou_sam2 import BACKENDS as SAM2_IOU_BACKENDS
 
 __all__ = ["Sam2Engine", "store_layout"]
@@ -122,8 +122,7 @@ class Sam2Engine(ScoringEngine):
         self.decode_chunk = decode_chunk or _DECODE_CHUNK.get(self.device.type, _DECODE_CHUNK_DEFAULT)
         self.cache_bytes = cfg.cache_bytes
         self.frame = int(self.sam.image_size)
-        self._cache: OrderedDict[str, _Entry] = OrderedDict()
-        self._cache_used = 0
+        self._cache: ByteLRU[_Entry] = ByteLRU(self.cache_bytes, lambda e: e.nbytes)
         self._counters: dict[str, Any] = {"encoder_images": 0, "cache_hits": 0, "cache_misses": 0,
                                           "score_calls": 0, "answers_scored": 0, "answers_skipped": 0,
                                           "store_hits": 0, "store_nonfinite": 0}
@@ -137,7 +136,7 @@ class Sam2Engine(ScoringEngine):
         with self._lock:
             out = dict(self._counters)
             out.update(self._last)
-            out["cache_bytes_used"] = self._cache_used
+            out["cache_bytes_used"] = self._cache.nbytes
             out["cache_entries"] = len(self._cache)
         out["encoder_backend"] = self.encoder.name
         out["model"] = "sam2"
@@ -217,7 +216,6 @@ class Sam2Engine(ScoringEngine):
                     with self._lock:
                         entry = self._cache.get(key)
                         if entry is not None:
-                            self._cache.move_to_end(key)
                             self._counters["cache_hits"] += 1
                     if entry is None:
                         entry = self._from_store(key, tuple(arr.shape[:2]))
@@ -227,21 +225,12 @@ class Sam2Engine(ScoringEngine):
                         with self._lock:
                             self._counters["cache_misses"] += 1
                             self._counters["encoder_images"] += int(encoded)
-                            self._insert(key, entry)
+                            self._cache.put(key, entry)
                     j = by_key[key] = len(entries)
                     entries.append(entry)
                 by_obj[id(img)] = j
             index.append(j)
         return index, entries
-
-    def _insert(self, key: str, entry: _Entry) -> None:
-        if entry.nbytes > self.cache_bytes:
-            return
-        self._cache[key] = entry
-        self._cache_used += entry.nbytes
-        while self._cache_used > self.cache_bytes:
-            _, old = self._cache.popitem(last=False)
-            self._cache_used -= old.nbytes
 
     # ------------------------------------------------------------------ prompt side
     def _prompt_tokens(self, answer: Any, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:

@@ -8,9 +8,10 @@ means a later request is told the key is missing and uploads it again.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 
 import numpy as np
+
+from samr1.lru import ByteLRU
 
 __all__ = ["BlobStore"]
 
@@ -27,8 +28,7 @@ class BlobStore:
         if max_bytes < 0:
             raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
         self.max_bytes = int(max_bytes)
-        self._lru: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._bytes = 0
+        self._lru: ByteLRU[np.ndarray] = ByteLRU(self.max_bytes, lambda a: a.nbytes)
         self._lock = threading.Lock()
         self.stats = {"puts": 0, "hits": 0, "misses": 0, "evictions": 0}
 
@@ -38,7 +38,6 @@ class BlobStore:
             if arr is None:
                 self.stats["misses"] += 1
                 return None
-            self._lru.move_to_end(key)
             self.stats["hits"] += 1
             return arr
 
@@ -47,17 +46,7 @@ class BlobStore:
         # torch.from_numpy warns on read-only arrays)
         with self._lock:
             self.stats["puts"] += 1
-            old = self._lru.pop(key, None)
-            if old is not None:
-                self._bytes -= old.nbytes
-            if arr.nbytes > self.max_bytes:
-                return
-            self._lru[key] = arr
-            self._bytes += arr.nbytes
-            while self._bytes > self.max_bytes:
-                _, ev = self._lru.popitem(last=False)
-                self._bytes -= ev.nbytes
-                self.stats["evictions"] += 1
+            self.stats["evictions"] += self._lru.put(key, arr)
 
     def __contains__(self, key: str) -> bool:
         with self._lock:
@@ -70,4 +59,4 @@ class BlobStore:
     @property
     def bytes_held(self) -> int:
         with self._lock:
-            return self._bytes
+            return self._lru.nbytes
