@@ -168,8 +168,9 @@ def test_embed_fills_a_sam2_store_and_the_engine_never_encodes(model, engine, sc
     assert np.abs(np.array(got) - np.array(fp32)).max() <= TOL, (got, fp32)
     # the same decode on float16-rounded features: equal IoUs (the store path adds nothing but the rounding)
     rounded = Sam2Engine(model, decode_chunk=8)
-    for key, e in engine._cache.items():
-        rounded._insert(key, _Entry(e.embed.half().float(), [f.half().float() for f in e.high_res], e.size))
+    for key in engine._cache.keys():
+        e = engine._cache.get(key)
+        rounded._cache.put(key, _Entry(e.embed.half().float(), [f.half().float() for f in e.high_res], e.size))
     assert rounded.score(imgs, answers, masks) == got
     assert rounded.stats["encoder_images"] == 0
 
