@@ -12,7 +12,8 @@ Example (CPU smoke run with a tiny policy and the shipped tiny-shapes SAM):
 
 Multi-GPU: ``accelerate launch --config_file configs/accelerate/ddp.yaml -m samr1.cli train ...``.
 Writes to --output-dir: checkpoint-N/ (every --save-steps), final/, metrics.jsonl, reward_calls.jsonl,
-summary.json and learning_curve.png.
+summary.json and learning_curve.png; with --rollouts-every K also rollouts/ (a few groups every K steps, for
+`samr1 view`).
 """
 
 from __future__ import annotations

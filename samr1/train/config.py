@@ -101,6 +101,11 @@ class TrainConfig:
     resume: str | None = _f(None, "resume from a checkpoint folder, or 'latest' for the newest in --output-dir")
     progress: bool = _f(True, "show a progress bar (step, reward mean, parse failures, cache hits, ETA)")
     report_to: str = _f("none", "TRL/transformers loggers: none, tensorboard, wandb, ...")
+    rollouts_every: int = _f(0, "every K steps write a few groups (query, the G completions, parsed answers, SAM's "
+                                "masks, ground truth, reward components) to <output_dir>/rollouts/ for `samr1 view`; "
+                                "0: off")
+    rollouts_groups: int = _f(2, "prompts (groups of G completions) written per logged step")
+    rollouts_max_mb: float = _f(256.0, "size budget of <output_dir>/rollouts/ in MiB; logging stops when it is reached")
 
     # ------------------------------------------------------------------ helpers
     @classmethod
@@ -181,6 +186,12 @@ class TrainConfig:
         need(isinstance(self.cache_gb, (int, float)) and math.isfinite(self.cache_gb) and self.cache_gb >= 0,
              "cache_gb", "must be >= 0 GiB")
         need(self.reward_gather in ("rank", "node"), "reward_gather", "choose rank or node")
+        need(isinstance(self.rollouts_every, int) and not isinstance(self.rollouts_every, bool)
+             and self.rollouts_every >= 0, "rollouts_every", "must be an integer >= 0 (0: no rollout log)")
+        need(isinstance(self.rollouts_groups, int) and not isinstance(self.rollouts_groups, bool)
+             and self.rollouts_groups >= 1, "rollouts_groups", "must be a positive integer")
+        need(isinstance(self.rollouts_max_mb, (int, float)) and math.isfinite(self.rollouts_max_mb)
+             and self.rollouts_max_mb > 0, "rollouts_max_mb", "must be a positive number of MiB")
         # the engine's and the reward's own checks, reported under this config's field names
         for build, renamed in ((self.engine_config, {"cache_bytes": "cache_gb", "store": "embeddings"}),
                                (self.reward_config, {"model_size": "policy_image_size"})):
