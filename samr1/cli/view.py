@@ -4,7 +4,7 @@
     samr1 view runs/exp1 --export exp1.html   # one self-contained file to share (images inline)
 
 RUN_DIR is a ``samr1 train --output-dir`` (``metrics.jsonl``; ``rollouts/`` when trained with
-``--rollouts-every K``), or a folder holding several runs (up to two folders down, e.g. ``samr1 bench learn``'s
+``--rollouts-every K``), or a folder holding several runs (up to three folders down, e.g. ``samr1 bench learn``'s
 output with its ``learn.jsonl``). The page shows the reward components, the parse rate and the held-out gIoU
 over the steps, and per logged step the groups: the G answers side by side with SAM's masks and their rewards,
 sortable by reward. The run may still be going: reload the page (or press Reload) to see new steps.
@@ -45,7 +45,7 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError(f"--host {args.host} is reachable from other machines and the viewer has no login; "
                          "pass --allow-remote to serve it there anyway")
     if not find_runs(args.run_dir):
-        print(f"samr1 view: no run in {args.run_dir} yet (no metrics.jsonl, learn.jsonl or rollouts/ here or two "
+        print(f"samr1 view: no run in {args.run_dir} yet (no metrics.jsonl, learn.jsonl or rollouts/ here or up to three "
               "folders down); the page will show runs as they appear", flush=True)
     if args.export:
         check_output_file(args.export, "--export", force=args.force)

@@ -3,7 +3,8 @@
 A run folder is what ``samr1 train --output-dir`` writes: ``metrics.jsonl`` (one row per log, ``step`` plus
 TRL's and samr1's numbers), and with ``--rollouts-every`` a ``rollouts/`` folder (see
 :mod:`samr1.train.rollouts`). A folder of several runs (e.g. the output of ``samr1 bench learn``) works too:
-every folder up to :data:`MAX_DEPTH` levels down that holds one of these is a run, and a ``learn.jsonl``
+every folder up to :data:`MAX_DEPTH` levels down (``samr1 bench learn``'s arms sit at
+``<out>/seed<S>/<mode>/<arm>/``) that holds one of these is a run, and a ``learn.jsonl``
 (records ``{arm, seed, step, heldout_giou, heldout_ciou, heldout_parse, train_reward_mean,
 frac_reward_zero_std, seconds}``) at the top or in a run is read as held-out curves.
 
@@ -25,7 +26,7 @@ from samr1.train.rollouts import IMAGES_DIR, ROLLOUTS_FILE, read_jsonl
 
 __all__ = ["RunFolder", "find_runs", "MAX_DEPTH", "IMAGE_KEY"]
 
-MAX_DEPTH = 2
+MAX_DEPTH = 3  # samr1 bench learn: <out>/seed<S>/<mode>/<arm>/
 MAX_DIRS = 2000  # folders looked at while finding runs: a huge tree is cut, not walked for minutes
 SKIP_DIRS = {"rollouts", "images", "final", "__pycache__", ".git"}
 IMAGE_KEY = re.compile(r"^[0-9a-f]{16,64}$")

@@ -147,16 +147,21 @@
       lineChart("Reward spread within groups", [series(rows, "reward_std", "reward std"),
         series(rows, "frac_reward_zero_std", "groups with zero spread (fraction)")]),
     ];
-    const held = Object.keys(keys).filter(function (k) { return /heldout|giou|ciou/i.test(k); }).sort();
+    // held-out evaluations are rows of their own in metrics.jsonl (heldout/giou, heldout/ciou, heldout/parse)
+    const all = {};
+    (curves.metrics || []).forEach(function (r) { Object.keys(r).forEach(function (k) { all[k] = true; }); });
+    const held = Object.keys(all).filter(function (k) { return /^heldout\/(giou|ciou|parse)$/.test(k); }).sort();
     if (held.length) {
-      charts.push(lineChart("Held-out (from metrics.jsonl)", held.map(function (k) { return series(curves.metrics, k, k); }),
-                            { unit: true }));
+      charts.push(lineChart("Held-out gIoU, cIoU and parse rate", held.map(function (k) {
+        return series(curves.metrics, k, k.slice(8));
+      }), { unit: true }));
     }
     const learn = curves.learn || [];
     if (learn.length) {
       const arms = {};
       learn.forEach(function (r) {
-        const name = (r.arm === undefined ? "run" : String(r.arm)) + (r.seed === undefined ? "" : " seed " + r.seed);
+        const name = (r.arm === undefined ? "run" : String(r.arm)) + (r.mode === undefined ? "" : " " + r.mode) +
+          (r.seed === undefined ? "" : " seed " + r.seed);
         (arms[name] = arms[name] || []).push(r);
       });
       [["heldout_giou", "Held-out gIoU", true], ["heldout_ciou", "Held-out cIoU", true],
@@ -316,7 +321,7 @@
       sel.textContent = "";
       info.runs.forEach(function (r) { sel.appendChild(el("option", { value: r, text: r === "." ? "(this folder)" : r })); });
       if (!info.runs.length) {
-        showError("No run found in " + info.root + ": expected metrics.jsonl, learn.jsonl or rollouts/ (here or up to two folders down).");
+        showError("No run found in " + info.root + ": expected metrics.jsonl, learn.jsonl or rollouts/ (here or up to three folders down).");
         return;
       }
       const h = readHash();
