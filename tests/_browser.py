@@ -22,8 +22,8 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrom
 
 
 def _find(names: tuple[str, ...], env: str) -> str | None:
-    if os.environ.get(env):
-        return os.environ[env]
+    if os.environ.get(env):  # an explicit path: used when it is a file, else the browser counts as missing
+        return os.environ[env] if os.path.isfile(os.environ[env]) else None
     for n in names:
         path = shutil.which(n)
         if path:

@@ -101,9 +101,8 @@ def test_ask_the_policy_with_a_token(shapes_engine, tiny_policy, tmp_path):
             assert driver.find_element(By.ID, "mode-query").is_selected()
             driver.find_element(By.ID, "image").send_keys(str(tmp_path / "block.png"))
             wait_for("the image", lambda: "loaded" in driver.find_element(By.ID, "summary").text)
-            driver.find_element(By.ID, "query").send_keys(QUESTION)
             driver.find_element(By.ID, "token").send_keys("wrong")
-            driver.find_element(By.ID, "submit").click()
+            driver.find_element(By.ID, "query").send_keys(QUESTION + "\n")  # Enter sends the question
             err = wait_for("the error", lambda: driver.find_element(By.ID, "error").text)
             assert "401" in err and "wrong bearer token" in err
             tok = driver.find_element(By.ID, "token")

@@ -206,6 +206,9 @@
     $("opacity-value").textContent = $("opacity").value + " %";
     render();
   });
+  $("query").addEventListener("keydown", function (e) {
+    if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("form").requestSubmit(); } // Shift+Enter: new line
+  });
   $("mode-query").addEventListener("change", function () { setMode("query"); });
   $("mode-box").addEventListener("change", function () { setMode("box"); });
 
