@@ -142,6 +142,19 @@ def test_reopening_appends_and_never_rewrites(shapes_engine, tmp_path):
     assert len(list((d / "images").iterdir())) == 1
 
 
+def test_a_bad_row_is_skipped_and_the_log_goes_on(shapes_engine, tmp_path):
+    d = tmp_path / "rollouts"
+    hub, log = _hub(shapes_engine, d, every=1, groups=2)
+    comps, images, masks, ids = _batch(seed=4)
+    masks = [np.zeros((5, 5), bool)] * G + masks[G:]  # the first prompt's mask is not its image's size
+    with pytest.warns(RuntimeWarning, match="mask_size_mismatch"):  # the reward's own warning
+        _score(hub, (comps, images, masks, ids), 0)
+    _score(hub, _batch(seed=8), 1)
+    hub.close()
+    assert log.stopped is None and log.stats["groups_skipped"] == 1
+    assert [(r["step"], r["row_id"]) for r in _groups(d / "rollouts.jsonl")] == [(1, 101), (2, 100), (2, 101)]
+
+
 def test_byte_budget_stops_the_log_and_says_so(shapes_engine, tmp_path):
     d = tmp_path / "rollouts"
     hub, log = _hub(shapes_engine, d, every=1, groups=1)

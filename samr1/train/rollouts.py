@@ -26,9 +26,9 @@ Guarantees: append only (the file is opened in append mode; an image file that e
 torn last line left by a killed run is closed with a newline before the first new record); bounded in bytes
 (``max_bytes`` over the JSONL plus the images, counted from what is on disk when the log opens, so a resumed
 run shares the budget of the run it continues); never fails training (an error while writing is warned about
-once and stops the log). The step pays for one extra SAM decode of the logged answers (their images are
-cached: the reward has just encoded them); converting to RLE / JPEG / JSON and writing happen on a writer
-thread.
+once and stops the log). In the reward call a logged step only parses the logged answers and queues them;
+the extra SAM decode of those answers (their images are cached: the reward has just encoded them), RLE /
+JPEG / JSON and the writes happen on a writer thread.
 """
 
 from __future__ import annotations
@@ -147,8 +147,8 @@ class RolloutLog:
         self.max_bytes = max_bytes
         self.query_of = query_of
         self.rank = rank
-        self.stats = {"steps_logged": 0, "groups_logged": 0, "images_written": 0, "bytes_written": 0,
-                      "seconds_in_step": 0.0}
+        self.stats = {"steps_logged": 0, "groups_logged": 0, "groups_skipped": 0, "images_written": 0,
+                      "bytes_written": 0, "seconds_in_step": 0.0}
         self.stopped: str | None = None  # why the log stopped (budget, a write error), None while it runs
         self._last_step: int | None = None
         self._opened = False
@@ -204,7 +204,7 @@ class RolloutLog:
     def _observe(self, gs: int, completions: list[Any], columns: dict[str, Any], names: list[str],
                  values: list[list[float]]) -> None:
         from samr1.answer import parse_answer
-        from samr1.io import load_image, load_mask
+        from samr1.io import InputError, load_image, load_mask
 
         n = len(completions)
         images_col = columns.get(self.reward.image_key)
@@ -214,28 +214,22 @@ class RolloutLog:
         ids = columns.get("row_id")
         self._last_step = gs
         jobs = []
-        seg_images, seg_answers, seg_slots = [], [], []
         for rows in self._groups(columns, n):
             first = rows[0]
-            image = load_image(_first_image(images_col[first]), field=self.reward.image_key)
-            gt = load_mask(masks_col[first], field=self.reward.mask_key, expected_size=image.shape[:2])
+            try:
+                image = load_image(_first_image(images_col[first]), field=self.reward.image_key)
+                gt = load_mask(masks_col[first], field=self.reward.mask_key, expected_size=image.shape[:2])
+            except InputError:
+                # the reward has warned about this row and scored its mask rewards 0; the log skips it
+                self.stats["groups_skipped"] += 1
+                continue
             answers = []
             for pos in rows:
                 a = parse_answer(_text(completions[pos]), image.shape[:2], self.reward.model_size,
                                  require_points=self.reward.require_points, multi_object=self.reward.multi_object)
                 answers.append(a)
-                if a.ok:
-                    seg_images.append(image)
-                    seg_answers.append(a)
-                    seg_slots.append((len(jobs), len(answers) - 1))
             row_id = int(ids[first]) if isinstance(ids, (list, tuple)) else None
-            jobs.append({"rows": rows, "image": image, "gt": gt, "answers": answers, "row_id": row_id,
-                         "masks": [None] * len(rows)})
-        # the one model call: SAM's masks of the logged answers (the images are in the engine's cache by now)
-        if seg_answers:
-            masks = self.reward.engine.segment_batch(seg_images, seg_answers)
-            for (j, k), m in zip(seg_slots, masks, strict=True):
-                jobs[j]["masks"][k] = m
+            jobs.append({"rows": rows, "image": image, "gt": gt, "answers": answers, "row_id": row_id})
         payload = []
         for job in jobs:
             rows = job["rows"]
@@ -333,11 +327,36 @@ class RolloutLog:
         self.stats["bytes_written"] += len(data)
         self.stats["images_written"] += 1
 
+    def _segment(self, payload: list[dict[str, Any]]) -> None:
+        """SAM's masks of the logged answers, in one engine call (``job["masks"]``, None where an answer did not
+        parse). Here, on the writer thread, not in the reward call: measured on the 2-core CPU this decode was
+        ~3 % of a training step when done inline (bench/RESULTS.md, "Rollout logging"). The engine is
+        thread-safe and its cache still holds the images the reward has just encoded."""
+        from samr1.io import InputError
+
+        images, answers, slots = [], [], []
+        for j, job in enumerate(payload):
+            job["masks"] = [None] * len(job["answers"])
+            for k, a in enumerate(job["answers"]):
+                if a.ok:
+                    images.append(job["image"])
+                    answers.append(a)
+                    slots.append((j, k))
+        if not answers:
+            return
+        try:
+            masks = self.reward.engine.segment_batch(images, answers)
+        except InputError:  # the reward scored these rows 0 for the same reason: log them without masks
+            return
+        for (j, k), m in zip(slots, masks, strict=True):
+            payload[j]["masks"][k] = m
+
     def _write_step(self, step: int, names: list[str], payload: list[dict[str, Any]]) -> None:
         from samr1.io import rle_encode
 
         if not self._opened:
             self._open()
+        self._segment(payload)
         for job in payload:
             key, img_bytes = self._encode_image(job["image"])
             gt = job["gt"]
