@@ -131,12 +131,15 @@ def _step_callback(trainer_ref: list) -> Any:
 
     class StepTimes(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
-            trainer_ref[0]._cur = {"t0": time.perf_counter()}
+            trainer_ref[0]._cur = {"t0": time.perf_counter(), "c0": time.process_time()}
 
         def on_step_end(self, args, state, control, **kw):
             tr = trainer_ref[0]
             cur = tr._cur
             cur["step_s"] = time.perf_counter() - cur.pop("t0")
+            # CPU seconds of the whole process (every thread) in the step: what a side thread adds shows here
+            # even when a free core hides it from the wall clock, and other jobs' load does not
+            cur["step_cpu_s"] = time.process_time() - cur.pop("c0")
             tr.samr1_times.append(cur)
 
     return StepTimes()
@@ -206,7 +209,8 @@ def run_way(way: str, model: str, manifest: str, out_dir: str, *, steps: int, sa
         hub.close()
     times = trainer.samr1_times[1:] or trainer.samr1_times  # drop the warm-up step
     med = {k: statistics.median(t.get(k, 0.0) for t in times) for k in ("step_s", "generation_s", "reward_s",
-                                                                          "prepare_s")}
+                                                                          "prepare_s", "step_cpu_s")}
+    med["mean_step_cpu_s"] = statistics.mean(t["step_cpu_s"] for t in times)
     enc = loop.encoder_images if way == "loop" else int(engine.stats["encoder_images"])
     extra = {}
     if rollouts is not None:
@@ -270,12 +274,15 @@ def run(quick: bool = False, smoke: bool = False, out: str | None = None, device
         base, logged = rows_out[2], rows_out[3]
         in_step = logged["rollouts_s_per_logged_step"] / base["step_s"] if base["step_s"] else None
         whole = logged["step_s"] / base["step_s"] - 1 if base["step_s"] else None
+        cpu = logged["mean_step_cpu_s"] / base["mean_step_cpu_s"] - 1 if base["mean_step_cpu_s"] else None
         logged["rollouts_in_step_share"] = in_step
         logged["rollouts_step_slowdown"] = whole
+        logged["rollouts_cpu_increase"] = cpu
         print(f"rollouts every {rollouts_every} step(s): {logged['rollouts_steps_logged']} steps logged "
               f"({logged['rollouts_groups_logged']} groups, {logged['rollouts_bytes']} bytes); in the reward call "
               f"{1000 * logged['rollouts_s_per_logged_step']:.1f} ms per logged step = {in_step:.2%} of an "
-              f"engine-ahead step; whole-step median {whole:+.2%} vs engine-ahead (same run)")
+              f"engine-ahead step; vs engine-ahead in the same run: whole-step median {whole:+.2%}, process CPU "
+              f"time per step (all threads, mean) {cpu:+.2%}")
     path = write_records(rows_out, out, "train_step", device)
     if path:
         print(f"records appended to {path}")

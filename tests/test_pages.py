@@ -20,7 +20,6 @@ from samr1.pipeline import ReasoningSegmenter, ScriptedText
 
 MASK_RGB = (255, 0, 170)  # samr1/view/static/common.js MASK_RGB
 QUESTION = "the blue block"
-pytestmark = [requires_serve, requires_browser]
 
 
 class Scripted(ReasoningSegmenter):
@@ -77,6 +76,40 @@ def _check_overlay(driver):
     assert _overlay_pixels(driver) == pytest.approx(on, rel=0.02)
 
 
+@requires_serve
+def test_page_files_are_served_without_a_token_and_nothing_else(shapes_engine):
+    """The page and its files need no token (the API calls they make do); only the listed files are served."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    from samr1 import serve
+
+    def get(url):
+        try:
+            with urllib.request.urlopen(url, timeout=30) as r:
+                return r.status, r.headers.get("Content-Type"), r.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.headers.get("Content-Type"), exc.read()
+
+    app = serve.create_app(shapes_engine, config=serve.ServerConfig(token="t"))
+    with _serve(app) as srv:
+        status, ctype, body = get(srv.url + "/")
+        assert status == 200 and ctype.startswith("text/html") and b"<title>samr1 segment</title>" in body
+        for name, kind in (("common.js", "text/javascript"), ("segment.js", "text/javascript"), ("style.css", "text/css")):
+            status, ctype, body = get(f"{srv.url}/static/{name}")
+            assert status == 200 and ctype.startswith(kind) and body, name
+        for bad in ("/static/nope.js", "/static/..%2Fapp.py", "/static/__init__.py"):
+            status, _, body = get(srv.url + bad)
+            assert status == 404 and json.loads(body)["error"], bad
+        health = json.loads(get(srv.url + "/healthz")[2])
+        assert health["token_required"] is True and health["policy"] is False
+        assert health["limits"]["max_side"] == serve.ServerConfig().limits.max_side
+        assert get(srv.url + "/segment")[0] in (401, 405)  # the API itself still wants the token
+
+
+@requires_serve
+@requires_browser
 def test_ask_the_policy_with_a_token(shapes_engine, tiny_policy, tmp_path):
     from selenium.webdriver.common.by import By
 
@@ -125,6 +158,8 @@ def test_ask_the_policy_with_a_token(shapes_engine, tiny_policy, tmp_path):
         driver.quit()
 
 
+@requires_serve
+@requires_browser
 def test_sam_alone_box_drawn_with_the_mouse_and_the_size_limit(shapes_engine, tmp_path):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By

@@ -283,6 +283,21 @@ def test_viewer_api_and_export(run, tmp_path):
     assert all(v.startswith("data:image/jpeg;base64,") for v in data["images"].values())
 
 
+def test_cli_view_export_and_refusals(run, tmp_path, capsys):
+    from samr1.cli import EXIT_OUTPUT, EXIT_USAGE, main
+
+    out = tmp_path / "shared.html"
+    assert main(["view", str(run["out"]), "--export", str(out)]) == 0
+    assert "wrote" in capsys.readouterr().out and out.stat().st_size > 0
+    before = out.read_bytes()
+    assert main(["view", str(run["out"]), "--export", str(out)]) == EXIT_OUTPUT  # never replaced silently
+    assert "--force" in capsys.readouterr().err and out.read_bytes() == before
+    assert main(["view", str(run["out"]), "--export", str(out), "--force"]) == 0
+    assert main(["view", str(run["out"]), "--host", "0.0.0.0"]) == EXIT_USAGE  # the viewer has no login
+    assert "--allow-remote" in capsys.readouterr().err
+    assert main(["view", str(tmp_path / "missing")]) == EXIT_USAGE
+
+
 def _open_viewer(driver, url):
     from selenium.webdriver.common.by import By
 
