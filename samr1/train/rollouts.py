@@ -126,7 +126,7 @@ class RolloutLog:
             ``model_size`` / ``require_points`` / ``multi_object`` parse the answers exactly as it did.
         groups: prompts logged per logged step (their G completions each).
         max_bytes: budget of the folder (JSONL + images).
-        query_of: ``row_id -> query text`` (the driver passes the dataset's); without it the prompt's text is used.
+        query_of: ``row_id -> query text`` (the driver passes the dataset's); without it ``query`` is null.
         rank: this process's rank, recorded in each line.
     """
 
@@ -170,7 +170,8 @@ class RolloutLog:
         """Called with every scored batch: ``completions`` (B x G, TRL's order: a prompt's G copies together),
         the reward's keyword columns (``trainer_state``, ``row_id``, the image and mask columns), the component
         names and their values (one list per component, parallel to ``completions``). Logs it when
-        :meth:`wants` the step; returns at once otherwise. Never raises (a failure is warned about once)."""
+        :meth:`wants` the step (``trainer_state.global_step``; a batch without it counts as step 0); returns at
+        once otherwise. Never raises (a failure is warned about once and stops the log)."""
         state = columns.get("trainer_state")
         gs = int(getattr(state, "global_step", 0) or 0)
         if not self.wants(gs):
