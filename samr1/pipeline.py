@@ -225,9 +225,19 @@ class ReasoningSegmenter:
         else:
             step = self._encode(arrays, encode_time)
         t5 = time.perf_counter()
-        ok = [i for i, a in enumerate(answers) if a.ok]
+        from samr1.engine.scoring import n_objects
+
+        ok = [i for i, a in enumerate(answers) if n_objects(a) == 1]
+        multi = [i for i, a in enumerate(answers) if n_objects(a) > 1]
         masks: list[np.ndarray | None] = [None] * len(arrays)
+        for i, a in enumerate(answers):
+            if a.no_object:  # "no object": the empty mask
+                masks[i] = np.zeros(sizes[i], dtype=bool)
         t_dec = 0.0
+        if multi:  # several objects (VisionReasoner's list): the union of SAM's masks of every object
+            for i, m in zip(multi, self.engine.segment_batch([arrays[i] for i in multi], [answers[i] for i in multi]),
+                            strict=True):
+                masks[i] = m
         if ok:
             low_res = self._decode(step, [answers[i] for i in ok], ok)
             t_dec = time.perf_counter() - t5

@@ -23,30 +23,40 @@ Conventions (Seg-Zero's, where it has one; ``bench/bench_fidelity.py`` measures 
 
 * Seg-Zero's ablation rewards (box IoU > 0.5, box L1 < 10 px, point distance < 100 px) are measured in the
   policy's MODEL frame by default (``frame="model"``, 840 x 840): the answer's numbers as written against the
-  ground truth resized to that frame, so an answer earns the same reward whatever the image's size.
+  ground truth in that frame, so an answer earns the same reward whatever the image's size.
   ``frame="original"`` measures them in original image pixels instead.
 * Boxes are inclusive pixel indices on both sides (IoU with + 1 on widths and heights); a one-pixel box is
   a valid answer. The point reward uses the answer's FIRST TWO points (Seg-Zero's ``points_1``,
   ``points_2``): extra points still go to SAM but cannot earn the point reward. Reference points follow
   Seg-Zero's rule (:func:`samr1.geometry.mask_to_points`, ``rule="segzero"``).
-* Empty ground truth: the mask IoU of an empty prediction with an empty ground truth is 1 (a model that
-  correctly finds nothing earns the IoU reward; :func:`samr1.ops.mask_iou_from_logits`' convention). The
-  box and point rewards need a ground-truth box and give 0 there. Evaluation offers all three peer
-  conventions for that case (:mod:`samr1.metrics`).
+* Empty ground truth ("no target"): the answer ``[]`` ("no object", an empty mask) earns the mask IoU 1
+  and the box and point rewards in full there, 0 on a non-empty target; any other answer earns 0 from the
+  box and point rewards there. Evaluation offers all three peer conventions for an empty union
+  (:mod:`samr1.metrics`).
 * A list of several objects (VisionReasoner's form) is scored on the union of SAM's masks of its objects
   (``multi_object="union"``, the default); the box and point rewards use its first object.
+
+Presets (``SamR1Reward(engine, preset=...)``, :mod:`samr1.rewards.presets`): whose rules the components
+follow. ``"samr1"`` (the default; the conventions above), ``"segzero"`` (Seg-Zero's training reward, rule for
+rule: its format, strict box IoU, ``int()`` points, each component parsing on its own) and
+``"visionreasoner"`` (a list of objects, Hungarian-matched accuracy, non-repeat). Ground-truth boxes and
+points come from the published pipeline by default (computed on the ORIGINAL mask, each coordinate scaled
+to the 840 frame as ``int(v * 840 / W + 0.5)``; :mod:`samr1.rewards.truth`). The answer ``[]`` means "no
+object"; each preset module states its no-target rule. A row's mask may be a list of instance masks.
 
 The package: :mod:`~samr1.rewards.reward` (:class:`SamR1Reward`), :mod:`~samr1.rewards.config` (its settings,
 component names, failure codes), and the shared pieces every preset module builds on:
 :mod:`~samr1.rewards.text` (format checks), :mod:`~samr1.rewards.boxes` (box/point geometry rewards),
-:mod:`~samr1.rewards.tiers` and :mod:`~samr1.rewards.mask` (the SAM-backed mask rewards). Each preset is one
-module: :mod:`~samr1.rewards.samr1`.
+:mod:`~samr1.rewards.truth` (ground truth in the policy's frame), :mod:`~samr1.rewards.tiers` and
+:mod:`~samr1.rewards.mask` (the SAM-backed mask rewards). Each preset is one module:
+:mod:`~samr1.rewards.samr1`, :mod:`~samr1.rewards.segzero`, :mod:`~samr1.rewards.visionreasoner`.
 """
 
 from __future__ import annotations
 
 from samr1.rewards.boxes import box_iou_reward, box_l1_reward, matched_point_distance, point_distance_reward
 from samr1.rewards.config import ALL_CODES, COMPONENTS, FRAMES, INPUT_CODES, SamR1RewardConfig
+from samr1.rewards.presets import PRESETS
 from samr1.rewards.reward import SamR1Reward
 from samr1.rewards.text import answer_format_reward, completion_text, think_format_ok, think_format_reward
 from samr1.rewards.tiers import DEFAULT_TIERS, tiered_iou_reward, validate_tiers
@@ -69,4 +79,5 @@ __all__ = [
     "FRAMES",
     "SamR1Reward",
     "SamR1RewardConfig",
+    "PRESETS",
 ]

@@ -32,6 +32,8 @@ class BatchInputs:
         scorable: rows whose answer parsed and whose image and mask loaded.
         ious: SAM's mask IoU per row (0.0 where not scored).
         codes: every failure code of each row (the parse code first).
+        instances: the row's ground-truth instances (``H x W`` bool masks, the non-empty ones; ``[]`` for an
+            empty target), None where the mask did not load. ``gts`` holds their union.
     """
 
     texts: list[str | None]
@@ -41,6 +43,7 @@ class BatchInputs:
     scorable: list[int]
     ious: list[float] = field(default_factory=list)
     codes: list[list[str]] = field(default_factory=list)
+    instances: list[list[np.ndarray] | None] = field(default_factory=list)
 
 
 class MaskMemo:

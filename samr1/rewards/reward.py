@@ -14,12 +14,14 @@ import numpy as np
 
 from samr1.answer import Answer, parse_answer
 from samr1.config import with_overrides
-from samr1.io import InputError, MaskSizeError, load_image, load_mask
+from samr1.io import InputError, MaskSizeError, load_image
 from samr1.rewards.batch import BatchInputs, MaskMemo
 from samr1.rewards.config import ALL_CODES, COMPONENTS, ENGINE_COMPONENTS, GT_COMPONENTS, SamR1RewardConfig
 from samr1.rewards.mask import engine_ious, mask_rewards
-from samr1.rewards.samr1 import geometry_rewards
-from samr1.rewards.text import completion_text, think_format_ok
+from samr1.rewards.presets import PRESETS
+from samr1.rewards.text import completion_text
+from samr1.rewards.truth import load_instances
+from samr1.rewards.visionreasoner import matched_mask_values
 
 __all__ = ["SamR1Reward"]
 
@@ -84,22 +86,31 @@ class SamR1Reward:
         config: a :class:`SamR1RewardConfig` holding the settings below (default: its defaults). The settings
             may also be given by keyword (``SamR1Reward(engine, components=("iou",))``); keywords given
             together with ``config`` override its fields. ``reward.config`` is the effective config.
+        preset: whose rules the components follow: "samr1" (default, :mod:`samr1.rewards.samr1`),
+            "segzero" (Seg-Zero's training reward, :mod:`samr1.rewards.segzero`) or "visionreasoner"
+            (VisionReasoner's multi-object reward, :mod:`samr1.rewards.visionreasoner`).
         tiers: (threshold, reward) pairs of the tiered IoU reward (see :func:`tiered_iou_reward`).
-        components: which rewards to sum, from :data:`COMPONENTS`: "think", "answer", "iou" (tiered),
-            "mask_iou" (continuous), "box_iou", "box_l1", "point_dist" (Seg-Zero's ablation rewards, computed
-            against the inclusive box and the reference points of the ground-truth mask, see
-            :mod:`samr1.geometry`).
+        components: which rewards to sum, from :data:`COMPONENTS` and defined by the preset (default: the
+            preset's own sum): "think", "answer", "iou" (tiered), "mask_iou" (continuous), "box_iou",
+            "box_l1", "point_dist" (Seg-Zero's ablation rewards, against the inclusive box and the reference
+            points of the ground-truth mask, see :mod:`samr1.rewards.truth`), "accuracy", "non_repeat"
+            (VisionReasoner's).
         model_size: ``(h, w)`` of the frame the policy saw (answers are in its pixels).
-        image_key, mask_key: dataset columns holding the image and the ground-truth mask. A row's value may
-            also be a non-empty list/tuple of images (TRL's ``images`` column): its first image is used.
+        image_key, mask_key: dataset columns holding the image and the ground-truth mask. A row's image may
+            also be a non-empty list/tuple of images (TRL's ``images`` column): its first image is used. A
+            row's mask may be a LIST of instance masks (or an ``N x H x W`` array): the instances of a
+            multi-object target (their union is the target; ``[]`` is an empty target).
         require_points: passed to :func:`samr1.answer.parse_answer` (default: an answer needs points).
-        box_iou_threshold, box_l1_threshold, point_threshold: Seg-Zero's 0.5, 10 px, 100 px.
+        box_iou_threshold, box_l1_threshold, point_threshold: Seg-Zero's 0.5, 10 px, 100 px (the point
+            threshold defaults to the preset's: VisionReasoner's is 30 px).
+        gt_rule: how the ground truth's box and points reach the model frame: "published" (default: computed
+            on the original mask, each coordinate scaled as ``int(v * 840 / W + 0.5)``) or "resize".
+        mask_match: "visionreasoner" only: "union" (default) or "matched" (see :mod:`samr1.rewards.visionreasoner`).
         gt_points: how many reference points to derive from a mask for "point_dist" (Seg-Zero: 2).
         frame: pixel frame of the box and point rewards. "model" (default, Seg-Zero's): the answer's
-            model-frame numbers as written (corners sorted, not clipped) against the ground-truth mask resized
-            to ``model_size`` by nearest neighbour (:func:`samr1.geometry.resize_mask_nearest`; an object too
-            thin to survive that resize gets its box and points from the original mask, scaled), so 10 px and
-            100 px are model-frame pixels and the reward does not depend on the image's size. "original":
+            model-frame numbers as written (corners sorted, not clipped) against the ground truth in that frame
+            (``gt_rule``), so 10 px and 100 px are model-frame pixels and the reward does not depend on the
+            image's size. "original" (preset "samr1" only):
             both sides in original image pixels (the answer's model-frame numbers scaled by ``W / w``,
             ``H / h``), thresholds in original pixels.
         point_rule: how reference points are derived from the ground-truth mask, "segzero" (default) or
@@ -115,9 +126,9 @@ class SamR1Reward:
     it never raises. Configuration errors (no ``image``/``mask`` column when a component needs them, lists
     of the wrong length) do raise, and so do engine failures other than ``InputError`` (CUDA OOM, bugs).
 
-    An empty ground-truth mask is a valid row: the mask IoU of an empty SAM mask with it is 1 (the engine's
-    convention), so a model that correctly finds nothing earns the IoU reward; the box and point rewards are
-    0 there (no ground-truth box).
+    An empty ground-truth mask is a valid row ("no target"): the answer ``[]`` ("no object", an empty
+    mask) earns every accuracy component in full there and 0 on a non-empty target; each preset module
+    states its rule. The mask IoU of SAM's (empty) mask with an empty ground truth is 1.
 
     Logging: ``stats`` holds cumulative counters (``batches``, ``completions``, ``answers_ok``, ``reasons``:
     a Counter over :data:`ALL_CODES`), ``last_mean_iou``/``last_answer_ok_fraction`` of the last batch and
@@ -133,6 +144,8 @@ class SamR1Reward:
     """Row-level warnings (bad image/mask) issued per instance before they are suppressed (counts continue)."""
 
     def __init__(self, engine: Any, config: SamR1RewardConfig | None = None, **options: Any):
+        if config is not None and "preset" in options and "components" not in options:
+            options = {**options, "components": None}  # another preset: its own components unless named
         cfg = self.config = with_overrides(SamR1RewardConfig, config, options, "SamR1Reward")
         if engine is None and ENGINE_COMPONENTS.intersection(cfg.components):
             raise ValueError(f"components {sorted(ENGINE_COMPONENTS.intersection(cfg.components))} need SAM: pass "
@@ -152,6 +165,7 @@ class SamR1Reward:
         self._warnings_left = self.MAX_ROW_WARNINGS
         # Ground-truth boxes/points per mask content (masks recur across epochs; the EDT costs ~0.1 s at 840^2).
         self._gt_memo = MaskMemo(4096)
+        self._preset = PRESETS[cfg.preset]
 
     # ------------------------------------------------------------------ TRL entry points
     def __call__(self, prompts: Any = None, completions: Sequence[Any] | None = None, image: Any = None,
@@ -226,11 +240,13 @@ class SamR1Reward:
         return batch
 
     def _load_rows(self, images: list[Any], masks: list[Any], codes: list[list[str]]):
-        """Load each distinct image/mask once; returns per-row (image array | None, mask array | None)."""
+        """Load each distinct image/mask once; returns per-row (image array | None, union mask | None,
+        instance masks | None)."""
         img_cache: dict[Any, Any] = {}
         mask_cache: dict[Any, Any] = {}
         arrs: list[np.ndarray | None] = []
         gts: list[np.ndarray | None] = []
+        insts: list[list[np.ndarray] | None] = []
         for i, (img, m) in enumerate(zip(images, masks, strict=True)):
             if isinstance(img, (list, tuple)) and img and not isinstance(img, str):
                 img = img[0]
@@ -242,7 +258,7 @@ class SamR1Reward:
             size = a.shape[:2] if isinstance(a, np.ndarray) else None
             mk = (m if isinstance(m, str) else id(m), size)
             if mk not in mask_cache:
-                mask_cache[mk] = (_load_or_error(partial(load_mask, expected_size=size), m, self.mask_key,
+                mask_cache[mk] = (_load_or_error(partial(load_instances, expected_size=size), m, self.mask_key,
                                                  f"row {i}"), i)
             g, g_row = mask_cache[mk]
             if isinstance(a, Exception):
@@ -254,15 +270,19 @@ class SamR1Reward:
                 self._warn(i, code, _same_as(g, g_row, i, self.mask_key))
                 codes[i].append(code)
                 g = None
-            if a is not None and g is not None and g.shape != a.shape[:2]:
-                self._warn(i, "mask_size_mismatch", f"{self.mask_key} (row {i}): mask is {g.shape[0]}x{g.shape[1]} "
-                           f"but {self.image_key} is {a.shape[0]}x{a.shape[1]} (H x W); the mask must be at the "
-                           "original image size")
+            if a is not None and g is not None and g[0] is not None and g[0].shape != a.shape[:2]:
+                self._warn(i, "mask_size_mismatch", f"{self.mask_key} (row {i}): mask is {g[0].shape[0]}x"
+                           f"{g[0].shape[1]} but {self.image_key} is {a.shape[0]}x{a.shape[1]} (H x W); the mask "
+                           "must be at the original image size")
                 codes[i].append("mask_size_mismatch")
                 g = None
+            union, inst = (None, None) if g is None else g
+            if g is not None and union is None:  # [] (no instance): an empty target of the image's size
+                union = None if a is None else np.zeros(a.shape[:2], dtype=bool)
             arrs.append(a)
-            gts.append(g)
-        return arrs, gts
+            gts.append(union)
+            insts.append(inst)
+        return arrs, gts, insts
 
     def _warn(self, i: int, code: str, detail: Any) -> None:
         # Rate-limited: a dataset with many bad rows must not flood the training log; stats keep counting.
@@ -277,12 +297,11 @@ class SamR1Reward:
         n = len(completions)
         codes: list[list[str]] = [[] for _ in range(n)]
         if images is not None and masks is not None:
-            arrs, gts = self._load_rows(images, masks, codes)
+            arrs, gts, insts = self._load_rows(images, masks, codes)
         else:
-            arrs, gts = [None] * n, [None] * n
+            arrs, gts, insts = [None] * n, [None] * n, [None] * n
 
         answers: list[Answer] = []
-        think = []
         texts: list[str | None] = []
         for i, c in enumerate(completions):
             text = completion_text(c)
@@ -297,28 +316,29 @@ class SamR1Reward:
             answers.append(ans)
             if not ans.ok:
                 codes[i].insert(0, ans.code)
-            think.append(1.0 if think_format_ok(text) else 0.0)
 
         scorable = [i for i in range(n) if answers[i].ok and arrs[i] is not None and gts[i] is not None]
-        ious = [0.0] * n
-        if ENGINE_COMPONENTS.intersection(self.components) and scorable:
-            ious = engine_ious(self.engine, scorable, arrs, gts, answers, codes, self._warn, self.stats)
-        inputs = BatchInputs(texts=texts, answers=answers, images=arrs, gts=gts, scorable=scorable, ious=ious,
-                             codes=codes)
-
-        rewards: dict[str, list[float]] = {}
-        geometry = geometry_rewards(inputs, self.components, self.config, self._gt_memo)
-        for comp in self.components:
-            if comp == "think":
-                rewards[comp] = think
-            elif comp == "answer":
-                rewards[comp] = [1.0 if a.ok else 0.0 for a in answers]
-            elif comp in ENGINE_COMPONENTS:
-                rewards[comp] = mask_rewards(comp, ious, self.tiers)
+        inputs = BatchInputs(texts=texts, answers=answers, images=arrs, gts=gts, scorable=scorable, ious=[0.0] * n,
+                             codes=codes, instances=insts)
+        mask_values: dict[str, list[float]] = {}
+        engine_comps = ENGINE_COMPONENTS.intersection(self.components)
+        if engine_comps and scorable:
+            if self.mask_match == "matched":
+                self.stats["engine_calls"] += 1
+                tiered, plain = matched_mask_values(self.engine, inputs, scorable, self.tiers)
+                mask_values = {"iou": tiered, "mask_iou": plain}
+                inputs.ious = plain
             else:
-                rewards[comp] = geometry[comp]
-        self._count(answers, codes, ious)
-        return _Batch(key, rewards, answers, ious, codes)
+                inputs.ious = engine_ious(self.engine, scorable, arrs, gts, answers, codes, self._warn, self.stats)
+        rewards: dict[str, list[float]] = {}
+        own = self._preset.rewards(inputs, self.components, self.config, self._gt_memo)
+        for comp in self.components:
+            if comp in ENGINE_COMPONENTS:
+                rewards[comp] = mask_values.get(comp) or mask_rewards(comp, inputs.ious, self.tiers)
+            else:
+                rewards[comp] = own[comp]
+        self._count(answers, codes, inputs.ious)
+        return _Batch(key, rewards, answers, inputs.ious, codes)
 
     def _count(self, answers: list[Answer], codes: list[list[str]], ious: list[float]) -> None:
         n = len(answers)

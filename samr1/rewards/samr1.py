@@ -1,10 +1,16 @@
-"""The ``samr1`` preset: samr1's own reading of the format and of Seg-Zero's ablation rewards.
+"""The ``samr1`` preset (the default): samr1's own reading of the format and of Seg-Zero's ablation rewards.
 
-One parse per completion (:func:`samr1.answer.parse_answer`) serves every component: "answer" pays when it
-parses, the box and point rewards read its first object. They are measured in the policy's MODEL frame by
-default (``frame="model"``: the numbers as written against the ground truth in that frame) or in original
-image pixels (``frame="original"``). Boxes are inclusive pixel indices; the point reward uses the answer's
-first two points.
+One parse per completion (:func:`samr1.answer.parse_answer`: the LAST ``<answer>`` block, JSON or a
+Python-style literal, every key form) serves every component. "think" is :func:`samr1.rewards.text.
+think_format_ok` (one think block then one answer block); "answer" pays when the answer parses. The box and
+point rewards read the answer's first object and compare it with the ground truth's inclusive box and
+reference points (:mod:`samr1.rewards.truth`), in the policy's MODEL frame by default (``frame="model"``:
+the numbers as written) or in original image pixels (``frame="original"``); the point reward uses the
+answer's first two points.
+
+No target: the answer ``[]`` ("no object") parses, so "answer" pays 1; on an empty ground truth it earns
+every box/point component in full (and the mask IoU is 1), on a non-empty one 0. Any other answer earns
+0 from the box/point components on an empty ground truth.
 """
 
 from __future__ import annotations
@@ -14,14 +20,33 @@ from typing import Any
 import numpy as np
 
 from samr1.answer import Answer
-from samr1.geometry import mask_to_box, mask_to_points, resize_mask_nearest
+from samr1.geometry import mask_to_box, mask_to_points
 from samr1.rewards.batch import BatchInputs, MaskMemo
 from samr1.rewards.boxes import box_iou_reward, box_l1_reward, point_distance_reward
+from samr1.rewards.text import think_format_ok
+from samr1.rewards.truth import published_geometry, resized_geometry
 
-__all__ = ["GEOMETRY_COMPONENTS", "geometry_rewards", "pred_geometry", "frame_geometry"]
+__all__ = ["NAME", "COMPONENTS", "DEFAULT_COMPONENTS", "POINT_THRESHOLD", "GEOMETRY_COMPONENTS", "rewards", "pred_geometry",
+           "frame_geometry", "no_target_value"]
 
+NAME = "samr1"
 GEOMETRY_COMPONENTS: tuple[str, ...] = ("box_iou", "box_l1", "point_dist")
-"""The box and point components this preset computes (the others are shared: format, mask IoU)."""
+"""The box and point components (0/1 each)."""
+COMPONENTS: tuple[str, ...] = ("think", "answer", "iou", "mask_iou", *GEOMETRY_COMPONENTS)
+"""Every component this preset can sum ("iou" and "mask_iou" are the shared SAM-backed ones)."""
+DEFAULT_COMPONENTS: tuple[str, ...] = ("think", "answer", "iou")
+"""SAM-R1's reward: think format + answer format + tiered mask IoU."""
+POINT_THRESHOLD = 100.0
+"""Seg-Zero's point-distance threshold, model-frame pixels."""
+
+
+def no_target_value(answer: Answer, gt: np.ndarray, full: float) -> float | None:
+    """The no-target rule of an accuracy component: ``full`` for the answer "no object" on an empty ground
+    truth, 0 when exactly one of them is empty, None when neither is (the component's own rule decides)."""
+    empty_gt = not gt.any()
+    if answer.no_object:
+        return full if empty_gt else 0.0
+    return 0.0 if empty_gt else None
 
 
 def pred_geometry(a: Answer, gt: np.ndarray | None, config: Any) -> tuple[Any, list]:
@@ -36,48 +61,45 @@ def pred_geometry(a: Answer, gt: np.ndarray | None, config: Any) -> tuple[Any, l
 
 
 def frame_geometry(gt: np.ndarray, config: Any) -> tuple[Any, list]:
-    """(inclusive box, reference points) of a ground-truth mask in ``config.frame``."""
+    """(inclusive box, reference points) of a ground-truth mask in ``config.frame`` (in the model frame by
+    ``config.gt_rule``, see :mod:`samr1.rewards.truth`)."""
     if config.frame == "original":
         return mask_to_box(gt, "inclusive"), mask_to_points(gt, config.gt_points, rule=config.point_rule)
-    small = resize_mask_nearest(gt, config.model_size)
-    if small.any() or not gt.any():
-        return mask_to_box(small, "inclusive"), mask_to_points(small, config.gt_points, rule=config.point_rule)
-    # Thinner than one model-frame pixel: measure on the original mask and scale (x * w / W, y * h / H).
-    (mh, mw), (H, W) = config.model_size, gt.shape
-    sx, sy = mw / W, mh / H
-    b = mask_to_box(gt, "inclusive")
-    pts = mask_to_points(gt, config.gt_points, rule=config.point_rule)
-    return (b[0] * sx, b[1] * sy, b[2] * sx, b[3] * sy), [(x * sx, y * sy) for x, y in pts]
+    rule = published_geometry if config.gt_rule == "published" else resized_geometry
+    return rule(gt, config.model_size, config.gt_points, config.point_rule)
 
 
-def geometry_rewards(inputs: BatchInputs, components: tuple[str, ...], config: Any,
-                     memo: MaskMemo) -> dict[str, list[float]]:
-    """The values of the chosen box/point components (of :data:`GEOMETRY_COMPONENTS`) for every row.
-
-    A row that is not scorable, or whose ground truth is empty (no box), gets 0.
-    """
+def rewards(inputs: BatchInputs, components: tuple[str, ...], config: Any, memo: MaskMemo) -> dict[str, list[float]]:
+    """The values of this preset's own components (all but the shared mask ones) for every row."""
+    out: dict[str, list[float]] = {}
+    if "think" in components:
+        out["think"] = [1.0 if think_format_ok(t) else 0.0 for t in inputs.texts]
+    if "answer" in components:
+        out["answer"] = [1.0 if a.ok else 0.0 for a in inputs.answers]
     wanted = [c for c in GEOMETRY_COMPONENTS if c in components]
     if not wanted:
-        return {}
+        return out
     n = len(inputs.answers)
-    tag = ("samr1", config.frame, tuple(config.model_size), config.gt_points, config.point_rule)
+    tag = ("samr1", config.frame, config.gt_rule, tuple(config.model_size), config.gt_points, config.point_rule)
     scorable = set(inputs.scorable)
-    geo = [memo.get(inputs.gts[i], tag, lambda m: frame_geometry(m, config)) if i in scorable else (None, [])
-           for i in range(n)]
-    pred = [pred_geometry(inputs.answers[i], inputs.gts[i], config) if i in scorable else (None, [])
-            for i in range(n)]
-    out: dict[str, list[float]] = {}
     for comp in wanted:
-        vals = []
-        for i in range(n):
-            (box, pts), (gt_box, gt_pts) = pred[i], geo[i]
-            if i not in scorable or gt_box is None or box is None:
-                vals.append(0.0)
-            elif comp == "box_iou":
-                vals.append(box_iou_reward(box, gt_box, config.box_iou_threshold))
+        out[comp] = [0.0] * n
+    for i in scorable:
+        a, gt = inputs.answers[i], inputs.gts[i]
+        fixed = no_target_value(a, gt, 1.0)
+        if fixed is not None:
+            for comp in wanted:
+                out[comp][i] = fixed
+            continue
+        gt_box, gt_pts = memo.get(gt, tag, lambda m: frame_geometry(m, config))
+        box, pts = pred_geometry(a, gt, config)
+        if gt_box is None or box is None:
+            continue
+        for comp in wanted:
+            if comp == "box_iou":
+                out[comp][i] = box_iou_reward(box, gt_box, config.box_iou_threshold)
             elif comp == "box_l1":
-                vals.append(box_l1_reward(box, gt_box, config.box_l1_threshold))
+                out[comp][i] = box_l1_reward(box, gt_box, config.box_l1_threshold)
             else:
-                vals.append(point_distance_reward(pts, gt_pts, box, config.point_threshold))
-        out[comp] = vals
+                out[comp][i] = point_distance_reward(pts, gt_pts, box, config.point_threshold)
     return out

@@ -6,12 +6,14 @@ Completions arrive as strings or in TRL's conversational form (a list of message
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
 from samr1.answer import DEFAULT_MODEL_SIZE, parse_answer
 
-__all__ = ["completion_text", "think_format_ok", "think_format_reward", "answer_format_reward"]
+__all__ = ["completion_text", "think_format_ok", "think_format_reward", "answer_format_reward", "search_json"]
 
 
 def completion_text(completion: Any) -> str | None:
@@ -90,3 +92,12 @@ def answer_format_reward(completions: Sequence[Any], model_size: tuple[int, int]
                                                             multi_object=multi_object).ok else 0.0)
     return out
 
+
+
+def search_json(pattern: re.Pattern[str], text: str, group: int = 0) -> Any:
+    """The first match of ``pattern`` in ``text`` (its ``group``), decoded with ``json.loads``, the way the
+    peers' rewards read an answer; raises ``LookupError`` when nothing matches (and json's errors)."""
+    found = pattern.search(text)
+    if found is None:
+        raise LookupError(f"no match of {pattern.pattern!r}")
+    return json.loads(found.group(group))
