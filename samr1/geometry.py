@@ -193,8 +193,27 @@ def squared_edt(mask: np.ndarray, border_is_background: bool = True) -> np.ndarr
     lies inside the object AND the image. With False only zero pixels of the mask count (scipy's
     ``distance_transform_edt`` semantics); a mask without any zero pixel is then ``inf`` everywhere.
     Distances between pixel centres.
+
+    Only the object's box grown by one pixel is transformed (the nearest zero pixel of an object pixel lies
+    in it: the zero ring around the box is nearer than anything beyond), so the cost follows the object,
+    not the image: a small object in a 1920 x 1080 image costs what it costs alone.
     """
     m = _as_mask(mask)
+    h, w = m.shape
+    cols = np.flatnonzero(m.any(axis=0))
+    if cols.size:
+        rows_ = np.flatnonzero(m.any(axis=1))
+        y0, y1 = max(int(rows_[0]) - 1, 0), min(int(rows_[-1]) + 2, h)
+        x0, x1 = max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, w)
+        if (y1 - y0) * (x1 - x0) < h * w:
+            out = np.zeros((h, w), dtype=np.float64)
+            out[y0:y1, x0:x1] = _squared_edt_full(m[y0:y1, x0:x1], border_is_background)
+            return out
+    return _squared_edt_full(m, border_is_background)
+
+
+def _squared_edt_full(m: np.ndarray, border_is_background: bool) -> np.ndarray:
+    """:func:`squared_edt` over the whole array (a crop's edge that is not the image's edge holds zeros)."""
     rows = _row_distance_sq(~m, border_is_background)
     if border_is_background:
         # Rows above and below the image are background too: include them as two extra rows of zeros.

@@ -25,6 +25,7 @@ BENCHES = {
     "parse": "bench_parse",
     "train-step": "bench_train_step",
     "latency": "bench_latency",
+    "fidelity": "bench_fidelity",
 }
 
 
@@ -59,6 +60,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loop-subset", type=int, default=None, metavar="K",
                    help="reward-step only: time the per-completion loop on the first K completions and "
                         "extrapolate (0: all; default: 16 for SAM 2 kinds on the CPU, else all)")
+    p.add_argument("--peer-repo", default=None, metavar="PATH",
+                   help="fidelity only: a checkout of Seg-Zero (dvlab-research/Seg-Zero, which holds VisionReasoner's "
+                        "reward too); its real reward modules are imported and run beside samr1's presets")
     p.add_argument("--out", default=None, metavar="DIR", help="write JSON-lines records and PNG plots here")
     p.set_defaults(func=_run)
 
@@ -77,12 +81,12 @@ def _thread_list(text: str) -> list[int]:
 def run_bench(name: str, *, quick: bool = False, smoke: bool = False, device: str = "cpu", sam_kind: str = "tiny",
               out: str | None = None, threads: int | Sequence[int] | None = None,
               encoder: str | None = None, checkpoint: str | None = None,
-              loop_subset: int | None = None) -> list[dict[str, Any]]:
+              loop_subset: int | None = None, peer_repo: str | None = None) -> list[dict[str, Any]]:
     """Import ``samr1.bench.<module>`` and call its ``run`` with the arguments it accepts; return its rows.
 
     ``threads``: one count (torch's threads for the run), or several for a sweep (benches whose ``run``
     takes ``threads``: decode, reward-step). ``checkpoint`` / ``loop_subset``: passed to benches whose ``run``
-    takes them (reward-step), ignored by the others.
+    takes them (reward-step), ignored by the others; so is ``peer_repo`` (fidelity).
 
     Raises:
         ValueError: unknown ``name``, ``quick`` and ``smoke`` together, a thread count < 1 or repeated, a
@@ -114,7 +118,7 @@ def run_bench(name: str, *, quick: bool = False, smoke: bool = False, device: st
             raise ValueError(f"benchmark {name!r} has no encoder choice (--encoder is for reward-step; "
                              "the encoder bench times every backend)")
         kwargs["encoder"] = encoder
-    for key, value in (("checkpoint", checkpoint), ("loop_subset", loop_subset)):
+    for key, value in (("checkpoint", checkpoint), ("loop_subset", loop_subset), ("peer_repo", peer_repo)):
         if value is not None and key in params:
             kwargs[key] = value
     if counts is None:
@@ -139,7 +143,8 @@ def _run(args: argparse.Namespace) -> int:
     from samr1.cli import resolve_device
 
     device = resolve_device(args.device)
-    names = list(BENCHES) if args.name == "all" else [args.name]
+    # "all" runs what needs nothing from outside; fidelity needs a peer checkout (--peer-repo)
+    names = [n for n in BENCHES if n != "fidelity" or args.peer_repo] if args.name == "all" else [args.name]
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
     if args.threads is not None:
         if any(t < 1 for t in args.threads):
@@ -155,5 +160,5 @@ def _run(args: argparse.Namespace) -> int:
         print(f"\n=== samr1 bench {name} ({mode}, {device}) ===")
         run_bench(name, quick=args.quick, smoke=args.smoke, device=device, sam_kind=args.sam, out=args.out,
                   threads=args.threads, encoder=args.encoder if name == "reward-step" else None,
-                  checkpoint=args.sam_checkpoint, loop_subset=args.loop_subset)
+                  checkpoint=args.sam_checkpoint, loop_subset=args.loop_subset, peer_repo=args.peer_repo)
     return 0
