@@ -320,7 +320,7 @@ SEGZERO_COMPONENTS = {"think": "seg_thinking_format_reward", "answer": "seg_segm
 VR_COMPONENTS = {"format": "vision_reasoner_format_reward", "accuracy": "vision_reasoner_accuracy_reward",
                  "non_repeat": "vision_reasoner_non_repeat_reward"}
 """VisionReasoner's reward functions; "format" is compared with samr1's think + answer."""
-EXACT_KINDS = frozenset({"exact", "near", "shifted", "far", "float_points", "thin_exact", "thin_near",
+EXACT_KINDS = frozenset({"prompt", "exact", "near", "shifted", "far", "float_points", "thin_exact", "thin_near",
                          "vr_exact", "vr_reversed", "vr_missing", "vr_duplicate", "vr_extra", "vr_near",
                          "vr_far"})
 """Completions in the peer's exact answer format (well-formed JSON, the peer's keys, numbers)."""
@@ -527,6 +527,14 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", smoke:
             for (kind, text), value in zip(comps, ours[comp], strict=True):
                 theirs = fn(text, gt_json) if comp == "accuracy" else fn(text)
                 _tally(table, "visionreasoner", comp, kind, float(value), float(theirs))
+    # --- prompts: samr1's named templates against the peers' evaluation scripts, the query normalised
+    from samr1.train.prompts import format_prompt
+
+    queries = ["The man in the RED shirt.", "...what holds the flowers..", "Dr. Who's hat", "the cup?"]
+    for name, (template, example) in peer.templates.items():
+        for q in queries:
+            theirs = template.format(Question=q.lower().strip("."), Answer=example)
+            _tally(table, "prompt", name, "prompt", float(format_prompt(name, q) == theirs), 1.0)
     run_info = {"seed": seed, "peer_commit": peer.commit, "smoke": smoke, "quick": quick, "masks": len(samples)}
     rows = [{"preset": p, "component": c, **{k: v for k, v in r.items() if k != "differ"},
              "differ": dict(sorted(r["differ"].items())), **run_info} for (p, c), r in table.items()]

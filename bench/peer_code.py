@@ -9,7 +9,9 @@ code) and returns its functions, imported from the checkout's own files:
   (the reference points of a mask), executed on its own;
 * ``prepare_dataset/gen_training_dataset.py``: ``scale_box_coordinates`` / ``scale_point_coordinates`` (the
   ``int(v * 840 / W + 0.5)`` scaling), taken from the file's syntax tree without running its top-level
-  imports (datasets, cv2, the Hub client).
+  imports (datasets, cv2, the Hub client);
+* ``evaluation_scripts/evaluation.py`` / ``evaluation_visionreasoner.py``: the prompt each gives the model
+  (``QUESTION_TEMPLATE`` and the ``Answer`` example it is formatted with), read from the syntax tree.
 
 The reward files are imported as modules (they need only numpy and scipy). Whatever is missing is listed in
 ``PeerCode.missing``; the reward modules are required.
@@ -32,6 +34,8 @@ SEG_RESTRICT = os.path.join("verl", "utils", "reward_score", "seg_restrict.py")
 VISION_REASONER = os.path.join("verl", "utils", "reward_score", "vision_reasoner.py")
 NOTEBOOK = os.path.join("prepare_dataset", "training_data_prepare_toturial.ipynb")
 GEN_DATASET = os.path.join("prepare_dataset", "gen_training_dataset.py")
+EVAL_SCRIPTS = {"seg-zero": os.path.join("evaluation_scripts", "evaluation.py"),
+                "vision-reasoner": os.path.join("evaluation_scripts", "evaluation_visionreasoner.py")}
 
 WHAT_TO_PASS = ("pass --peer-repo PATH: a git checkout of the Seg-Zero repository (dvlab-research/Seg-Zero; it "
                 "also holds VisionReasoner's training code). The bench imports its "
@@ -49,6 +53,7 @@ class PeerCode:
     representative_points: Callable[[Any], Any] | None = None
     scale_box: Callable[..., list[int]] | None = None
     scale_point: Callable[..., list[int]] | None = None
+    templates: dict[str, tuple[str, str]] = field(default_factory=dict)
     missing: list[str] = field(default_factory=list)
     commit: str | None = None
 
@@ -91,6 +96,23 @@ def _source_functions(path: str, names: tuple[str, ...]) -> dict[str, Callable[.
     return {n: namespace[n] for n in names}
 
 
+def _prompt_template(path: str) -> tuple[str, str]:
+    """(``QUESTION_TEMPLATE``, the ``Answer=`` example it is formatted with) of an evaluation script."""
+    with open(path, encoding="utf-8") as f:
+        tree = ast.parse(f.read(), filename=path)
+    template = answer = None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "QUESTION_TEMPLATE" for t in node.targets):
+            template = ast.literal_eval(node.value)
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "format":
+            for kw in node.keywords:
+                if kw.arg == "Answer" and isinstance(kw.value, ast.Constant):
+                    answer = kw.value.value
+    if template is None or answer is None:
+        raise LookupError(f"{path}: no QUESTION_TEMPLATE / Answer example")
+    return template, answer
+
+
 def _head_commit(root: str) -> str | None:
     import subprocess
 
@@ -124,4 +146,9 @@ def load_peer(root: str) -> PeerCode:
         peer.scale_box, peer.scale_point = fns["scale_box_coordinates"], fns["scale_point_coordinates"]
     except (OSError, LookupError, SyntaxError) as exc:
         peer.missing.append(f"{GEN_DATASET}: {exc}")
+    for name, rel in EVAL_SCRIPTS.items():
+        try:
+            peer.templates[name] = _prompt_template(os.path.join(root, rel))
+        except (OSError, LookupError, ValueError, SyntaxError) as exc:
+            peer.missing.append(f"{rel}: {exc}")
     return peer

@@ -438,6 +438,8 @@ def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """
     import math
 
+    from samr1.metrics import no_target_rates
+
     if not parts:
         raise ValueError("nothing to merge: give the results.json of every shard")
     ks = {tuple(p.get("shard") or (0, 1))[1] for p in parts}
@@ -465,5 +467,5 @@ def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
                    "n_scored": len(scored), "n_skipped": len(samples) - len(scored),
                    "n_parse_failures": sum(1 for s in samples if not s["parsed"]),
                    "parse_failure_reasons": dict(sorted(reasons.items())), "shard": [0, 1],
-                   "merged_from": k, "samples": samples})
+                   "merged_from": k, "samples": samples, **no_target_rates(samples)})
     return merged

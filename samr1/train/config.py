@@ -57,8 +57,12 @@ class TrainConfig:
                                       "encoding")
     multimask: bool = _f(True, "ask SAM for 3 masks and keep the best by predicted IoU (Seg-Zero's evaluation)")
     encode_ahead: bool = _f(True, "encode a drawn batch's images on a side thread while the policy generates")
-    components: list = _f(["think", "answer", "iou"], "reward components, summed and logged apart: think, answer, "
-                                                      "iou (tiered), mask_iou, box_iou, box_l1, point_dist")
+    reward_preset: str = _f("samr1", "whose reward rules: samr1 (SAM-R1's reward, samr1's reading), segzero "
+                                     "(Seg-Zero's training reward, rule for rule) or visionreasoner (multi-object, "
+                                     "Hungarian-matched accuracy); see samr1.rewards.presets")
+    components: list | None = _f(None, "reward components, summed and logged apart (default: the preset's; samr1: "
+                                       "think answer iou): think, answer, iou (tiered), mask_iou, box_iou, box_l1, "
+                                       "point_dist, accuracy, non_repeat (each preset defines its own set)")
     prompt: str = _f("seg-zero", "prompt template: seg-zero, vision-reasoner, or a custom string containing "
                                  "{query}")
     reward_options: dict = _f({}, "other SamR1RewardConfig fields for the reward, e.g. {box_l1_threshold: 1.3} "
@@ -139,8 +143,9 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"reward_options: unknown SamR1RewardConfig fields {unknown}; valid: {sorted(names)}",
                               field="reward_options")
-        return SamR1RewardConfig(**{**dict(self.reward_options), "components": tuple(self.components),
-                                    "image_key": "sam_image", "mask_key": "mask",
+        return SamR1RewardConfig(**{**dict(self.reward_options), "preset": self.reward_preset,
+                                    "components": None if self.components is None else tuple(self.components),
+                                    "image_key": "sam_image", "mask_key": "masks",
                                     "model_size": (self.policy_image_size, self.policy_image_size)})
 
     @classmethod
@@ -198,10 +203,11 @@ class TrainConfig:
         need(isinstance(self.cache_gb, (int, float)) and math.isfinite(self.cache_gb) and self.cache_gb >= 0,
              "cache_gb", "must be >= 0 GiB")
         need(self.reward_gather in ("rank", "node"), "reward_gather", "choose rank or node")
-        need(isinstance(self.reward_options, dict) and not {"components", "image_key", "mask_key", "model_size"}
+        need(isinstance(self.reward_options, dict) and not {"components", "image_key", "mask_key", "model_size",
+                                                            "preset"}
              & set(self.reward_options), "reward_options",
              "a mapping of SamR1RewardConfig fields other than components / image_key / mask_key / model_size "
-             "(set those with --components and --policy-image-size)")
+             "(set those with --components, --reward-preset and --policy-image-size)")
         need(self.eval_data is None or (isinstance(self.eval_data, str) and bool(self.eval_data)), "eval_data",
              "a data path, or omitted")
         need(isinstance(self.eval_steps, int) and self.eval_steps >= 0, "eval_steps", "must be >= 0")
@@ -211,7 +217,7 @@ class TrainConfig:
              "must be a positive integer")
         # the engine's and the reward's own checks, reported under this config's field names
         for build, renamed in ((self.engine_config, {"cache_bytes": "cache_gb", "store": "embeddings"}),
-                               (self.reward_config, {"model_size": "policy_image_size"})):
+                               (self.reward_config, {"model_size": "policy_image_size", "preset": "reward_preset"})):
             try:
                 build()
             except ConfigError as exc:

@@ -291,7 +291,8 @@ def policy_record(cfg: TrainConfig):
 
     return PolicyRecord(template=resolve_prompt(cfg.prompt), frame=cfg.policy_image_size,
                         max_new_tokens=cfg.max_completion_length,
-                        reward={"components": list(cfg.components), "sam": cfg.sam})
+                        reward={"components": list(cfg.reward_config().components), "sam": cfg.sam,
+                                "preset": cfg.reward_preset})
 
 
 class RecordCallback(trainer_callback_base()):
