@@ -31,6 +31,7 @@ FILES = {
     "latency": ("latency.jsonl", "latency.png"),
     "train-step": ("train_step.jsonl", "train_step.png"),
     "fidelity": ("fidelity_peer.jsonl", "fidelity_peer.png"),
+    "multi-object": ("multi_object.jsonl", "multi_object.png"),
     "learn": ("learn.jsonl", "learn.png"),
 }
 # fidelity imports a peer checkout; the tests hand it the restated layout (tests/peer_restated, not the peer's code)
@@ -127,6 +128,17 @@ def _check_fidelity(rows: list[dict]) -> None:
 
 
 CHECKS["fidelity"] = _check_fidelity
+
+
+def _check_multi_object(rows: list[dict]) -> None:
+    assert [(r["step"].split()[0], r["cache"]) for r in rows] == [
+        ("single-object", "cold"), ("multi-object", "cold"), ("single-object", "warm"), ("multi-object", "warm")]
+    assert all(r["engine_calls_per_step"] == 1 for r in rows)  # the multi-object path stays one engine call
+    assert all(r["sam_prompts"] > 0 and r["step_s"] > 0 for r in rows)
+    assert rows[1]["sam_prompts"] >= rows[0]["sam_prompts"] and "ratio_vs_single" in rows[3]
+
+
+CHECKS["multi-object"] = _check_multi_object
 def _check_learn(rows: list[dict]) -> None:
     from samr1.bench.bench_learn import ARMS
 

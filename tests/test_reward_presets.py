@@ -216,6 +216,11 @@ def test_multi_instance_mask_rewards_union_and_matched_one_engine_call(engine):
         want = mask_iou_numpy(engine.segment(img, ans), a | b)
         assert got[i] == pytest.approx(want, abs=1e-6)
     assert got[2] == 0.0 and got[3] == 0.0
+    # "no object" on no target: the engine's IoU of the empty mask is 1 (the top tier), without a SAM prompt
+    tiered = SamR1Reward(engine, components=("iou", "mask_iou"))
+    no_target = {f.component: f(None, texts[2:], image=[img] * 2, mask=[np.zeros((H, W), bool)] * 2)
+                 for f in tiered.functions()}
+    assert no_target == {"iou": [4.0, 0.0], "mask_iou": [1.0, 0.0]}
     matched = SamR1Reward(engine, preset="visionreasoner", components=("mask_iou", "iou"), mask_match="matched")
     fns = matched.functions()
     plain = fns[0](None, texts, image=[img] * 4, mask=[[a, b]] * 4)

@@ -26,6 +26,7 @@ BENCHES = {
     "train-step": "bench_train_step",
     "latency": "bench_latency",
     "fidelity": "bench_fidelity",
+    "multi-object": "bench_multi_object",
     "learn": "bench_learn",
 }
 
