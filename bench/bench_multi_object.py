@@ -69,8 +69,9 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
         checkpoint: str | None = None) -> list[dict[str, Any]]:
     """Time both steps cold and warm; return one row per (step, temperature) with ``step_s`` and, on the
     multi-object rows, ``ratio_vs_single``."""
-    from samr1.answer import parse_answer
     from samr1.bench.bench_reward_step import make_step
+
+    from samr1.answer import parse_answer
     from samr1.engine import SamEngine
     from samr1.rewards import SamR1Reward
     from samr1.sam import load_sam
@@ -94,7 +95,7 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
                           for t, im, in zip(completions, images, strict=True))
             calls = []
 
-            def step(reward=reward, images=images, masks=masks, completions=completions, calls=calls):
+            def step(reward=reward, images=images, masks=masks, completions=completions, calls=calls, temp=temp):
                 if temp == "cold":
                     engine.cache.clear()
                 before = engine.stats["score_calls"]
