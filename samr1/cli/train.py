@@ -27,7 +27,7 @@ from typing import Any
 _INT_OR_NONE = {"max_samples", "steps_per_generation", "save_total_limit", "eval_samples"}
 _BOOL_OR_NONE = {"bf16", "gradient_checkpointing"}
 _CHOICES = {"data_format": None, "encoder": ("torch", "onnx", "tensorrt"), "reward_gather": ("rank", "node"),
-            "reward_preset": ("samr1", "segzero", "visionreasoner"),
+            "reward_preset": ("samr1", "segzero", "visionreasoner"), "answer_frame": ("auto", "pixels", "norm1000"),
             "loss_type": ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo")}
 
 

@@ -80,6 +80,9 @@ class TrainConfig:
     temperature: float = _f(1.0, "sampling temperature of the rollouts")
     policy_image_size: int = _f(840, "side of the square image the policy sees (840 = 30 x 28: Qwen's processor "
                                      "keeps it, 900 image tokens); SAM sees the original")
+    answer_frame: str = _f("auto", "the frame the policy's coordinates are in: pixels (of the policy's square "
+                                   "image; Qwen2.5-VL), norm1000 (0..1000 on each axis; Qwen2-VL, Qwen3-VL) or auto "
+                                   "(from the model's config.json model_type); recorded in the saved policy")
     max_completion_length: int = _f(1024, "max new tokens per completion")
     per_device_train_batch_size: int = _f(8, "completions per process per micro-step; per_device x "
                                              "steps_per_generation should be a multiple of num_generations")
@@ -143,10 +146,22 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"reward_options: unknown SamR1RewardConfig fields {unknown}; valid: {sorted(names)}",
                               field="reward_options")
+        from samr1.policy.frame import answer_frame_size
+
         return SamR1RewardConfig(**{**dict(self.reward_options), "preset": self.reward_preset,
                                     "components": None if self.components is None else tuple(self.components),
                                     "image_key": "sam_image", "mask_key": "masks",
-                                    "model_size": (self.policy_image_size, self.policy_image_size)})
+                                    "model_size": answer_frame_size(self.resolved_answer_frame(),
+                                                                    self.policy_image_size)})
+
+    def resolved_answer_frame(self) -> str:
+        """``answer_frame``, with "auto" resolved from the policy folder's ``model_type`` ("pixels" when it
+        cannot be read): see :func:`samr1.policy.default_answer_frame`."""
+        from samr1.policy.frame import default_answer_frame, model_type_of
+
+        if self.answer_frame != "auto":
+            return self.answer_frame
+        return default_answer_frame(model_type_of(self.model) if self.model else None)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, where: str = "config") -> TrainConfig:
@@ -203,6 +218,7 @@ class TrainConfig:
         need(isinstance(self.cache_gb, (int, float)) and math.isfinite(self.cache_gb) and self.cache_gb >= 0,
              "cache_gb", "must be >= 0 GiB")
         need(self.reward_gather in ("rank", "node"), "reward_gather", "choose rank or node")
+        need(self.answer_frame in ("auto", "pixels", "norm1000"), "answer_frame", "choose auto, pixels or norm1000")
         need(isinstance(self.reward_options, dict) and not {"components", "image_key", "mask_key", "model_size",
                                                             "preset"}
              & set(self.reward_options), "reward_options",
