@@ -184,7 +184,7 @@ def test_train_config_builds_the_reward_side_configs():
                       components=["think", "mask_iou"], policy_image_size=448)
     assert cfg.engine_config() == SamEngineConfig(encoder="onnx", cache_bytes=1 << 29, multimask=False, store="store/")
     assert cfg.reward_config() == SamR1RewardConfig(components=("think", "mask_iou"), model_size=(448, 448),
-                                                    image_key="sam_image", mask_key="mask")
+                                                    image_key="sam_image", mask_key="masks")
     for field, value in (("encoder", "jax"), ("embeddings", ""), ("components", "iou")):
         with pytest.raises(ConfigError, match=f"^{field}=") as exc:  # named as the flag the user gave
             dataclasses.replace(cfg, **{field: value}).validate()

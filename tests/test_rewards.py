@@ -461,7 +461,9 @@ def _ablation_rewards(reward, comps, img, gt):
 
 def test_frame_model_gives_the_same_rewards_at_840_and_1680():
     """Seg-Zero measures 10 px / 100 px in the 840 frame: the same answer on the same scene rendered at
-    840 x 840 and at 1680 x 1680 earns the same ablation rewards."""
+    840 x 840 and at 1680 x 1680 earns the same ablation rewards under the "resize" ground-truth rule (the
+    published rule measures the original mask and rounds, so its 1680 box ends one 840-frame pixel further
+    right and down: see test_exact_answer_for_thin_objects_earns_box_iou_1)."""
     rng = np.random.default_rng()
     small = np.zeros((840, 840), bool)
     small[100:300, 200:500] = True  # inclusive box (200, 100, 499, 299)
@@ -478,7 +480,7 @@ def test_frame_model_gives_the_same_rewards_at_840_and_1680():
                           [[p1[0] + poff[0], p1[1] + poff[1]], [p2[0] + poff[2], p2[1] + poff[3]]]))
     six_off = _seg([gt_box[0] + 6, gt_box[1] + 6, gt_box[2] + 6, gt_box[3] + 6], [list(p1), list(p2)])
     comps.append(six_off)
-    reward = SamR1Reward(None, components=_ABLATIONS)
+    reward = SamR1Reward(None, components=_ABLATIONS, gt_rule="resize")
     at_840 = _ablation_rewards(reward, comps, np.zeros((840, 840, 3), np.uint8), small)
     at_1680 = _ablation_rewards(reward, comps, np.zeros((1680, 1680, 3), np.uint8), big)
     assert at_840 == at_1680
