@@ -318,6 +318,54 @@ def plot_parse(rows: list[dict[str, Any]], out: str) -> str:
     return _save(fig, out, "parse")
 
 
+def plot_multi_object(rows: list[dict[str, Any]], out: str, device: str = "cpu") -> str:
+    """Step time of the single-object and the multi-object (visionreasoner) reward step, cold and warm, with
+    the SAM prompts each decodes and the ratio."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    temps = ["cold", "warm"]
+    for k, (step, colour) in enumerate((("single-object (samr1)", REF), ("multi-object (visionreasoner)", FAST))):
+        vals = [next((r for r in rows if r["step"] == step and r["cache"] == t), None) for t in temps]
+        xs = [i + (k - 0.5) * 0.38 for i in range(len(temps))]
+        ax.bar(xs, [v["step_s"] if v else 0 for v in vals], width=0.36, color=colour, label=step)
+        for x, v in zip(xs, vals, strict=True):
+            if v:
+                note = f"{v['step_s']:.2f} s\n{v['sam_prompts']} prompts"
+                if "ratio_vs_single" in v:
+                    note += f"\n{v['ratio_vs_single']:.2f}x"
+                ax.annotate(note, (x, v["step_s"]), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(temps)))
+    ax.set_xticklabels([f"{t} (embedding cache {'emptied' if t == 'cold' else 'filled'})" for t in temps])
+    ax.set_ylabel("seconds per reward step (median)")
+    ax.set_title(f"reward step B={rows[0]['B']} x G={rows[0]['G']}: one object vs 1-4 objects a row")
+    ax.legend(fontsize=8)
+    fig.suptitle(device_label(device, rows), fontsize=9, y=0.995)
+    fig.tight_layout()
+    return _save(fig, out, "multi_object")
+
+
+def plot_fidelity(rows: list[dict[str, Any]], out: str) -> str:
+    """Per preset and component: the share of completions where samr1 and the peer's real reward give the
+    same value (all completions, and exact-format answers only)."""
+    plt = _pyplot()
+    comps = [r for r in rows if r["preset"] != "ground truth"]
+    fig, ax = plt.subplots(figsize=(9, 0.36 * len(comps) + 1.6))
+    names = [f"{r['preset']} / {r['component']}" for r in comps][::-1]
+    allv = [r["agree"] / r["n"] if r["n"] else 0.0 for r in comps][::-1]
+    exact = [r["exact_agree"] / r["exact_n"] if r["exact_n"] else 0.0 for r in comps][::-1]
+    y = range(len(names))
+    ax.barh([v + 0.2 for v in y], exact, height=0.4, color=FAST, label="exact-format answers")
+    ax.barh([v - 0.2 for v in y], allv, height=0.4, color=REF, label="all completions (malformed included)")
+    ax.set_yticks(list(y))
+    ax.set_yticklabels(names, fontsize=8)
+    ax.set_xlim(0, 1.05)
+    ax.set_xlabel("share of completions scored the same (float-equal) as the peer's real reward")
+    ax.set_title("samr1 reward presets beside the peers' real reward modules")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return _save(fig, out, "fidelity_peer")
+
+
 # record file (written by each bench's run) -> the plot function for its rows
 TRAIN_PARTS = {"generation_s": "#7f7f7f", "reward_s": "#d95f02", "other_scoring_s": "#9467bd", "update_s": "#1f77b4"}
 

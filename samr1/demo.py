@@ -86,7 +86,7 @@ def overlay_image(image: np.ndarray, pred: np.ndarray, answer: Any, gt: np.ndarr
         out[mask_outline(gt, 2)] = (0, 255, 0)
     im = Image.fromarray(out.clip(0, 255).astype(np.uint8))
     d = ImageDraw.Draw(im)
-    if getattr(answer, "ok", False):
+    if getattr(answer, "ok", False) and answer.bbox is not None:  # "no object" answers draw nothing
         d.rectangle(list(answer.bbox), outline=(255, 230, 0), width=2)
         for x, y in answer.points:
             d.ellipse([x - 4, y - 4, x + 4, y + 4], outline=(0, 255, 255), width=2)
@@ -165,7 +165,7 @@ def format_rows(rows: list[DemoRow]) -> str:
     lines = []
     for r in rows:
         a = r.answer
-        box = "-" if not a.ok else "[" + ",".join(f"{v:.0f}" for v in a.bbox) + "]"
+        box = "-" if not a.ok or a.bbox is None else "[" + ",".join(f"{v:.0f}" for v in a.bbox) + "]"
         lines.append([r.kind, box, str(len(a.points) if a.ok else "-"), f"{r.iou:.3f}",
                       *[f"{r.rewards[n]:.1f}" for n in names], f"{r.total:.1f}", a.reason or ""])
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]

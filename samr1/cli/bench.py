@@ -25,6 +25,8 @@ BENCHES = {
     "parse": "bench_parse",
     "train-step": "bench_train_step",
     "latency": "bench_latency",
+    "fidelity": "bench_fidelity",
+    "multi-object": "bench_multi_object",
     "learn": "bench_learn",
 }
 
@@ -63,6 +65,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loop-subset", type=int, default=None, metavar="K",
                    help="reward-step only: time the per-completion loop on the first K completions and "
                         "extrapolate (0: all; default: 16 for SAM 2 kinds on the CPU, else all)")
+    p.add_argument("--peer-repo", default=None, metavar="PATH",
+                   help="fidelity only: a checkout of Seg-Zero (dvlab-research/Seg-Zero, which holds VisionReasoner's "
+                        "reward too); its real reward modules are imported and run beside samr1's presets")
     p.add_argument("--seeds", type=_int_list, default=None, metavar="S[,S...]",
                    help="learn only: seeds to run, each a full warm start + both GRPO arms (default: 0)")
     p.add_argument("--modes", type=lambda t: [m for m in t.split(",") if m], default=None, metavar="MODE[,MODE]",
@@ -98,12 +103,12 @@ def run_bench(name: str, *, quick: bool = False, smoke: bool = False, device: st
               out: str | None = None, threads: int | Sequence[int] | None = None,
               encoder: str | None = None, checkpoint: str | None = None,
               loop_subset: int | None = None, seeds: Sequence[int] | None = None,
-              modes: Sequence[str] | None = None) -> list[dict[str, Any]]:
+              modes: Sequence[str] | None = None, peer_repo: str | None = None) -> list[dict[str, Any]]:
     """Import ``samr1.bench.<module>`` and call its ``run`` with the arguments it accepts; return its rows.
 
     ``threads``: one count (torch's threads for the run), or several for a sweep (benches whose ``run``
     takes ``threads``: decode, reward-step). ``checkpoint`` / ``loop_subset``: passed to benches whose ``run``
-    takes them (reward-step), ignored by the others.
+    takes them (reward-step), ignored by the others; so is ``peer_repo`` (fidelity).
 
     Raises:
         ValueError: unknown ``name``, ``quick`` and ``smoke`` together, a thread count < 1 or repeated, a
@@ -135,7 +140,8 @@ def run_bench(name: str, *, quick: bool = False, smoke: bool = False, device: st
             raise ValueError(f"benchmark {name!r} has no encoder choice (--encoder is for reward-step; "
                              "the encoder bench times every backend)")
         kwargs["encoder"] = encoder
-    for key, value in (("checkpoint", checkpoint), ("loop_subset", loop_subset), ("seeds", seeds), ("modes", modes)):
+    for key, value in (("checkpoint", checkpoint), ("loop_subset", loop_subset), ("seeds", seeds), ("modes", modes),
+                       ("peer_repo", peer_repo)):
         if value is not None and key in params:
             kwargs[key] = value
     if counts is None:
@@ -161,7 +167,9 @@ def _run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    names = [n for n in BENCHES if mode != "full" or n not in LONG] if args.name == "all" else [args.name]
+    # "all" leaves out the long ones at full size, and fidelity without a peer checkout (--peer-repo)
+    names = ([n for n in BENCHES if (mode != "full" or n not in LONG) and (n != "fidelity" or args.peer_repo)]
+             if args.name == "all" else [args.name])
     if (args.seeds or args.modes) and "learn" not in names:
         raise SystemExit("samr1 bench: --seeds and --modes apply to learn only")
     if args.threads is not None:
@@ -178,5 +186,6 @@ def _run(args: argparse.Namespace) -> int:
         print(f"\n=== samr1 bench {name} ({mode}, {device}) ===")
         run_bench(name, quick=args.quick, smoke=args.smoke, device=device, sam_kind=args.sam, out=args.out,
                   threads=args.threads, encoder=args.encoder if name == "reward-step" else None,
-                  checkpoint=args.sam_checkpoint, loop_subset=args.loop_subset, seeds=args.seeds, modes=args.modes)
+                  checkpoint=args.sam_checkpoint, loop_subset=args.loop_subset, seeds=args.seeds, modes=args.modes,
+                  peer_repo=args.peer_repo)
     return 0

@@ -13,6 +13,10 @@ IoU distribution). gIoU = mean per-sample IoU, cIoU = summed intersections / sum
 counts intersection 0 and union |gt|; ``--empty-union`` decides an empty prediction on an empty ground truth
 (default "lisa": IoU 1; "visionreasoner": 0; "segzero": skip the sample). ReasonSeg "ignore" regions are
 excluded from both counts when the masks keep them (LISA's raw JSON; Seg-Zero's parquet lost them).
+Beside them: ``no_target_accuracy`` (rows whose ground truth is empty -- a query that names no object --
+answered with an empty mask, e.g. the answer ``[]``) and ``false_empty_rate`` (rows with a target answered
+with an empty mask). Multi-object rows (a manifest's ``"masks": [...]``, a dataset's list of masks) are
+scored on the union of their instances.
 """
 
 from __future__ import annotations
@@ -167,4 +171,8 @@ def _summary(result: dict, paths: dict[str, str]) -> None:
     reasons = ", ".join(f"{k} {v}" for k, v in result["parse_failure_reasons"].items()) or "none"
     print(f"gIoU {result['giou']:.4f}  cIoU {result['ciou']:.4f}  n {result['n']} (scored {result['n_scored']}, "
           f"skipped {result['n_skipped']})  parse failures {result['n_parse_failures']} ({reasons})")
+    if "n_no_target" in result:
+        print(f"no-target accuracy {result['no_target_accuracy']:.4f} (empty ground truth answered empty, "
+              f"n {result['n_no_target']})  false-empty rate {result['false_empty_rate']:.4f} (a target answered "
+              f"empty, n {result['n_target']})")
     print(f"-> {paths['results']}, {paths['samples']}, {paths['figure']}")

@@ -27,6 +27,7 @@ from typing import Any
 _INT_OR_NONE = {"max_samples", "steps_per_generation", "save_total_limit", "eval_samples"}
 _BOOL_OR_NONE = {"bf16", "gradient_checkpointing"}
 _CHOICES = {"data_format": None, "encoder": ("torch", "onnx", "tensorrt"), "reward_gather": ("rank", "node"),
+            "reward_preset": ("samr1", "segzero", "visionreasoner"), "answer_frame": ("auto", "pixels", "norm1000"),
             "loss_type": ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo")}
 
 
@@ -60,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
         if f.name in _BOOL_OR_NONE or isinstance(default, bool):
             kw["action"] = argparse.BooleanOptionalAction
-        elif isinstance(default, list):
+        elif isinstance(default, list) or f.name == "components":
             kw.update(nargs="+", metavar="NAME")
         elif isinstance(default, dict):
             kw.update(type=_json_mapping, metavar="JSON")

@@ -336,7 +336,7 @@ class Sam2Engine(ScoringEngine):
         with torch.inference_mode():
             index, entries = self._lookup(list(images), [f"images[{i}]" for i in range(len(images))])
             out = [np.zeros(entries[j].size, dtype=bool) for j in index]
-            ok = [i for i, a in enumerate(answers) if getattr(a, "ok", False)]
+            ok = [i for i, a in enumerate(answers) if n_objects(a) > 0]  # "no object" answers: empty masks
             if ok:
                 low_res = self._decode(entries, [index[i] for i in ok], [answers[i] for i in ok])
                 for r, i in enumerate(ok):

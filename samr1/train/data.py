@@ -54,6 +54,9 @@ class TrainRow:
         position: where the row comes from, e.g. ``"train.jsonl:12"`` or ``"data.parquet row 7"``.
         size: ``(H, W)`` the source declares (``img_height``/``img_width``), checked when given.
         ignore_value: mask value marking ignore regions (255 for ReasonSeg), or None.
+        masks: the instances of a multi-object target (a manifest's ``"masks"``, a dataset row whose mask is a
+            list of masks), each in any form ``mask`` takes; ``[]`` is an empty target. ``mask`` is then None
+            (their union is the target). None for a one-mask row.
     """
 
     image: Any
@@ -62,6 +65,7 @@ class TrainRow:
     position: str
     size: tuple[int, int] | None = None
     ignore_value: int | None = None
+    masks: list[Any] | None = None
 
 
 @dataclass
@@ -82,7 +86,7 @@ def rows_from_manifest(path: str) -> list[TrainRow]:
     with its line, not a loader failure; a malformed line still raises :class:`InputError` here."""
     from samr1.data import read_manifest
 
-    return [TrainRow(s.image, s.query, s.mask, s.source) for s in read_manifest(path, check_files=False)]
+    return [TrainRow(s.image, s.query, s.mask, s.source, masks=s.masks) for s in read_manifest(path, check_files=False)]
 
 
 def _hf_dataset(path: str, split: str):
@@ -107,8 +111,11 @@ def rows_from_hf(path: str, split: str = "train") -> list[TrainRow]:
 
     Columns (Seg-Zero's evaluation sets): ``image`` (PIL), ``text`` (str; a list uses its first entry),
     ``mask`` (nested lists of bool, H x W), ``img_height``, ``img_width``. ``query``/``problem`` are accepted
-    for ``text``.
+    for ``text``. A ``mask`` that is a LIST of masks (``N x H x W`` nested lists, or a list of images / RLE
+    dicts) is a multi-object target: its instances (``[]``: no target).
     """
+    from samr1.rewards.truth import is_instance_list
+
     ds = _hf_dataset(path, split)
     cols = set(ds.column_names)
     text_col = next((c for c in ("text", "query", "problem") if c in cols), None)
@@ -124,7 +131,11 @@ def rows_from_hf(path: str, split: str = "train") -> list[TrainRow]:
         size = None
         if ex.get("img_height") is not None and ex.get("img_width") is not None:
             size = (int(ex["img_height"]), int(ex["img_width"]))
-        rows.append(TrainRow(ex["image"], text if isinstance(text, str) else "", ex["mask"], f"{path} row {i}", size))
+        mask, masks = ex["mask"], None
+        if is_instance_list(mask):
+            mask, masks = None, list(mask)
+        rows.append(TrainRow(ex["image"], text if isinstance(text, str) else "", mask, f"{path} row {i}", size,
+                             masks=masks))
     return rows
 
 
@@ -281,8 +292,28 @@ def load_rows(path: str, data_format: str = "auto", *, split: str = "train", ima
 
 
 # ------------------------------------------------------------------------------------------- checks
+def _load_instances(row: TrainRow) -> list[np.ndarray]:
+    """The instance masks of a ``masks`` row, each ``H x W`` bool, checked to share one size."""
+    out = []
+    for k, m in enumerate(row.masks or []):
+        arr = _load_mask_any(TrainRow(row.image, row.query, m, row.position, row.size)).astype(bool)
+        if out and arr.shape != out[0].shape:
+            raise InputError(f"field 'masks[{k}]': the instance is {arr.shape[0]}x{arr.shape[1]} but masks[0] is "
+                             f"{out[0].shape[0]}x{out[0].shape[1]}")
+        out.append(arr)
+    return out
+
+
 def _load_mask_any(row: TrainRow) -> np.ndarray:
-    """The row's mask as an ``H x W`` uint8 (0/1, or 0/1/255 where ignore regions are kept)."""
+    """The row's mask as an ``H x W`` uint8 (0/1, or 0/1/255 where ignore regions are kept); for a ``masks``
+    row, the union of its instances (all 0 for ``[]``)."""
+    if row.masks is not None:
+        inst = _load_instances(row)
+        if not inst:
+            if row.size is None:
+                raise InputError("field 'masks': the image size is unknown (load the image first)")
+            return np.zeros(row.size, dtype=np.uint8)
+        return np.logical_or.reduce(inst).astype(np.uint8)
     m = row.mask
     if isinstance(m, Exception):
         raise InputError(f"field 'mask': {m}")
@@ -378,8 +409,9 @@ class PolicyDataset:
     """Checked rows as TRL rows (a map-style dataset: ``len`` and ``[i]``).
 
     ``ds[i]`` is ``{"prompt": [user message], "image": PIL S x S (the policy's copy), "sam_image": H x W x 3
-    uint8 (original), "mask": H x W bool (original; target only), "ignore": H x W bool or None, "row_id":
-    i}``. TRL's sampler asks for the same index G times in a row: a small LRU returns the very same objects
+    uint8 (original), "mask": H x W bool (original; target only), "masks": the target's instances (a list of
+    H x W bool; ``[mask]`` for a one-mask row, ``[]`` for an empty target), "ignore": H x W bool or None,
+    "row_id": i}``. TRL's sampler asks for the same index G times in a row: a small LRU returns the very same objects
     for those copies, so the reward sees one image object per prompt (and the engine hashes it once).
     """
 
@@ -399,10 +431,10 @@ class PolicyDataset:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def sam_columns(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(original image H x W x 3 uint8, target mask H x W bool) of row ``i``."""
+    def sam_columns(self, i: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(original image H x W x 3 uint8, the target's instance masks, each H x W bool) of row ``i``."""
         item = self[i]
-        return item["sam_image"], item["mask"]
+        return item["sam_image"], item["masks"]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = int(i)
@@ -418,8 +450,9 @@ class PolicyDataset:
         policy = Image.fromarray(img).resize((s, s), Image.BICUBIC)
         ignore = (mask == row.ignore_value) if row.ignore_value is not None else None
         target = (mask == 1) if row.ignore_value is not None else mask.astype(bool)
+        instances = [target] if row.masks is None else [m for m in _load_instances(row) if m.any()]
         item = {"prompt": self._conversation(self.template, row.query), "image": policy, "sam_image": img,
-                "mask": target, "ignore": ignore, "row_id": i}
+                "mask": target, "masks": instances, "ignore": ignore, "row_id": i}
         with self._lock:
             self._lru[i] = item
             if len(self._lru) > self._lru_size:
@@ -430,7 +463,8 @@ class PolicyDataset:
         items = [self[i] for i in batch["row_id"]]
         if self.on_batch is not None:
             self.on_batch([it["sam_image"] for it in items])
-        return {k: [it[k] for it in items] for k in ("prompt", "image", "sam_image", "mask", "ignore", "row_id")}
+        return {k: [it[k] for it in items] for k in ("prompt", "image", "sam_image", "mask", "masks", "ignore",
+                                                     "row_id")}
 
     def as_hf(self):
         """A ``datasets.Dataset`` view for TRL (which requires one): a ``row_id`` column whose on-access

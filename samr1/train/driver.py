@@ -290,8 +290,10 @@ def policy_record(cfg: TrainConfig):
     from samr1.train.prompts import resolve_prompt
 
     return PolicyRecord(template=resolve_prompt(cfg.prompt), frame=cfg.policy_image_size,
+                        answer_frame=cfg.resolved_answer_frame(),
                         max_new_tokens=cfg.max_completion_length,
-                        reward={"components": list(cfg.components), "sam": cfg.sam})
+                        reward={"components": list(cfg.reward_config().components), "sam": cfg.sam,
+                                "preset": cfg.reward_preset})
 
 
 class RecordCallback(trainer_callback_base()):
@@ -336,7 +338,7 @@ def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None) -> dict[
     from samr1.policy import check_frame, load_processor, write_record
 
     processor = load_processor(cfg.model)
-    check_frame(processor, cfg.policy_image_size)
+    check_frame(processor, cfg.policy_image_size, answer_frame=cfg.resolved_answer_frame())
     os.makedirs(cfg.output_dir, exist_ok=True)  # only once the data is known good
 
     spg = cfg.steps_per_generation or cfg.gradient_accumulation_steps
