@@ -43,6 +43,7 @@ __all__ = [
     "max_image_pixels",
     "rle_decode",
     "rle_encode",
+    "rle_size",
     "set_max_image_pixels",
 ]
 
@@ -417,9 +418,16 @@ def _encode_counts_string(counts: Sequence[int]) -> str:
     return "".join(out)
 
 
-def _rle_size(size: Any, where: str) -> tuple[int, int]:
-    """The declared ``(H, W)`` of an RLE: two positive integers (integral floats allowed, as JSON may give)."""
-    bad = InputError(f"{where}: an RLE mask needs 'size': [H, W] with two positive integers, got {size!r}")
+def rle_size(size: Any, where: str = "mask") -> tuple[int, int]:
+    """The declared ``(H, W)`` of an RLE as two Python ints: the ONE reading of an RLE's ``size`` that every
+    check and the decoder share, so no form of the size reaches the decoder without passing the same limits.
+
+    Accepted: a two-element sequence of positive integral numbers: ints, or integral floats as JSON may
+    write them (``[480, 640]``, ``[480.0, 640.0]``, ``[4.8e2, 640]``, numpy scalars). Refused (InputError
+    naming ``where`` and 'size'): bools, strings, fractions (``2.5``), NaN, infinities, zero or negative
+    values, nested lists, any other length.
+    """
+    bad = InputError(f"{where}: an RLE mask needs 'size': [H, W] with two positive integers, got {size!r:.200}")
     if isinstance(size, (str, bytes, dict)) or not hasattr(size, "__len__") or len(size) != 2:
         raise bad
     out = []
@@ -447,7 +455,7 @@ def rle_decode(rle: dict, *, field: str = "mask", source: str | None = None,
     where = _where(field, source)
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
         raise InputError(f"{where}: an RLE mask needs 'size': [H, W] and 'counts'")
-    h, w = _rle_size(rle["size"], where)
+    h, w = rle_size(rle["size"], where)
     _check_expected((h, w), expected_size, where)  # first: "not its image's size" says more than "too big"
     _check_pixels(h, w, "RLE mask", where)
     counts = rle["counts"]
