@@ -421,7 +421,7 @@ def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None, overwrit
 
     metrics_path = os.path.join(cfg.output_dir, "metrics.jsonl")
     rows = read_metrics(metrics_path)
-    tot = hub.totals
+    tot = hub.reduced_totals()  # the whole job's counts, not rank 0's (a collective: every rank is here)
     summary = {
         "steps": int(trainer.state.global_step), "resumed_from": resume,
         "train_seconds": round(train_seconds, 3), "total_seconds": round(time.perf_counter() - t_start, 3),
