@@ -53,6 +53,23 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from samr1.serve.runner import uvicorn_options
+
+    app, device, token = build_app(args)
+    print(f"samr1 serve: SAM {args.sam} on {device}" + (f", policy {args.model}" if args.model else "")
+          + f", listening on http://{args.host}:{args.port}" + (" (bearer token required)" if token else ""),
+          flush=True)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="info", **uvicorn_options(app))
+    finally:
+        app.state.service.close()
+    return 0
+
+
+def build_app(args: argparse.Namespace) -> tuple[object, str, str | None]:
+    """The app the parsed ``samr1 serve`` flags describe (flags checked first), its device and its token."""
     from samr1.cli import UsageError, resolve_device
     from samr1.serve.runner import is_loopback
 
@@ -103,17 +120,4 @@ def _run(args: argparse.Namespace) -> int:
     cfg = ServerConfig(limits=limits, token=token, max_queue=args.max_queue, max_batch=args.max_batch,
                        blob_bytes=int(args.blob_mb * (1 << 20)), header_timeout_s=args.header_timeout,
                        body_timeout_s=args.body_timeout)
-    app = create_app(engine, reward=reward, segmenter=segmenter, config=cfg)
-
-    import uvicorn
-
-    from samr1.serve.runner import uvicorn_options
-
-    print(f"samr1 serve: SAM {args.sam} on {device}" + (f", policy {args.model}" if args.model else "")
-          + f", listening on http://{args.host}:{args.port}" + (" (bearer token required)" if token else ""),
-          flush=True)
-    try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="info", **uvicorn_options(app))
-    finally:
-        app.state.service.close()
-    return 0
+    return create_app(engine, reward=reward, segmenter=segmenter, config=cfg), device, token

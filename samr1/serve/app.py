@@ -179,10 +179,16 @@ class SamR1Service:
 
     def health(self) -> dict[str, Any]:
         eng = {k: v for k, v in getattr(self.engine, "stats", {}).items() if isinstance(v, (int, float, str))}
+        cfg, lim = self.config, self.config.limits
+        limits = {"max_body_bytes": lim.max_body_bytes, "max_side": lim.max_side, "max_pixels": lim.max_pixels,
+                  "max_items": lim.max_items, "max_files": lim.max_files, "blob_bytes": cfg.blob_bytes,
+                  "cache_bytes": getattr(getattr(self.engine, "config", None), "cache_bytes", None),
+                  "header_timeout_s": cfg.header_timeout_s, "body_timeout_s": cfg.body_timeout_s,
+                  "request_timeout_s": cfg.request_timeout_s, "max_queue": cfg.max_queue}
         return {"ok": True, "policy": self.segmenter is not None, "queue": self.batcher.depth,
                 "batcher": dict(self.batcher.stats), "blobs": {**self.blobs.stats, "entries": len(self.blobs),
                                                                "bytes": self.blobs.bytes_held},
-                "counters": dict(self.counters), "engine": eng}
+                "counters": dict(self.counters), "engine": eng, "limits": limits}
 
     def store_upload(self, data: bytes, kind: str, field: str) -> str:
         """Decode one uploaded PNG, key it by its content and keep it; returns the key."""
