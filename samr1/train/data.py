@@ -40,7 +40,7 @@ from samr1.io import InputError, load_image, load_mask
 
 __all__ = ["TrainRow", "BadRow", "rows_from_manifest", "rows_from_hf", "rows_from_refcocog", "rows_from_reasonseg",
            "reasonseg_mask", "detect_format", "load_rows", "select_rows", "check_rows", "PolicyDataset",
-           "parquet_split_files"]
+           "parquet_split_files", "resolve_split"]
 
 
 @dataclass
@@ -86,8 +86,8 @@ def rows_from_manifest(path: str) -> list[TrainRow]:
     return [TrainRow(s.image, s.query, s.mask, s.source) for s in read_manifest(path, check_files=False)]
 
 
-def _split_name(wanted: str, available: Sequence[str]) -> str | None:
-    """The split of ``available`` that ``wanted`` names: itself, or the Hugging Face split it is a keyword of
+def resolve_split(wanted: str, available: Sequence[str]) -> str | None:
+    """The split of ``available`` that ``wanted`` names (None when none does): itself, or the Hugging Face split it is a keyword of
     ("val" and "dev" are "validation", "eval" is "test", ...; ``datasets.data_files.SPLIT_KEYWORDS``), either way
     round. None when none matches."""
     if wanted in available:
@@ -133,7 +133,7 @@ def parquet_split_files(path: str, split: str) -> list[str]:
 
     if not os.path.isdir(path):
         named = _file_split(path)
-        if named is not None and _split_name(split, [named]) is None:
+        if named is not None and resolve_split(split, [named]) is None:
             raise InputError(f"{path}: the file name says split {named!r}, not {split!r}; pass --split {named} (or "
                              f"give the file of split {split!r})")
         return [path]
@@ -144,7 +144,7 @@ def parquet_split_files(path: str, split: str) -> list[str]:
     files = {str(k): sorted(v) for k, v in files.items() if v}
     if not files:
         raise InputError(f"{path}: no parquet files and no save_to_disk dataset (dataset_info.json) found")
-    name = _split_name(split, list(files))
+    name = resolve_split(split, list(files))
     if name is None:
         why = " (no file or folder name there names a split, so Hugging Face reads them all as 'train')" \
             if list(files) == ["train"] else ""
@@ -160,7 +160,7 @@ def _hf_dataset(path: str, split: str):
                                 or os.path.exists(os.path.join(path, "dataset_dict.json"))):
         ds = datasets.load_from_disk(path)
         if isinstance(ds, datasets.DatasetDict):
-            name = _split_name(split, list(ds))
+            name = resolve_split(split, list(ds))
             if name is None:
                 raise InputError(f"{path}: the dataset has splits {sorted(ds)}, not {split!r}; choose one with --split")
             ds = ds[name]
