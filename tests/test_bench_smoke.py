@@ -30,6 +30,7 @@ FILES = {
     "parse": ("parse.jsonl", "parse.png"),
     "latency": ("latency.jsonl", "latency.png"),
     "train-step": ("train_step.jsonl", "train_step.png"),
+    "limits": ("limits.jsonl", "limits.png"),
 }
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -109,6 +110,20 @@ def _check_train_step(rows: list[dict]) -> None:
 
 
 CHECKS["train-step"] = _check_train_step
+
+
+def _check_limits(rows: list[dict]) -> None:
+    reads = [r for r in rows if r["part"] == "store-read"]
+    assert reads and all(r["check_ok"] for r in reads)  # intact rows read, a damaged row caught
+    assert all(r["first_ms_per_row"] > 0 and r["later_ms_per_row"] > 0 for r in reads)
+    assert [r["rows"] for r in rows if r["part"] == "store-flush"] == [1000]
+    serve = [r for r in rows if r["part"] == "serve"]
+    assert serve[-1]["requests"] == 8 and all(r["blob_mb"] <= r["cap_mb"] and r["cache_mb"] <= r["cap_mb"]
+                                              for r in serve)
+    assert [r["items"] for r in rows if r["part"] == "resolve-items"] == [64, 256]
+
+
+CHECKS["limits"] = _check_limits
 
 
 def _check_record(path: str, rows: list[dict], name: str) -> None:

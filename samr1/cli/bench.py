@@ -27,6 +27,7 @@ BENCHES = {
     "parse": "bench_parse",
     "train-step": "bench_train_step",
     "latency": "bench_latency",
+    "limits": "bench_limits",
 }
 
 
