@@ -201,5 +201,5 @@ def test_train_sam_refuses_a_non_empty_out_before_training(tmp_path, capsys):
     from samr1.cli import main
 
     (tmp_path / "card.json").write_text("{}")
-    assert main(["train-sam", "--out", str(tmp_path), "--steps", "1"]) == 6
+    assert main(["train-sam", "--out", str(tmp_path), "--steps", "2", "--warmup", "0"]) == 6
     assert "--overwrite" in capsys.readouterr().err and (tmp_path / "card.json").read_text() == "{}"
