@@ -33,6 +33,7 @@ FILES = {
     "fidelity": ("fidelity_peer.jsonl", "fidelity_peer.png"),
     "multi-object": ("multi_object.jsonl", "multi_object.png"),
     "learn": ("learn.jsonl", "learn.png"),
+    "limits": ("limits.jsonl", "limits.png"),
 }
 # fidelity imports a peer checkout; the tests hand it the restated layout (tests/peer_restated, not the peer's code)
 PEER_RESTATED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_restated")
@@ -139,6 +140,8 @@ def _check_multi_object(rows: list[dict]) -> None:
 
 
 CHECKS["multi-object"] = _check_multi_object
+
+
 def _check_learn(rows: list[dict]) -> None:
     from samr1.bench.bench_learn import ARMS
 
@@ -160,6 +163,20 @@ def _check_learn(rows: list[dict]) -> None:
 
 
 CHECKS["learn"] = _check_learn
+
+
+def _check_limits(rows: list[dict]) -> None:
+    reads = [r for r in rows if r["part"] == "store-read"]
+    assert reads and all(r["check_ok"] for r in reads)  # intact rows read, a damaged row caught
+    assert all(r["first_ms_per_row"] > 0 and r["later_ms_per_row"] > 0 for r in reads)
+    assert [r["rows"] for r in rows if r["part"] == "store-flush"] == [1000]
+    serve = [r for r in rows if r["part"] == "serve"]
+    assert serve[-1]["requests"] == 8 and all(r["blob_mb"] <= r["cap_mb"] and r["cache_mb"] <= r["cap_mb"]
+                                              for r in serve)
+    assert [r["items"] for r in rows if r["part"] == "resolve-items"] == [64, 256]
+
+
+CHECKS["limits"] = _check_limits
 
 
 def _check_record(path: str, rows: list[dict], name: str) -> None:

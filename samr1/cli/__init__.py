@@ -152,10 +152,12 @@ def check_output_file(path: str, flag: str, *, force: bool = False) -> None:
         OutputError: ``path`` is a folder, exists and ``force`` is False, or its nearest existing parent is
             not a writable folder.
     """
-    if os.path.isdir(path):
-        raise OutputError(f"{flag} {path} is a folder; give a file path")
-    if os.path.lexists(path) and not force:
-        raise OutputError(f"{flag} {path} exists; pass --force to overwrite it")
+    from samr1.outdirs import OutputDirError, check_run_files
+
+    try:  # the project's one rule for outputs (samr1.outdirs)
+        check_run_files([path], flag=flag, overwrite=force, overwrite_flag="--force")
+    except OutputDirError as exc:
+        raise OutputError(str(exc)) from None
     _check_parent_writable(os.path.dirname(os.path.abspath(path)), flag, path)
 
 
@@ -372,8 +374,12 @@ def classify(exc: BaseException) -> tuple[int, str]:
     except ImportError:  # pragma: no cover
         PromptError = InputError  # noqa: N806
 
+    from samr1.outdirs import OutputDirError
+
     if isinstance(exc, CliError):
         return exc.exit_code, str(exc)
+    if isinstance(exc, OutputDirError):
+        return EXIT_OUTPUT, str(exc)
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED, "interrupted"
     if isinstance(exc, StoreLockedError):

@@ -3,7 +3,9 @@
 Sizes: default = the full run recorded in bench/RESULTS.md; ``--quick`` = small sizes, one repeat (each
 bench well under a minute on a 2-core CPU); ``--smoke`` = the tiniest sizes, one call, no warm-up (a few
 seconds; what the test suite runs: it checks that fast and reference agree, never a time). With
-``--out DIR`` the JSON-lines records and PNG plots are written there. ``--threads 1,2,...`` (decode,
+``--out DIR`` the JSON-lines records and PNG plots are written there: a new or empty folder, or with
+``--append`` one holding earlier records (each record carries its date and commit), or with ``--overwrite``
+one whose earlier records (``*.jsonl``, ``*.png``) are removed first. ``--threads 1,2,...`` (decode,
 reward-step) times every path at each thread count in one run and adds parallel efficiency per path and a
 ``*_scaling.png`` plot.
 """
@@ -28,6 +30,7 @@ BENCHES = {
     "fidelity": "bench_fidelity",
     "multi-object": "bench_multi_object",
     "learn": "bench_learn",
+    "limits": "bench_limits",
 }
 
 # benches too long for `samr1 bench all` at full size (all --quick / --smoke still runs them)
@@ -74,6 +77,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="learn only: scene modes, plain (a box is a good proxy for the mask) and/or hard "
                         "(overlapping, concave or thin objects; the points decide) (default: plain)")
     p.add_argument("--out", default=None, metavar="DIR", help="write JSON-lines records and PNG plots here")
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--append", action="store_true",
+                       help="--out already holds records: add this run's to them (each record has its date and commit)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="--out already holds records: remove its *.jsonl and *.png first")
     p.set_defaults(func=_run)
 
 
@@ -182,6 +190,13 @@ def _run(args: argparse.Namespace) -> int:
                              "give one count for the others")
     if args.encoder is not None and "reward-step" not in names:
         raise SystemExit("samr1 bench: --encoder applies to reward-step only (the encoder bench times every backend)")
+    if args.out:
+        from samr1.outdirs import check_run_dir, claim_run_dir
+
+        check_run_dir(args.out, flag="--out", resume=args.append, overwrite=args.overwrite, resume_flag="--append")
+        claim_run_dir(args.out, records=("*.jsonl", "*.png"), overwrite=args.overwrite)
+    elif args.append or args.overwrite:
+        raise SystemExit("samr1 bench: --append and --overwrite go with --out DIR")
     for name in names:
         print(f"\n=== samr1 bench {name} ({mode}, {device}) ===")
         run_bench(name, quick=args.quick, smoke=args.smoke, device=device, sam_kind=args.sam, out=args.out,

@@ -12,7 +12,8 @@ Example (CPU smoke run with a tiny policy and the shipped tiny-shapes SAM):
 
 Multi-GPU: ``accelerate launch --config_file configs/accelerate/ddp.yaml -m samr1.cli train ...``.
 Writes to --output-dir: checkpoint-N/ (every --save-steps), final/, metrics.jsonl, reward_calls.jsonl,
-summary.json and learning_curve.png.
+summary.json and learning_curve.png. A non-empty --output-dir is refused unless --resume continues the run
+recorded there or --overwrite removes that run's records first: two runs never mix.
 """
 
 from __future__ import annotations
@@ -77,6 +78,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         if f.name in ("model", "data", "output_dir", "config", "image_dir", "embeddings", "sam_checkpoint", "resume"):
             kw["metavar"] = "PATH"
         p.add_argument(flag, **kw)
+    p.add_argument("--overwrite", action="store_true",
+                   help="train into a non-empty --output-dir: first remove the previous run's checkpoints, final/, "
+                        "metrics and summary there (without it, or --resume, such a folder is refused)")
     p.set_defaults(func=_run)
 
 
@@ -99,7 +103,7 @@ def _run(args: argparse.Namespace) -> int:
     from samr1.train.driver import train
 
     cfg = config_from_args(args)
-    summary = train(cfg)
+    summary = train(cfg, overwrite=args.overwrite)
     if summary.get("num_processes", 1) == 1 or _is_main():
         comps = ", ".join(f"{k} {v:.3f}" for k, v in summary.get("components", {}).items()
                           if isinstance(v, (int, float)))
