@@ -47,6 +47,21 @@ def _json_mapping(text: str) -> dict[str, Any]:
     return value
 
 
+class _KeyValues(argparse.Action):
+    """``--grpo KEY=VALUE`` (repeatable) collected into one mapping; a later KEY wins."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from samr1.train.grpo_args import parse_key_value
+
+        try:
+            key, value = parse_key_value(values)
+        except ValueError as exc:
+            parser.error(f"{option_string}: {exc}")
+        current = dict(getattr(namespace, self.dest, None) or {})
+        current[key] = value
+        setattr(namespace, self.dest, current)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from samr1.train.config import DATA_FORMATS, TrainConfig
 
@@ -58,7 +73,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f"{f.metadata.get('help', '')} (default: {_fmt_default(default)})"
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
-        if f.name in _BOOL_OR_NONE or isinstance(default, bool):
+        if f.name == "grpo":
+            kw.update(action=_KeyValues, metavar="KEY=VALUE")
+        elif f.name in _BOOL_OR_NONE or isinstance(default, bool):
             kw["action"] = argparse.BooleanOptionalAction
         elif isinstance(default, list):
             kw.update(nargs="+", metavar="NAME")
@@ -87,6 +104,8 @@ def config_from_args(args: argparse.Namespace):
     values: dict[str, Any] = {}
     if given.get("config"):
         values.update(load_yaml_config(given["config"]))
+    if isinstance(values.get("grpo"), dict) and "grpo" in given:
+        given = {**given, "grpo": {**values["grpo"], **given["grpo"]}}  # --grpo KEY=VALUE adds to the file's grpo:
     values.update(given)
     return TrainConfig.from_dict(values, where=given.get("config") or "samr1 train")
 
