@@ -10,9 +10,14 @@ Example (CPU smoke run with a tiny policy and the shipped tiny-shapes SAM):
   samr1 train --model tiny-policy/ --data train.jsonl --sam tiny-shapes --device cpu --max-steps 2 \\
       --num-generations 2 --max-completion-length 16 --output-dir out/
 
+Any other field of TRL's GRPOConfig: ``--grpo KEY=VALUE`` (repeatable, VALUE read as YAML) or a ``grpo:``
+mapping in the YAML file, checked against GRPOConfig before anything loads; LoRA with ``--use-peft``; loggers
+with ``--report-to tensorboard wandb`` (see docs/trl.md).
+
 Multi-GPU: ``accelerate launch --config_file configs/accelerate/ddp.yaml -m samr1.cli train ...``.
-Writes to --output-dir: checkpoint-N/ (every --save-steps), final/, metrics.jsonl, reward_calls.jsonl,
-summary.json and learning_curve.png.
+Writes to --output-dir: checkpoint-N/ (every --save-steps), final/ (with its model card, README.md), best/ (with
+--eval-data), merged/ (with --merge-adapter), metrics.jsonl, reward_calls.jsonl, completions/, runs/ (TensorBoard),
+summary.json, train_config.json, grpo_config.json and learning_curve.png.
 """
 
 from __future__ import annotations

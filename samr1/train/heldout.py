@@ -101,7 +101,8 @@ class HeldoutEvalCallback(trainer_callback_base()):
             res["shard"] = [rank, world]
             res = merge_results(gather_object([res]))
         n = max(1, res["n"])
-        return {"giou": res["giou"], "ciou": res["ciou"], "parse": 1.0 - res["n_parse_failures"] / n, "n": res["n"]}
+        return {"giou": res["giou"], "ciou": res["ciou"], "parse": 1.0 - res["n_parse_failures"] / n, "n": res["n"],
+                "shard_rows": len(shard_indices(len(self.rows), world, rank))}
 
     def summary(self, data: str | None = None) -> dict[str, Any]:
         """The evaluations for ``summary.json`` and the model card: ``evaluations`` (every one), ``first``,
