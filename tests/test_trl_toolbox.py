@@ -187,10 +187,10 @@ def run(tmp_path_factory):
     manifest = write_scene_manifest(root / "data", 6, size=(72, 96), seed=3)
     # A random policy writes byte soup: every reward 0, every advantage 0, no gradient reaches the adapter. A short
     # warm start towards one formatted answer makes SOME sampled completions earn the format reward (about half
-    # at temperature 1 after 200 steps), so the groups' advantages differ from 0 and the adapter really trains.
+    # at temperature 1 after 300 steps), so the groups' advantages differ from 0 and the adapter really trains.
     policy = str(root / "policy")
     warm_start(build_tiny_policy(root / "random", hidden=16, seed=1), check_rows(load_rows(manifest))[0], policy,
-               steps=200, batch_size=6, lr=1e-2, policy_size=56, log=None, max_new_tokens=48,
+               steps=300, batch_size=6, lr=1e-2, policy_size=56, log=None, max_new_tokens=48,
                fixed_target="<think>a</think><answer>b</answer>")
     heldout = write_scene_manifest(root / "heldout", 3, size=(64, 64), seed=9)
     yml = root / "train.yaml"

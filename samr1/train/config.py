@@ -120,7 +120,7 @@ class TrainConfig:
     # -------------------------------------------------------------- LoRA (PEFT)
     use_peft: bool = _f(False, "train a LoRA adapter instead of the whole policy (base weights and the vision tower "
                                "frozen); final/ then holds the adapter, which eval / segment / serve --model load")
-    lora_r: int = _f(16, "LoRA rank")
+    lora_r: int = _f(16, "LoRA rank r (the width of each adapter)")
     lora_alpha: int = _f(32, "LoRA alpha (the update is scaled by alpha / r)")
     lora_dropout: float = _f(0.05, "dropout on the LoRA input")
     lora_target_modules: list = _f(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],

@@ -357,6 +357,10 @@ def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None) -> dict[
         raise ConfigError(f"model={cfg.model!r}: not a model folder (no config.json); give a local Qwen2-VL / "
                           "Qwen2.5-VL checkpoint directory (nothing is downloaded)")
     resume = resolve_resume(cfg.resume, cfg.output_dir)
+    merged_dir = os.path.join(cfg.output_dir, "merged")
+    if cfg.merge_adapter and os.path.isdir(merged_dir) and os.listdir(merged_dir):
+        raise ConfigError(f"merge_adapter: {merged_dir} exists and is not empty (nothing is overwritten); move it "
+                          "away or give another --output-dir", field="merge_adapter")
 
     from accelerate import PartialState
 
@@ -497,7 +501,7 @@ def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None) -> dict[
         if cfg.merge_adapter:
             from samr1.policy import merge_adapter
 
-            merged = merge_adapter(final, os.path.join(cfg.output_dir, "merged"))
+            merged = merge_adapter(final, merged_dir)
             card(merged, kind="merged")
 
     metrics_path = os.path.join(cfg.output_dir, "metrics.jsonl")
