@@ -95,6 +95,9 @@ def build_grpo_config(cfg: TrainConfig, *, use_cpu: bool, cuda: bool):
         remove_unused_columns=False,
         disable_tqdm=True,  # samr1's own bar (ProgressCallback) shows the reward, parse failures and cache hits
         log_completions=cfg.log_completions,
+        # TRL also prints the table at every log: 2 rows on the console, not the whole batch (every row goes to
+        # <output_dir>/completions/*.parquet and to wandb / trackio)
+        num_completions_to_print=2,
         # TRL all-gathers every prompt's policy-size images each step to log them unless told not to
         log_multimodal=False,
         # SAM-R1 / Seg-Zero's KL is the plain k3 estimator; TRL 1.16 defaults to multiplying it by the
