@@ -30,7 +30,10 @@ WORKER = textwrap.dedent('''
     from samr1.train.tiny_policy import build_tiny_policy
 
     rows = check_rows(load_rows(manifest))[0]
-    path = build_tiny_policy(f"{out_dir}/policy{rank}", hidden=16, seed=1)  # the same weights on both ranks
+    path = f"{out_dir}/policy"
+    if state.is_main_process:  # save_pretrained writes on the main process only
+        build_tiny_policy(path, hidden=16, seed=1)
+    state.wait_for_everyone()
     model, processor = AutoModelForImageTextToText.from_pretrained(path), load_processor(path)
     engine = SamEngine(load_sam("tiny-shapes"))
     cb = HeldoutEvalCallback(rows, engine, template="seg-zero", frame=56, max_new_tokens=8, every=0,

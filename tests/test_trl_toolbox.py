@@ -130,6 +130,22 @@ def test_lora_targets_the_language_model_only(tiny_policy):
     assert adapter_summary(model)["lora_modules_vision"] > 0  # PEFT's own rule reaches the vision tower
 
 
+def test_adapter_folder_with_a_missing_base_is_a_model_error(tmp_path, shapes_engine):
+    from samr1.pipeline import ReasoningSegmenter
+    from samr1.policy import adapter_base, is_adapter
+    from samr1.sam import ModelError
+
+    folder = tmp_path / "adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tmp_path / "gone")}))
+    assert is_adapter(folder) and not is_adapter(tmp_path)
+    with pytest.raises(ModelError, match="base policy .*gone.* does not exist"):
+        ReasoningSegmenter.from_pretrained(str(folder), shapes_engine)
+    (tmp_path / "base").mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "../base"}))
+    assert os.path.samefile(adapter_base(folder), tmp_path / "base")  # relative to the adapter folder
+
+
 def test_no_deprecation_warning_from_samrs_grpo_config():
     from samr1.train.driver import build_grpo_config
 
@@ -194,13 +210,15 @@ def run(tmp_path_factory):
                fixed_target="<think>a</think><answer>b</answer>")
     heldout = write_scene_manifest(root / "heldout", 3, size=(64, 64), seed=9)
     yml = root / "train.yaml"
-    yml.write_text("grpo:\n  lr_scheduler_type: cosine\n  weight_decay: 0.05\n  top_p: 0.95\n  run_name: toolbox\n")
+    # top_p / top_k barely narrow the ~270-token vocabulary: a sharp sampler would make every completion of a
+    # group alike (equal rewards, zero advantages, no gradient)
+    yml.write_text("grpo:\n  lr_scheduler_type: cosine\n  weight_decay: 0.05\n  top_p: 0.999\n  run_name: toolbox\n")
     out = root / "out"
     argv = ["train", "--config", str(yml), "--model", policy, "--data", manifest, "--sam", "tiny-shapes",
             "--device", "cpu", "--max-steps", "2", "--num-generations", "4", "--max-completion-length", "48",
             "--per-device-train-batch-size", "8", "--policy-image-size", "56", "--no-progress",
             "--output-dir", str(out), "--learning-rate", "0.05", "--use-peft", "--lora-r", "4", "--merge-adapter",
-            "--eval-data", heldout, "--eval-steps", "1", "--report-to", "tensorboard", "--grpo", "top_k=7",
+            "--eval-data", heldout, "--eval-steps", "1", "--report-to", "tensorboard", "--grpo", "top_k=250",
             "--save-steps", "1"]
     probe = _Probe()
     with warnings.catch_warnings(record=True) as caught:
@@ -213,10 +231,11 @@ def run(tmp_path_factory):
 def test_yaml_and_flag_grpo_fields_reach_the_trainer(run):
     args = run["probe"].args
     assert args.lr_scheduler_type.value == "cosine" and args.weight_decay == 0.05
-    assert args.top_p == 0.95 and args.top_k == 7 and args.run_name == "toolbox"
+    assert args.top_p == 0.999 and args.top_k == 250 and args.run_name == "toolbox"
+    assert args.num_completions_to_print == 2  # samr1's default for TRL's console table
     assert args.report_to == ["tensorboard"] and args.log_completions is True
     saved = json.loads((run["out"] / "grpo_config.json").read_text())
-    assert saved["top_k"] == 7 and saved["lr_scheduler_type"] == "cosine" and saved["use_bias_correction_kl"] is False
+    assert saved["top_k"] == 250 and saved["lr_scheduler_type"] == "cosine" and saved["use_bias_correction_kl"] is False
 
 
 def test_lora_adapter_trains_and_base_stays(run):
