@@ -27,7 +27,7 @@ from typing import Any, NoReturn
 # Subcommands in the order ``samr1 --help`` lists them; each is samr1/cli/<name>.py. A name whose module is
 # not in this build (train, eval and serve arrive as their modules do) is left out of the parser and the help.
 COMMANDS = ["demo", "train", "segment", "eval", "serve", "embed", "export", "bench", "train_sam",
-            "shapes_check"]
+            "shapes_check", "trl_data"]
 
 # Exit codes (documented in ``samr1 --help`` and the README). Scripts may rely on them.
 EXIT_OK = 0
@@ -203,7 +203,7 @@ def os_error_text(exc: OSError) -> str:
 # has none of these; a command that needs a missing one says which extra to install, in its one line.
 OPTIONAL_MODULES: dict[str, tuple[str, ...]] = {
     "transformers": ("train",), "trl": ("train",), "accelerate": ("train",), "datasets": ("train",),
-    "yaml": ("train",), "pycocotools": ("train",),
+    "yaml": ("train",), "pycocotools": ("train",), "peft": ("train",), "tensorboard": ("train",),
     "fastapi": ("serve",), "uvicorn": ("serve",), "multipart": ("serve",),
     # the ONNX export serves both ONNX Runtime flavours (and TensorRT, which builds from it); the two
     # extras must never be installed together (onnxruntime and onnxruntime-gpu overwrite each other)

@@ -10,10 +10,16 @@ Example (CPU smoke run with a tiny policy and the shipped tiny-shapes SAM):
   samr1 train --model tiny-policy/ --data train.jsonl --sam tiny-shapes --device cpu --max-steps 2 \\
       --num-generations 2 --max-completion-length 16 --output-dir out/
 
+Any other field of TRL's GRPOConfig: ``--grpo KEY=VALUE`` (repeatable, VALUE read as YAML) or a ``grpo:``
+mapping in the YAML file, checked against GRPOConfig before anything loads; LoRA with ``--use-peft``; loggers
+with ``--report-to tensorboard wandb`` (see docs/trl.md).
+
 Multi-GPU: ``accelerate launch --config_file configs/accelerate/ddp.yaml -m samr1.cli train ...``.
-Writes to --output-dir: checkpoint-N/ (every --save-steps), final/, metrics.jsonl, reward_calls.jsonl,
-summary.json and learning_curve.png. A non-empty --output-dir is refused unless --resume continues the run
-recorded there or --overwrite removes that run's records first: two runs never mix.
+Writes to --output-dir: checkpoint-N/ (every --save-steps), final/ (with its model card, README.md), best/ (with
+--eval-data), merged/ (with --merge-adapter), metrics.jsonl, reward_calls.jsonl, completions/, runs/ (TensorBoard),
+summary.json, train_config.json, grpo_config.json and learning_curve.png. A non-empty --output-dir is refused
+unless --resume continues the run recorded there or --overwrite removes that run's records first: two runs
+never mix.
 """
 
 from __future__ import annotations
@@ -49,6 +55,21 @@ def _json_mapping(text: str) -> dict[str, Any]:
     return value
 
 
+class _KeyValues(argparse.Action):
+    """``--grpo KEY=VALUE`` (repeatable) collected into one mapping; a later KEY wins."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from samr1.train.grpo_args import parse_key_value
+
+        try:
+            key, value = parse_key_value(values)
+        except ValueError as exc:
+            parser.error(f"{option_string}: {exc}")
+        current = dict(getattr(namespace, self.dest, None) or {})
+        current[key] = value
+        setattr(namespace, self.dest, current)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from samr1.train.config import DATA_FORMATS, TrainConfig
 
@@ -60,7 +81,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f"{f.metadata.get('help', '')} (default: {_fmt_default(default)})"
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
-        if f.name in _BOOL_OR_NONE or isinstance(default, bool):
+        if f.name == "grpo":
+            kw.update(action=_KeyValues, metavar="KEY=VALUE")
+        elif f.name in _BOOL_OR_NONE or isinstance(default, bool):
             kw["action"] = argparse.BooleanOptionalAction
         elif isinstance(default, list) or f.name == "components":
             kw.update(nargs="+", metavar="NAME")
@@ -92,6 +115,8 @@ def config_from_args(args: argparse.Namespace):
     values: dict[str, Any] = {}
     if given.get("config"):
         values.update(load_yaml_config(given["config"]))
+    if isinstance(values.get("grpo"), dict) and "grpo" in given:
+        given = {**given, "grpo": {**values["grpo"], **given["grpo"]}}  # --grpo KEY=VALUE adds to the file's grpo:
     values.update(given)
     return TrainConfig.from_dict(values, where=given.get("config") or "samr1 train")
 

@@ -207,7 +207,8 @@ class RewardHub:
             all_ids = [r for p in got for r in p[1]]
             self._scored_ids = all_ids
             cols = [self.dataset.sam_columns(r) for r in all_ids]
-            kw = {k: v for k, v in kwargs.items() if not isinstance(v, list)}
+            # the completions table takes this process's rows only: each rank logs its slice after the scatter
+            kw = {k: v for k, v in kwargs.items() if not isinstance(v, list) and k != "log_extra"}
             kw[self.reward.image_key] = [c[0] for c in cols]
             kw[self.reward.mask_key] = [c[1] for c in cols]
             kw["row_id"] = all_ids
@@ -219,10 +220,14 @@ class RewardHub:
                 failure = f"reward scoring failed on rank {rank}: {type(exc).__name__}: {exc}"
                 out = [_ScoringFailed(failure)] * n_local
             else:
+                last = getattr(self.reward, "_last", None)
+                codes = list(last.codes) if last is not None else [None] * len(all_comps)
+                ious = [float(x) for x in last.ious] if last is not None else [None] * len(all_comps)
                 out, start = [], 0
                 for p in got:
                     n = len(p[0])
-                    out.append(([v[start:start + n] for v in values], failed[start:start + n]))
+                    out.append({"values": [v[start:start + n] for v in values], "failed": failed[start:start + n],
+                                "extra": {"samr1_reason": codes[start:start + n], "samr1_iou": ious[start:start + n]}})
                     start += n
         else:
             out = None
@@ -231,7 +236,11 @@ class RewardHub:
         dist.scatter_object_list(recv, out, src=leader, group=group)
         if isinstance(recv[0], _ScoringFailed):
             raise RuntimeError(recv[0].message)
-        return recv[0]
+        log_extra = kwargs.get("log_extra")
+        if callable(log_extra):
+            for column, values in recv[0]["extra"].items():
+                log_extra(column, values)
+        return recv[0]["values"], recv[0]["failed"]
 
     # ------------------------------------------------------------------ scoring
     def _parse_failed(self, values: list[list[float]]) -> list[bool]:
