@@ -26,7 +26,7 @@ from typing import Any, NoReturn
 
 # Subcommands in the order ``samr1 --help`` lists them; each is samr1/cli/<name>.py. A name whose module is
 # not in this build (train, eval and serve arrive as their modules do) is left out of the parser and the help.
-COMMANDS = ["demo", "train", "segment", "eval", "serve", "embed", "export", "bench", "train_sam",
+COMMANDS = ["demo", "train", "segment", "eval", "serve", "view", "embed", "export", "bench", "train_sam",
             "shapes_check", "trl_data"]
 
 # Exit codes (documented in ``samr1 --help`` and the README). Scripts may rely on them.

@@ -17,9 +17,9 @@ with ``--report-to tensorboard wandb`` (see docs/trl.md).
 Multi-GPU: ``accelerate launch --config_file configs/accelerate/ddp.yaml -m samr1.cli train ...``.
 Writes to --output-dir: checkpoint-N/ (every --save-steps), final/ (with its model card, README.md), best/ (with
 --eval-data), merged/ (with --merge-adapter), metrics.jsonl, reward_calls.jsonl, completions/, runs/ (TensorBoard),
-summary.json, train_config.json, grpo_config.json and learning_curve.png. A non-empty --output-dir is refused
-unless --resume continues the run recorded there or --overwrite removes that run's records first: two runs
-never mix.
+summary.json, train_config.json, grpo_config.json and learning_curve.png; with --rollouts-every K also rollouts/
+(a few groups every K steps, for `samr1 view`). A non-empty --output-dir is refused unless --resume continues the
+run recorded there or --overwrite removes that run's records first: two runs never mix.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The HTTP service: ``GET /healthz``, ``POST /segment``, ``POST /score`` (FastAPI; run it with uvicorn).
+"""The HTTP service: ``GET /healthz``, ``POST /segment``, ``POST /score`` (FastAPI; run it with uvicorn), and
+the segmentation page at ``GET /`` (plain HTML + script from :mod:`samr1.view`, under ``GET /static/<name>``).
 
 - ``POST /segment`` (multipart/form-data): ``image`` (a file) and either ``box`` (``x1,y1,x2,y2`` in
   original pixels) with optional ``points`` (``x,y;x,y`` or ``[[x, y], ...]``) for SAM alone, or ``query``
@@ -12,6 +13,10 @@
   client repeats the request as multipart: a ``request`` field with the same JSON plus the missing images
   and masks as PNG ``image`` / ``mask`` file parts. Otherwise it answers ``rewards`` (summed per item) and
   ``components`` (name -> values per item).
+
+- ``GET /``: a page for people: upload an image, ask a question (or draw a box and points when the server runs
+  SAM alone), see the reasoning, the answer, the mask and the timings. It calls ``/segment`` like any client,
+  with the bearer token the user types (kept in the tab's session storage); the page itself needs no token.
 
 Errors are JSON ``{"error": message}``: 400 for malformed input (the message names the field), 401 for a
 missing/wrong bearer token, 408 for a request whose head or body does not arrive in time
@@ -36,7 +41,7 @@ import numpy as np
 
 try:
     from fastapi import FastAPI, Request
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
     from starlette.datastructures import UploadFile
     from starlette.requests import ClientDisconnect
@@ -55,6 +60,7 @@ from samr1.serve.protocol import (
     parse_box,
     parse_points,
 )
+from samr1.view import static_file
 
 __all__ = ["ServerConfig", "SamR1Service", "create_app"]
 
@@ -188,7 +194,8 @@ class SamR1Service:
         return {"ok": True, "policy": self.segmenter is not None, "queue": self.batcher.depth,
                 "batcher": dict(self.batcher.stats), "blobs": {**self.blobs.stats, "entries": len(self.blobs),
                                                                "bytes": self.blobs.bytes_held},
-                "counters": dict(self.counters), "engine": eng, "limits": limits}
+                "counters": dict(self.counters), "engine": eng, "token_required": self.config.token is not None,
+                "limits": limits}
 
     def store_upload(self, data: bytes, kind: str, field: str) -> str:
         """Decode one uploaded PNG, key it by its content and keep it; returns the key."""
@@ -495,6 +502,18 @@ def create_app(engine: Any = None, *, reward: Any = None, segmenter: Any = None,
     @app.get("/healthz")
     async def healthz() -> dict:
         return service.health()
+
+    @app.get("/")
+    async def page() -> Response:
+        body, ctype = static_file("segment.html")
+        return Response(body, media_type=ctype, headers={"Cache-Control": "no-cache"})
+
+    @app.get("/static/{name}")
+    async def static(name: str) -> Response:
+        got = static_file(name)  # a fixed list of names: a request path never reaches the file system
+        if got is None:
+            raise _HTTPError(404, f"static/{name}: no such page file")
+        return Response(got[0], media_type=got[1], headers={"Cache-Control": "no-cache"})
 
     @app.post("/segment")
     async def segment(request: Request) -> Any:

@@ -141,6 +141,11 @@ class TrainConfig:
                         "top_p: 0.9}; on the command line --grpo KEY=VALUE (repeatable, VALUE read as YAML); checked "
                         "against GRPOConfig before anything loads; fields samr1 sets from its own flags are refused "
                         "with the flag's name")
+    rollouts_every: int = _f(0, "every K steps write a few groups (query, the G completions, parsed answers, SAM's "
+                                "masks, ground truth, reward components) to <output_dir>/rollouts/ for `samr1 view`; "
+                                "0: off")
+    rollouts_groups: int = _f(2, "prompts (groups of G completions) written per logged step")
+    rollouts_max_mb: float = _f(256.0, "size budget of <output_dir>/rollouts/ in MiB; logging stops when it is reached")
 
     # ------------------------------------------------------------------ helpers
     @classmethod
@@ -240,6 +245,12 @@ class TrainConfig:
         need(isinstance(self.cache_gb, (int, float)) and math.isfinite(self.cache_gb) and self.cache_gb >= 0,
              "cache_gb", "must be >= 0 GiB")
         need(self.reward_gather in ("rank", "node"), "reward_gather", "choose rank or node")
+        need(isinstance(self.rollouts_every, int) and not isinstance(self.rollouts_every, bool)
+             and self.rollouts_every >= 0, "rollouts_every", "must be an integer >= 0 (0: no rollout log)")
+        need(isinstance(self.rollouts_groups, int) and not isinstance(self.rollouts_groups, bool)
+             and self.rollouts_groups >= 1, "rollouts_groups", "must be a positive integer")
+        need(isinstance(self.rollouts_max_mb, (int, float)) and math.isfinite(self.rollouts_max_mb)
+             and self.rollouts_max_mb > 0, "rollouts_max_mb", "must be a positive number of MiB")
         need(self.answer_frame in ("auto", "pixels", "norm1000"), "answer_frame", "choose auto, pixels or norm1000")
         need(isinstance(self.reward_options, dict) and not {"components", "image_key", "mask_key", "model_size",
                                                             "preset"}

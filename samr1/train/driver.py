@@ -479,8 +479,15 @@ def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None, overwrit
     sam = load_sam(cfg.sam, cfg.sam_checkpoint, device=device)
     engine = SamEngine(sam, config=cfg.engine_config())  # SAM is already on this process's device
     reward = SamR1Reward(engine, config=cfg.reward_config())
+    rollouts = None
+    if cfg.rollouts_every and state.is_main_process:
+        from samr1.train.rollouts import RolloutLog
+
+        rollouts = RolloutLog(os.path.join(cfg.output_dir, "rollouts"), cfg.rollouts_every, reward,
+                              groups=cfg.rollouts_groups, max_bytes=int(cfg.rollouts_max_mb * (1 << 20)),
+                              query_of=lambda i: dataset.rows[i].query, rank=state.process_index)
     hub = RewardHub(reward, log_dir=cfg.output_dir, gather=cfg.reward_gather, dataset=dataset,
-                    rank=state.process_index)
+                    rank=state.process_index, rollouts=rollouts)
 
     if cfg.encode_ahead and cfg.reward_gather == "rank":
         dataset.on_batch = hub.prefetch

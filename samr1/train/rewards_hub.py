@@ -21,7 +21,9 @@ call; the others reuse the result):
   images are encoded on a side thread while the policy generates, so the cache is warm when the reward
   runs (on CUDA the encoder's kernels still queue on the device; the thread only overlaps the host side);
 - appends one JSON line per step to ``reward_calls.jsonl`` (rank, step, completions, and for every
-  ``row_id`` how many of its completions this call received, and whether they were contiguous).
+  ``row_id`` how many of its completions this call received, and whether they were contiguous);
+- hands every scored batch to an optional :class:`samr1.train.rollouts.RolloutLog`, which writes a few groups
+  every K steps for ``samr1 view``.
 """
 
 from __future__ import annotations
@@ -89,10 +91,11 @@ class RewardHub:
         dataset: needed for ``gather="node"``: rows are re-read on the scoring process by ``row_id`` (images
             never travel between processes; only completion texts and row ids do).
         rank: this process's rank (for the log).
+        rollouts: a :class:`samr1.train.rollouts.RolloutLog` (None: no rollouts logged); closed by :meth:`close`.
     """
 
     def __init__(self, reward: Any, *, log_dir: str | None = None, gather: str = "rank", dataset: Any = None,
-                 rank: int = 0):
+                 rank: int = 0, rollouts: Any = None):
         if gather not in ("rank", "node"):
             raise ValueError(f"gather must be 'rank' or 'node', got {gather!r}")
         if gather == "node" and dataset is None:
@@ -104,6 +107,7 @@ class RewardHub:
         self.dataset = dataset
         self.rank = rank
         self.log_path = os.path.join(log_dir, "reward_calls.jsonl") if log_dir else None
+        self.rollouts = rollouts
         self._last_completions: Any = None
         self._last_values: list[list[float]] = []
         self._lock = threading.Lock()
@@ -165,11 +169,13 @@ class RewardHub:
                 self.prefetch_errors += 1
 
     def close(self) -> None:
-        """Finish pending encodes and stop the side thread."""
+        """Finish pending encodes and stop the side thread; write out the queued rollouts."""
         self._wait_prefetch()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        if self.rollouts is not None:
+            self.rollouts.close()
 
     # ------------------------------------------------------------------ distributed
     def _init_node_group(self) -> None:
@@ -278,7 +284,10 @@ class RewardHub:
             kwargs = dict(kwargs)
             kwargs[key], _ = dedup_by_content(kwargs[key])
         # Same list objects for every component: the first call computes, the others reuse (SamR1Reward's memo).
-        return [list(map(float, f(completions=completions, **kwargs))) for f in self.fns]
+        values = [list(map(float, f(completions=completions, **kwargs))) for f in self.fns]
+        if self.rollouts is not None:  # here the columns are the ones scored (the node's, under node gather)
+            self.rollouts.observe(completions, kwargs, self.names, values)
+        return values
 
     def component_values(self, index: int, prompts: Any, completions: Sequence[Any] | None,
                          kwargs: dict[str, Any]) -> list[float]:
