@@ -2,11 +2,12 @@
 path and the headline benches, each stage in its own process with its own time budget, into one summary.
 
     bash bench/gpu_check.sh OUT_DIR [--wheels DIR] [--dry-run]        # the entry point (docs/gpu.md)
-    python bench/gpu_check.py OUT_DIR [--wheels DIR] [--dry-run] [--total-s S] [--only STAGE,...]
+    python bench/gpu_check.py OUT_DIR [--wheels DIR] [--dry-run] [--total-s S] [--only STAGE,...] [--stage-s S]
+    python bench/gpu_check.py --tables OUT_DIR/summary.json       # Markdown tables for bench/RESULTS.md
 
 Stages, in order (``STAGES``; each has a budget, and the run as a whole stops starting stages once
 ``--total-s`` is spent): install, environment, triton_aot, gpu_tests, kernels, reward_vit_b, encoder_vit_b,
-reward_vit_h, sam2, grpo, encoder_vit_h. Every stage ends with a status:
+reward_vit_h, sam2, grpo, encoder_vit_h, reward_vit_h_fast. Every stage ends with a status:
 
 * ``passed``  -- it ran and every agreement line its benches printed ends in OK;
 * ``failed``  -- it raised, exited non-zero, or a bench printed an agreement line ending in MISMATCH
@@ -90,9 +91,15 @@ STAGES: tuple[Stage, ...] = (
           "suite (tests/test_bench_smoke.py)"),
     Stage("encoder_vit_h", 75, "image encoder vit_h: torch fp32, bf16, bf16 + torch.compile",
           _DRY_VIT_H.format("encoder_vit_b")),
+    Stage("reward_vit_h_fast", 90, "reward step vit_h with the engine on bf16 + torch.compile against the fp32 "
+                                   "loop (the fastest-backend goal); runs when time is left",
+          _DRY_VIT_H.format("reward_vit_b")),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
-DRY_BUDGET_S = 120.0
+# The dry run's per-stage limit: its stages take 5-15 s of CPU each, but a shared CPU can stretch that many
+# times (a test must not fail because the machine is busy); the timeout path has its own test (--stage-s).
+DRY_BUDGET_S = 300.0
+DRY_TOTAL_S = 1500.0
 
 # the mask-IoU cases of the full run: Triton on CUDA, and the C++ kernel on the host's CPU
 KERNEL_SIZES = ((480, 640), (1080, 1920))
@@ -299,6 +306,16 @@ def _reward(ctx: Ctx, kind: str) -> dict[str, Any]:
     return {}
 
 
+def stage_reward_vit_h_fast(ctx: Ctx) -> dict[str, Any]:
+    from samr1.bench import bench_reward_step
+
+    _need_cuda(ctx)
+    _need("segment_anything")
+    bench_reward_step.run(device=ctx.device, sam_kind="vit_h", b=16, g=8, loop_subset=VIT_H_LOOP_SUBSET,
+                          encoder="torch-bf16-compiled", out=ctx.out())
+    return {}
+
+
 def _onnx_trt_skips() -> dict[str, str]:
     """Why the GPU encoder bench times no ONNX Runtime / TensorRT rows (empty where they can run)."""
     out: dict[str, str] = {}
@@ -360,6 +377,7 @@ CHILD_STAGES: dict[str, Callable[[Ctx], dict[str, Any]]] = {
     "sam2": stage_sam2,
     "grpo": stage_grpo,
     "encoder_vit_h": lambda ctx: _encoder(ctx, "vit_h"),
+    "reward_vit_h_fast": stage_reward_vit_h_fast,
 }
 
 
@@ -386,8 +404,10 @@ def child_main(name: str, scratch: str, dry: bool) -> int:
 class Runner:
     """Runs the stages in order with their budgets, prints and logs everything, then packs OUT_DIR."""
 
-    def __init__(self, out_dir: str, dry: bool, wheels: str | None, total_s: float, only: set[str] | None):
+    def __init__(self, out_dir: str, dry: bool, wheels: str | None, total_s: float, only: set[str] | None,
+                 stage_s: float | None = None):
         self.out_dir = out_dir
+        self.stage_s = stage_s
         self.dry = dry
         self.wheels = wheels
         self.total_s = total_s
@@ -509,6 +529,8 @@ class Runner:
         results = []
         for stage in STAGES:
             budget = DRY_BUDGET_S if self.dry else stage.budget_s
+            if self.stage_s is not None:
+                budget = min(budget, self.stage_s)
             entry: dict[str, Any] = {"name": stage.name, "what": stage.what, "budget_s": budget}
             left = self.left() - RESERVE_S
             if self.only is not None and stage.name not in self.only:
@@ -683,6 +705,51 @@ def _round(v: Any) -> Any:
     return v
 
 
+# ---------------------------------------------------------------------------- summary.json -> RESULTS.md
+# the columns of each bench's table (by record name); a record not listed shows its first rows' keys
+TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "triton_aot": ("kernel", "ok", "compile_s", "cubin_bytes", "shared", "num_warps", "error"),
+    "bench_mask_iou": ("size", "N", "backend", "median_s", "speedup", "floor_s", "floor_fraction", "max_iou_err",
+                       "max_count_err", "ref_chunk"),
+    "bench_mask_iou_sam2": ("size", "N", "backend", "median_s", "speedup", "max_iou_err", "max_count_err"),
+    "reward_step": ("sam", "way", "encoder", "step_s", "ms_per_completion", "speedup_vs_loop", "encoder_images",
+                    "max_iou_diff_vs_loop", "loop_extrapolated_from"),
+    "bench_decode": ("path", "prompts", "ms_per_prompt", "speedup", "max_iou_diff"),
+    "encoder": ("sam", "backend", "batch", "ms_per_img", "img_per_s", "speedup_vs_fp32", "tflops", "frac_bf16_peak",
+                "rel_err_vs_fp32", "within_tol", "setup_s"),
+    "train_step": ("way", "step_s", "generation_s", "reward_s", "update_s", "reward_speedup_vs_loop",
+                   "max_reward_diff_vs_loop"),
+}
+
+
+def _cell(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return "" if v is None else str(v).replace("|", "/")
+
+
+def tables(summary: dict[str, Any]) -> str:
+    """Markdown for bench/RESULTS.md from a summary.json: the run's conditions, the stage statuses, and one
+    table per bench record of each stage (columns: ``TABLE_COLUMNS``)."""
+    v = summary.get("versions", {})
+    lines = [f"Device {summary.get('device')}; commit {summary.get('commit')}; finished {summary.get('finished_utc')}; "
+             f"torch {v.get('torch')} (CUDA {v.get('torch_cuda')}), triton {v.get('triton')}, transformers "
+             f"{v.get('transformers')}; {summary.get('seconds')} s in all" + (" (DRY RUN on the CPU)"
+                                                                              if summary.get("dry_run") else ""),
+             "", "| stage | status | seconds | reason |", "|---|---|---|---|"]
+    for st in summary.get("stages", []):
+        lines.append(f"| {st['name']} | {st['status']} | {_cell(st.get('seconds'))} | {_cell(st.get('reason'))} |")
+    for st in summary.get("stages", []):
+        for key, rows in st.get("figures", {}).get("records", {}).items():
+            if not rows:
+                continue
+            cols = [c for c in TABLE_COLUMNS.get(key.rsplit("/", 1)[-1], tuple(rows[0])[:10])
+                    if any(c in r for r in rows)]
+            lines += ["", f"**{st['name']}: {key}**", "", "| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+            lines += ["| " + " | ".join(_cell(r.get(c)) for c in cols) + " |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
 def _dist_of_wheel(filename: str) -> tuple[str, str]:
     """(normalised distribution name, version) from a wheel's file name (PEP 427)."""
     name, version = os.path.basename(filename).split("-")[:2]
@@ -720,11 +787,20 @@ def main(argv: list[str] | None = None) -> int:
                    "distribution the machine lacks is installed")
     p.add_argument("--dry-run", action="store_true", help="CPU, smoke sizes, no install step")
     p.add_argument("--total-s", type=float, default=None,
-                   help=f"stop starting stages after this many seconds (default {DEFAULT_TOTAL_S:.0f}; dry run 600)")
+                   help=f"stop starting stages after this many seconds (default {DEFAULT_TOTAL_S:.0f}; dry run "
+                        f"{DRY_TOTAL_S:.0f})")
     p.add_argument("--only", default=None, metavar="STAGE,...", help="run only these stages (the rest: skipped)")
+    p.add_argument("--stage-s", type=float, default=None, metavar="S",
+                   help="cap every stage's budget at S seconds (tests of the timeout path; a quick partial run)")
     p.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # child process: run one stage
     p.add_argument("--scratch", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--tables", default=None, metavar="SUMMARY_JSON",
+                   help="print the Markdown tables of a finished run's summary.json (for bench/RESULTS.md) and exit")
     a = p.parse_args(argv)
+    if a.tables:
+        with open(a.tables, encoding="utf-8") as f:
+            print(tables(json.load(f)), end="")
+        return 0
     if a.stage:
         if a.stage not in CHILD_STAGES or not a.scratch:
             p.error(f"--stage takes one of {list(CHILD_STAGES)} with --scratch")
@@ -741,8 +817,10 @@ def main(argv: list[str] | None = None) -> int:
     if clash:
         p.error(f"{a.out_dir} already holds {', '.join(clash)} from an earlier run; give an empty or new folder")
     os.makedirs(a.out_dir, exist_ok=True)
-    total = a.total_s if a.total_s is not None else (600.0 if a.dry_run else DEFAULT_TOTAL_S)
-    summary = Runner(a.out_dir, a.dry_run, a.wheels, total, only).run()
+    total = a.total_s if a.total_s is not None else (DRY_TOTAL_S if a.dry_run else DEFAULT_TOTAL_S)
+    if a.stage_s is not None and a.stage_s <= 0:
+        p.error(f"--stage-s must be > 0, got {a.stage_s}")
+    summary = Runner(a.out_dir, a.dry_run, a.wheels, total, only, a.stage_s).run()
     return 0 if summary["ok"] else 1
 
 
