@@ -136,6 +136,15 @@ def _masks_sam2(sam, feats: list[torch.Tensor], images, boxes) -> list[np.ndarra
     return out
 
 
+def backend_spec(backend: str, opts: dict) -> str:
+    """A backend of :func:`_backends` by name, as reward-step's ``--encoder`` spells it: "torch",
+    "torch-bf16", "torch-bf16-compiled", "onnx", "tensorrt" (a dtype only when one is set)."""
+    name = backend
+    if opts.get("dtype"):
+        name += "-" + {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[opts["dtype"]]
+    return name + ("-compiled" if opts.get("compile") else "")
+
+
 def _backends(device: str, cache_dir: str) -> list[tuple[str, dict]]:
     from samr1.sam.encoder import tensorrt_available
 
@@ -172,8 +181,9 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
         repeats: timed repeats per point (default 3; 1 when quick or vit_* on CPU).
         cache_dir: artefact cache root (default: a temporary folder, so the export time is measured fresh).
         plot: with ``out``, also write ``out/encoder.png`` (ms/img per backend and batch).
-        backends: only these of the available backends ("torch", "onnx", "tensorrt"; default: all). The
-            first one timed is the fp32 reference, so "torch" must be among them.
+        backends: only these of the available backends, by :func:`backend_spec` name ("torch",
+            "torch-bf16", "torch-bf16-compiled", "onnx", "tensorrt"; default: all). The first one timed is the
+            fp32 reference, so "torch" must be among them.
 
     Backend rows carry ``rel_err_vs_fp32`` with its tolerance ``rel_err_tol`` and ``within_tol``.
     """
@@ -212,7 +222,7 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
     prep_enc = None
     try:
         for backend, opts in _backends(device, cache_dir):
-            if backends is not None and backend not in backends:
+            if backends is not None and backend_spec(backend, opts) not in backends:
                 continue
             t0 = time.perf_counter()
             enc = make(sam, backend=backend, device=device, max_batch=max(batches), **opts)

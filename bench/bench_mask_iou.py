@@ -37,7 +37,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from samr1.bench.harness import format_table, measure, write_records
+from samr1.bench.harness import copy_bandwidth, format_table, measure, write_records
 
 from samr1.geometry import resize_longest_side
 from samr1.ops import mask_iou_from_logits, mask_iou_reference, near_threshold_pixels, select_backend
@@ -74,14 +74,6 @@ def _near_px(logits: torch.Tensor, isz: tuple[int, int], size: tuple[int, int]) 
     masks so that the extra full-resolution buffers stay small."""
     return max(int(near_threshold_pixels(logits[i:i + 16], isz, size).sum(dim=(1, 2)).max())
                for i in range(0, logits.shape[0], 16))
-
-
-def _bandwidth(device: str) -> float:
-    """Measured device-to-device copy bandwidth in bytes/s (read + write of a 256 MiB buffer)."""
-    src = torch.empty(64 * 2**20, dtype=torch.float32, device=device)
-    dst = torch.empty_like(src)
-    t = measure(lambda: dst.copy_(src), warmup=2, repeats=10, device=device)
-    return 2 * src.numel() * 4 / t.median
 
 
 def _with_cpu_time(fn, samples: list[float]):
@@ -155,7 +147,7 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", smoke:
         print(f"note: no fast path for {device} (C++ / Triton unavailable); only the reference is timed")
     if cases is None:
         cases = SMOKE_CASES if smoke else QUICK_CASES if quick else [(s, n) for s in FULL_SIZES for n in FULL_NS]
-    bw = _bandwidth(device) if dev.type == "cuda" else None
+    bw = copy_bandwidth(device) if dev.type == "cuda" else None
     gen = torch.Generator().manual_seed(0)
     rows: list[dict] = []
     for size, n in cases:

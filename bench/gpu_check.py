@@ -78,7 +78,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("triton_aot", 45, "every Triton kernel compiled ahead of time for the device's arch by the image's Triton"),
     Stage("gpu_tests", 100, "pytest -m gpu: the GPU-marked and every CUDA-only test, Triton compiled, junit XML"),
     Stage("kernels", 75, "fused logits -> IoU (Triton vs torch reference, N = 64/512/4096 at 480x640 and "
-                         "1080x1920, bandwidth floor; C++ on the host CPU) and the SAM 2 postprocess"),
+                         "1080x1920, bandwidth floor; C++ on the host CPU), prompt packing (N = 64/512/4096) "
+                         "and the SAM 2 postprocess"),
     Stage("reward_vit_b", 75, "reward step B=16 x G=8 at 480x640 (loop, loop-cached, engine cold/warm) and "
                               "decode + IoU, vit_b random weights"),
     Stage("encoder_vit_b", 60, "image encoder vit_b: torch fp32, bf16, bf16 + torch.compile; share of bf16 peak"),
@@ -278,15 +279,17 @@ def stage_gpu_tests(ctx: Ctx) -> dict[str, Any]:
 
 
 def stage_kernels(ctx: Ctx) -> dict[str, Any]:
-    from samr1.bench import bench_mask_iou
+    from samr1.bench import bench_mask_iou, bench_prompt_pack
 
     _need_cuda(ctx)
     if ctx.dry:
         bench_mask_iou.run(smoke=True, device="cpu", out=ctx.out("sam"))
         bench_mask_iou.run_sam2(smoke=True, device="cpu", out=ctx.out("sam2"))
+        bench_prompt_pack.run(smoke=True, device="cpu", out=ctx.out("pack"), plot=False)
         return {}
     cases = [(s, n) for s in KERNEL_SIZES for n in KERNEL_NS]
     bench_mask_iou.run(device="cuda", cases=cases, out=ctx.out("cuda"))
+    bench_prompt_pack.run(device="cuda", ns=KERNEL_NS, out=ctx.out("pack"))
     bench_mask_iou.run(device="cpu", cases=list(CPU_KERNEL_CASES), out=ctx.out("cpu"))
     bench_mask_iou.run_sam2(quick=True, device="cuda", out=ctx.out("sam2"))
     return {}
@@ -343,7 +346,9 @@ def _encoder(ctx: Ctx, kind: str) -> dict[str, Any]:
     if ctx.dry:  # torch only: the CPU's ONNX Runtime export is the suite's business, not this script's
         bench_encoder.run(smoke=True, device="cpu", sam_kind="tiny", out=ctx.out(), backends=["torch"], plot=False)
         return {"figures": {"backends_not_run": _onnx_trt_skips()}}
-    bench_encoder.run(device="cuda", sam_kind=kind, out=ctx.out())
+    # eager first, then compiled, each written as it ends: a torch.compile past the budget loses only its own rows
+    bench_encoder.run(device="cuda", sam_kind=kind, out=ctx.out("eager"), backends=["torch", "torch-bf16"])
+    bench_encoder.run(device="cuda", sam_kind=kind, out=ctx.out("compiled"), backends=["torch", "torch-bf16-compiled"])
     return {"figures": {"backends_not_run": _onnx_trt_skips()}}
 
 
@@ -715,6 +720,8 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "reward_step": ("sam", "way", "encoder", "step_s", "ms_per_completion", "speedup_vs_loop", "encoder_images",
                     "max_iou_diff_vs_loop", "loop_extrapolated_from"),
     "bench_decode": ("path", "prompts", "ms_per_prompt", "speedup", "max_iou_diff"),
+    "prompt_pack": ("N", "tokens", "backend", "median_s", "speedup", "floor_s", "floor_fraction", "max_abs_err",
+                    "counts_equal"),
     "encoder": ("sam", "backend", "batch", "ms_per_img", "img_per_s", "speedup_vs_fp32", "tflops", "frac_bf16_peak",
                 "rel_err_vs_fp32", "within_tol", "setup_s"),
     "train_step": ("way", "step_s", "generation_s", "reward_s", "update_s", "reward_speedup_vs_loop",

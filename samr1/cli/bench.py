@@ -25,6 +25,7 @@ BENCHES = {
     "parse": "bench_parse",
     "train-step": "bench_train_step",
     "latency": "bench_latency",
+    "prompt-pack": "bench_prompt_pack",
 }
 
 
