@@ -97,10 +97,11 @@ STAGES: tuple[Stage, ...] = (
           _DRY_VIT_H.format("reward_vit_b")),
 )
 STAGE_NAMES = tuple(s.name for s in STAGES)
-# The dry run's per-stage limit: its stages take 5-15 s of CPU each, but a shared CPU can stretch that many
-# times (a test must not fail because the machine is busy); the timeout path has its own test (--stage-s).
-DRY_BUDGET_S = 300.0
-DRY_TOTAL_S = 1500.0
+# The dry run's per-stage limit: its stages take 5-11 s of CPU each (45 s in all), but on a CPU shared with
+# other jobs the wall time was 3-40x that (a stage took 300 s for 7 s of CPU at load 14); the dry run checks
+# the script, not the machine, so its limits are loose; the timeout path has its own test (--stage-s).
+DRY_BUDGET_S = 1200.0
+DRY_TOTAL_S = 3600.0
 
 # the mask-IoU cases of the full run: Triton on CUDA, and the C++ kernel on the host's CPU
 KERNEL_SIZES = ((480, 640), (1080, 1920))
@@ -123,6 +124,7 @@ class Ctx:
     dry: bool
     scratch: str
     records: str  # this stage's folder for bench records and plots
+    budget_s: float = DRY_BUDGET_S  # the stage's budget (the parent kills it past this)
 
     @property
     def device(self) -> str:
@@ -263,11 +265,27 @@ def stage_gpu_tests(ctx: Ctx) -> dict[str, Any]:
     cmd = [sys.executable, "-m", "pytest", "-m", "gpu", *targets, "-q", "-rfEs", "-p", "no:cacheprovider",
            "--continue-on-collection-errors", f"--junitxml={junit}"]
     print("$ " + " ".join(cmd), flush=True)
-    rc = subprocess.call(cmd, cwd=ROOT)
+    # stop pytest with SIGINT before the parent's kill: it then still writes the junit XML of what ran
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    interrupted = False
+    try:
+        rc = proc.wait(timeout=max(5.0, ctx.budget_s - 25.0))
+    except subprocess.TimeoutExpired:
+        interrupted = True
+        proc.send_signal(signal.SIGINT)
+        try:
+            rc = proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
     if not os.path.exists(junit):
         raise RuntimeError(f"pytest exited {rc} without writing its junit XML")
     counts = _junit_counts(junit)
     counts["pytest_exit"] = rc
+    if interrupted:
+        return {"status": "timeout", "figures": counts,
+                "reason": f"pytest interrupted near the stage's budget ({ctx.budget_s:.0f} s); the counts are of "
+                          f"the tests that ran ({counts['failures']} failed, {counts['errors']} errors)"}
     if rc == 5:
         raise Skip("pytest selected no test (-m gpu)")
     if counts["failures"] or counts["errors"] or rc not in (0, 5):
@@ -386,9 +404,10 @@ CHILD_STAGES: dict[str, Callable[[Ctx], dict[str, Any]]] = {
 }
 
 
-def child_main(name: str, scratch: str, dry: bool) -> int:
-    """Run one stage in this process; write its result to ``scratch/results/NAME.json``; 0 unless it failed."""
-    ctx = Ctx(dry=dry, scratch=scratch, records=os.path.join(scratch, "records", name))
+def child_main(name: str, scratch: str, dry: bool, budget_s: float) -> int:
+    """Run one stage in this process; write its result to ``scratch/results/NAME.json``; 0 when it passed or
+    was skipped."""
+    ctx = Ctx(dry=dry, scratch=scratch, records=os.path.join(scratch, "records", name), budget_s=budget_s)
     os.makedirs(ctx.records, exist_ok=True)
     result: dict[str, Any]
     try:
@@ -402,7 +421,7 @@ def child_main(name: str, scratch: str, dry: bool) -> int:
         result = {"status": "failed", "reason": f"{type(exc).__name__}: {exc}"[:2000]}
     with open(os.path.join(scratch, "results", f"{name}.json"), "w", encoding="utf-8") as f:
         json.dump(result, f, default=str)
-    return 1 if result["status"] == "failed" else 0
+    return 0 if result["status"] in ("passed", "skipped") else 1
 
 
 # ============================================================================ the parent
@@ -561,7 +580,8 @@ class Runner:
         return self.finish(results, started)
 
     def child(self, name: str, budget: float) -> dict[str, Any]:
-        cmd = [sys.executable, os.path.abspath(__file__), "--stage", name, "--scratch", self.scratch]
+        cmd = [sys.executable, os.path.abspath(__file__), "--stage", name, "--scratch", self.scratch,
+               "--budget", f"{budget:.1f}"]
         if self.dry:
             cmd.append("--dry-run")
         log = os.path.join(self.scratch, "logs", f"{name}.log")
@@ -801,6 +821,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="cap every stage's budget at S seconds (tests of the timeout path; a quick partial run)")
     p.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # child process: run one stage
     p.add_argument("--scratch", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--budget", type=float, default=DRY_BUDGET_S, help=argparse.SUPPRESS)
     p.add_argument("--tables", default=None, metavar="SUMMARY_JSON",
                    help="print the Markdown tables of a finished run's summary.json (for bench/RESULTS.md) and exit")
     a = p.parse_args(argv)
@@ -811,7 +832,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.stage:
         if a.stage not in CHILD_STAGES or not a.scratch:
             p.error(f"--stage takes one of {list(CHILD_STAGES)} with --scratch")
-        return child_main(a.stage, a.scratch, a.dry_run)
+        return child_main(a.stage, a.scratch, a.dry_run, a.budget)
     if not a.out_dir:
         p.error("OUT_DIR is required")
     only = None

@@ -26,7 +26,7 @@ def _env() -> dict[str, str]:
     return {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
 
-def _check(out: str, *args: str, timeout: float = 1800) -> tuple[subprocess.CompletedProcess, dict]:
+def _check(out: str, *args: str, timeout: float = 3600) -> tuple[subprocess.CompletedProcess, dict]:
     p = subprocess.run(["bash", SCRIPT, out, *args], capture_output=True, text=True, env=_env(), timeout=timeout)
     with open(os.path.join(out, "summary.json"), encoding="utf-8") as f:
         return p, json.load(f)
