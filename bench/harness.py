@@ -71,6 +71,15 @@ def measure(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5, device:
     return Timing(statistics.median(samples), _quantile(samples, 0.2), _quantile(samples, 0.8), len(samples), samples)
 
 
+def copy_bandwidth(device: str | torch.device) -> float:
+    """Measured device-to-device copy bandwidth in bytes/s (read + write of a 256 MiB buffer): the floor of a
+    memory-bound op is the bytes it must move over this."""
+    src = torch.empty(64 * 2**20, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    t = measure(lambda: dst.copy_(src), warmup=2, repeats=10, device=device)
+    return 2 * src.numel() * 4 / t.median
+
+
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo`` on Linux; else what :mod:`platform` says)."""
     try:

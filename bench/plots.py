@@ -170,6 +170,36 @@ def plot_mask_iou(rows: list[dict[str, Any]], out: str, device: str = "cpu") -> 
     return _save(fig, out, "mask_iou")
 
 
+def plot_prompt_pack(rows: list[dict[str, Any]], out: str, device: str = "cpu") -> str:
+    """Time per call vs N prompts (log-log), one line per backend; the speedup under each fast point."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for backend in dict.fromkeys(r["backend"] for r in rows):
+        pts = sorted((r["N"], r["median_s"], r.get("speedup", 1.0)) for r in rows if r["backend"] == backend)
+        ref = "reference" in backend
+        xs, ys, sp = zip(*pts, strict=True)
+        ax.plot(xs, ys, marker="o" if ref else "s", linestyle="--" if ref else "-", label=backend)
+        if not ref:
+            for x, y, s in zip(xs, ys, sp, strict=True):
+                ax.annotate(f"{s:.2g}x", (x, y), textcoords="offset points", xytext=(0, -13), ha="center", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ns = sorted({r["N"] for r in rows})
+    ax.set_xticks(ns)
+    ax.set_xticklabels([str(n) for n in ns])
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("N prompts per call (box + 0-3 points each)")
+    ax.set_ylabel("seconds per call (median, log)")
+    ax.set_title("prompt packing: torch reference vs Triton kernel\n(label under each fast point: speedup)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(device_label(device, rows), fontsize=9, y=0.995)
+    fig.tight_layout()
+    return _save(fig, out, "prompt_pack")
+
+
 def _decode_short(path: str) -> str:
     return ("per-prompt predict\n+ numpy IoU (reference)" if "reference" in path else
             "decode_batch only" if "only" in path else "decode_batch + select_best\n+ fused IoU")
@@ -458,6 +488,7 @@ RECORDS = {
     "parse.jsonl": lambda rows, out, device="cpu": plot_parse(rows, out),
     "train_step.jsonl": plot_train_step,
     "limits.jsonl": plot_limits,
+    "prompt_pack.jsonl": plot_prompt_pack,
 }
 
 

@@ -34,6 +34,7 @@ FILES = {
     "multi-object": ("multi_object.jsonl", "multi_object.png"),
     "learn": ("learn.jsonl", "learn.png"),
     "limits": ("limits.jsonl", "limits.png"),
+    "prompt-pack": ("prompt_pack.jsonl", "prompt_pack.png"),
 }
 # fidelity imports a peer checkout; the tests hand it the restated layout (tests/peer_restated, not the peer's code)
 PEER_RESTATED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_restated")
@@ -179,6 +180,20 @@ def _check_limits(rows: list[dict]) -> None:
 CHECKS["limits"] = _check_limits
 
 
+def _check_prompt_pack(rows: list[dict]) -> None:
+    from samr1.bench import bench_prompt_pack
+
+    ref = [r for r in rows if r["backend"] == "torch (reference)"]
+    assert [r["N"] for r in ref] == list(bench_prompt_pack.SMOKE_NS)
+    assert all(r["tokens"] >= 2 and r["dim"] > 0 and r["median_s"] > 0 for r in ref), ref
+    for r in rows:
+        if r not in ref:  # the Triton rows (CUDA): the same tokens and counts as the reference
+            assert r["max_abs_err"] <= bench_prompt_pack.ATOL and r["counts_equal"], r
+
+
+CHECKS["prompt-pack"] = _check_prompt_pack
+
+
 def _check_record(path: str, rows: list[dict], name: str) -> None:
     with open(path, encoding="utf-8") as f:
         records = [json.loads(line) for line in f]
@@ -214,7 +229,7 @@ def test_bench_smoke_cpu(name, tmp_path):
 
 @pytest.mark.gpu
 @requires_cuda
-@pytest.mark.parametrize("name", ["mask-iou", "decode", "reward-step"])
+@pytest.mark.parametrize("name", ["mask-iou", "decode", "reward-step", "prompt-pack"])
 def test_bench_smoke_cuda(name, tmp_path):
     rows = run_bench(name, smoke=True, device="cuda", sam_kind="tiny", out=str(tmp_path))
     CHECKS[name](rows)

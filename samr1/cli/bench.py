@@ -31,6 +31,7 @@ BENCHES = {
     "multi-object": "bench_multi_object",
     "learn": "bench_learn",
     "limits": "bench_limits",
+    "prompt-pack": "bench_prompt_pack",
 }
 
 # benches too long for `samr1 bench all` at full size (all --quick / --smoke still runs them)
