@@ -18,7 +18,7 @@ import os
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from samr1.cli import add_model_flags
+    from samr1.cli import add_components_flag, add_model_flags
 
     p = sub.add_parser("serve", help="serve segmentation and the reward over HTTP (FastAPI + uvicorn)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -34,13 +34,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-side", type=int, default=8192, help="longest accepted image side in px (default 8192)")
     p.add_argument("--max-queue", type=int, default=256, help="requests waiting at most before 503 (default 256)")
     p.add_argument("--max-batch", type=int, default=64, help="most requests batched into one model call (default 64)")
-    p.add_argument("--components", default="think,answer,iou",
-                   help="reward components /score sums (samr1.rewards.COMPONENTS; default think,answer,iou)")
+    add_components_flag(p, default="think,answer,iou")  # what /score sums
     p.set_defaults(func=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from samr1.cli import UsageError, resolve_device
+    from samr1.cli import UsageError, resolve_device, split_components
+    from samr1.io import InputError
     from samr1.serve.runner import is_loopback
 
     if not 0 <= args.port <= 65535:
@@ -55,16 +55,16 @@ def _run(args: argparse.Namespace) -> int:
         try:
             with open(args.token_file, encoding="utf-8") as f:
                 token = f.read().strip()
-        except OSError as exc:
-            raise UsageError(f"--token-file {args.token_file}: cannot read it ({exc.strerror})") from None
+        except OSError as exc:  # an input that cannot be read: exit 3, like any unreadable input file
+            raise InputError(f"--token-file {args.token_file}: cannot read it ({exc.strerror})") from None
         if not token:
-            raise UsageError(f"--token-file {args.token_file} is empty")
+            raise InputError(f"--token-file {args.token_file} is empty")
     elif os.environ.get("SAMR1_SERVE_TOKEN"):
         token = os.environ["SAMR1_SERVE_TOKEN"].strip()
     if not is_loopback(args.host) and token is None and not args.no_token:
         raise UsageError(f"--host {args.host} is reachable from other machines: give a bearer token "
                          "(--token-file or SAMR1_SERVE_TOKEN), or pass --no-token to serve without one")
-    components = tuple(c.strip() for c in args.components.split(",") if c.strip())
+    components = split_components(args.components)
 
     from samr1.engine import SamEngine
     from samr1.rewards import SamR1Reward
