@@ -29,13 +29,13 @@ from typing import Any, NoReturn
 COMMANDS = ["demo", "train", "segment", "eval", "serve", "embed", "export", "bench", "train_sam",
             "shapes_check"]
 
-# Exit codes (documented in ``samr1 --help`` and the README). Scripts may rely on them.
+# Exit codes (documented in ``samr1 --help`` and docs/cli.md, which a test keeps equal). Scripts may rely on them.
 EXIT_OK = 0
 EXIT_INTERNAL = 1  # a bug in samr1 (please report it with the --debug traceback)
 EXIT_USAGE = 2  # a flag is missing, unknown or has a bad value
 EXIT_INPUT = 3  # an input or dataset is unreadable or malformed: manifest, image, mask, embedding store
-EXIT_MODEL = 4  # a SAM model cannot be loaded: unknown --sam, missing / corrupt / unsafe checkpoint
-EXIT_DEVICE = 5  # the device or runtime is not usable: no GPU, missing GPU provider or optional package
+EXIT_MODEL = 4  # a model cannot be used: unknown --sam, missing / corrupt / unsafe checkpoint, random SAM in eval
+EXIT_DEVICE = 5  # the device or runtime is not usable: no GPU, missing GPU provider or optional package (extra)
 EXIT_OUTPUT = 6  # an output cannot be written: --out, a cache or store folder (permissions, disk, path)
 EXIT_BUSY = 75  # another process holds the embedding store (sysexits EX_TEMPFAIL: retry later or pass --wait)
 EXIT_INTERRUPTED = 130  # Ctrl-C
@@ -44,9 +44,11 @@ EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
     EXIT_INTERNAL: "internal error (a bug: rerun with --debug and report the traceback)",
     EXIT_USAGE: "usage error: a flag is missing, unknown or has a bad value",
-    EXIT_INPUT: "input error: a manifest, image, mask or embedding store is unreadable or malformed",
-    EXIT_MODEL: "model error: unknown --sam kind, or a missing, corrupt, unsafe or mismatched checkpoint",
-    EXIT_DEVICE: "device error: the device is not usable here (no GPU, no GPU provider, missing package)",
+    EXIT_INPUT: "input error: a manifest, image, mask, token file or embedding store is unreadable or malformed",
+    EXIT_MODEL: ("model error: unknown --sam kind; a missing, corrupt, unsafe or mismatched checkpoint or policy; "
+                 "a random-weight SAM where a metric needs real weights"),
+    EXIT_DEVICE: ("device error: the device or a package is not usable here (no GPU, no GPU provider, a missing "
+                  "optional extra)"),
     EXIT_OUTPUT: "output error: --out, a cache or a store folder cannot be written",
     EXIT_BUSY: "busy: another process is writing the embedding store (retry, or pass --wait SECONDS)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
@@ -565,7 +567,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         wanted = next((a for a in argv if not a.startswith("-")), None)
         if wanted in parser.samr1_unavailable:
             why = parser.samr1_unavailable[wanted]
-            fix = "" if "samr1[" in why else "; install the extra it needs (see the README)"
+            fix = "" if "samr1[" in why else "; install the extra it needs (see docs/install.md)"
             return _report(f"samr1 {wanted}", EXIT_DEVICE, f"this command is unavailable here: {why}{fix}")
         args = parser.parse_args(join_negative_values(parser, argv))
     except CliError as exc:

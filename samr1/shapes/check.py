@@ -145,7 +145,7 @@ def examples_figure(weights: str | None, out_png: str, n: int = 6, first_seed: i
                 m = masks[int(np.argmax(scores))]
                 ious.append(mask_iou_numpy(m, o.mask))
                 tint(img, m, MARKS["SAM mask"])
-                outline |= mask_outline(o.mask, 1)
+                outline |= mask_outline(o.mask, 3)  # 3 px: still a line after the tile is scaled down
                 boxes.append(box)
             img[outline] = MARKS["ground truth"]
             im = Image.fromarray(img.clip(0, 255).astype(np.uint8))
