@@ -19,6 +19,7 @@ import importlib
 import os
 import re
 import sys
+import textwrap
 import traceback
 import warnings
 from collections.abc import Sequence
@@ -132,6 +133,16 @@ class _Parser(argparse.ArgumentParser):
 
     def format_help(self) -> str:
         return plain_text(super().format_help())
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        fmt = super()._get_formatter()
+
+        def split_lines(text: str, width: int) -> list[str]:
+            # argparse's own wrapping, except that a URL or a flag is never broken at one of its hyphens
+            return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
+
+        fmt._split_lines = split_lines  # type: ignore[method-assign]
+        return fmt
 
 
 # ------------------------------------------------------------------------------------- shared helpers
