@@ -111,7 +111,7 @@ class ReasoningSegmenter:
     """
 
     def __init__(self, model: Any, processor: Any, engine: Any, *, template: str = "seg-zero",
-                 model_size: tuple[int, int] = DEFAULT_MODEL_SIZE, max_new_tokens: int = 256, overlap: bool = True,
+                 model_size: tuple[int, int] = DEFAULT_MODEL_SIZE, max_new_tokens: int = 1024, overlap: bool = True,
                  require_points: bool = True, **generate_kwargs: Any):
         from samr1.train.prompts import resolve_prompt
 
@@ -132,9 +132,12 @@ class ReasoningSegmenter:
             raise ValueError(f"model_size must be (h, w) positive ints, e.g. (840, 840), got {model_size!r}")
         self.model_size = (int(model_size[0]), int(model_size[1]))
         self.max_new_tokens = max_new_tokens
+        self.record: Any = None  # the saved policy's samr1.policy.PolicyRecord (from_pretrained), if any
         self.overlap = bool(overlap)
         self.require_points = bool(require_points)
-        self.generate_kwargs = {"do_sample": False, **generate_kwargs}
+        # greedy, and TRL's sampling settings rather than the checkpoint's generation config (Qwen ships
+        # repetition_penalty 1.05; the rollouts were sampled with 1.0)
+        self.generate_kwargs = {"do_sample": False, "repetition_penalty": 1.0, **generate_kwargs}
         # one worker: encodes run one at a time, in request order, beside the generating thread
         self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="samr1-sam-encode")
         self._stream = torch.cuda.Stream(device=engine.device) if engine.device.type == "cuda" else None
@@ -145,13 +148,17 @@ class ReasoningSegmenter:
         """Load a policy directory with ``AutoModelForImageTextToText`` / ``AutoProcessor`` (no downloads
         unless ``path`` is a hub id and the machine can reach the hub).
 
+        The folder's :class:`samr1.policy.PolicyRecord` (``samr1_policy.json``, written by training) gives the
+        defaults of ``template``, ``model_size``, ``max_new_tokens`` and the decoding settings; a keyword given
+        here (None counts as not given) wins.
+
         Raises:
             samr1.sam.ModelError: ``path`` is a file, a missing local folder, or transformers cannot load it
                 (the message names the path and transformers' reason).
         """
         import os
 
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoModelForImageTextToText
 
         from samr1.sam import ModelError
 
@@ -161,15 +168,30 @@ class ReasoningSegmenter:
         if not os.path.exists(p) and (p.startswith((".", "/")) or p.count("/") != 1):
             # a hub id is exactly "owner/name"; anything else that does not exist is a mistyped local path
             raise ModelError(f"--model {path}: no such folder")
+        from samr1.policy import load_processor, read_record
+
+        try:
+            record = read_record(p) if os.path.isdir(p) else None
+        except ValueError as exc:
+            raise ModelError(f"--model {path}: {exc}") from None
         try:
             model = AutoModelForImageTextToText.from_pretrained(p, dtype=dtype or "auto")
-            processor = AutoProcessor.from_pretrained(p)
+            processor = load_processor(p)
         except (OSError, ValueError, KeyError) as exc:
             raise ModelError(f"--model {path}: transformers cannot load it as an image-text-to-text policy "
                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
         if device is not None:
             model = model.to(device)
-        return cls(model, processor, engine, **kwargs)
+        kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        if record is not None:
+            kwargs.setdefault("template", record.template)
+            kwargs.setdefault("model_size", (record.frame, record.frame))
+            kwargs.setdefault("max_new_tokens", record.max_new_tokens)
+            for k, v in record.generation.items():
+                kwargs.setdefault(k, v)
+        seg = cls(model, processor, engine, **kwargs)
+        seg.record = record
+        return seg
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -264,31 +286,18 @@ class ReasoningSegmenter:
         times["encode_s"] = times["encode_end"] - t
         return step
 
-    def _messages(self, query: str, image: Any) -> list[dict[str, Any]]:
-        from samr1.train.prompts import format_prompt
-
-        # the image part carries the image itself: chat templates test either the part's type or its key
-        return [{"role": "user", "content": [{"type": "image", "image": image},
-                                             {"type": "text", "text": format_prompt(self.template, query)}]}]
-
     def _inputs(self, arrays: list[np.ndarray], queries: list[str]) -> Any:
         from PIL import Image
+
+        from samr1.policy import policy_inputs
+        from samr1.train.prompts import conversation
 
         mh, mw = self.model_size
         # bicubic, like Qwen's own resize and samr1's training data (samr1.train.data.PolicyDataset)
         pils = [Image.fromarray(a).resize((mw, mh), Image.BICUBIC) for a in arrays]
-        texts = [self.processor.apply_chat_template(self._messages(q, p), add_generation_prompt=True, tokenize=False)
-                 for q, p in zip(queries, pils, strict=True)]
-        tok = getattr(self.processor, "tokenizer", None)
-        old = getattr(tok, "padding_side", None)
-        if tok is not None:
-            tok.padding_side = "left"  # decoder-only batched generation: prompts end where generation starts
-        try:
-            inputs = self.processor(text=texts, images=pils, return_tensors="pt", padding=True)
-        finally:
-            if tok is not None and old is not None:
-                tok.padding_side = old
-        return inputs.to(self.model.device)
+        # the one builder of the policy's inputs: the keys, padding side and positions TRL trains with
+        inputs = policy_inputs(self.processor, [conversation(self.template, q) for q in queries], pils)
+        return {k: v.to(self.model.device) for k, v in inputs.items()}
 
     def _decode(self, step: Any, answers: list[Answer], rows: list[int]) -> torch.Tensor:
         from samr1.sam.decoder import decode_batch, select_best

@@ -30,6 +30,7 @@ FILES = {
     "parse": ("parse.jsonl", "parse.png"),
     "latency": ("latency.jsonl", "latency.png"),
     "train-step": ("train_step.jsonl", "train_step.png"),
+    "learn": ("learn.jsonl", "learn.png"),
 }
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -109,6 +110,29 @@ def _check_train_step(rows: list[dict]) -> None:
 
 
 CHECKS["train-step"] = _check_train_step
+
+
+def _check_learn(rows: list[dict]) -> None:
+    from samr1.bench.bench_learn import ARMS
+
+    keys = {"arm", "seed", "mode", "step", "heldout_giou", "heldout_ciou", "heldout_parse", "train_reward_mean",
+            "frac_reward_zero_std", "seconds", "dup_answer_frac", "reward_share"}
+    assert all(keys <= set(r) for r in rows)
+    assert {r["arm"] for r in rows} == set(ARMS)
+    by_arm = {a: [r for r in rows if r["arm"] == a] for a in ARMS}
+    steps = [r["step"] for r in by_arm["sam"]]
+    assert steps[0] == 0 and steps == sorted(steps) and len(steps) >= 2
+    assert steps == [r["step"] for r in by_arm["box"]]  # the same steps in both arms
+    # both arms start from the same warm checkpoint, evaluated greedily: the same held-out figures at step 0
+    assert by_arm["sam"][0]["heldout_giou"] == by_arm["box"][0]["heldout_giou"]
+    assert by_arm["sam"][0]["heldout_parse"] == by_arm["box"][0]["heldout_parse"]
+    for r in rows:
+        assert 0.0 <= r["heldout_giou"] <= 1.0 and 0.0 <= r["heldout_parse"] <= 1.0
+        if r["step"] > 0:  # every training window logged its reward and group statistics
+            assert r["train_reward_mean"] is not None and r["frac_reward_zero_std"] is not None, r
+
+
+CHECKS["learn"] = _check_learn
 
 
 def _check_record(path: str, rows: list[dict], name: str) -> None:

@@ -38,7 +38,7 @@ def world(tmp_path_factory):
 def _cmd(world, out, *extra):
     return ["train", "--model", world["policy"], "--data", world["manifest"], "--sam", "tiny-shapes", "--device", "cpu",
             "--max-steps", "2", "--num-generations", str(G), "--max-completion-length", "16", "--output-dir", str(out),
-            "--no-progress", *extra]
+            "--policy-image-size", "56", "--no-progress", *extra]
 
 
 @pytest.fixture(scope="module")

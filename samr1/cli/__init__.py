@@ -200,6 +200,27 @@ def split_components(values: str | Sequence[str]) -> tuple[str, ...]:
     return names
 
 
+def add_generation_flags(p: argparse.ArgumentParser) -> None:
+    """How a policy is prompted and decoded: each defaults to what the saved policy records
+    (``samr1_policy.json``, written by training), else to Seg-Zero's settings."""
+    p.add_argument("--template", default=None,
+                   help="prompt template name or a string with {query} (default: the saved policy's, else seg-zero)")
+    p.add_argument("--max-new-tokens", type=int, default=None, metavar="N",
+                   help="generation budget (default: the saved policy's training budget, else 1024)")
+    p.add_argument("--policy-size", type=int, default=None, metavar="S",
+                   help="side of the square image the policy sees (default: the saved policy's, else 840)")
+
+
+def generation_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """The keywords of :meth:`samr1.pipeline.ReasoningSegmenter.from_pretrained` from
+    :func:`add_generation_flags` (None: the saved policy's value), checked."""
+    for flag, v in (("--max-new-tokens", args.max_new_tokens), ("--policy-size", args.policy_size)):
+        if v is not None and v < 1:
+            raise UsageError(f"{flag} must be >= 1, got {v}")
+    size = (args.policy_size, args.policy_size) if args.policy_size is not None else None
+    return {"template": args.template, "max_new_tokens": args.max_new_tokens, "model_size": size}
+
+
 def resolve_device(name: str | None) -> str:
     """``--device`` value (checked: a CUDA device needs a visible GPU) or the best available device.
 

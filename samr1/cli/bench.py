@@ -25,7 +25,11 @@ BENCHES = {
     "parse": "bench_parse",
     "train-step": "bench_train_step",
     "latency": "bench_latency",
+    "learn": "bench_learn",
 }
+
+# benches too long for `samr1 bench all` at full size (all --quick / --smoke still runs them)
+LONG = ("learn",)
 
 
 def _sweeps(name: str) -> bool:
@@ -62,8 +66,24 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--loop-subset", type=int, default=None, metavar="K",
                    help="reward-step only: time the per-completion loop on the first K completions and "
                         "extrapolate (0: all; default: 16 for SAM 2 kinds on the CPU, else all)")
+    p.add_argument("--seeds", type=_int_list, default=None, metavar="S[,S...]",
+                   help="learn only: seeds to run, each a full warm start + both GRPO arms (default: 0)")
+    p.add_argument("--modes", type=lambda t: [m for m in t.split(",") if m], default=None, metavar="MODE[,MODE]",
+                   help="learn only: scene modes, plain (a box is a good proxy for the mask) and/or hard "
+                        "(overlapping, concave or thin objects; the points decide) (default: plain)")
     p.add_argument("--out", default=None, metavar="DIR", help="write JSON-lines records and PNG plots here")
     p.set_defaults(func=_run, random_sam_ok=True)
+
+
+def _int_list(text: str) -> list[int]:
+    """argparse type of ``--seeds``: "0,1,2" -> [0, 1, 2]."""
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers separated by commas (e.g. 0,1,2), got {text!r}") from None
+    if not vals or len(set(vals)) != len(vals):
+        raise argparse.ArgumentTypeError(f"expected distinct integers, got {text!r}")
+    return vals
 
 
 def _thread_list(text: str) -> list[int]:
@@ -80,7 +100,8 @@ def _thread_list(text: str) -> list[int]:
 def run_bench(name: str, *, quick: bool = False, smoke: bool = False, device: str = "cpu", sam_kind: str = "tiny",
               out: str | None = None, threads: int | Sequence[int] | None = None,
               encoder: str | None = None, checkpoint: str | None = None,
-              loop_subset: int | None = None) -> list[dict[str, Any]]:
+              loop_subset: int | None = None, seeds: Sequence[int] | None = None,
+              modes: Sequence[str] | None = None) -> list[dict[str, Any]]:
     """Import ``samr1.bench.<module>`` and call its ``run`` with the arguments it accepts; return its rows.
 
     ``threads``: one count (torch's threads for the run), or several for a sweep (benches whose ``run``
@@ -117,7 +138,7 @@ def run_bench(name: str, *, quick: bool = False, smoke: bool = False, device: st
             raise ValueError(f"benchmark {name!r} has no encoder choice (--encoder is for reward-step; "
                              "the encoder bench times every backend)")
         kwargs["encoder"] = encoder
-    for key, value in (("checkpoint", checkpoint), ("loop_subset", loop_subset)):
+    for key, value in (("checkpoint", checkpoint), ("loop_subset", loop_subset), ("seeds", seeds), ("modes", modes)):
         if value is not None and key in params:
             kwargs[key] = value
     if counts is None:
@@ -142,8 +163,10 @@ def _run(args: argparse.Namespace) -> int:
     from samr1.cli import resolve_device
 
     device = resolve_device(args.device)
-    names = list(BENCHES) if args.name == "all" else [args.name]
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
+    names = [n for n in BENCHES if mode != "full" or n not in LONG] if args.name == "all" else [args.name]
+    if (args.seeds or args.modes) and "learn" not in names:
+        raise SystemExit("samr1 bench: --seeds and --modes apply to learn only")
     if args.threads is not None:
         if any(t < 1 for t in args.threads):
             raise SystemExit(f"samr1 bench: --threads must be >= 1, got {','.join(map(str, args.threads))}")
@@ -158,5 +181,5 @@ def _run(args: argparse.Namespace) -> int:
         print(f"\n=== samr1 bench {name} ({mode}, {device}) ===")
         run_bench(name, quick=args.quick, smoke=args.smoke, device=device, sam_kind=args.sam, out=args.out,
                   threads=args.threads, encoder=args.encoder if name == "reward-step" else None,
-                  checkpoint=args.sam_checkpoint, loop_subset=args.loop_subset)
+                  checkpoint=args.sam_checkpoint, loop_subset=args.loop_subset, seeds=args.seeds, modes=args.modes)
     return 0

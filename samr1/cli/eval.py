@@ -23,7 +23,7 @@ import os
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from samr1.cli import add_model_flags
+    from samr1.cli import add_generation_flags, add_model_flags
 
     p = sub.add_parser("eval", help="evaluate a policy + SAM: gIoU, cIoU, per-sample rows (shardable)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -39,8 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--empty-union", default="lisa", choices=["lisa", "visionreasoner", "segzero"],
                    help="IoU of an empty prediction on an empty ground truth: lisa 1 (default), visionreasoner 0, "
                         "segzero: skip the sample")
-    p.add_argument("--template", default="seg-zero", help="prompt template name or a string with {query}")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="generation budget per sample (default 256)")
+    add_generation_flags(p)
     p.add_argument("--num-shards", type=int, default=1, help="split the set into K strided shards (default 1)")
     p.add_argument("--shard", type=int, default=0, help="which shard this process evaluates (0..K-1)")
     p.add_argument("--merge", nargs="+", metavar="RESULTS", help="merge the shards' results JSON files into --out")
@@ -121,7 +120,7 @@ def _read_shard(path: str) -> dict:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from samr1.cli import UsageError, check_output_file, require_extra, resolve_device
+    from samr1.cli import UsageError, check_output_file, generation_settings, require_extra, resolve_device
     from samr1.pipeline import merge_results
 
     paths = output_paths(args.out)
@@ -135,8 +134,7 @@ def _run(args: argparse.Namespace) -> int:
     if not args.model or not args.data:
         raise UsageError("give --model and --data (or --merge RESULTS... to merge shards)")
     refuse_random_sam(args)
-    for flag, v in (("--batch-size", args.batch_size), ("--max-new-tokens", args.max_new_tokens),
-                    ("--num-shards", args.num_shards)):
+    for flag, v in (("--batch-size", args.batch_size), ("--num-shards", args.num_shards)):
         if v < 1:
             raise UsageError(f"{flag} must be >= 1, got {v}")
     if not 0 <= args.shard < args.num_shards:
@@ -158,8 +156,7 @@ def _run(args: argparse.Namespace) -> int:
     indices = shard_indices(len(rows), args.num_shards, args.shard)
     device = resolve_device(args.device)
     engine = SamEngine(load_sam(args.sam, checkpoint=args.sam_checkpoint, device=device))
-    seg = ReasoningSegmenter.from_pretrained(args.model, engine, device=device, template=args.template,
-                                             max_new_tokens=args.max_new_tokens)
+    seg = ReasoningSegmenter.from_pretrained(args.model, engine, device=device, **generation_settings(args))
     result = evaluate_rows(seg, rows, indices, batch_size=args.batch_size, empty_union=args.empty_union,
                            progress=not args.no_progress)
     result.update({"model": args.model, "sam": args.sam, "data": args.data, "shard": [args.shard, args.num_shards]})

@@ -29,9 +29,9 @@ def add_policy_flags(p: argparse.ArgumentParser, group: Any) -> None:
     p.add_argument("--json", action="store_true", help="with --model: print one JSON object (answer, think, RLE mask, "
                    "timings)")
     p.add_argument("--overlay", metavar="PATH", help="overlay PNG with --model (default: <out>.overlay.png)")
-    p.add_argument("--template", default="seg-zero", help="with --model: prompt template name or a string "
-                   "with {query} (default seg-zero)")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="with --model: generation budget (default 256)")
+    from samr1.cli import add_generation_flags
+
+    add_generation_flags(p)
 
 
 def overlay_path(out: str, overlay: str | None) -> str:
@@ -49,7 +49,14 @@ def run_policy(args: argparse.Namespace, segmenter: Any = None, **generate_kwarg
     """
     from PIL import Image
 
-    from samr1.cli import OutputError, UsageError, check_output_file, os_error_text, resolve_device
+    from samr1.cli import (
+        OutputError,
+        UsageError,
+        check_output_file,
+        generation_settings,
+        os_error_text,
+        resolve_device,
+    )
     from samr1.demo import overlay_image
     from samr1.io import load_image
 
@@ -59,8 +66,6 @@ def run_policy(args: argparse.Namespace, segmenter: Any = None, **generate_kwarg
         raise UsageError("--query is empty")
     if args.point:
         raise UsageError("--point goes with --box; with --model the points come from the policy's answer")
-    if args.max_new_tokens < 1:
-        raise UsageError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     over = overlay_path(args.out, args.overlay)
     check_output_file(args.out, "--out", force=args.force)
     check_output_file(over, "--overlay", force=args.force)
@@ -72,8 +77,7 @@ def run_policy(args: argparse.Namespace, segmenter: Any = None, **generate_kwarg
 
         device = resolve_device(args.device)
         engine = SamEngine(load_sam(args.sam, checkpoint=args.sam_checkpoint, device=device))
-        segmenter = ReasoningSegmenter.from_pretrained(args.model, engine, device=device, template=args.template,
-                                                       max_new_tokens=args.max_new_tokens)
+        segmenter = ReasoningSegmenter.from_pretrained(args.model, engine, device=device, **generation_settings(args))
     res = segmenter.segment(image, args.query, **generate_kwargs)
     out = res.to_json()
     if not res.ok:

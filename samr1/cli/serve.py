@@ -18,7 +18,7 @@ import os
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from samr1.cli import add_components_flag, add_model_flags
+    from samr1.cli import add_components_flag, add_generation_flags, add_model_flags
 
     p = sub.add_parser("serve", help="serve segmentation and the reward over HTTP (FastAPI + uvicorn)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -28,8 +28,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--token-file", metavar="PATH", help="file holding the bearer token clients must send "
                    "(default: $SAMR1_SERVE_TOKEN; none on loopback)")
     p.add_argument("--no-token", action="store_true", help="allow a non-loopback --host without a token")
-    p.add_argument("--template", default="seg-zero", help="policy prompt template name or string with {query}")
-    p.add_argument("--max-new-tokens", type=int, default=256, help="policy generation budget (default 256)")
+    add_generation_flags(p)
     p.add_argument("--max-body-mb", type=float, default=32.0, help="largest request body in MiB (default 32)")
     p.add_argument("--max-side", type=int, default=8192, help="longest accepted image side in px (default 8192)")
     p.add_argument("--max-queue", type=int, default=256, help="requests waiting at most before 503 (default 256)")
@@ -39,15 +38,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from samr1.cli import UsageError, resolve_device, split_components
+    from samr1.cli import UsageError, generation_settings, resolve_device, split_components
     from samr1.io import InputError
     from samr1.serve.runner import is_loopback
 
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be in 0..65535, got {args.port}")
     for flag, v in (("--max-body-mb", args.max_body_mb), ("--max-side", args.max_side),
-                    ("--max-queue", args.max_queue), ("--max-batch", args.max_batch),
-                    ("--max-new-tokens", args.max_new_tokens)):
+                    ("--max-queue", args.max_queue), ("--max-batch", args.max_batch)):
         if not v > 0:
             raise UsageError(f"{flag} must be positive, got {v}")
     token = None
@@ -78,8 +76,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.model:
         from samr1.pipeline import ReasoningSegmenter
 
-        segmenter = ReasoningSegmenter.from_pretrained(args.model, engine, device=device, template=args.template,
-                                                       max_new_tokens=args.max_new_tokens)
+        segmenter = ReasoningSegmenter.from_pretrained(args.model, engine, device=device, **generation_settings(args))
     limits = Limits(max_body_bytes=int(args.max_body_mb * (1 << 20)), max_side=args.max_side,
                     max_pixels=min(args.max_side * args.max_side, Limits().max_pixels))
     cfg = ServerConfig(limits=limits, token=token, max_queue=args.max_queue, max_batch=args.max_batch)

@@ -24,7 +24,7 @@ import sys
 from typing import Any
 
 # Flags whose argparse type is not obvious from the default.
-_INT_OR_NONE = {"max_samples", "steps_per_generation", "save_total_limit"}
+_INT_OR_NONE = {"max_samples", "steps_per_generation", "save_total_limit", "eval_samples"}
 _BOOL_OR_NONE = {"bf16", "gradient_checkpointing"}
 _CHOICES = {"data_format": None, "encoder": ("torch", "onnx", "tensorrt"), "reward_gather": ("rank", "node"),
             "loss_type": ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo")}
@@ -34,6 +34,17 @@ def _fmt_default(v: Any) -> str:
     if isinstance(v, list):
         return " ".join(map(str, v))
     return str(v)
+
+
+def _json_mapping(text: str) -> dict[str, Any]:
+    """A flag value written as a JSON object, e.g. '{"box_l1_threshold": 1.3}'."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON ({exc.msg}): write a JSON object, e.g. '{{\"key\": 1}}'") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object {...}")
+    return value
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -59,6 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             kw["action"] = argparse.BooleanOptionalAction
         elif isinstance(default, list):
             kw.update(nargs="+", metavar="NAME")
+        elif isinstance(default, dict):
+            kw.update(type=_json_mapping, metavar="JSON")
         elif f.name in _INT_OR_NONE or (isinstance(default, int) and not isinstance(default, bool)):
             kw["type"] = int
         elif isinstance(default, float) or f.name == "warmup_steps":

@@ -61,6 +61,8 @@ class TrainConfig:
                                                       "iou (tiered), mask_iou, box_iou, box_l1, point_dist")
     prompt: str = _f("seg-zero", "prompt template: seg-zero, vision-reasoner, or a custom string containing "
                                  "{query}")
+    reward_options: dict = _f({}, "other SamR1RewardConfig fields for the reward, e.g. {box_l1_threshold: 1.3} "
+                                  "(YAML or Python; the fields of samr1.rewards.SamR1RewardConfig)")
     reward_gather: str = _f("rank", "where rewards are scored: rank (each process its own slice) or node (the "
                                     "step's answers gathered to one process per node, scored once, scattered back)")
 
@@ -94,6 +96,15 @@ class TrainConfig:
     vllm_server_host: str = _f("0.0.0.0", "host of the `trl vllm-serve` server")
     vllm_server_port: int = _f(8000, "port of the `trl vllm-serve` server")
 
+    # -------------------------------------------------------------- evaluation during training
+    eval_data: str | None = _f(None, "held-out data (any --data form) evaluated every --eval-steps with samr1 "
+                                     "eval's code: greedy decoding, SAM's mask, gIoU / cIoU / parse rate, logged "
+                                     "as heldout/*; the best policy so far is kept in <output_dir>/best")
+    eval_steps: int = _f(0, "evaluate --eval-data every N optimizer steps, before the first and after the last "
+                            "(0: only after the last)")
+    eval_samples: int | None = _f(None, "evaluate at most this many --eval-data rows (the first N)")
+    eval_batch_size: int = _f(16, "prompts per batched greedy generation during --eval-data evaluation")
+
     # -------------------------------------------------------------- checkpoints, logs
     save_steps: int = _f(100, "save a checkpoint every N optimizer steps")
     save_total_limit: int | None = _f(None, "keep at most N checkpoints (oldest deleted)")
@@ -123,8 +134,14 @@ class TrainConfig:
         (``sam_image``: the original image SAM sees, see :mod:`samr1.train.data`)."""
         from samr1.rewards import SamR1RewardConfig
 
-        return SamR1RewardConfig(components=tuple(self.components), image_key="sam_image", mask_key="mask",
-                                 model_size=(self.policy_image_size, self.policy_image_size))
+        names = {f.name for f in dataclasses.fields(SamR1RewardConfig)}
+        unknown = sorted(set(self.reward_options) - names)
+        if unknown:
+            raise ConfigError(f"reward_options: unknown SamR1RewardConfig fields {unknown}; valid: {sorted(names)}",
+                              field="reward_options")
+        return SamR1RewardConfig(**{**dict(self.reward_options), "components": tuple(self.components),
+                                    "image_key": "sam_image", "mask_key": "mask",
+                                    "model_size": (self.policy_image_size, self.policy_image_size)})
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, where: str = "config") -> TrainConfig:
@@ -181,6 +198,17 @@ class TrainConfig:
         need(isinstance(self.cache_gb, (int, float)) and math.isfinite(self.cache_gb) and self.cache_gb >= 0,
              "cache_gb", "must be >= 0 GiB")
         need(self.reward_gather in ("rank", "node"), "reward_gather", "choose rank or node")
+        need(isinstance(self.reward_options, dict) and not {"components", "image_key", "mask_key", "model_size"}
+             & set(self.reward_options), "reward_options",
+             "a mapping of SamR1RewardConfig fields other than components / image_key / mask_key / model_size "
+             "(set those with --components and --policy-image-size)")
+        need(self.eval_data is None or (isinstance(self.eval_data, str) and bool(self.eval_data)), "eval_data",
+             "a data path, or omitted")
+        need(isinstance(self.eval_steps, int) and self.eval_steps >= 0, "eval_steps", "must be >= 0")
+        need(self.eval_samples is None or (isinstance(self.eval_samples, int) and self.eval_samples >= 1),
+             "eval_samples", "must be a positive integer, or omitted for all rows")
+        need(isinstance(self.eval_batch_size, int) and self.eval_batch_size >= 1, "eval_batch_size",
+             "must be a positive integer")
         # the engine's and the reward's own checks, reported under this config's field names
         for build, renamed in ((self.engine_config, {"cache_bytes": "cache_gb", "store": "embeddings"}),
                                (self.reward_config, {"model_size": "policy_image_size"})):

@@ -26,7 +26,7 @@ from typing import Any
 from samr1.train.config import ConfigError, TrainConfig
 
 __all__ = ["train", "group_locality_warning", "build_grpo_config", "plot_learning_curve", "ProgressCallback",
-           "resolve_resume"]
+           "resolve_resume", "policy_record", "RecordCallback", "trainer_callback_base"]
 
 
 # ------------------------------------------------------------------------------------------- checks
@@ -93,6 +93,11 @@ def build_grpo_config(cfg: TrainConfig, *, use_cpu: bool, cuda: bool):
         remove_unused_columns=False,
         disable_tqdm=True,  # samr1's own bar (ProgressCallback) shows the reward, parse failures and cache hits
         log_completions=False,
+        # TRL all-gathers every prompt's policy-size images each step to log them unless told not to
+        log_multimodal=False,
+        # SAM-R1 / Seg-Zero's KL is the plain k3 estimator; TRL 1.16 defaults to multiplying it by the
+        # importance ratio, which changes its gradient from (1 - pi_ref/pi) to log(pi/pi_ref) per token
+        use_bias_correction_kl=False,
         dataloader_num_workers=0,
         use_vllm=cfg.use_vllm,
     )
@@ -104,13 +109,14 @@ def build_grpo_config(cfg: TrainConfig, *, use_cpu: bool, cuda: bool):
 
 
 # ------------------------------------------------------------------------------------------- logging
-def _trainer_callback_base():
+def trainer_callback_base():
+    """transformers' ``TrainerCallback`` (imported on first use: the training extra is optional)."""
     from transformers import TrainerCallback
 
     return TrainerCallback
 
 
-class ProgressCallback(_trainer_callback_base()):
+class ProgressCallback(trainer_callback_base()):
     """A progress bar (step, reward mean, parse-failure rate, cache hit rate, ETA) and ``metrics.jsonl``.
 
     Only the main process draws and writes. Each ``on_log`` appends ``{"step": N, **logs}`` to
@@ -270,6 +276,38 @@ def _prepare_data(cfg: TrainConfig, log) -> tuple[Any, int, int]:
     return PolicyDataset(good, cfg.prompt, cfg.policy_image_size), len(rows), len(bad)
 
 
+def _prepare_eval_rows(cfg: TrainConfig) -> list[Any]:
+    from samr1.train.data import check_rows, load_rows
+
+    rows = load_rows(cfg.eval_data, "auto", split="val" if cfg.split == "train" else cfg.split)
+    good, _ = check_rows(rows)
+    return good[:cfg.eval_samples] if cfg.eval_samples else good
+
+
+def policy_record(cfg: TrainConfig):
+    """The :class:`samr1.policy.PolicyRecord` a policy trained with ``cfg`` carries (template, frame, budget)."""
+    from samr1.policy import PolicyRecord
+    from samr1.train.prompts import resolve_prompt
+
+    return PolicyRecord(template=resolve_prompt(cfg.prompt), frame=cfg.policy_image_size,
+                        max_new_tokens=cfg.max_completion_length,
+                        reward={"components": list(cfg.components), "sam": cfg.sam})
+
+
+class RecordCallback(trainer_callback_base()):
+    """Writes the policy record into every checkpoint folder, so a checkpoint is evaluated as trained."""
+
+    def __init__(self, record: Any):
+        self.record = record
+
+    def on_save(self, args, state, control, **kw):
+        from samr1.policy import write_record
+
+        folder = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
+        if state.is_world_process_zero and os.path.isdir(folder):
+            write_record(folder, self.record)
+
+
 def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None) -> dict[str, Any]:
     """Run GRPO training as configured; return the summary (also written to ``output_dir/summary.json``).
 
@@ -292,6 +330,13 @@ def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None) -> dict[
     want_cpu = cfg.device == "cpu" or (cfg.device is None and not _cuda_available())
     state = PartialState(cpu=want_cpu)  # under torchrun/accelerate: MULTI_CPU with cpu=True, else one per GPU
     dataset, n_loaded, n_bad = _prepare_data(cfg, log if state.is_main_process else (lambda m: None))
+    eval_rows = _prepare_eval_rows(cfg) if cfg.eval_data else []
+    # The policy's processor pads on the left, as TRL pads its prompt ids (samr1.policy.inputs), and the
+    # answer frame must be the frame the model sees: both checked before anything heavy is loaded.
+    from samr1.policy import check_frame, load_processor, write_record
+
+    processor = load_processor(cfg.model)
+    check_frame(processor, cfg.policy_image_size)
     os.makedirs(cfg.output_dir, exist_ok=True)  # only once the data is known good
 
     spg = cfg.steps_per_generation or cfg.gradient_accumulation_steps
@@ -321,15 +366,30 @@ def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None) -> dict[
     if cfg.encode_ahead and cfg.reward_gather == "rank":
         dataset.on_batch = hub.prefetch
 
-    from transformers import AutoProcessor, PrinterCallback
+    from transformers import PrinterCallback
 
     cuda = state.device.type == "cuda"
     args = build_grpo_config(cfg, use_cpu=not cuda, cuda=cuda)
-    processor = AutoProcessor.from_pretrained(cfg.model)
     if state.is_main_process:
         with open(os.path.join(cfg.output_dir, "train_config.json"), "w", encoding="utf-8") as f:
             json.dump(cfg.to_dict(), f, indent=1)
+    record = policy_record(cfg)
     progress = ProgressCallback(cfg.output_dir, show=cfg.progress)
+    extra: list[Any] = [RecordCallback(record)]
+    heldout = None
+    if cfg.eval_data:
+        from samr1.train.heldout import HeldoutEvalCallback
+
+        def save_policy(m: Any, folder: str) -> None:
+            m.save_pretrained(folder)
+            processor.save_pretrained(folder)
+            write_record(folder, record)
+
+        heldout = HeldoutEvalCallback(eval_rows, engine, template=record.template, frame=record.frame,
+                                      max_new_tokens=record.max_new_tokens, every=cfg.eval_steps,
+                                      batch_size=cfg.eval_batch_size, output_dir=cfg.output_dir,
+                                      save_best=save_policy, reward_seconds=lambda: hub.totals["reward_seconds"])
+        extra.append(heldout)
     model: Any = cfg.model
     if resume is not None:
         # Policy weights from the checkpoint via from_pretrained (see trainer_class); the reference model for the
@@ -340,8 +400,10 @@ def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None) -> dict[
         model = create_model_from_path(resume, **kw)
         model.config._name_or_path = cfg.model
     trainer = trainer_class()(model=model, reward_funcs=hub.functions(), args=args, train_dataset=dataset.as_hf(),
-                              processing_class=processor, callbacks=[progress, *(callbacks or [])])
+                              processing_class=processor, callbacks=[progress, *extra, *(callbacks or [])])
     trainer.weights_preloaded = resume is not None
+    if heldout is not None:
+        heldout.trainer = trainer
     trainer.remove_callback(PrinterCallback)  # logs go to metrics.jsonl and the bar, not raw dicts on stdout
     t_train = time.perf_counter()
     try:
@@ -351,6 +413,8 @@ def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None) -> dict[
     train_seconds = time.perf_counter() - t_train
     trainer.save_model(os.path.join(cfg.output_dir, "final"))
     processor.save_pretrained(os.path.join(cfg.output_dir, "final"))
+    if state.is_main_process:
+        write_record(os.path.join(cfg.output_dir, "final"), record)
 
     metrics_path = os.path.join(cfg.output_dir, "metrics.jsonl")
     rows = read_metrics(metrics_path)
@@ -369,7 +433,13 @@ def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None) -> dict[
         "reward_share": round(tot["reward_seconds"] / train_seconds, 4) if train_seconds > 0 else None,
         "train_loss": float(out.training_loss) if out is not None and out.training_loss is not None else None,
         "output_dir": cfg.output_dir,
+        "signal_warnings": list(hub.signal_warnings),
     }
+    if heldout is not None:
+        summary["heldout"] = {"evaluations": heldout.history, "best": heldout.best,
+                              "first": heldout.history[0] if heldout.history else None,
+                              "last": heldout.history[-1] if heldout.history else None,
+                              "data": cfg.eval_data, "rows": len(eval_rows)}
     if state.is_main_process:
         png = plot_learning_curve(metrics_path, os.path.join(cfg.output_dir, "learning_curve.png"))
         summary["learning_curve"] = png

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from samr1.hashing import array_digest
+from samr1.train.signal import GroupSignal
 
 __all__ = ["RewardHub", "content_key", "dedup_by_content"]
 
@@ -110,8 +111,14 @@ class RewardHub:
         self._node_leader = 0
         self.totals = {"steps": 0, "completions": 0, "parse_failures": 0, "encoder_images": 0, "cache_hits": 0,
                        "cache_lookups": 0, "reward_seconds": 0.0}
+        self.signal = GroupSignal()
         if gather == "node":
             self._init_node_group()
+
+    @property
+    def signal_warnings(self) -> list[str]:
+        """The "nothing to follow" warnings issued so far (see :class:`samr1.train.signal.GroupSignal`)."""
+        return self.signal.warnings
 
     def functions(self) -> list[_Component]:
         """The TRL reward functions, one per component, in the reward's component order."""
@@ -274,7 +281,16 @@ class RewardHub:
         t["cache_hits"] += d_hits
         t["cache_lookups"] += d_look
         t["reward_seconds"] += latency
+        answers = getattr(getattr(self.reward, "_last", None), "answers", None)
+        if answers is not None and len(answers) != n:
+            answers = None  # node gather: the scoring process's batch, not this one's
+        ids = kwargs.get("row_id")
+        sig = self.signal.update([sum(col[i] for col in values) for i in range(n)],
+                                 ids if isinstance(ids, list) and len(ids) == n else None, answers,
+                                 1.0 - failures / n if n else 0.0)
         if callable(log_metric):
+            log_metric("samr1/zero_spread_frac", sig["zero_spread_frac"])
+            log_metric("samr1/dup_answer_frac", sig["dup_answer_frac"])
             log_metric("samr1/parse_failure_rate", failures / n if n else 0.0)
             log_metric("samr1/cache_hit_rate", d_hits / d_look if d_look else 0.0)
             log_metric("samr1/encoder_images", float(d_enc))
