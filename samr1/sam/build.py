@@ -203,7 +203,7 @@ def random_weights_message(kind: str) -> str:
     else:
         what, fix = "", (f"give its weights with --sam-checkpoint PATH (in Python: load_sam({kind!r}, checkpoint=PATH); "
                          f"official checkpoints: {url})")
-    return f"SAM {kind!r} has RANDOM weights{what}: its masks, IoUs and rewards are meaningless; {fix}"
+    return f"SAM {kind!r} has random weights{what}: its masks, IoUs and rewards are meaningless; {fix}"
 
 
 def _no_cuda_reason() -> str:
