@@ -203,7 +203,7 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
     warmup = 0 if (slow_cpu or smoke) else 1  # an 18 s call has no start-up effect worth another 18 s
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random-weight warning for vit_*: expected here
-        sam = load_sam(sam_kind, device=device)
+        sam = load_sam(sam_kind, device=device, warn_random=False)
     from samr1.sam.sam2_encoder import OUTPUT_NAMES, make_sam2_encoder
 
     make = make_sam2_encoder if sam2 else make_encoder

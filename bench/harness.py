@@ -1,6 +1,6 @@
 """Shared benchmark harness: timing, environment capture, JSON-lines records, tables.
 
-Rules every bench follows (ARCHITECTURE.md, practice 5): warm-up runs are excluded; the statistic is the
+Rules every bench follows (docs/architecture.md, practice 5): warm-up runs are excluded; the statistic is the
 median of repeats (p20/p80 beside it); on CUDA the time comes from CUDA events after a synchronize; the
 reference and the fast path run in the SAME process and the ratio is printed with the accuracy.
 """

@@ -48,6 +48,8 @@ SWEEPS = ("decode", "reward-step")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from samr1.cli import add_sam_flags
+
     p = sub.add_parser("bench", help=f"run a benchmark ({', '.join([*BENCHES, 'all'])})",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", choices=[*BENCHES, "all"], help="which benchmark")
@@ -56,7 +58,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     size.add_argument("--smoke", action="store_true",
                       help="tiniest sizes, one call, no warm-up: seconds; checks agreement, not speed")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--sam", default="tiny", metavar="KIND", help="SAM kind for benches that load SAM (default: tiny)")
     p.add_argument("--encoder", default=None, metavar="BACKEND",
                    help="reward-step only: the engine's image encoder: torch (fp32, default), torch-bf16, torch-fp16, "
                         "torch-bf16-compiled, torch-fp16-compiled, onnx, tensorrt (fp16), tensorrt-fp32")
@@ -64,8 +65,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch threads for the run (default: torch's choice); on a shared CPU 1 is steadier. "
                         "decode and reward-step take a comma-separated sweep (e.g. 1,2,4): each count timed "
                         "in the same run, with parallel efficiency and a scaling plot")
-    p.add_argument("--sam-checkpoint", default=None, metavar="PATH",
-                   help="reward-step only: weights for --sam (default: random weights, warned)")
+    # Benches time the work and check that the ways agree; a random-weight SAM is a choice made on purpose
+    # here (speed does not depend on the weights), so it is not warned about (random_sam_ok).
+    add_sam_flags(p, checkpoint_help="reward-step only: weights for --sam (default: the shipped ones for "
+                  "tiny-shapes, else random: speed does not depend on them, the IoUs then only show agreement)")
     p.add_argument("--loop-subset", type=int, default=None, metavar="K",
                    help="reward-step only: time the per-completion loop on the first K completions and "
                         "extrapolate (0: all; default: 16 for SAM 2 kinds on the CPU, else all)")
@@ -83,7 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="--out already holds records: add this run's to them (each record has its date and commit)")
     again.add_argument("--overwrite", action="store_true",
                        help="--out already holds records: remove its *.jsonl and *.png first")
-    p.set_defaults(func=_run)
+    p.set_defaults(func=_run, random_sam_ok=True)
 
 
 def _int_list(text: str) -> list[int]:

@@ -49,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", type=int, default=0, help="which shard this process evaluates (0..K-1)")
     p.add_argument("--merge", nargs="+", metavar="RESULTS", help="merge the shards' results JSON files into --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--allow-random-sam", action="store_true",
+                   help="evaluate with a random-weight SAM (tiny, or a kind without --sam-checkpoint): its gIoU "
+                        "and cIoU are meaningless, so this is refused without the flag")
     p.set_defaults(func=_run)
 
 
@@ -167,6 +170,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if not args.model or not args.data:
         raise UsageError("give --model and --data (or --merge RESULTS... to merge shards)")
+    refuse_random_sam(args)
     for flag, v in (("--batch-size", args.batch_size), ("--num-shards", args.num_shards)):
         if v < 1:
             raise UsageError(f"{flag} must be >= 1, got {v}")
@@ -202,6 +206,19 @@ def _run(args: argparse.Namespace) -> int:
     _summary(result, paths)
     seg.close()
     return 0
+
+
+def refuse_random_sam(args: argparse.Namespace) -> None:
+    """A metric from a random-weight SAM is meaningless: refused (exit 4) unless ``--allow-random-sam``.
+
+    Raises:
+        samr1.sam.ModelError: ``--sam`` has random weights here and ``--allow-random-sam`` was not given.
+    """
+    from samr1.sam import ModelError, has_random_weights, random_weights_message
+
+    if has_random_weights(args.sam, args.sam_checkpoint) and not args.allow_random_sam:
+        raise ModelError(f"refusing to evaluate: {random_weights_message(args.sam)}; or pass --allow-random-sam "
+                         "to measure the plumbing anyway")
 
 
 def _summary(result: dict, paths: dict[str, str]) -> None:

@@ -23,7 +23,7 @@ import os
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from samr1.cli import add_generation_flags, add_model_flags
+    from samr1.cli import add_components_flag, add_generation_flags, add_model_flags
 
     p = sub.add_parser("serve", help="serve segmentation and the reward over HTTP (FastAPI + uvicorn)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -46,8 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="a request's headers must arrive within this, else 408 and close (default 10)")
     p.add_argument("--body-timeout", type=float, default=60.0, metavar="SECONDS",
                    help="a request's body must arrive within this once read, else 408 and close (default 60)")
-    p.add_argument("--components", default="think,answer,iou",
-                   help="reward components /score sums (samr1.rewards.COMPONENTS; default think,answer,iou)")
+    add_components_flag(p, default="think,answer,iou")  # what /score sums
     p.set_defaults(func=_run)
 
 
@@ -69,7 +68,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def build_app(args: argparse.Namespace) -> tuple[object, str, str | None]:
     """The app the parsed ``samr1 serve`` flags describe (flags checked first), its device and its token."""
-    from samr1.cli import UsageError, generation_settings, resolve_device
+    from samr1.cli import UsageError, generation_settings, resolve_device, split_components
+    from samr1.io import InputError
     from samr1.serve.runner import is_loopback
 
     if not 0 <= args.port <= 65535:
@@ -88,16 +88,16 @@ def build_app(args: argparse.Namespace) -> tuple[object, str, str | None]:
         try:
             with open(args.token_file, encoding="utf-8") as f:
                 token = f.read().strip()
-        except OSError as exc:
-            raise UsageError(f"--token-file {args.token_file}: cannot read it ({exc.strerror})") from None
+        except OSError as exc:  # an input that cannot be read: exit 3, like any unreadable input file
+            raise InputError(f"--token-file {args.token_file}: cannot read it ({exc.strerror})") from None
         if not token:
-            raise UsageError(f"--token-file {args.token_file} is empty")
+            raise InputError(f"--token-file {args.token_file} is empty")
     elif os.environ.get("SAMR1_SERVE_TOKEN"):
         token = os.environ["SAMR1_SERVE_TOKEN"].strip()
     if not is_loopback(args.host) and token is None and not args.no_token:
         raise UsageError(f"--host {args.host} is reachable from other machines: give a bearer token "
                          "(--token-file or SAMR1_SERVE_TOKEN), or pass --no-token to serve without one")
-    components = tuple(c.strip() for c in args.components.split(",") if c.strip())
+    components = split_components(args.components)
 
     from samr1.engine import SamEngine
     from samr1.rewards import SamR1Reward

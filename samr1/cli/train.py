@@ -71,6 +71,14 @@ class _KeyValues(argparse.Action):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from samr1.cli import (
+        COMPONENTS_HELP,
+        COMPONENTS_METAVAR,
+        DEFAULT_SAM,
+        SAM_CHECKPOINT_HELP,
+        SAM_HELP,
+        SAM_METAVAR,
+    )
     from samr1.train.config import DATA_FORMATS, TrainConfig
 
     p = sub.add_parser("train", help="GRPO training of a Qwen2/2.5-VL policy with SAM-R1's reward (TRL)",
@@ -100,6 +108,14 @@ def register(sub: argparse._SubParsersAction) -> None:
             kw["choices"] = choices
         if f.name in ("model", "data", "output_dir", "config", "image_dir", "embeddings", "sam_checkpoint", "resume"):
             kw["metavar"] = "PATH"
+        # the flags every command shares read the same here (their defaults still come from TrainConfig)
+        if f.name == "sam":
+            kw.update(metavar=SAM_METAVAR, help=SAM_HELP.replace(f"(default: {DEFAULT_SAM})", f"(default: {default})"))
+        elif f.name == "sam_checkpoint":
+            kw["help"] = SAM_CHECKPOINT_HELP
+        elif f.name == "components":  # comma-separated, as in `samr1 serve` (see samr1.cli.split_components)
+            kw.update(nargs=None, type=str, metavar=COMPONENTS_METAVAR,
+                      help=f"{COMPONENTS_HELP} (default: {','.join(default)})")
         p.add_argument(flag, **kw)
     p.add_argument("--overwrite", action="store_true",
                    help="train into a non-empty --output-dir: first remove the previous run's checkpoints, final/, "
@@ -109,9 +125,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """TrainConfig from (dataclass defaults) < (--config YAML) < (flags given)."""
+    from samr1.cli import split_components
     from samr1.train.config import TrainConfig, load_yaml_config
 
     given = {k: v for k, v in vars(args).items() if k in TrainConfig.field_names()}
+    if "components" in given:
+        given["components"] = list(split_components(given["components"]))
     values: dict[str, Any] = {}
     if given.get("config"):
         values.update(load_yaml_config(given["config"]))
@@ -128,6 +147,7 @@ def _run(args: argparse.Namespace) -> int:
     from samr1.train.driver import train
 
     cfg = config_from_args(args)
+    _note_default_sam(args, cfg)
     summary = train(cfg, overwrite=args.overwrite)
     if summary.get("num_processes", 1) == 1 or _is_main():
         comps = ", ".join(f"{k} {v:.3f}" for k, v in summary.get("components", {}).items()
@@ -145,6 +165,19 @@ def _run(args: argparse.Namespace) -> int:
         print(f"samr1 train: outputs in {summary['output_dir']} (summary.json, metrics.jsonl, learning_curve.png)")
         print(json.dumps(summary), file=sys.stderr)
     return 0
+
+
+def _note_default_sam(args: argparse.Namespace, cfg: Any) -> None:
+    """Say which SAM scores the rewards when neither a flag nor the --config file chose one (the default knows
+    synthetic shapes only); a random-weight SAM is warned about by load_sam itself."""
+    from samr1.cli import DEFAULT_SAM, SAM_WEIGHTS_URL
+    from samr1.train.config import load_yaml_config
+
+    chosen = "sam" in vars(args) or bool(getattr(args, "config", None) and "sam" in load_yaml_config(args.config))
+    if not chosen and cfg.sam == DEFAULT_SAM and _is_main():
+        print(f"samr1 train: note: no --sam given: the reward uses {DEFAULT_SAM}, the small SAM samr1 ships, "
+              "trained on synthetic shapes only; for real data pass --sam vit_h --sam-checkpoint PATH (weights: "
+              f"{SAM_WEIGHTS_URL})", file=sys.stderr)
 
 
 def _is_main() -> bool:

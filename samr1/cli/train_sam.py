@@ -13,7 +13,7 @@ import dataclasses
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from samr1.shapes.train import TrainConfig
+    from samr1.shapes.train_config import TrainConfig
 
     p = sub.add_parser("train-sam", help="train the tiny-shapes SAM on synthetic scenes (minutes on a GPU, "
                        "~2 h on a 2-core CPU)", description=__doc__)
@@ -30,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def config_from_args(args: argparse.Namespace):
     """The :class:`TrainConfig` named by the parsed flags (validated)."""
     from samr1.cli import UsageError
-    from samr1.shapes.train import TrainConfig
+    from samr1.shapes.train_config import TrainConfig
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     try:
