@@ -29,7 +29,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from samr1.io import InputError, max_image_pixels
+from samr1.io import InputError, max_image_pixels, rle_size
 
 __all__ = ["Sample", "read_manifest"]
 
@@ -68,11 +68,7 @@ def _is_int(v: Any) -> bool:
 
 def _check_rle(mask: dict[str, Any], where: str) -> None:
     """The RLE's shape, checked without decoding it: size, pixel limit, and list counts summing to H * W."""
-    size = mask.get("size")
-    if not isinstance(size, list) or len(size) != 2 or not all(_is_int(v) and v > 0 for v in size):
-        raise InputError(f"{where}: field 'mask': an RLE mask needs 'size': [H, W] with two positive integers, "
-                         f"got {size!r}"[:300])
-    h, w = size
+    h, w = rle_size(mask.get("size"), f"{where}: field 'mask'")  # the decoder's own reading of the size
     limit = max_image_pixels()
     if h * w > limit:
         raise InputError(f"{where}: field 'mask': the RLE declares {h}x{w} = {h * w} pixels, over the limit of "

@@ -157,7 +157,9 @@ class ReasoningSegmenter:
     def from_pretrained(cls, path: str, engine: Any, *, device: str | None = None, dtype: Any = None,
                         **kwargs: Any) -> ReasoningSegmenter:
         """Load a policy directory with ``AutoModelForImageTextToText`` / ``AutoProcessor`` (no downloads
-        unless ``path`` is a hub id and the machine can reach the hub).
+        unless ``path`` is a hub id and the machine can reach the hub). A folder holding a LoRA adapter
+        (``adapter_config.json``, as ``samr1 train --use-peft`` saves) loads the base policy its config names,
+        with the adapter merged in (:func:`samr1.policy.load_policy_model`).
 
         The folder's :class:`samr1.policy.PolicyRecord` (``samr1_policy.json``, written by training) gives the
         defaults of ``template``, ``model_size``, ``max_new_tokens`` and the decoding settings; a keyword given
@@ -169,8 +171,6 @@ class ReasoningSegmenter:
         """
         import os
 
-        from transformers import AutoModelForImageTextToText
-
         from samr1.sam import ModelError
 
         p = os.path.expanduser(os.fspath(path))
@@ -179,16 +179,17 @@ class ReasoningSegmenter:
         if not os.path.exists(p) and (p.startswith((".", "/")) or p.count("/") != 1):
             # a hub id is exactly "owner/name"; anything else that does not exist is a mistyped local path
             raise ModelError(f"--model {path}: no such folder")
-        from samr1.policy import load_processor, read_record
+        from samr1.policy import load_policy_model, load_processor, processor_folder, read_record
 
         try:
             record = read_record(p) if os.path.isdir(p) else None
         except ValueError as exc:
             raise ModelError(f"--model {path}: {exc}") from None
         try:
-            model = AutoModelForImageTextToText.from_pretrained(p, dtype=dtype or "auto")
-            processor = load_processor(p)
-        except (OSError, ValueError, KeyError) as exc:
+            # a folder holding a LoRA adapter loads its base (adapter_config.json) with the adapter merged in
+            model = load_policy_model(p, dtype=dtype or "auto")
+            processor = load_processor(processor_folder(p))
+        except (OSError, ValueError, KeyError, ImportError) as exc:
             raise ModelError(f"--model {path}: transformers cannot load it as an image-text-to-text policy "
                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
         if device is not None:

@@ -33,6 +33,8 @@ FILES = {
     "fidelity": ("fidelity_peer.jsonl", "fidelity_peer.png"),
     "multi-object": ("multi_object.jsonl", "multi_object.png"),
     "learn": ("learn.jsonl", "learn.png"),
+    "limits": ("limits.jsonl", "limits.png"),
+    "prompt-pack": ("prompt_pack.jsonl", "prompt_pack.png"),
 }
 # fidelity imports a peer checkout; the tests hand it the restated layout (tests/peer_restated, not the peer's code)
 PEER_RESTATED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_restated")
@@ -139,6 +141,8 @@ def _check_multi_object(rows: list[dict]) -> None:
 
 
 CHECKS["multi-object"] = _check_multi_object
+
+
 def _check_learn(rows: list[dict]) -> None:
     from samr1.bench.bench_learn import ARMS
 
@@ -160,6 +164,34 @@ def _check_learn(rows: list[dict]) -> None:
 
 
 CHECKS["learn"] = _check_learn
+
+
+def _check_limits(rows: list[dict]) -> None:
+    reads = [r for r in rows if r["part"] == "store-read"]
+    assert reads and all(r["check_ok"] for r in reads)  # intact rows read, a damaged row caught
+    assert all(r["first_ms_per_row"] > 0 and r["later_ms_per_row"] > 0 for r in reads)
+    assert [r["rows"] for r in rows if r["part"] == "store-flush"] == [1000]
+    serve = [r for r in rows if r["part"] == "serve"]
+    assert serve[-1]["requests"] == 8 and all(r["blob_mb"] <= r["cap_mb"] and r["cache_mb"] <= r["cap_mb"]
+                                              for r in serve)
+    assert [r["items"] for r in rows if r["part"] == "resolve-items"] == [64, 256]
+
+
+CHECKS["limits"] = _check_limits
+
+
+def _check_prompt_pack(rows: list[dict]) -> None:
+    from samr1.bench import bench_prompt_pack
+
+    ref = [r for r in rows if r["backend"] == "torch (reference)"]
+    assert [r["N"] for r in ref] == list(bench_prompt_pack.SMOKE_NS)
+    assert all(r["tokens"] >= 2 and r["dim"] > 0 and r["median_s"] > 0 for r in ref), ref
+    for r in rows:
+        if r not in ref:  # the Triton rows (CUDA): the same tokens and counts as the reference
+            assert r["max_abs_err"] <= bench_prompt_pack.ATOL and r["counts_equal"], r
+
+
+CHECKS["prompt-pack"] = _check_prompt_pack
 
 
 def _check_record(path: str, rows: list[dict], name: str) -> None:
@@ -197,7 +229,7 @@ def test_bench_smoke_cpu(name, tmp_path):
 
 @pytest.mark.gpu
 @requires_cuda
-@pytest.mark.parametrize("name", ["mask-iou", "decode", "reward-step"])
+@pytest.mark.parametrize("name", ["mask-iou", "decode", "reward-step", "prompt-pack"])
 def test_bench_smoke_cuda(name, tmp_path):
     rows = run_bench(name, smoke=True, device="cuda", sam_kind="tiny", out=str(tmp_path))
     CHECKS[name](rows)

@@ -3,7 +3,9 @@
 Sizes: default = the full run recorded in bench/RESULTS.md; ``--quick`` = small sizes, one repeat (each
 bench well under a minute on a 2-core CPU); ``--smoke`` = the tiniest sizes, one call, no warm-up (a few
 seconds; what the test suite runs: it checks that fast and reference agree, never a time). With
-``--out DIR`` the JSON-lines records and PNG plots are written there. ``--threads 1,2,...`` (decode,
+``--out DIR`` the JSON-lines records and PNG plots are written there: a new or empty folder, or with
+``--append`` one holding earlier records (each record carries its date and commit), or with ``--overwrite``
+one whose earlier records (``*.jsonl``, ``*.png``) are removed first. ``--threads 1,2,...`` (decode,
 reward-step) times every path at each thread count in one run and adds parallel efficiency per path and a
 ``*_scaling.png`` plot.
 """
@@ -28,6 +30,8 @@ BENCHES = {
     "fidelity": "bench_fidelity",
     "multi-object": "bench_multi_object",
     "learn": "bench_learn",
+    "limits": "bench_limits",
+    "prompt-pack": "bench_prompt_pack",
 }
 
 # benches too long for `samr1 bench all` at full size (all --quick / --smoke still runs them)
@@ -44,6 +48,8 @@ SWEEPS = ("decode", "reward-step")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from samr1.cli import add_sam_flags
+
     p = sub.add_parser("bench", help=f"run a benchmark ({', '.join([*BENCHES, 'all'])})",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", choices=[*BENCHES, "all"], help="which benchmark")
@@ -52,7 +58,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     size.add_argument("--smoke", action="store_true",
                       help="tiniest sizes, one call, no warm-up: seconds; checks agreement, not speed")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--sam", default="tiny", metavar="KIND", help="SAM kind for benches that load SAM (default: tiny)")
     p.add_argument("--encoder", default=None, metavar="BACKEND",
                    help="reward-step only: the engine's image encoder: torch (fp32, default), torch-bf16, torch-fp16, "
                         "torch-bf16-compiled, torch-fp16-compiled, onnx, tensorrt (fp16), tensorrt-fp32")
@@ -60,8 +65,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch threads for the run (default: torch's choice); on a shared CPU 1 is steadier. "
                         "decode and reward-step take a comma-separated sweep (e.g. 1,2,4): each count timed "
                         "in the same run, with parallel efficiency and a scaling plot")
-    p.add_argument("--sam-checkpoint", default=None, metavar="PATH",
-                   help="reward-step only: weights for --sam (default: random weights, warned)")
+    # Benches time the work and check that the ways agree; a random-weight SAM is a choice made on purpose
+    # here (speed does not depend on the weights), so it is not warned about (random_sam_ok).
+    add_sam_flags(p, checkpoint_help="reward-step only: weights for --sam (default: the shipped ones for "
+                  "tiny-shapes, else random: speed does not depend on them, the IoUs then only show agreement)")
     p.add_argument("--loop-subset", type=int, default=None, metavar="K",
                    help="reward-step only: time the per-completion loop on the first K completions and "
                         "extrapolate (0: all; default: 16 for SAM 2 kinds on the CPU, else all)")
@@ -74,7 +81,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="learn only: scene modes, plain (a box is a good proxy for the mask) and/or hard "
                         "(overlapping, concave or thin objects; the points decide) (default: plain)")
     p.add_argument("--out", default=None, metavar="DIR", help="write JSON-lines records and PNG plots here")
-    p.set_defaults(func=_run)
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--append", action="store_true",
+                       help="--out already holds records: add this run's to them (each record has its date and commit)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="--out already holds records: remove its *.jsonl and *.png first")
+    p.set_defaults(func=_run, random_sam_ok=True)
 
 
 def _int_list(text: str) -> list[int]:
@@ -182,6 +194,13 @@ def _run(args: argparse.Namespace) -> int:
                              "give one count for the others")
     if args.encoder is not None and "reward-step" not in names:
         raise SystemExit("samr1 bench: --encoder applies to reward-step only (the encoder bench times every backend)")
+    if args.out:
+        from samr1.outdirs import check_run_dir, claim_run_dir
+
+        check_run_dir(args.out, flag="--out", resume=args.append, overwrite=args.overwrite, resume_flag="--append")
+        claim_run_dir(args.out, records=("*.jsonl", "*.png"), overwrite=args.overwrite)
+    elif args.append or args.overwrite:
+        raise SystemExit("samr1 bench: --append and --overwrite go with --out DIR")
     for name in names:
         print(f"\n=== samr1 bench {name} ({mode}, {device}) ===")
         run_bench(name, quick=args.quick, smoke=args.smoke, device=device, sam_kind=args.sam, out=args.out,

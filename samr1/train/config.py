@@ -118,7 +118,34 @@ class TrainConfig:
     logging_steps: int = _f(1, "log every N optimizer steps")
     resume: str | None = _f(None, "resume from a checkpoint folder, or 'latest' for the newest in --output-dir")
     progress: bool = _f(True, "show a progress bar (step, reward mean, parse failures, cache hits, ETA)")
-    report_to: str = _f("none", "TRL/transformers loggers: none, tensorboard, wandb, ...")
+    report_to: list = _f(["none"], "loggers, one or more: none, tensorboard, wandb, trackio, mlflow, ... (tensorboard "
+                                   "is in samr1[train]; events go to <output_dir>/runs)")
+    log_completions: bool = _f(True, "TRL's completions table: every logged step's prompts, completions, each "
+                                     "reward component, samr1_reason (why an answer failed) and samr1_iou, written "
+                                     "to <output_dir>/completions/*.parquet and to wandb / trackio when reported")
+
+    # -------------------------------------------------------------- LoRA (PEFT)
+    use_peft: bool = _f(False, "train a LoRA adapter instead of the whole policy (base weights and the vision tower "
+                               "frozen); final/ then holds the adapter, which eval / segment / serve --model load")
+    lora_r: int = _f(16, "LoRA rank r (the width of each adapter)")
+    lora_alpha: int = _f(32, "LoRA alpha (the update is scaled by alpha / r)")
+    lora_dropout: float = _f(0.05, "dropout on the LoRA input")
+    lora_target_modules: list = _f(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                   "module names that get an adapter, matched inside the language model only (the "
+                                   "vision tower stays frozen); 'all-linear' is PEFT's every-linear-layer rule")
+    merge_adapter: bool = _f(False, "with --use-peft: also write <output_dir>/merged, the base policy with the "
+                                    "adapter merged in (a plain policy folder)")
+
+    # -------------------------------------------------------------- any other GRPOConfig field
+    grpo: dict = _f({}, "other fields of TRL's GRPOConfig, e.g. {lr_scheduler_type: cosine, weight_decay: 0.01, "
+                        "top_p: 0.9}; on the command line --grpo KEY=VALUE (repeatable, VALUE read as YAML); checked "
+                        "against GRPOConfig before anything loads; fields samr1 sets from its own flags are refused "
+                        "with the flag's name")
+    rollouts_every: int = _f(0, "every K steps write a few groups (query, the G completions, parsed answers, SAM's "
+                                "masks, ground truth, reward components) to <output_dir>/rollouts/ for `samr1 view`; "
+                                "0: off")
+    rollouts_groups: int = _f(2, "prompts (groups of G completions) written per logged step")
+    rollouts_max_mb: float = _f(256.0, "size budget of <output_dir>/rollouts/ in MiB; logging stops when it is reached")
 
     # ------------------------------------------------------------------ helpers
     @classmethod
@@ -218,6 +245,12 @@ class TrainConfig:
         need(isinstance(self.cache_gb, (int, float)) and math.isfinite(self.cache_gb) and self.cache_gb >= 0,
              "cache_gb", "must be >= 0 GiB")
         need(self.reward_gather in ("rank", "node"), "reward_gather", "choose rank or node")
+        need(isinstance(self.rollouts_every, int) and not isinstance(self.rollouts_every, bool)
+             and self.rollouts_every >= 0, "rollouts_every", "must be an integer >= 0 (0: no rollout log)")
+        need(isinstance(self.rollouts_groups, int) and not isinstance(self.rollouts_groups, bool)
+             and self.rollouts_groups >= 1, "rollouts_groups", "must be a positive integer")
+        need(isinstance(self.rollouts_max_mb, (int, float)) and math.isfinite(self.rollouts_max_mb)
+             and self.rollouts_max_mb > 0, "rollouts_max_mb", "must be a positive number of MiB")
         need(self.answer_frame in ("auto", "pixels", "norm1000"), "answer_frame", "choose auto, pixels or norm1000")
         need(isinstance(self.reward_options, dict) and not {"components", "image_key", "mask_key", "model_size",
                                                             "preset"}
@@ -251,7 +284,47 @@ class TrainConfig:
              "must be >= 0 (steps, or a fraction of all steps when < 1)")
         need(isinstance(self.vllm_server_port, int) and 0 < self.vllm_server_port < 65536, "vllm_server_port",
              "must be a TCP port (1..65535)")
+        self._validate_trl()
         return self
+
+    def report_list(self) -> list[str]:
+        """``report_to`` as TRL's list (a comma-separated string is split; ``none`` alone means no logger)."""
+        values = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)
+        names = [n.strip() for v in values for n in str(v).split(",") if n.strip()]
+        return [] if names in ([], ["none"]) else names
+
+    def _validate_trl(self) -> None:
+        """The TRL-side fields: loggers installed, LoRA values, the grpo mapping, whole groups per round."""
+        from samr1.train.grpo_args import batch_error, check_grpo_overrides
+        from samr1.train.loggers import check_loggers
+
+        def need(cond: bool, name: str, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: {msg}", field=name)
+
+        need(isinstance(self.report_to, (str, list, tuple)), "report_to", "a logger name or a list of them")
+        names = self.report_list()
+        need("none" not in names, "report_to", "'none' cannot be combined with a logger")
+        check_loggers(names)
+        for name in ("lora_r", "lora_alpha"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, "must be a positive integer")
+        need(isinstance(self.lora_dropout, (int, float)) and 0 <= self.lora_dropout < 1, "lora_dropout",
+             "must be in [0, 1)")
+        need(isinstance(self.lora_target_modules, (list, tuple)) and bool(self.lora_target_modules)
+             and all(isinstance(m, str) and m for m in self.lora_target_modules), "lora_target_modules",
+             "a list of module names, e.g. [q_proj, v_proj], or [all-linear]")
+        need(not self.merge_adapter or self.use_peft, "merge_adapter", "only with --use-peft (a full policy is "
+             "already a plain policy folder)")
+        check_grpo_overrides(self.grpo, components=len(self.components))
+        need(self.steps_per_generation is None or "generation_batch_size" not in self.grpo, "steps_per_generation",
+             "give either --steps-per-generation or grpo.generation_batch_size, not both (TRL derives one from "
+             "the other)")
+        spg = self.steps_per_generation or self.gradient_accumulation_steps
+        msg = batch_error(self.per_device_train_batch_size, spg, self.num_generations,
+                          int(os.environ.get("WORLD_SIZE", "1")), self.grpo.get("generation_batch_size"))
+        if msg:
+            raise ConfigError(msg, field="per_device_train_batch_size")
 
 
 def load_yaml_config(path: str | os.PathLike) -> dict[str, Any]:

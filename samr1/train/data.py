@@ -29,7 +29,7 @@ import os
 import pickle
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +39,8 @@ from PIL import Image, ImageDraw
 from samr1.io import InputError, load_image, load_mask
 
 __all__ = ["TrainRow", "BadRow", "rows_from_manifest", "rows_from_hf", "rows_from_refcocog", "rows_from_reasonseg",
-           "reasonseg_mask", "detect_format", "load_rows", "select_rows", "check_rows", "PolicyDataset"]
+           "reasonseg_mask", "detect_format", "load_rows", "select_rows", "check_rows", "PolicyDataset",
+           "parquet_split_files", "resolve_split"]
 
 
 @dataclass
@@ -89,6 +90,73 @@ def rows_from_manifest(path: str) -> list[TrainRow]:
     return [TrainRow(s.image, s.query, s.mask, s.source, masks=s.masks) for s in read_manifest(path, check_files=False)]
 
 
+def resolve_split(wanted: str, available: Sequence[str]) -> str | None:
+    """The split of ``available`` that ``wanted`` names (None when none does): itself, or the Hugging Face split it is a keyword of
+    ("val" and "dev" are "validation", "eval" is "test", ...; ``datasets.data_files.SPLIT_KEYWORDS``), either way
+    round. None when none matches."""
+    if wanted in available:
+        return wanted
+    from datasets.data_files import SPLIT_KEYWORDS
+
+    for split, words in SPLIT_KEYWORDS.items():
+        names = {str(split), *words}
+        if wanted in names:
+            hits = [a for a in available if a in names]
+            if len(hits) == 1:
+                return hits[0]
+    return None
+
+
+def _file_split(path: str) -> str | None:
+    """The split a parquet file's name carries, by Hugging Face's naming: ``data/<split>-00000-of-00003.parquet``
+    (any split name), or a split keyword between separators (``val.parquet``, ``my_test_1.parquet``)."""
+    import re
+
+    from datasets.data_files import SPLIT_KEYWORDS
+
+    name = os.path.basename(path)
+    sharded = re.match(r"^(\w+?)-\d{5}-of-\d{5}", name)
+    if sharded and os.path.basename(os.path.dirname(os.path.abspath(path))) == "data":
+        return sharded.group(1)
+    tokens = set(re.split(r"[-._ 0-9]+", name.rsplit(".", 1)[0]))
+    return next((str(split) for split, words in SPLIT_KEYWORDS.items() if tokens & set(words)), None)
+
+
+def parquet_split_files(path: str, split: str) -> list[str]:
+    """The parquet files of split ``split`` in ``path`` (a folder or one file), by Hugging Face's own rules.
+
+    A folder is read as ``datasets.load_dataset(path)`` reads it (``datasets.data_files.get_data_patterns``):
+    the hub's ``data/<split>-00000-of-00001.parquet``, ``<split>/*.parquet``, ``<split>.parquet``,
+    ``train_part1.parquet`` ...; a folder whose names carry no split is one split, "train". A single file is
+    the data itself, unless its name carries another split's name.
+
+    Raises:
+        InputError: no parquet files, or ``split`` is not one of the splits there (the message lists them).
+    """
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    if not os.path.isdir(path):
+        named = _file_split(path)
+        if named is not None and resolve_split(split, [named]) is None:
+            raise InputError(f"{path}: the file name says split {named!r}, not {split!r}; pass --split {named} (or "
+                             f"give the file of split {split!r})")
+        return [path]
+    try:
+        files = DataFilesDict.from_patterns(get_data_patterns(path), base_path=path, allowed_extensions=[".parquet"])
+    except FileNotFoundError:
+        files = {}
+    files = {str(k): sorted(v) for k, v in files.items() if v}
+    if not files:
+        raise InputError(f"{path}: no parquet files and no save_to_disk dataset (dataset_info.json) found")
+    name = resolve_split(split, list(files))
+    if name is None:
+        why = " (no file or folder name there names a split, so Hugging Face reads them all as 'train')" \
+            if list(files) == ["train"] else ""
+        raise InputError(f"{path}: the parquet files hold splits {sorted(files)}, not {split!r}{why}; choose one with "
+                         "--split")
+    return files[name]
+
+
 def _hf_dataset(path: str, split: str):
     import datasets
 
@@ -96,18 +164,17 @@ def _hf_dataset(path: str, split: str):
                                 or os.path.exists(os.path.join(path, "dataset_dict.json"))):
         ds = datasets.load_from_disk(path)
         if isinstance(ds, datasets.DatasetDict):
-            if split not in ds:
+            name = resolve_split(split, list(ds))
+            if name is None:
                 raise InputError(f"{path}: the dataset has splits {sorted(ds)}, not {split!r}; choose one with --split")
-            ds = ds[split]
+            ds = ds[name]
         return ds
-    files = sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True)) if os.path.isdir(path) else [path]
-    if not files:
-        raise InputError(f"{path}: no parquet files and no save_to_disk dataset (dataset_info.json) found")
-    return datasets.Dataset.from_parquet(files)
+    return datasets.Dataset.from_parquet(parquet_split_files(path, split))
 
 
 def rows_from_hf(path: str, split: str = "train") -> list[TrainRow]:
-    """Rows of a Hugging Face dataset saved with ``save_to_disk`` or stored as parquet (a file or a folder).
+    """Rows of split ``split`` of a Hugging Face dataset saved with ``save_to_disk`` or stored as parquet (a
+    file or a folder; :func:`parquet_split_files` picks the split's files as ``datasets`` does).
 
     Columns (Seg-Zero's evaluation sets): ``image`` (PIL), ``text`` (str; a list uses its first entry),
     ``mask`` (nested lists of bool, H x W), ``img_height``, ``img_width``. ``query``/``problem`` are accepted
@@ -335,12 +402,21 @@ def _load_mask_any(row: TrainRow) -> np.ndarray:
 
 
 def _check_one(row: TrainRow) -> tuple[np.ndarray, np.ndarray]:
+    """The row's image (``H x W x 3`` uint8) and mask (``H x W`` uint8), checked against each other."""
+    _check_fields(row)
+    img = load_image(row.image, field="image", source=row.position)
+    return img, _check_mask(row, *img.shape[:2])
+
+
+def _check_fields(row: TrainRow) -> None:
     if row.image is None:
         raise InputError("field 'image': the row has no image")
     if not isinstance(row.query, str) or not row.query.strip():
         raise InputError(f"field 'query': must be a non-empty string, got {row.query!r}")
-    img = load_image(row.image, field="image", source=row.position)
-    h, w = img.shape[:2]
+
+
+def _check_mask(row: TrainRow, h: int, w: int) -> np.ndarray:
+    """The row's mask, checked against its image's ``h x w`` (and the size the row declares)."""
     if row.size is not None and tuple(row.size) != (h, w):
         raise InputError(f"field 'image': the image is {h}x{w} but the row declares img_height x img_width = "
                          f"{row.size[0]}x{row.size[1]}")
@@ -350,7 +426,35 @@ def _check_one(row: TrainRow) -> tuple[np.ndarray, np.ndarray]:
     if mask.shape != (h, w):
         raise InputError(f"field 'mask': the mask is {mask.shape[0]}x{mask.shape[1]} but the image is {h}x{w} "
                          "(H x W); the mask must be at the original image size")
-    return img, mask
+    return mask
+
+
+class _ImageSizes:
+    """``(H, W)`` of image files, each decoded once however many rows name it (RefCOCOg has several sentences,
+    hence rows, per image; decoding it per row cost a decode per sentence before training). Thread-safe: a
+    file another thread is decoding is waited for, not decoded again. Only sizes are kept, never pixels."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_path: dict[str, Future] = {}
+
+    def __call__(self, row: TrainRow) -> tuple[int, int]:
+        if not isinstance(row.image, (str, os.PathLike)):
+            img = load_image(row.image, field="image", source=row.position)
+            return img.shape[0], img.shape[1]
+        path = os.fspath(row.image)
+        with self._lock:
+            fut = self._by_path.get(path)
+            mine = fut is None
+            if mine:
+                fut = self._by_path[path] = Future()
+        if mine:
+            try:
+                img = load_image(path, field="image")  # no row position: the error is reported for each row
+                fut.set_result((img.shape[0], img.shape[1]))
+            except BaseException as exc:  # noqa: BLE001 - every row naming the file gets the same error
+                fut.set_exception(exc)
+        return fut.result()
 
 
 def select_rows(rows: Sequence[TrainRow], max_samples: int | None, seed: int) -> list[int]:
@@ -363,7 +467,8 @@ def select_rows(rows: Sequence[TrainRow], max_samples: int | None, seed: int) ->
 
 def check_rows(rows: Sequence[TrainRow], *, max_samples: int | None = None, seed: int = 0, skip_bad: bool = False,
                workers: int = 4) -> tuple[list[TrainRow], list[BadRow]]:
-    """Load every selected row's image and mask once, before training; return (good rows, bad rows).
+    """Load every selected row's image and mask before training (each image file decoded once, however many
+    rows name it); return (good rows, bad rows).
 
     Rows are walked in :func:`select_rows` order until ``max_samples`` good rows are found. A row is bad when
     its image or mask is missing or unreadable, its query is empty, or the mask's ``H x W`` differs from the
@@ -375,9 +480,13 @@ def check_rows(rows: Sequence[TrainRow], *, max_samples: int | None = None, seed
     good: list[TrainRow] = []
     bad: list[BadRow] = []
 
+    sizes = _ImageSizes()
+
     def check(i: int) -> tuple[int, str | None]:
+        row = rows[i]
         try:
-            _check_one(rows[i])
+            _check_fields(row)
+            _check_mask(row, *sizes(row))
             return i, None
         except (InputError, OSError, ValueError, TypeError) as exc:
             return i, str(exc)
