@@ -32,6 +32,13 @@ def test_frames_by_family_and_norm1000_parsing(world, tmp_path):
     assert TrainConfig(model=q25).resolved_answer_frame() == "pixels"
     assert TrainConfig(model=q25, answer_frame="norm1000").reward_config().model_size == (1000, 1000)
     assert TrainConfig(model=world["policy"]).reward_config().model_size == answer_frame_size("norm1000", 840)
+    # a saved policy's record wins over its family (a warm start taught it pixel answers)
+    from samr1.policy import PolicyRecord, write_record
+
+    q3_pixels = build_tiny_policy(tmp_path / "q3p", hidden=16, family="qwen3_vl")
+    write_record(q3_pixels, PolicyRecord(answer_frame="pixels"))
+    assert TrainConfig(model=q3_pixels).resolved_answer_frame() == "pixels"
+    assert TrainConfig(model=q3_pixels, answer_frame="norm1000").resolved_answer_frame() == "norm1000"
     # 0..1000 relative to the image, whatever its size or the policy's square side
     a = parse_answer('<answer>{"bbox": [0, 0, 500, 250], "points": [[250, 125]]}</answer>', (480, 640),
                      answer_frame_size("norm1000", 840))

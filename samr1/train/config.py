@@ -182,12 +182,21 @@ class TrainConfig:
                                                                     self.policy_image_size)})
 
     def resolved_answer_frame(self) -> str:
-        """``answer_frame``, with "auto" resolved from the policy folder's ``model_type`` ("pixels" when it
-        cannot be read): see :func:`samr1.policy.default_answer_frame`."""
+        """``answer_frame``, with "auto" resolved from the policy folder: the frame its saved record names (a
+        warm-started policy answers in the frame it was taught), else its ``model_type``'s
+        (:func:`samr1.policy.default_answer_frame`; "pixels" when neither can be read)."""
         from samr1.policy.frame import default_answer_frame, model_type_of
+        from samr1.policy.record import read_record
 
         if self.answer_frame != "auto":
             return self.answer_frame
+        if self.model and os.path.isdir(self.model):
+            try:
+                record = read_record(self.model)
+            except ValueError:
+                record = None
+            if record is not None:
+                return record.answer_frame
         return default_answer_frame(model_type_of(self.model) if self.model else None)
 
     @classmethod
