@@ -51,7 +51,7 @@ if _sources and Pybind11Extension is not None and os.environ.get("SAMR1_NO_EXT")
 setup(
     packages=["samr1", *(f"samr1.{p}" for p in find_packages("samr1")), "samr1.kernels", "samr1.bench"],
     package_dir={"samr1": "samr1", "samr1.kernels": "kernels", "samr1.bench": "bench"},
-    package_data={"samr1": ["assets/*"]},
+    package_data={"samr1": ["assets/*", "view/static/*"]},
     ext_modules=ext_modules,
     cmdclass={"build_ext": OptionalBuildExt},
     zip_safe=False,

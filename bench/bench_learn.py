@@ -212,6 +212,20 @@ def _arm_summary(records: list[dict[str, Any]], arm_dir: str) -> dict[str, Any]:
             "final_dir": os.path.join(arm_dir, "final"), "steps": last["step"]}
 
 
+def markdown_table(summary: dict[str, Any]) -> str:
+    """The summary as a Markdown table: one row per seed, mode and arm (start, final, gain, best, parse)."""
+    lines = ["| mode | seed | arm | warm-start steps | held-out gIoU start | final | gain | cIoU start -> final | "
+             "parse start -> final | best gIoU (step) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for key, run in summary["runs"].items():
+        seed, mode = key.split("/")
+        for arm, a in run["arms"].items():
+            lines.append(f"| {mode} | {seed[4:]} | {arm} | {run['warm']['steps']} | {a['start']['giou']:.3f} | "
+                         f"{a['final']['giou']:.3f} | {a['gain_giou']:+.3f} | {a['start']['ciou']:.3f} -> "
+                         f"{a['final']['ciou']:.3f} | {a['start']['parse']:.3f} -> {a['final']['parse']:.3f} | "
+                         f"{a['best']['giou']:.3f} ({a['best']['step']}) |")
+    return "\n".join(lines)
+
+
 def plot(records: list[dict[str, Any]], path: str, title: str) -> str:
     """Held-out gIoU against GRPO step: one panel per scene mode, a colour per arm, a line style per seed."""
     import matplotlib
@@ -328,6 +342,7 @@ def run(quick: bool = False, smoke: bool = False, out: str | None = None, device
          f"tiny Qwen2.5-VL + GRPO on a {os.cpu_count()}-core CPU: samr1's SAM reward vs the box control")
     print(format_table(records, ["mode", "seed", "arm", "step", "heldout_giou", "heldout_ciou", "heldout_parse",
                                  "train_reward_mean", "frac_reward_zero_std", "reward_share"]))
+    print(markdown_table(summary))
     print(f"-> {out}/learn.jsonl, learn_summary.json, learn.png ({summary['total_seconds']:.0f} s)")
     if tmp is not None:
         tmp.cleanup()

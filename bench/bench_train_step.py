@@ -8,6 +8,12 @@ Ways (each a fresh TRL ``GRPOTrainer`` with the same seed, data and policy, so t
 3. ``engine-ahead`` — the same with encode-ahead: a drawn batch's images are encoded on a side thread while
                       the policy generates.
 
+With ``--rollouts-every K`` a fourth way runs: ``engine-ahead`` with rollout logging (``samr1 train
+--rollouts-every K``, :class:`samr1.train.rollouts.RolloutLog`, 2 groups per logged step). Its cost is reported
+twice: the whole step's median against ``engine-ahead`` in the same run (noisy on a shared machine), and the
+time the log takes inside the reward call on a logged step (the extra SAM decode of the logged answers and the
+hand-off to the writer thread; measured around the call) as a share of ``engine-ahead``'s median step.
+
 Per way: median seconds per optimizer step of the whole step, generation (``_generate``), reward
 (``_calculate_rewards``), the other scoring work (old/reference log-probs, advantages) and the policy update
 (forward + backward + optimizer), the reward's share of the step, encoder images per step and the max reward
@@ -19,6 +25,7 @@ without it a random tiny Qwen2.5-VL is built, whose completions never parse (the
 and the table only shows the trainer's own cost; the output says so).
 
     python bench/bench_train_step.py [--quick | --smoke] [--model DIR] [--sam tiny-shapes] [--out DIR]
+        [--rollouts-every K]
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import torch
 from samr1.bench.harness import format_table, write_records
 
 WAYS = ("loop", "engine", "engine-ahead")
+ROLLOUTS_WAY = "engine-ahead+rollouts"
 
 
 class LoopReward:
@@ -123,12 +131,15 @@ def _step_callback(trainer_ref: list) -> Any:
 
     class StepTimes(TrainerCallback):
         def on_step_begin(self, args, state, control, **kw):
-            trainer_ref[0]._cur = {"t0": time.perf_counter()}
+            trainer_ref[0]._cur = {"t0": time.perf_counter(), "c0": time.process_time()}
 
         def on_step_end(self, args, state, control, **kw):
             tr = trainer_ref[0]
             cur = tr._cur
             cur["step_s"] = time.perf_counter() - cur.pop("t0")
+            # CPU seconds of the whole process (every thread) in the step: what a side thread adds shows here
+            # even when a free core hides it from the wall clock, and other jobs' load does not
+            cur["step_cpu_s"] = time.process_time() - cur.pop("c0")
             tr.samr1_times.append(cur)
 
     return StepTimes()
@@ -146,7 +157,8 @@ def _rewards_callback(store: list) -> Any:
 
 
 def run_way(way: str, model: str, manifest: str, out_dir: str, *, steps: int, sam_kind: str, device: str,
-            g: int, batch: int, max_new: int, seed: int = 0, prompt: str = "seg-zero") -> dict[str, Any]:
+            g: int, batch: int, max_new: int, seed: int = 0, prompt: str = "seg-zero",
+            rollouts_every: int = 0) -> dict[str, Any]:
     """Train ``steps`` GRPO steps with one reward path; return per-step timings (first step dropped)."""
     from accelerate import PartialState
     from transformers import AutoProcessor, PrinterCallback
@@ -165,16 +177,23 @@ def run_way(way: str, model: str, manifest: str, out_dir: str, *, steps: int, sa
                       output_dir=out_dir, save_steps=10_000, progress=False).validate()
     rows, _ = check_rows(load_rows(manifest))
     ds = PolicyDataset(rows, cfg.prompt, cfg.policy_image_size)
-    sam = load_sam(sam_kind, device=device)
+    sam = load_sam(sam_kind, device=device, warn_random=False)
     engine = None
+    rollouts = None
     if way == "loop":
         loop = LoopReward(sam)
         funcs = loop.functions()
     else:
         engine = SamEngine(sam)
-        hub = RewardHub(SamR1Reward(engine, image_key="sam_image"))
+        reward = SamR1Reward(engine, image_key="sam_image")
+        if way == ROLLOUTS_WAY:
+            from samr1.train.rollouts import RolloutLog
+
+            rollouts = RolloutLog(os.path.join(out_dir, "rollouts"), rollouts_every, reward, groups=2,
+                                  query_of=lambda i: ds.rows[i].query)
+        hub = RewardHub(reward, rollouts=rollouts)
         funcs = hub.functions()
-        if way == "engine-ahead":
+        if way in ("engine-ahead", ROLLOUTS_WAY):
             ds.on_batch = hub.prefetch
     cuda = device.startswith("cuda")
     args = build_grpo_config(cfg, use_cpu=not cuda, cuda=cuda)
@@ -190,9 +209,16 @@ def run_way(way: str, model: str, manifest: str, out_dir: str, *, steps: int, sa
         hub.close()
     times = trainer.samr1_times[1:] or trainer.samr1_times  # drop the warm-up step
     med = {k: statistics.median(t.get(k, 0.0) for t in times) for k in ("step_s", "generation_s", "reward_s",
-                                                                          "prepare_s")}
+                                                                          "prepare_s", "step_cpu_s")}
+    med["mean_step_cpu_s"] = statistics.mean(t["step_cpu_s"] for t in times)
     enc = loop.encoder_images if way == "loop" else int(engine.stats["encoder_images"])
-    return {"way": way, "steps_timed": len(times), **med,
+    extra = {}
+    if rollouts is not None:
+        st = rollouts.stats
+        extra = {"rollouts_steps_logged": st["steps_logged"], "rollouts_groups_logged": st["groups_logged"],
+                 "rollouts_bytes": st["bytes_written"],
+                 "rollouts_s_per_logged_step": st["seconds_in_step"] / max(1, st["steps_logged"])}
+    return {"way": way, "steps_timed": len(times), **med, **extra,
             "other_scoring_s": max(0.0, med["prepare_s"] - med["generation_s"] - med["reward_s"]),
             "update_s": max(0.0, med["step_s"] - med["prepare_s"]),
             "reward_share": med["reward_s"] / med["step_s"] if med["step_s"] else 0.0,
@@ -202,8 +228,9 @@ def run_way(way: str, model: str, manifest: str, out_dir: str, *, steps: int, sa
 def run(quick: bool = False, smoke: bool = False, out: str | None = None, device: str = "cpu",
         sam_kind: str = "tiny-shapes", model: str | None = None, rows: int | None = None, g: int | None = None,
         steps: int | None = None, max_new: int | None = None, prompt: str = "seg-zero",
-        image_size: int | None = None) -> list[dict[str, Any]]:
-    """Time GRPO steps three ways (see the module docstring); print the table; append ``train_step.jsonl``."""
+        image_size: int | None = None, rollouts_every: int = 0) -> list[dict[str, Any]]:
+    """Time GRPO steps three ways (four with ``rollouts_every``; see the module docstring); print the table;
+    append ``train_step.jsonl``."""
     from samr1.train.scene_data import write_scene_manifest
     from samr1.train.tiny_policy import build_tiny_policy
 
@@ -219,9 +246,9 @@ def run(quick: bool = False, smoke: bool = False, out: str | None = None, device
         side = image_size or (112 if smoke else 160)
         manifest = write_scene_manifest(os.path.join(tmp, "data"), n_rows, size=(side, side), seed=1000)
         rows_out = []
-        for way in WAYS:
+        for way in WAYS + ((ROLLOUTS_WAY,) if rollouts_every else ()):
             r = run_way(way, model, manifest, os.path.join(tmp, way), steps=steps, sam_kind=sam_kind, device=device,
-                        g=g, batch=batch, max_new=max_new, prompt=prompt)
+                        g=g, batch=batch, max_new=max_new, prompt=prompt, rollouts_every=rollouts_every)
             rows_out.append(r)
     base = rows_out[0]["rewards"]
     for r in rows_out:
@@ -243,6 +270,19 @@ def run(quick: bool = False, smoke: bool = False, out: str | None = None, device
     hidden = rows_out[1]["reward_s"] - rows_out[2]["reward_s"]
     print(f"encode-ahead: reward time {rows_out[1]['reward_s']:.3f} s -> {rows_out[2]['reward_s']:.3f} s "
           f"({hidden:+.3f} s of encoder time moved off the reward's critical path)")
+    if rollouts_every:
+        base, logged = rows_out[2], rows_out[3]
+        in_step = logged["rollouts_s_per_logged_step"] / base["step_s"] if base["step_s"] else None
+        whole = logged["step_s"] / base["step_s"] - 1 if base["step_s"] else None
+        cpu = logged["mean_step_cpu_s"] / base["mean_step_cpu_s"] - 1 if base["mean_step_cpu_s"] else None
+        logged["rollouts_in_step_share"] = in_step
+        logged["rollouts_step_slowdown"] = whole
+        logged["rollouts_cpu_increase"] = cpu
+        print(f"rollouts every {rollouts_every} step(s): {logged['rollouts_steps_logged']} steps logged "
+              f"({logged['rollouts_groups_logged']} groups, {logged['rollouts_bytes']} bytes); in the reward call "
+              f"{1000 * logged['rollouts_s_per_logged_step']:.1f} ms per logged step = {in_step:.2%} of an "
+              f"engine-ahead step; vs engine-ahead in the same run: whole-step median {whole:+.2%}, process CPU "
+              f"time per step (all threads, mean) {cpu:+.2%}")
     path = write_records(rows_out, out, "train_step", device)
     if path:
         print(f"records appended to {path}")
@@ -267,9 +307,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prompt", default="seg-zero", help="prompt template (the one the policy was trained with)")
     p.add_argument("--image-size", type=int, default=None, help="side of the synthetic scenes, px")
     p.add_argument("--out", default=None)
+    p.add_argument("--rollouts-every", type=int, default=0, metavar="K",
+                   help="also time engine-ahead with rollout logging every K steps (samr1 train --rollouts-every)")
     a = p.parse_args(argv)
+    if a.rollouts_every < 0:
+        p.error(f"--rollouts-every must be >= 0, got {a.rollouts_every}")
     run(quick=a.quick, smoke=a.smoke, out=a.out, device=a.device, sam_kind=a.sam, model=a.model, g=a.G,
-        steps=a.steps, max_new=a.max_new, prompt=a.prompt, image_size=a.image_size)
+        steps=a.steps, max_new=a.max_new, prompt=a.prompt, image_size=a.image_size, rollouts_every=a.rollouts_every)
 
 
 if __name__ == "__main__":

@@ -57,8 +57,12 @@ class TrainConfig:
                                       "encoding")
     multimask: bool = _f(True, "ask SAM for 3 masks and keep the best by predicted IoU (Seg-Zero's evaluation)")
     encode_ahead: bool = _f(True, "encode a drawn batch's images on a side thread while the policy generates")
-    components: list = _f(["think", "answer", "iou"], "reward components, summed and logged apart: think, answer, "
-                                                      "iou (tiered), mask_iou, box_iou, box_l1, point_dist")
+    reward_preset: str = _f("samr1", "whose reward rules: samr1 (SAM-R1's reward, samr1's reading), segzero "
+                                     "(Seg-Zero's training reward, rule for rule) or visionreasoner (multi-object, "
+                                     "Hungarian-matched accuracy); see samr1.rewards.presets")
+    components: list | None = _f(None, "reward components, summed and logged apart (default: the preset's; samr1: "
+                                       "think answer iou): think, answer, iou (tiered), mask_iou, box_iou, box_l1, "
+                                       "point_dist, accuracy, non_repeat (each preset defines its own set)")
     prompt: str = _f("seg-zero", "prompt template: seg-zero, vision-reasoner, or a custom string containing "
                                  "{query}")
     reward_options: dict = _f({}, "other SamR1RewardConfig fields for the reward, e.g. {box_l1_threshold: 1.3} "
@@ -76,6 +80,9 @@ class TrainConfig:
     temperature: float = _f(1.0, "sampling temperature of the rollouts")
     policy_image_size: int = _f(840, "side of the square image the policy sees (840 = 30 x 28: Qwen's processor "
                                      "keeps it, 900 image tokens); SAM sees the original")
+    answer_frame: str = _f("auto", "the frame the policy's coordinates are in: pixels (of the policy's square "
+                                   "image; Qwen2.5-VL), norm1000 (0..1000 on each axis; Qwen2-VL, Qwen3-VL) or auto "
+                                   "(from the model's config.json model_type); recorded in the saved policy")
     max_completion_length: int = _f(1024, "max new tokens per completion")
     per_device_train_batch_size: int = _f(8, "completions per process per micro-step; per_device x "
                                              "steps_per_generation should be a multiple of num_generations")
@@ -134,6 +141,11 @@ class TrainConfig:
                         "top_p: 0.9}; on the command line --grpo KEY=VALUE (repeatable, VALUE read as YAML); checked "
                         "against GRPOConfig before anything loads; fields samr1 sets from its own flags are refused "
                         "with the flag's name")
+    rollouts_every: int = _f(0, "every K steps write a few groups (query, the G completions, parsed answers, SAM's "
+                                "masks, ground truth, reward components) to <output_dir>/rollouts/ for `samr1 view`; "
+                                "0: off")
+    rollouts_groups: int = _f(2, "prompts (groups of G completions) written per logged step")
+    rollouts_max_mb: float = _f(256.0, "size budget of <output_dir>/rollouts/ in MiB; logging stops when it is reached")
 
     # ------------------------------------------------------------------ helpers
     @classmethod
@@ -161,9 +173,22 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"reward_options: unknown SamR1RewardConfig fields {unknown}; valid: {sorted(names)}",
                               field="reward_options")
-        return SamR1RewardConfig(**{**dict(self.reward_options), "components": tuple(self.components),
-                                    "image_key": "sam_image", "mask_key": "mask",
-                                    "model_size": (self.policy_image_size, self.policy_image_size)})
+        from samr1.policy.frame import answer_frame_size
+
+        return SamR1RewardConfig(**{**dict(self.reward_options), "preset": self.reward_preset,
+                                    "components": None if self.components is None else tuple(self.components),
+                                    "image_key": "sam_image", "mask_key": "masks",
+                                    "model_size": answer_frame_size(self.resolved_answer_frame(),
+                                                                    self.policy_image_size)})
+
+    def resolved_answer_frame(self) -> str:
+        """``answer_frame``, with "auto" resolved from the policy folder's ``model_type`` ("pixels" when it
+        cannot be read): see :func:`samr1.policy.default_answer_frame`."""
+        from samr1.policy.frame import default_answer_frame, model_type_of
+
+        if self.answer_frame != "auto":
+            return self.answer_frame
+        return default_answer_frame(model_type_of(self.model) if self.model else None)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, where: str = "config") -> TrainConfig:
@@ -220,10 +245,18 @@ class TrainConfig:
         need(isinstance(self.cache_gb, (int, float)) and math.isfinite(self.cache_gb) and self.cache_gb >= 0,
              "cache_gb", "must be >= 0 GiB")
         need(self.reward_gather in ("rank", "node"), "reward_gather", "choose rank or node")
-        need(isinstance(self.reward_options, dict) and not {"components", "image_key", "mask_key", "model_size"}
+        need(isinstance(self.rollouts_every, int) and not isinstance(self.rollouts_every, bool)
+             and self.rollouts_every >= 0, "rollouts_every", "must be an integer >= 0 (0: no rollout log)")
+        need(isinstance(self.rollouts_groups, int) and not isinstance(self.rollouts_groups, bool)
+             and self.rollouts_groups >= 1, "rollouts_groups", "must be a positive integer")
+        need(isinstance(self.rollouts_max_mb, (int, float)) and math.isfinite(self.rollouts_max_mb)
+             and self.rollouts_max_mb > 0, "rollouts_max_mb", "must be a positive number of MiB")
+        need(self.answer_frame in ("auto", "pixels", "norm1000"), "answer_frame", "choose auto, pixels or norm1000")
+        need(isinstance(self.reward_options, dict) and not {"components", "image_key", "mask_key", "model_size",
+                                                            "preset"}
              & set(self.reward_options), "reward_options",
              "a mapping of SamR1RewardConfig fields other than components / image_key / mask_key / model_size "
-             "(set those with --components and --policy-image-size)")
+             "(set those with --components, --reward-preset and --policy-image-size)")
         need(self.eval_data is None or (isinstance(self.eval_data, str) and bool(self.eval_data)), "eval_data",
              "a data path, or omitted")
         need(isinstance(self.eval_steps, int) and self.eval_steps >= 0, "eval_steps", "must be >= 0")
@@ -233,7 +266,7 @@ class TrainConfig:
              "must be a positive integer")
         # the engine's and the reward's own checks, reported under this config's field names
         for build, renamed in ((self.engine_config, {"cache_bytes": "cache_gb", "store": "embeddings"}),
-                               (self.reward_config, {"model_size": "policy_image_size"})):
+                               (self.reward_config, {"model_size": "policy_image_size", "preset": "reward_preset"})):
             try:
                 build()
             except ConfigError as exc:

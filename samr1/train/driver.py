@@ -23,11 +23,19 @@ import time
 import warnings
 from typing import Any
 
+from samr1 import jsonout
 from samr1.train.config import ConfigError, TrainConfig
 from samr1.train.grpo_args import batch_error
 
 __all__ = ["train", "group_locality_warning", "build_grpo_config", "plot_learning_curve", "ProgressCallback",
-           "resolve_resume", "policy_record", "RecordCallback", "trainer_callback_base"]
+           "resolve_resume", "resume_block_error", "RUN_RECORDS", "policy_record", "RecordCallback",
+           "trainer_callback_base"]
+
+# What a training run writes into its output folder: the records ``--overwrite`` removes before a new run, so
+# that two runs' metrics, checkpoints and summaries never mix (samr1.outdirs). "runs" is TensorBoard's folder.
+RUN_RECORDS = ("checkpoint-*", "final", "best", "merged", "completions", "metrics.jsonl", "reward_calls.jsonl",
+               "summary.json", "train_config.json", "grpo_config.json", "README.md", "learning_curve.png", "runs",
+               "rollouts")
 
 
 # ------------------------------------------------------------------------------------------- checks
@@ -70,6 +78,33 @@ def resolve_resume(resume: str | None, output_dir: str) -> str | None:
         raise ConfigError(f"resume={resume!r}: not a checkpoint folder (no trainer_state.json); give "
                           f"<output_dir>/checkpoint-N or 'latest'")
     return resume
+
+
+def resume_block_error(checkpoint: str, gradient_accumulation_steps: int, steps_per_generation: int,
+                       num_iterations: int = 1) -> str | None:
+    """Why resuming from ``checkpoint`` would train part of the data twice, or None when it is safe.
+
+    TRL generates completions for ``steps_per_generation x num_iterations`` micro-steps at once and keeps them
+    in memory, not in the checkpoint. A checkpoint after optimizer step ``s`` holds ``s x
+    gradient_accumulation_steps`` micro-steps; when that is not a multiple of the block, a resumed run
+    generates a new block at once: the interrupted block is trained again (1.5 times in all) and every later
+    block starts off its boundary.
+    """
+    block = steps_per_generation * num_iterations
+    try:
+        with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
+            step = int(json.load(f)["global_step"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{checkpoint}/trainer_state.json cannot be read ({type(exc).__name__}: {exc})"
+    micro = step * gradient_accumulation_steps
+    if micro % block == 0:
+        return None
+    every = block // math.gcd(block, gradient_accumulation_steps)
+    return (f"{checkpoint} was saved after step {step} = {micro} micro-steps, inside a generation block of {block} "
+            f"micro-steps (steps_per_generation {steps_per_generation} x num_iterations {num_iterations}); TRL keeps "
+            f"the block's completions in memory only, so a resumed run would train that block again. Resume from a "
+            f"checkpoint whose step is a multiple of {every}, and save every multiple of {every} steps "
+            f"(--save-steps {every})")
 
 
 # ------------------------------------------------------------------------------------------- config
@@ -165,7 +200,7 @@ class ProgressCallback(trainer_callback_base()):
         row = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float, str))}}
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(jsonout.dumps(row) + "\n")  # NaN (e.g. a std over one value) as null: valid JSON
         if self.bar is not None:
             post = {}
             for short, key in (("reward", "reward"), ("parse_fail", "samr1/parse_failure_rate"),
@@ -323,8 +358,10 @@ def policy_record(cfg: TrainConfig):
     from samr1.train.prompts import resolve_prompt
 
     return PolicyRecord(template=resolve_prompt(cfg.prompt), frame=cfg.policy_image_size,
+                        answer_frame=cfg.resolved_answer_frame(),
                         max_new_tokens=cfg.max_completion_length,
-                        reward={"components": list(cfg.components), "sam": cfg.sam})
+                        reward={"components": list(cfg.reward_config().components), "sam": cfg.sam,
+                                "preset": cfg.reward_preset})
 
 
 class RecordCallback(trainer_callback_base()):
@@ -341,12 +378,17 @@ class RecordCallback(trainer_callback_base()):
             write_record(folder, self.record)
 
 
-def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None) -> dict[str, Any]:
+def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Run GRPO training as configured; return the summary (also written to ``output_dir/summary.json``).
+
+    ``output_dir`` must be empty or new unless ``cfg.resume`` continues the run there, or ``overwrite`` removes
+    the previous run's records first (:data:`RUN_RECORDS`; :mod:`samr1.outdirs`).
 
     Raises:
         ConfigError: a bad configuration value (before anything is loaded).
-        samr1.io.InputError: bad training data (before the models are loaded).
+        samr1.outdirs.OutputDirError: ``output_dir`` holds another run (before anything is loaded).
+        samr1.io.InputError: bad training data, or fewer rows than one generation round takes (before the
+            models are loaded).
     """
     if log is None:
         def log(msg: str) -> None:
@@ -360,6 +402,11 @@ def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None) -> dict[
         raise ConfigError(f"model={cfg.model!r}: not a model folder (no config.json); give a local Qwen2-VL / "
                           "Qwen2.5-VL checkpoint directory (nothing is downloaded)")
     resume = resolve_resume(cfg.resume, cfg.output_dir)
+    spg = cfg.steps_per_generation or cfg.gradient_accumulation_steps
+    if resume is not None:
+        why = resume_block_error(resume, cfg.gradient_accumulation_steps, spg, cfg.num_iterations)
+        if why:
+            raise ConfigError(f"resume: {why}")
     merged_dir = os.path.join(cfg.output_dir, "merged")
     if cfg.merge_adapter and os.path.isdir(merged_dir) and os.listdir(merged_dir):
         raise ConfigError(f"merge_adapter: {merged_dir} exists and is not empty (nothing is overwritten); move it "
@@ -367,8 +414,12 @@ def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None) -> dict[
 
     from accelerate import PartialState
 
+    from samr1.outdirs import check_run_dir, claim_run_dir
+
     want_cpu = cfg.device == "cpu" or (cfg.device is None and not _cuda_available())
     state = PartialState(cpu=want_cpu)  # under torchrun/accelerate: MULTI_CPU with cpu=True, else one per GPU
+    if state.is_main_process:  # before the data is read: a second run into a used folder is refused at once
+        check_run_dir(cfg.output_dir, flag="--output-dir", resume=resume is not None, overwrite=overwrite)
     # whole groups of G per generation round with THIS process count, and TRL's own checks of every
     # GRPOConfig field, before the data loads
     batch_msg = batch_error(cfg.per_device_train_batch_size, cfg.steps_per_generation or cfg.gradient_accumulation_steps,
@@ -384,12 +435,32 @@ def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None) -> dict[
     from samr1.policy import check_frame, load_processor, write_record
 
     processor = load_processor(cfg.model)
-    check_frame(processor, cfg.policy_image_size)
-    os.makedirs(cfg.output_dir, exist_ok=True)  # only once the data is known good
+    check_frame(processor, cfg.policy_image_size, answer_frame=cfg.resolved_answer_frame())
+    # TRL's sampler deals whole generation rounds and drops an incomplete one: fewer rows than one round
+    # would train 0 steps and save the untrained policy as final/.
+    per_round = cfg.per_device_train_batch_size * state.num_processes * spg // cfg.num_generations
+    if len(dataset) < per_round:
+        from samr1.io import InputError
 
-    spg = cfg.steps_per_generation or cfg.gradient_accumulation_steps
+        raise InputError(f"{cfg.data}: {len(dataset)} usable training row(s), fewer than one generation round takes "
+                         f"({per_round} prompts = per_device_train_batch_size {cfg.per_device_train_batch_size} x "
+                         f"{state.num_processes} process(es) x steps_per_generation {spg} / num_generations "
+                         f"{cfg.num_generations}), so training would run 0 steps. Add rows, or lower "
+                         "--per-device-train-batch-size (a multiple of --num-generations) or --steps-per-generation")
+    if state.is_main_process:  # only once the data is known good
+        removed = claim_run_dir(cfg.output_dir, records=RUN_RECORDS, overwrite=overwrite)
+        if removed:
+            log(f"samr1 train: --overwrite removed the previous run's {', '.join(removed)} from {cfg.output_dir}")
+    os.makedirs(cfg.output_dir, exist_ok=True)
     warning = group_locality_warning(cfg.per_device_train_batch_size, spg, cfg.num_generations,
                                      state.num_processes, cfg.reward_gather)
+    block = spg * cfg.num_iterations
+    if (cfg.save_steps * cfg.gradient_accumulation_steps) % block:
+        every = block // math.gcd(block, cfg.gradient_accumulation_steps)
+        warning = ((warning + "; ") if warning else "") + (
+            f"save_steps {cfg.save_steps} puts checkpoints inside generation blocks of {block} micro-steps, and such "
+            f"a checkpoint cannot be resumed (its block would be trained twice): use --save-steps {every} or a "
+            f"multiple of it")
     if warning:
         warnings.warn(warning, UserWarning, stacklevel=2)
         if state.is_main_process:
@@ -408,8 +479,15 @@ def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None) -> dict[
     sam = load_sam(cfg.sam, cfg.sam_checkpoint, device=device)
     engine = SamEngine(sam, config=cfg.engine_config())  # SAM is already on this process's device
     reward = SamR1Reward(engine, config=cfg.reward_config())
+    rollouts = None
+    if cfg.rollouts_every and state.is_main_process:
+        from samr1.train.rollouts import RolloutLog
+
+        rollouts = RolloutLog(os.path.join(cfg.output_dir, "rollouts"), cfg.rollouts_every, reward,
+                              groups=cfg.rollouts_groups, max_bytes=int(cfg.rollouts_max_mb * (1 << 20)),
+                              query_of=lambda i: dataset.rows[i].query, rank=state.process_index)
     hub = RewardHub(reward, log_dir=cfg.output_dir, gather=cfg.reward_gather, dataset=dataset,
-                    rank=state.process_index)
+                    rank=state.process_index, rollouts=rollouts)
 
     if cfg.encode_ahead and cfg.reward_gather == "rank":
         dataset.on_batch = hub.prefetch
@@ -509,7 +587,7 @@ def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None) -> dict[
 
     metrics_path = os.path.join(cfg.output_dir, "metrics.jsonl")
     rows = read_metrics(metrics_path)
-    tot = hub.totals
+    tot = hub.reduced_totals()  # the whole job's counts, not rank 0's (a collective: every rank is here)
     summary = {
         "steps": int(trainer.state.global_step), "resumed_from": resume,
         "train_seconds": round(train_seconds, 3), "total_seconds": round(time.perf_counter() - t_start, 3),
@@ -533,7 +611,7 @@ def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None) -> dict[
         png = plot_learning_curve(metrics_path, os.path.join(cfg.output_dir, "learning_curve.png"))
         summary["learning_curve"] = png
         with open(os.path.join(cfg.output_dir, "summary.json"), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=1)
+            jsonout.dump(summary, f, indent=1)
     return summary
 
 

@@ -11,12 +11,19 @@ call; the others reuse the result):
   node's first process, which scores them in one engine call and scatters the rewards back;
 - logs through TRL's ``log_metric``: ``samr1/parse_failure_rate``, ``samr1/cache_hit_rate`` (this step),
   ``samr1/encoder_images`` (this step), ``samr1/reward_latency_s``, ``samr1/distinct_images`` and, from
-  :class:`SamR1Reward`, ``samr1/reason/<code>``, ``samr1/mean_iou`` and ``samr1/engine/<stat>``;
+  :class:`SamR1Reward`, ``samr1/reason/<code>``, ``samr1/mean_iou`` and ``samr1/engine/<stat>``. With
+  several processes the first three are the whole job's: each process counts what it did itself (its own
+  rows' parse failures; the cache lookups and encodes of its own engine, which under ``gather="node"`` is
+  the node leader's alone), the counts are summed over processes, and every process logs the same rates, so
+  TRL's mean over processes is the true figure (not a rate averaged with the zeros of processes that
+  scored nothing). :meth:`RewardHub.reduced_totals` sums the run's counts the same way;
 - encodes ahead (:meth:`RewardHub.prefetch`): when the data loader draws a batch, its distinct original
   images are encoded on a side thread while the policy generates, so the cache is warm when the reward
   runs (on CUDA the encoder's kernels still queue on the device; the thread only overlaps the host side);
 - appends one JSON line per step to ``reward_calls.jsonl`` (rank, step, completions, and for every
-  ``row_id`` how many of its completions this call received, and whether they were contiguous).
+  ``row_id`` how many of its completions this call received, and whether they were contiguous);
+- hands every scored batch to an optional :class:`samr1.train.rollouts.RolloutLog`, which writes a few groups
+  every K steps for ``samr1 view``.
 """
 
 from __future__ import annotations
@@ -84,10 +91,11 @@ class RewardHub:
         dataset: needed for ``gather="node"``: rows are re-read on the scoring process by ``row_id`` (images
             never travel between processes; only completion texts and row ids do).
         rank: this process's rank (for the log).
+        rollouts: a :class:`samr1.train.rollouts.RolloutLog` (None: no rollouts logged); closed by :meth:`close`.
     """
 
     def __init__(self, reward: Any, *, log_dir: str | None = None, gather: str = "rank", dataset: Any = None,
-                 rank: int = 0):
+                 rank: int = 0, rollouts: Any = None):
         if gather not in ("rank", "node"):
             raise ValueError(f"gather must be 'rank' or 'node', got {gather!r}")
         if gather == "node" and dataset is None:
@@ -99,6 +107,7 @@ class RewardHub:
         self.dataset = dataset
         self.rank = rank
         self.log_path = os.path.join(log_dir, "reward_calls.jsonl") if log_dir else None
+        self.rollouts = rollouts
         self._last_completions: Any = None
         self._last_values: list[list[float]] = []
         self._lock = threading.Lock()
@@ -160,11 +169,13 @@ class RewardHub:
                 self.prefetch_errors += 1
 
     def close(self) -> None:
-        """Finish pending encodes and stop the side thread."""
+        """Finish pending encodes and stop the side thread; write out the queued rollouts."""
         self._wait_prefetch()
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+        if self.rollouts is not None:
+            self.rollouts.close()
 
     # ------------------------------------------------------------------ distributed
     def _init_node_group(self) -> None:
@@ -185,8 +196,9 @@ class RewardHub:
             if rank in ranks:
                 self._node_group, self._node_leader = group, ranks[0]
 
-    def _score_gathered(self, completions: list[Any], kwargs: dict[str, Any]) -> list[list[float]]:
-        """Gather (completions, row ids) to the node leader, score there, scatter each rank's slice back."""
+    def _score_gathered(self, completions: list[Any], kwargs: dict[str, Any]) -> tuple[list[list[float]], list[bool]]:
+        """Gather (completions, row ids) to the node leader, score there, scatter each rank's slice back: the
+        values of its rows, and whether each of its rows failed to parse."""
         import torch.distributed as dist
 
         group, leader = self._node_group, self._node_leader
@@ -208,6 +220,7 @@ class RewardHub:
             kw["row_id"] = all_ids
             try:
                 values = self._score_local(all_comps, kw)
+                failed = self._parse_failed(values)
             except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
                 # The other ranks wait in scatter: tell them, or they hang until the collective times out.
                 failure = f"reward scoring failed on rank {rank}: {type(exc).__name__}: {exc}"
@@ -219,7 +232,7 @@ class RewardHub:
                 out, start = [], 0
                 for p in got:
                     n = len(p[0])
-                    out.append({"values": [v[start:start + n] for v in values],
+                    out.append({"values": [v[start:start + n] for v in values], "failed": failed[start:start + n],
                                 "extra": {"samr1_reason": codes[start:start + n], "samr1_iou": ious[start:start + n]}})
                     start += n
         else:
@@ -233,9 +246,34 @@ class RewardHub:
         if callable(log_extra):
             for column, values in recv[0]["extra"].items():
                 log_extra(column, values)
-        return recv[0]["values"]
+        return recv[0]["values"], recv[0]["failed"]
 
     # ------------------------------------------------------------------ scoring
+    def _parse_failed(self, values: list[list[float]]) -> list[bool]:
+        """Per scored row: did its answer fail to parse (answer_format 0, or the reward's own parse)."""
+        if "answer_format" in self.names:
+            return [v <= 0.0 for v in values[self.names.index("answer_format")]]
+        last = getattr(self.reward, "_last", None)  # no answer component: the reward's parse of this batch
+        return [not a.ok for a in getattr(last, "answers", [])]
+
+    @staticmethod
+    def _job_counts(mine: dict[str, float], longest: tuple[str, ...] = ()) -> dict[str, float]:
+        """``mine`` over every process of the job: summed, or the largest for the keys in ``longest`` (this
+        process's own values when it runs alone). A collective when several run: every process calls it."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return dict(mine)
+        every: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(every, mine)
+        return {k: (max if k in longest else sum)(c[k] for c in every) for k in mine}
+
+    def reduced_totals(self) -> dict[str, float]:
+        """:attr:`totals` of the whole job: counts summed over processes; ``steps`` and ``reward_seconds`` the
+        largest of any process (every process runs every step). A collective when several processes run:
+        every process must call it."""
+        return self._job_counts(self.totals, longest=("steps", "reward_seconds"))
+
     def _engine_counts(self) -> tuple[int, int, int]:
         st = getattr(getattr(self.reward, "engine", None), "stats", None) or {}
         return int(st.get("encoder_images", 0)), int(st.get("cache_hits", 0)), int(st.get("cache_misses", 0))
@@ -246,7 +284,10 @@ class RewardHub:
             kwargs = dict(kwargs)
             kwargs[key], _ = dedup_by_content(kwargs[key])
         # Same list objects for every component: the first call computes, the others reuse (SamR1Reward's memo).
-        return [list(map(float, f(completions=completions, **kwargs))) for f in self.fns]
+        values = [list(map(float, f(completions=completions, **kwargs))) for f in self.fns]
+        if self.rollouts is not None:  # here the columns are the ones scored (the node's, under node gather)
+            self.rollouts.observe(completions, kwargs, self.names, values)
+        return values
 
     def component_values(self, index: int, prompts: Any, completions: Sequence[Any] | None,
                          kwargs: dict[str, Any]) -> list[float]:
@@ -264,48 +305,44 @@ class RewardHub:
         self._wait_prefetch()
         t0 = time.perf_counter()
         if self.gather == "node" and self._node_group is not None:
-            values = self._score_gathered(completions, kw)
+            values, failed = self._score_gathered(completions, kw)
         else:
             values = self._score_local(completions, kw)
+            failed = self._parse_failed(values)
         latency = time.perf_counter() - t0
         n = len(completions)
+        # What THIS process did: its rows' parse failures, its engine's lookups and encodes (under node gather
+        # only the leader's engine works; the others add 0, never a rate of 0).
         enc, hits, misses = self._engine_counts()
-        d_enc = enc - self._prev_engine[0]
-        d_hits = hits - self._prev_engine[1]
-        d_look = d_hits + misses - self._prev_engine[2]
+        mine = {"completions": n, "parse_failures": sum(failed), "encoder_images": enc - self._prev_engine[0],
+                "cache_hits": hits - self._prev_engine[1]}
+        mine["cache_lookups"] = mine["cache_hits"] + misses - self._prev_engine[2]
         self._prev_engine = (enc, hits, misses)
-        answer_idx = self.names.index("answer_format") if "answer_format" in self.names else None
-        if answer_idx is not None:
-            failures = sum(1 for v in values[answer_idx] if v <= 0.0)
-        else:  # no answer component: count parse failures from the reward's last batch
-            last = getattr(self.reward, "_last", None)
-            failures = sum(1 for a in getattr(last, "answers", []) if not a.ok)
         images = kwargs.get(self.reward.image_key)
         distinct = dedup_by_content(images)[1] if isinstance(images, list) else 0
         t = self.totals
         t["steps"] += 1
-        t["completions"] += n
-        t["parse_failures"] += failures
-        t["encoder_images"] += d_enc
-        t["cache_hits"] += d_hits
-        t["cache_lookups"] += d_look
+        for k, v in mine.items():
+            t[k] += v
         t["reward_seconds"] += latency
+        job = self._job_counts(mine)  # the same on every process, so TRL's mean over processes is this
         answers = getattr(getattr(self.reward, "_last", None), "answers", None)
         if answers is not None and len(answers) != n:
             answers = None  # node gather: the scoring process's batch, not this one's
         ids = kwargs.get("row_id")
         sig = self.signal.update([sum(col[i] for col in values) for i in range(n)],
                                  ids if isinstance(ids, list) and len(ids) == n else None, answers,
-                                 1.0 - failures / n if n else 0.0)
+                                 1.0 - mine["parse_failures"] / n if n else 0.0)
         if callable(log_metric):
             log_metric("samr1/zero_spread_frac", sig["zero_spread_frac"])
             log_metric("samr1/dup_answer_frac", sig["dup_answer_frac"])
-            log_metric("samr1/parse_failure_rate", failures / n if n else 0.0)
-            log_metric("samr1/cache_hit_rate", d_hits / d_look if d_look else 0.0)
-            log_metric("samr1/encoder_images", float(d_enc))
+            log_metric("samr1/parse_failure_rate",
+                       job["parse_failures"] / job["completions"] if job["completions"] else 0.0)
+            log_metric("samr1/cache_hit_rate", job["cache_hits"] / job["cache_lookups"] if job["cache_lookups"] else 0.0)
+            log_metric("samr1/encoder_images", float(job["encoder_images"]))
             log_metric("samr1/reward_latency_s", latency)
             log_metric("samr1/distinct_images", float(distinct))
-        self._record(kwargs, n, latency, d_enc)
+        self._record(kwargs, n, latency, mine["encoder_images"])
         return values
 
     def _record(self, kwargs: dict[str, Any], n: int, latency: float, encoded: int) -> None:
