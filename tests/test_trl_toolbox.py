@@ -316,7 +316,7 @@ def test_model_card_names_the_reward_sam_and_quick_start(run):
     for folder in (run["out"], run["out"] / "final", run["out"] / "merged"):
         text = (folder / "README.md").read_text()
         assert "fine-tuned version of None" not in text
-        for needle in ("tiny-shapes", "tiered mask IoU", "think, answer, iou", "samr1 segment --model",
+        for needle in ("tiny-shapes", "preset samr1", "think, answer, iou", "samr1 segment --model",
                        "Held-out evaluation", "| steps | 2", "pixels of the 56 x 56", "seg-zero", run["policy"]):
             assert needle in text, (folder, needle)
     assert "library_name: peft" in (run["out"] / "final" / "README.md").read_text()
