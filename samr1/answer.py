@@ -168,8 +168,9 @@ class Answer:
 
     @property
     def no_object(self) -> bool:
-        """True for a parsed "no object" answer (an empty list ``[]``): the predicted mask is empty."""
-        return self.ok and not self.objects and self.bbox is None
+        """True for a parsed "no object" answer (an empty list ``[]``): the predicted mask is empty. An ok
+        answer built by hand with points and no box is a prompt, not "no object"."""
+        return self.ok and not self.objects and self.bbox is None and not self.points
 
     @property
     def code(self) -> str | None:

@@ -428,3 +428,8 @@ def test_empty_list_is_the_answer_no_object(text):
     one = parse_answer('<answer>[{"bbox_2d": [1, 2, 30, 40], "point_2d": [5, 6]}]</answer>')
     assert one.ok and not one.no_object
     assert not parse_answer("<answer>[[]]</answer>").no_object  # a list holding a non-object is no answer
+    # answers built by hand: a points-only prompt (no box) is a prompt, not "no object"
+    from samr1.answer import Answer
+
+    assert not Answer(ok=True, points=[(3.0, 4.0)], labels=[1]).no_object and Answer(ok=True).no_object
+    assert not Answer(ok=False).no_object
