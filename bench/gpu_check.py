@@ -507,26 +507,36 @@ class Runner:
                 continue
 
     # ------------------------------------------------------------------ the install stage (in this process)
+    def install_wheels(self, budget: float, figures: dict[str, Any]) -> dict[str, Any] | None:
+        """Install the carried wheels the machine lacks into the scratch site folder (on every stage's
+        ``PYTHONPATH``); None when done, else the failed result."""
+        if not self.wheels:
+            return None
+        log = os.path.join(self.scratch, "logs", "install.log")
+        if not os.path.isdir(self.wheels):
+            return {"status": "failed", "reason": f"--wheels {self.wheels}: no such folder"}
+        chosen, have = select_wheels(self.wheels)
+        figures["wheels_installed"] = [os.path.basename(w) for w in chosen]
+        figures["wheels_not_needed"] = have
+        for line in have:
+            self.say(f"  wheel not installed: {line}")
+        if not chosen:
+            return None
+        rc, _ = self.run_bounded([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--no-compile",
+                                  "--no-cache-dir", "--target", os.path.join(self.scratch, "site"), *chosen],
+                                 budget, log)
+        if rc == 0:
+            return None
+        return {"status": "failed" if rc is not None else "timeout", "figures": figures,
+                "reason": f"pip install of the carried wheels {'exited ' + str(rc) if rc else 'timed out'}"}
+
     def install(self, budget: float) -> dict[str, Any]:
         log = os.path.join(self.scratch, "logs", "install.log")
         deadline = time.monotonic() + budget
         figures: dict[str, Any] = {"wheels_installed": [], "wheels_not_needed": []}
-        if self.wheels:
-            if not os.path.isdir(self.wheels):
-                return {"status": "failed", "reason": f"--wheels {self.wheels}: no such folder"}
-            chosen, have = select_wheels(self.wheels)
-            figures["wheels_installed"] = [os.path.basename(w) for w in chosen]
-            figures["wheels_not_needed"] = have
-            for line in have:
-                self.say(f"  wheel not installed: {line}")
-            if chosen:
-                rc, _ = self.run_bounded([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
-                                          "--no-compile", "--no-cache-dir", "--target",
-                                          os.path.join(self.scratch, "site"), *chosen],
-                                         deadline - time.monotonic(), log)
-                if rc != 0:
-                    return {"status": "failed" if rc is not None else "timeout", "figures": figures,
-                            "reason": f"pip install of the carried wheels {'exited ' + str(rc) if rc else 'timed out'}"}
+        failed = self.install_wheels(budget, figures)
+        if failed:
+            return failed
         rc, _ = self.run_bounded([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
                                   "--no-build-isolation", "-e", ROOT], deadline - time.monotonic(), log)
         if rc != 0:
@@ -560,6 +570,13 @@ class Runner:
             left = self.left() - RESERVE_S
             if self.only is not None and stage.name not in self.only:
                 entry.update(status="skipped", reason="not in --only", seconds=0.0)
+                if stage.name == "install" and self.wheels and not self.dry:
+                    # the wheels live in this run's scratch folder: the stages need them even when the
+                    # editable install is kept from an earlier run on the same machine
+                    figures: dict[str, Any] = {}
+                    failed = self.install_wheels(budget, figures)
+                    entry.update(figures=figures, reason="not in --only (the carried wheels were installed: "
+                                 + ("failed: " + failed["reason"] if failed else "ok") + ")")
             elif self.dry and stage.dry_skip:
                 entry.update(status="skipped", reason=stage.dry_skip, seconds=0.0)
             elif left < MIN_STAGE_S:
