@@ -41,10 +41,11 @@ lint: install
 	$(PY) -m ruff check samr1 kernels tests bench
 
 # Wheels the lent GPU machines' image lacks (CPython 3.12, manylinux x86_64), carried with the tree to
-# bench/gpu_check.sh --wheels $(GPU_WHEELS) (docs/gpu.md). Needs pip and a package index; no venv.
+# bench/gpu_check.sh --wheels $(GPU_WHEELS) (docs/gpu.md). Needs a package index, and the venv: sam2 ships
+# only a source distribution, whose build imports torch.
 GPU_WHEELS ?= gpu_wheels
-gpu-wheels:
-	$(if $(wildcard $(PY)),$(PY),python3) bench/gpu_wheels.py --out $(GPU_WHEELS) --max-mib 40
+gpu-wheels: install
+	$(PY) bench/gpu_wheels.py --out $(GPU_WHEELS) --max-mib 40
 
 clean:
 	rm -rf build *.egg-info samr1/_C*.so $(VENV)

@@ -29,11 +29,13 @@ records, never a gain or a time).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -106,7 +108,9 @@ def _arm_spec(s: LearnSettings, arm: str, warm: str, train_manifest: str, heldou
                 max_completion_length=s.max_new_tokens, max_steps=s.grpo_steps, learning_rate=s.grpo_lr,
                 beta=s.beta, temperature=1.0, seed=seed, save_steps=max(1, s.grpo_steps), save_total_limit=1,
                 eval_data=heldout, eval_steps=s.eval_every, eval_batch_size=s.eval_batch, output_dir=out_dir,
-                progress=False)
+                progress=False,
+                # TRL's own logging: the same run shows up in TensorBoard (<arm>/runs) where it is installed
+                report_to=["tensorboard"] if importlib.util.find_spec("tensorboard") else ["none"])
 
 
 # ------------------------------------------------------------------------------------------- warm start
@@ -255,7 +259,7 @@ def plot(records: list[dict[str, Any]], path: str, title: str) -> str:
         ax.set_ylabel("held-out gIoU (greedy)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle("\n".join(textwrap.wrap(title, 48 * len(modes))), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

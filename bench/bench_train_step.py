@@ -217,7 +217,8 @@ def run_way(way: str, model: str, manifest: str, out_dir: str, *, steps: int, sa
         st = rollouts.stats
         extra = {"rollouts_steps_logged": st["steps_logged"], "rollouts_groups_logged": st["groups_logged"],
                  "rollouts_bytes": st["bytes_written"],
-                 "rollouts_s_per_logged_step": st["seconds_in_step"] / max(1, st["steps_logged"])}
+                 "rollouts_s_per_logged_step": st["seconds_in_step"] / max(1, st["steps_logged"]),
+                 "rollouts_writer_cpu_s_per_logged_step": st["writer_cpu_s"] / max(1, st["steps_logged"])}
     return {"way": way, "steps_timed": len(times), **med, **extra,
             "other_scoring_s": max(0.0, med["prepare_s"] - med["generation_s"] - med["reward_s"]),
             "update_s": max(0.0, med["step_s"] - med["prepare_s"]),
@@ -275,14 +276,22 @@ def run(quick: bool = False, smoke: bool = False, out: str | None = None, device
         in_step = logged["rollouts_s_per_logged_step"] / base["step_s"] if base["step_s"] else None
         whole = logged["step_s"] / base["step_s"] - 1 if base["step_s"] else None
         cpu = logged["mean_step_cpu_s"] / base["mean_step_cpu_s"] - 1 if base["mean_step_cpu_s"] else None
+        # the log's own CPU (reward call + writer thread) against a step's CPU: robust to other jobs' load
+        own = logged["rollouts_s_per_logged_step"] + logged["rollouts_writer_cpu_s_per_logged_step"]
+        own_share = own / base["mean_step_cpu_s"] if base["mean_step_cpu_s"] else None
         logged["rollouts_in_step_share"] = in_step
         logged["rollouts_step_slowdown"] = whole
         logged["rollouts_cpu_increase"] = cpu
+        logged["rollouts_own_cpu_share"] = own_share
         print(f"rollouts every {rollouts_every} step(s): {logged['rollouts_steps_logged']} steps logged "
-              f"({logged['rollouts_groups_logged']} groups, {logged['rollouts_bytes']} bytes); in the reward call "
-              f"{1000 * logged['rollouts_s_per_logged_step']:.1f} ms per logged step = {in_step:.2%} of an "
-              f"engine-ahead step; vs engine-ahead in the same run: whole-step median {whole:+.2%}, process CPU "
-              f"time per step (all threads, mean) {cpu:+.2%}")
+              f"({logged['rollouts_groups_logged']} groups, {logged['rollouts_bytes']} bytes)\n"
+              f"  in the reward call (the step's critical path): {1000 * logged['rollouts_s_per_logged_step']:.1f} ms "
+              f"per logged step = {in_step:.2%} of an engine-ahead step\n"
+              f"  writer thread CPU: {1000 * logged['rollouts_writer_cpu_s_per_logged_step']:.1f} ms per logged step; "
+              f"the log's own CPU per logged step = {own_share:.2%} of an engine-ahead step's process CPU "
+              f"({own_share / rollouts_every:.2%} per step averaged over every {rollouts_every})\n"
+              f"  vs engine-ahead in the same run: whole-step median {whole:+.2%}, process CPU per step (all threads, "
+              f"mean) {cpu:+.2%} (both include other jobs' noise)")
     path = write_records(rows_out, out, "train_step", device)
     if path:
         print(f"records appended to {path}")

@@ -2,7 +2,7 @@
 path and the headline benches, each stage in its own process with its own time budget, into one summary.
 
     bash bench/gpu_check.sh OUT_DIR [--wheels DIR] [--dry-run]        # the entry point (docs/gpu.md)
-    python bench/gpu_check.py OUT_DIR [--wheels DIR] [--dry-run] [--total-s S] [--only STAGE,...] [--stage-s S]
+    python bench/gpu_check.py OUT_DIR [--wheels DIR] [--dry-run] [--total-s S] [--only STAGE,...] [--budgets STAGE=S,...] [--stage-s S]
     python bench/gpu_check.py --tables OUT_DIR/summary.json       # Markdown tables for bench/RESULTS.md
 
 Stages, in order (``STAGES``; each has a budget, and the run as a whole stops starting stages once
@@ -429,9 +429,10 @@ class Runner:
     """Runs the stages in order with their budgets, prints and logs everything, then packs OUT_DIR."""
 
     def __init__(self, out_dir: str, dry: bool, wheels: str | None, total_s: float, only: set[str] | None,
-                 stage_s: float | None = None):
+                 stage_s: float | None = None, budgets: dict[str, float] | None = None):
         self.out_dir = out_dir
         self.stage_s = stage_s
+        self.budgets = budgets or {}
         self.dry = dry
         self.wheels = wheels
         self.total_s = total_s
@@ -506,26 +507,36 @@ class Runner:
                 continue
 
     # ------------------------------------------------------------------ the install stage (in this process)
+    def install_wheels(self, budget: float, figures: dict[str, Any]) -> dict[str, Any] | None:
+        """Install the carried wheels the machine lacks into the scratch site folder (on every stage's
+        ``PYTHONPATH``); None when done, else the failed result."""
+        if not self.wheels:
+            return None
+        log = os.path.join(self.scratch, "logs", "install.log")
+        if not os.path.isdir(self.wheels):
+            return {"status": "failed", "reason": f"--wheels {self.wheels}: no such folder"}
+        chosen, have = select_wheels(self.wheels)
+        figures["wheels_installed"] = [os.path.basename(w) for w in chosen]
+        figures["wheels_not_needed"] = have
+        for line in have:
+            self.say(f"  wheel not installed: {line}")
+        if not chosen:
+            return None
+        rc, _ = self.run_bounded([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps", "--no-compile",
+                                  "--no-cache-dir", "--target", os.path.join(self.scratch, "site"), *chosen],
+                                 budget, log)
+        if rc == 0:
+            return None
+        return {"status": "failed" if rc is not None else "timeout", "figures": figures,
+                "reason": f"pip install of the carried wheels {'exited ' + str(rc) if rc else 'timed out'}"}
+
     def install(self, budget: float) -> dict[str, Any]:
         log = os.path.join(self.scratch, "logs", "install.log")
         deadline = time.monotonic() + budget
         figures: dict[str, Any] = {"wheels_installed": [], "wheels_not_needed": []}
-        if self.wheels:
-            if not os.path.isdir(self.wheels):
-                return {"status": "failed", "reason": f"--wheels {self.wheels}: no such folder"}
-            chosen, have = select_wheels(self.wheels)
-            figures["wheels_installed"] = [os.path.basename(w) for w in chosen]
-            figures["wheels_not_needed"] = have
-            for line in have:
-                self.say(f"  wheel not installed: {line}")
-            if chosen:
-                rc, _ = self.run_bounded([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
-                                          "--no-compile", "--no-cache-dir", "--target",
-                                          os.path.join(self.scratch, "site"), *chosen],
-                                         deadline - time.monotonic(), log)
-                if rc != 0:
-                    return {"status": "failed" if rc is not None else "timeout", "figures": figures,
-                            "reason": f"pip install of the carried wheels {'exited ' + str(rc) if rc else 'timed out'}"}
+        failed = self.install_wheels(budget, figures)
+        if failed:
+            return failed
         rc, _ = self.run_bounded([sys.executable, "-m", "pip", "install", "--no-index", "--no-deps",
                                   "--no-build-isolation", "-e", ROOT], deadline - time.monotonic(), log)
         if rc != 0:
@@ -552,13 +563,20 @@ class Runner:
                  f"{self.total_s:.0f} s, scratch {self.scratch}")
         results = []
         for stage in STAGES:
-            budget = DRY_BUDGET_S if self.dry else stage.budget_s
+            budget = self.budgets.get(stage.name, DRY_BUDGET_S if self.dry else stage.budget_s)
             if self.stage_s is not None:
                 budget = min(budget, self.stage_s)
             entry: dict[str, Any] = {"name": stage.name, "what": stage.what, "budget_s": budget}
             left = self.left() - RESERVE_S
             if self.only is not None and stage.name not in self.only:
                 entry.update(status="skipped", reason="not in --only", seconds=0.0)
+                if stage.name == "install" and self.wheels and not self.dry:
+                    # the wheels live in this run's scratch folder: the stages need them even when the
+                    # editable install is kept from an earlier run on the same machine
+                    figures: dict[str, Any] = {}
+                    failed = self.install_wheels(budget, figures)
+                    entry.update(figures=figures, reason="not in --only (the carried wheels were installed: "
+                                 + ("failed: " + failed["reason"] if failed else "ok") + ")")
             elif self.dry and stage.dry_skip:
                 entry.update(status="skipped", reason=stage.dry_skip, seconds=0.0)
             elif left < MIN_STAGE_S:
@@ -817,6 +835,8 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"stop starting stages after this many seconds (default {DEFAULT_TOTAL_S:.0f}; dry run "
                         f"{DRY_TOTAL_S:.0f})")
     p.add_argument("--only", default=None, metavar="STAGE,...", help="run only these stages (the rest: skipped)")
+    p.add_argument("--budgets", default=None, metavar="STAGE=S,...",
+                   help="set these stages' budgets in seconds (e.g. install=300 on a slow build host)")
     p.add_argument("--stage-s", type=float, default=None, metavar="S",
                    help="cap every stage's budget at S seconds (tests of the timeout path; a quick partial run)")
     p.add_argument("--stage", default=None, help=argparse.SUPPRESS)  # child process: run one stage
@@ -848,7 +868,20 @@ def main(argv: list[str] | None = None) -> int:
     total = a.total_s if a.total_s is not None else (DRY_TOTAL_S if a.dry_run else DEFAULT_TOTAL_S)
     if a.stage_s is not None and a.stage_s <= 0:
         p.error(f"--stage-s must be > 0, got {a.stage_s}")
-    summary = Runner(a.out_dir, a.dry_run, a.wheels, total, only, a.stage_s).run()
+    budgets: dict[str, float] = {}
+    for item in (a.budgets or "").split(","):
+        if not item.strip():
+            continue
+        name, _, secs = item.partition("=")
+        try:
+            value = float(secs)
+        except ValueError:
+            value = -1.0
+        if name.strip() not in STAGE_NAMES or value <= 0:
+            p.error(f"--budgets takes STAGE=SECONDS with a stage of {', '.join(STAGE_NAMES)} and seconds > 0, "
+                    f"got {item!r}")
+        budgets[name.strip()] = value
+    summary = Runner(a.out_dir, a.dry_run, a.wheels, total, only, a.stage_s, budgets).run()
     return 0 if summary["ok"] else 1
 
 

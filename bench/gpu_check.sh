@@ -3,7 +3,7 @@
 # every GPU path and the headline benches, each stage with its own time budget, and pack the results into
 # at most 4 files under OUT_DIR (summary.json, gpu_check.log, records.tar.gz, plots.tar.gz).
 #
-#   bash bench/gpu_check.sh OUT_DIR [--wheels DIR] [--dry-run] [--total-s S] [--only STAGE,...] [--stage-s S]
+#   bash bench/gpu_check.sh OUT_DIR [--wheels DIR] [--dry-run] [--total-s S] [--only STAGE,...] [--budgets STAGE=S,...] [--stage-s S]
 #
 # --wheels DIR  wheels carried with the tree (make gpu-wheels); each one whose distribution the machine
 #               lacks is installed (pip --no-index --no-deps), the others are left alone.

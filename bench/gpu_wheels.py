@@ -136,7 +136,10 @@ def fetch(name: str, version: str | None, dest: str, work: str) -> tuple[str | N
     os.makedirs(src, exist_ok=True)
     p = _pip("download", "--no-deps", "--no-binary=:all:", "--no-build-isolation", "-d", src, spec)
     if p.returncode != 0 or not os.listdir(src):
-        return None, f"no wheel for CPython {PYTHON} manylinux x86_64 and no source to build ({_last(p)})"
+        return None, (f"no wheel for CPython {PYTHON} manylinux x86_64, and its source distribution could not be "
+                      f"prepared with {sys.executable} ({_last(p)}); preparing one may need packages this "
+                      "interpreter lacks (sam2's setup imports torch): run it with the project's venv, as "
+                      "make gpu-wheels does")
     built = os.path.join(work, "built-" + norm(name))
     env = {**os.environ, "SAM2_BUILD_CUDA": "0"}  # sam2: its optional CUDA extension is skipped (runs without it)
     p = _pip("wheel", "--no-deps", "--no-build-isolation", "-w", built, os.path.join(src, os.listdir(src)[0]), env=env)

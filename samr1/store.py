@@ -570,6 +570,9 @@ class EmbeddingStore:
         self.writable = writable
         self._writer_lock = lock
         self._keys: dict[str, int] = dict(meta["keys"])
+        self._order: list[str] = [""] * len(self._keys)  # the key of each row (a flush logs rows by number)
+        for key, row in self._keys.items():
+            self._order[row] = key
         self._sizes: list[tuple[int, int]] = list(meta["input_sizes"])
         self._rows: int = meta["rows"]
         self._row_values = sum(math.prod(s) for _, s in self.layout)
@@ -929,6 +932,7 @@ class EmbeddingStore:
                 self._mm[self._rows] = emb
                 self._digests.append(row_digest(self.hash, key, size, emb))
                 self._sizes.append(size)
+                self._order.append(key)
                 # the key is published last: a reader thread that sees it finds the row and its size
                 self._keys[key] = self._rows
                 self._rows += 1
@@ -949,9 +953,8 @@ class EmbeddingStore:
             if self._mm is not None:
                 self._mm.flush()
             new = range(self._committed, self._rows)
-            if new:
-                by_row = {row: key for key, row in self._keys.items() if row >= self._committed}
-                lines = "".join(json.dumps([r, by_row[r], *self._sizes[r], self._digests[r]]) + "\n" for r in new)
+            if new:  # cost proportional to the new rows only, not to the store
+                lines = "".join(json.dumps([r, self._order[r], *self._sizes[r], self._digests[r]]) + "\n" for r in new)
                 self._append_log(lines.encode("utf-8", "surrogatepass"))
                 self._committed = self._rows
             if self._rewrite_index or self._committed - self._snapshot_rows >= max(1, self._snapshot_rows):
@@ -971,7 +974,7 @@ class EmbeddingStore:
         meta = {"format": _FORMAT, "model_id": self.model_id, "encoder": self.encoder, "kind": self.kind,
                 "layout": [[name, list(s)] for name, s in self.layout], "shape": list(self.shape), "dtype": "float16",
                 "frame": self.frame, "hash": self.hash, "rows": self._committed,
-                "keys": {k: r for k, r in self._keys.items() if r < self._committed},
+                "keys": {k: r for r, k in enumerate(self._order[:self._committed])},
                 "input_sizes": [list(s) for s in self._sizes[:self._committed]],
                 "digests": self._digests[:self._committed]}
         atomic_write_json(self.path / _INDEX, meta)

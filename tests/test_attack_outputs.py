@@ -33,7 +33,8 @@ def _train(world, out, *extra, data=None):
 
     return main(["train", "--model", world["policy"], "--data", str(data or world["manifest"]), "--sam",
                  "tiny-shapes", "--device", "cpu", "--max-steps", "1", "--num-generations", "2",
-                 "--max-completion-length", "8", "--output-dir", str(out), "--no-progress", *extra])
+                 "--max-completion-length", "8", "--output-dir", str(out), "--policy-image-size", "56", "--no-progress",
+                 *extra])
 
 
 def _tree(folder) -> dict[str, bytes | None]:
@@ -111,7 +112,7 @@ def test_a_dataset_smaller_than_one_generation_round_is_refused(world, tmp_path,
     data = world["three"] if per_round > 3 else write_scene_manifest(tmp_path / "d", per_round - 1, size=(40, 56))
     args = ["train", "--model", world["policy"], "--data", str(data), "--sam", "tiny-shapes", "--device", "cpu",
             "--max-steps", "1", "--num-generations", str(g), "--per-device-train-batch-size", str(batch),
-            "--output-dir", str(tmp_path / "run"), "--no-progress"]
+            "--output-dir", str(tmp_path / "run"), "--policy-image-size", "56", "--no-progress"]
     if spg:
         args += ["--steps-per-generation", str(spg)]
     assert main(args) == 3

@@ -33,10 +33,6 @@ PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 MARKDOWN = [p for p in sorted(ROOT.rglob("*.md"))
             if not any(part.startswith(".") or part in ("build", "node_modules") for part in p.relative_to(ROOT).parts)]
 
-# Topic pages that other work writes and the docs map already links. A link to one of them that does not
-# exist yet is skipped with this reason instead of failing; once the page exists it is checked like any file.
-PAGES_WRITTEN_ELSEWHERE = {"docs/rewards.md", "docs/limits.md", "docs/pages.md", "docs/gpu.md", "docs/learning.md"}
-
 FENCE = re.compile(r"^ {0,3}(```+|~~~+)\s*([\w+-]*)")
 MARKER = re.compile(r"^\s*<!--\s*example:(.*?)-->\s*$")
 REPLACE = re.compile(r"^replace\s+`(.+)`\s+with\s+`(.+)`$")
@@ -321,10 +317,9 @@ def links(md: Path) -> list[tuple[int, str]]:
     return out
 
 
-def broken_links(md: Path, root: Path = ROOT) -> tuple[list[str], list[str]]:
-    """``(broken, pending)`` relative links of ``md``: a missing file or anchor, and missing pages that other
-    work writes (:data:`PAGES_WRITTEN_ELSEWHERE`)."""
-    broken, pending = [], []
+def broken_links(md: Path, root: Path = ROOT) -> list[str]:
+    """The relative links of ``md`` that name a missing file, or a heading its Markdown file does not have."""
+    broken = []
     for n, target in links(md):
         if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I):  # http:, https:, mailto:, ...
             continue
@@ -332,19 +327,16 @@ def broken_links(md: Path, root: Path = ROOT) -> tuple[list[str], list[str]]:
         dest = (md.parent / path).resolve() if path else md
         where = f"{md.relative_to(root)}:{n}: {target}"
         if not dest.exists():
-            rel = dest.relative_to(root).as_posix() if dest.is_relative_to(root) else str(dest)
-            (pending if rel in PAGES_WRITTEN_ELSEWHERE else broken).append(where)
+            broken.append(where)
         elif anchor and dest.suffix == ".md" and anchor not in anchors(dest):
             broken.append(f"{where} (no heading #{anchor} in {dest.name})")
-    return broken, pending
+    return broken
 
 
 @pytest.mark.parametrize("md", MARKDOWN, ids=[str(p.relative_to(ROOT)) for p in MARKDOWN])
 def test_links_to_repository_files_resolve(md):
-    broken, pending = broken_links(md)
+    broken = broken_links(md)
     assert not broken, "broken links:\n" + "\n".join(broken)
-    if pending:
-        pytest.skip("links to pages written elsewhere, not here yet: " + ", ".join(pending))
 
 
 def test_the_link_checker_can_fail(tmp_path):
@@ -353,11 +345,10 @@ def test_the_link_checker_can_fail(tmp_path):
     page = tmp_path / "README.md"
     page.write_text("[ok](docs/a.md) [anchor](docs/a.md#title-here) [web](https://example.org/x)\n"
                     "[gone](docs/missing.md) [bad anchor](docs/a.md#nope) `[code](not/a/link.md)`\n"
-                    "![img](docs/images/none.png) [later](docs/gpu.md)\n```\n[in code](x.md)\n```\n")
-    broken, pending = broken_links(page, root=tmp_path)
+                    "![img](docs/images/none.png)\n```\n[in code](x.md)\n```\n")
+    broken = broken_links(page, root=tmp_path)
     assert [b.split(": ", 1)[1] for b in broken] == ["docs/missing.md", "docs/a.md#nope (no heading #nope in a.md)",
                                                      "docs/images/none.png"]
-    assert pending == ["README.md:3: docs/gpu.md"]
 
 
 # ------------------------------------------------------------------------------------------ the exit-code table

@@ -262,9 +262,9 @@ def test_config_defaults_yaml_and_flags(tmp_path):
             c.policy_image_size, c.max_completion_length) == (8, "dapo", 0.2, 0.3, 5e-3, 1e-6, 1.0, 840, 1024)
     (tmp_path / "train.yaml").write_text("model: m\ndata: d.jsonl\nbeta: 0.01\nnum_generations: 4\n"
                                          "components: [think, answer, mask_iou]\n")
-    args = build_parser().parse_args(["train", "--config", str(tmp_path / "train.yaml"), "--num-generations", "6"])
+    args = build_parser().parse_args(["train", "--config", str(tmp_path / "train.yaml"), "--num-generations", "2"])
     cfg = config_from_args(args).validate()
-    assert cfg.beta == 0.01 and cfg.num_generations == 6 and cfg.model == "m"  # flag beats file
+    assert cfg.beta == 0.01 and cfg.num_generations == 2 and cfg.model == "m"  # flag beats file
     assert cfg.components == ["think", "answer", "mask_iou"] and cfg.epsilon_high == 0.3
     (tmp_path / "bad.yaml").write_text("num-generations: 4\n")
     with pytest.raises(ConfigError, match="unknown keys"):

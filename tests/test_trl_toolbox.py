@@ -91,7 +91,8 @@ def test_batch_rule_raised_before_anything_loads(tmp_path, capsys):
     from samr1.cli import main
 
     code = main(["train", "--model", str(tmp_path), "--data", str(tmp_path / "absent.jsonl"),
-                 "--per-device-train-batch-size", "3", "--num-generations", "2", "--output-dir", str(tmp_path / "o")])
+                 "--per-device-train-batch-size", "3", "--num-generations", "2", "--sam", "tiny-shapes",
+                 "--output-dir", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert "--per-device-train-batch-size 4" in err and "absent.jsonl" not in err
@@ -105,7 +106,7 @@ def test_a_logger_not_installed_is_one_line_with_the_install_command(tmp_path, c
     missing = next(n for n in ("mlflow", "wandb", "comet_ml", "neptune", "clearml")
                    if n not in iu.get_available_reporting_integrations())
     code = main(["train", "--model", str(tmp_path), "--data", str(tmp_path / "absent.jsonl"),
-                 "--report-to", "tensorboard", missing, "--output-dir", str(tmp_path / "o")])
+                 "--report-to", "tensorboard", missing, "--sam", "tiny-shapes", "--output-dir", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and f"pip install {missing}" in err, err
     assert "absent.jsonl" not in err  # raised before the data loads
@@ -246,7 +247,7 @@ def test_lora_adapter_trains_and_base_stays(run):
     # lora_B starts at 0 and only a policy gradient moves it (weight decay alone keeps 0 at 0)
     moved = [n for n in lora if "lora_B" in n and not p.begin[n].equal(p.end[n])]
     assert moved, "no LoRA B weight moved: the adapter got no gradient"
-    assert run["summary"]["components"]["think_format"] > 0  # the warm start made some answers earn it
+    assert run["summary"]["reward_first"] > 0  # the warm start made some first-step answers earn the format reward
     assert all(p.begin[n].equal(p.end[n]) for n in p.begin if "lora_" not in n)  # base weights untouched
     final = run["out"] / "final"
     assert (final / "adapter_config.json").exists() and (final / "adapter_model.safetensors").exists()
@@ -316,7 +317,7 @@ def test_model_card_names_the_reward_sam_and_quick_start(run):
     for folder in (run["out"], run["out"] / "final", run["out"] / "merged"):
         text = (folder / "README.md").read_text()
         assert "fine-tuned version of None" not in text
-        for needle in ("tiny-shapes", "tiered mask IoU", "think, answer, iou", "samr1 segment --model",
+        for needle in ("tiny-shapes", "preset samr1", "think, answer, iou", "samr1 segment --model",
                        "Held-out evaluation", "| steps | 2", "pixels of the 56 x 56", "seg-zero", run["policy"]):
             assert needle in text, (folder, needle)
     assert "library_name: peft" in (run["out"] / "final" / "README.md").read_text()

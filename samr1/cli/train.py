@@ -114,8 +114,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         elif f.name == "sam_checkpoint":
             kw["help"] = SAM_CHECKPOINT_HELP
         elif f.name == "components":  # comma-separated, as in `samr1 serve` (see samr1.cli.split_components)
-            shown = ",".join(default) if default else "the --reward-preset's own"
-            kw.update(nargs=None, type=str, metavar=COMPONENTS_METAVAR, help=f"{COMPONENTS_HELP} (default: {shown})")
+            kw.update(nargs=None, type=str, metavar=COMPONENTS_METAVAR,
+                      help=f"{COMPONENTS_HELP} (default: the --reward-preset's: samr1 think,answer,iou)"
+                      if default is None else f"{COMPONENTS_HELP} (default: {','.join(default)})")
         p.add_argument(flag, **kw)
     p.add_argument("--overwrite", action="store_true",
                    help="train into a non-empty --output-dir: first remove the previous run's checkpoints, final/, "

@@ -44,6 +44,7 @@ try:
     from fastapi.responses import JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
     from starlette.datastructures import UploadFile
+    from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.requests import ClientDisconnect
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError("samr1 serve needs FastAPI, uvicorn and python-multipart: pip install 'samr1[serve]'") from exc
@@ -435,6 +436,12 @@ def create_app(engine: Any = None, *, reward: Any = None, segmenter: Any = None,
     @app.exception_handler(_HTTPError)
     async def _http_error(request: Request, exc: _HTTPError) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _routing_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        # no such route / method: the same {"error": ...} body as every other 4xx of this server
+        return JSONResponse({"error": f"{request.method} {request.url.path}: {exc.detail}"},
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(_BodyTooLarge)
     async def _too_large(request: Request, exc: _BodyTooLarge) -> JSONResponse:

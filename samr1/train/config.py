@@ -325,7 +325,7 @@ class TrainConfig:
              "a list of module names, e.g. [q_proj, v_proj], or [all-linear]")
         need(not self.merge_adapter or self.use_peft, "merge_adapter", "only with --use-peft (a full policy is "
              "already a plain policy folder)")
-        check_grpo_overrides(self.grpo, components=len(self.reward_config().components))
+        check_grpo_overrides(self.grpo, components=len(self.reward_config().components))  # the preset's when None
         need(self.steps_per_generation is None or "generation_batch_size" not in self.grpo, "steps_per_generation",
              "give either --steps-per-generation or grpo.generation_batch_size, not both (TRL derives one from "
              "the other)")

@@ -23,7 +23,7 @@ import time
 import warnings
 from typing import Any
 
-from samr1 import jsonout
+import samr1.jsonout as jsonout
 from samr1.train.config import ConfigError, TrainConfig
 from samr1.train.grpo_args import batch_error
 

@@ -140,7 +140,6 @@ def run_card_info(cfg: Any, *, kind: str, steps: int, train_seconds: float | Non
     from samr1.train.prompts import TEMPLATES
 
     rcfg = cfg.reward_config()
-    default = tuple(rcfg.components) == ("think", "answer", "iou") and not cfg.reward_options
     arch = None
     try:
         with open(os.path.join(cfg.model, "config.json"), encoding="utf-8") as f:
@@ -157,7 +156,8 @@ def run_card_info(cfg: Any, *, kind: str, steps: int, train_seconds: float | Non
         "kind": kind, "base_model": os.path.abspath(cfg.model) if os.path.isdir(cfg.model) else cfg.model,
         "architecture": arch, "samr1_version": samr1.__version__, "samr1_commit": git_commit(),
         "reward": {"components": list(rcfg.components), "tiers": [list(t) for t in rcfg.tiers],
-                   "preset": "SAM-R1 (think + answer format + tiered mask IoU)" if default else "custom",
+                   "preset": f"preset {cfg.reward_preset}" + ("" if cfg.components is None else
+                                                               " with the components chosen by --components"),
                    "options": dict(cfg.reward_options) or None},
         "sam": {"kind": cfg.sam, "checkpoint": cfg.sam_checkpoint, "digest": sam_checkpoint_digest(cfg.sam_checkpoint)},
         "data": {"path": cfg.data, "format": cfg.data_format, "rows": rows},

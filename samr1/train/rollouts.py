@@ -126,7 +126,7 @@ class RolloutLog:
             ``model_size`` / ``require_points`` / ``multi_object`` parse the answers exactly as it did.
         groups: prompts logged per logged step (their G completions each).
         max_bytes: budget of the folder (JSONL + images).
-        query_of: ``row_id -> query text`` (the driver passes the dataset's); without it the prompt's text is used.
+        query_of: ``row_id -> query text`` (the driver passes the dataset's); without it ``query`` is null.
         rank: this process's rank, recorded in each line.
     """
 
@@ -148,7 +148,7 @@ class RolloutLog:
         self.query_of = query_of
         self.rank = rank
         self.stats = {"steps_logged": 0, "groups_logged": 0, "groups_skipped": 0, "images_written": 0,
-                      "bytes_written": 0, "seconds_in_step": 0.0}
+                      "bytes_written": 0, "seconds_in_step": 0.0, "writer_cpu_s": 0.0}
         self.stopped: str | None = None  # why the log stopped (budget, a write error), None while it runs
         self._last_step: int | None = None
         self._opened = False
@@ -170,7 +170,8 @@ class RolloutLog:
         """Called with every scored batch: ``completions`` (B x G, TRL's order: a prompt's G copies together),
         the reward's keyword columns (``trainer_state``, ``row_id``, the image and mask columns), the component
         names and their values (one list per component, parallel to ``completions``). Logs it when
-        :meth:`wants` the step; returns at once otherwise. Never raises (a failure is warned about once)."""
+        :meth:`wants` the step (``trainer_state.global_step``; a batch without it counts as step 0); returns at
+        once otherwise. Never raises (a failure is warned about once and stops the log)."""
         state = columns.get("trainer_state")
         gs = int(getattr(state, "global_step", 0) or 0)
         if not self.wants(gs):
@@ -204,7 +205,8 @@ class RolloutLog:
     def _observe(self, gs: int, completions: list[Any], columns: dict[str, Any], names: list[str],
                  values: list[list[float]]) -> None:
         from samr1.answer import parse_answer
-        from samr1.io import InputError, load_image, load_mask
+        from samr1.io import InputError, load_image
+        from samr1.rewards.truth import load_instances
 
         n = len(completions)
         images_col = columns.get(self.reward.image_key)
@@ -218,7 +220,10 @@ class RolloutLog:
             first = rows[0]
             try:
                 image = load_image(_first_image(images_col[first]), field=self.reward.image_key)
-                gt = load_mask(masks_col[first], field=self.reward.mask_key, expected_size=image.shape[:2])
+                # one mask or a row's list of instances (their union is what the mask rewards score)
+                gt, _ = load_instances(masks_col[first], field=self.reward.mask_key, expected_size=image.shape[:2])
+                if gt is None:  # no instance: an empty target
+                    gt = np.zeros(image.shape[:2], bool)
             except InputError:
                 # the reward has warned about this row and scored its mask rewards 0; the log skips it
                 self.stats["groups_skipped"] += 1
@@ -259,10 +264,14 @@ class RolloutLog:
                 if item is None:
                     return
                 if self.stopped is None:
+                    t0 = time.thread_time()
                     try:
                         self._write_step(*item)
                     except Exception as exc:  # noqa: BLE001 - a full disk must not end the training run
                         self._stop(f"writing rollouts to {self.directory} failed: {type(exc).__name__}: {exc}")
+                    # this thread's CPU time (SAM decode, encodings, writes): what the log costs besides the
+                    # reward call, whether or not a free core hides it from the step's wall clock
+                    self.stats["writer_cpu_s"] += time.thread_time() - t0
             finally:
                 self._queue.task_done()
 
