@@ -148,7 +148,7 @@ class RolloutLog:
         self.query_of = query_of
         self.rank = rank
         self.stats = {"steps_logged": 0, "groups_logged": 0, "groups_skipped": 0, "images_written": 0,
-                      "bytes_written": 0, "seconds_in_step": 0.0, "writer_cpu_s": 0.0}
+                      "bytes_written": 0, "seconds_in_step": 0.0, "writer_busy_s": 0.0}
         self.stopped: str | None = None  # why the log stopped (budget, a write error), None while it runs
         self._last_step: int | None = None
         self._opened = False
@@ -264,14 +264,16 @@ class RolloutLog:
                 if item is None:
                     return
                 if self.stopped is None:
-                    t0 = time.thread_time()
+                    t0 = time.perf_counter()
                     try:
                         self._write_step(*item)
                     except Exception as exc:  # noqa: BLE001 - a full disk must not end the training run
                         self._stop(f"writing rollouts to {self.directory} failed: {type(exc).__name__}: {exc}")
-                    # this thread's CPU time (SAM decode, encodings, writes): what the log costs besides the
-                    # reward call, whether or not a free core hides it from the step's wall clock
-                    self.stats["writer_cpu_s"] += time.thread_time() - t0
+                    # how long the writer was busy (SAM decode, on the decoder's worker threads, encodings,
+                    # writes): an upper bound of the work the log adds beside the reward call, whether or not a
+                    # free core hides it from the step's wall clock (thread CPU time would miss the decoder's
+                    # worker threads)
+                    self.stats["writer_busy_s"] += time.perf_counter() - t0
             finally:
                 self._queue.task_done()
 
