@@ -90,9 +90,8 @@ def test_batch_rule_raised_before_anything_loads(tmp_path, capsys):
     """A G that does not divide the round fails in samr1's flags, before the (missing) data is read."""
     from samr1.cli import main
 
-    code = main(["train", "--model", str(tmp_path), "--data", str(tmp_path / "absent.jsonl"),
-                 "--per-device-train-batch-size", "3", "--num-generations", "2", "--sam", "tiny-shapes",
-                 "--output-dir", str(tmp_path / "o")])
+    code = main(["train", "--model", str(tmp_path), "--data", str(tmp_path / "absent.jsonl"), "--sam", "tiny-shapes",
+                 "--per-device-train-batch-size", "3", "--num-generations", "2", "--output-dir", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1, err
     assert "--per-device-train-batch-size 4" in err and "absent.jsonl" not in err
@@ -105,8 +104,8 @@ def test_a_logger_not_installed_is_one_line_with_the_install_command(tmp_path, c
 
     missing = next(n for n in ("mlflow", "wandb", "comet_ml", "neptune", "clearml")
                    if n not in iu.get_available_reporting_integrations())
-    code = main(["train", "--model", str(tmp_path), "--data", str(tmp_path / "absent.jsonl"),
-                 "--report-to", "tensorboard", missing, "--sam", "tiny-shapes", "--output-dir", str(tmp_path / "o")])
+    code = main(["train", "--model", str(tmp_path), "--data", str(tmp_path / "absent.jsonl"), "--sam", "tiny-shapes",
+                 "--report-to", "tensorboard", missing, "--output-dir", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and f"pip install {missing}" in err, err
     assert "absent.jsonl" not in err  # raised before the data loads
