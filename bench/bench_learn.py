@@ -108,7 +108,7 @@ def _arm_spec(s: LearnSettings, arm: str, warm: str, train_manifest: str, heldou
                 max_completion_length=s.max_new_tokens, max_steps=s.grpo_steps, learning_rate=s.grpo_lr,
                 beta=s.beta, temperature=1.0, seed=seed, save_steps=max(1, s.grpo_steps), save_total_limit=1,
                 eval_data=heldout, eval_steps=s.eval_every, eval_batch_size=s.eval_batch, output_dir=out_dir,
-                progress=False,
+                progress=False, log_completions=False,  # a table per step would cost time and disk here
                 # TRL's own logging: the same run shows up in TensorBoard (<arm>/runs) where it is installed
                 report_to=["tensorboard"] if importlib.util.find_spec("tensorboard") else ["none"])
 
