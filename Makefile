@@ -13,7 +13,7 @@ EXTRAS ?= dev,onnx,sam2
 # sam2 is a source distribution; its optional CUDA extension is skipped (SAM 2 runs without it).
 export SAM2_BUILD_CUDA ?= 0
 
-.PHONY: install demo test test-fast bench lint clean
+.PHONY: install demo test test-fast bench lint clean gpu-wheels
 
 install: $(STAMP)
 
@@ -39,6 +39,13 @@ bench: install
 
 lint: install
 	$(PY) -m ruff check samr1 kernels tests bench
+
+# Wheels the lent GPU machines' image lacks (CPython 3.12, manylinux x86_64), carried with the tree to
+# bench/gpu_check.sh --wheels $(GPU_WHEELS) (docs/gpu.md). Needs a package index, and the venv: sam2 ships
+# only a source distribution, whose build imports torch.
+GPU_WHEELS ?= gpu_wheels
+gpu-wheels: install
+	$(PY) bench/gpu_wheels.py --out $(GPU_WHEELS) --max-mib 40
 
 clean:
 	rm -rf build *.egg-info samr1/_C*.so $(VENV)

@@ -143,7 +143,7 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
     n_images, repeats, g = (2, 1, 2) if smoke else (4, 2, G) if quick else (16, 3, G)
     if is_sam2_kind(sam_kind):
         return run_sam2(sam_kind, device, counts, n_images, repeats, g, smoke=smoke, out=out, plot=plot)
-    sam = load_sam(sam_kind, device=device)
+    sam = load_sam(sam_kind, device=device, warn_random=False)
     frame = sam.image_encoder.img_size
     preds, images, gts, prompts = _scenes_set(n_images, g, lambda: SamPredictor(sam))
     sizes = [img.shape[:2] for img in images]
@@ -259,7 +259,7 @@ def run_sam2(sam_kind: str, device: str, counts: list[int], n_images: int, repea
     dev = torch.device(device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # random weights: agreement and speed only
-        sam = load_sam(sam_kind, device=device)
+        sam = load_sam(sam_kind, device=device, warn_random=False)
     engine = Sam2Engine(sam, device=device)
     preds, images, masks, prompts = _scenes_set(n_images, g, lambda: SAM2ImagePredictor(sam))
     answers = [Answer(ok=True, bbox=tuple(box), points=[tuple(q) for q in pts], labels=[1] * len(pts))

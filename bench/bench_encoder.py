@@ -29,6 +29,7 @@ import statistics
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -135,6 +136,15 @@ def _masks_sam2(sam, feats: list[torch.Tensor], images, boxes) -> list[np.ndarra
     return out
 
 
+def backend_spec(backend: str, opts: dict) -> str:
+    """A backend of :func:`_backends` by name, as reward-step's ``--encoder`` spells it: "torch",
+    "torch-bf16", "torch-bf16-compiled", "onnx", "tensorrt" (a dtype only when one is set)."""
+    name = backend
+    if opts.get("dtype"):
+        name += "-" + {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}[opts["dtype"]]
+    return name + ("-compiled" if opts.get("compile") else "")
+
+
 def _backends(device: str, cache_dir: str) -> list[tuple[str, dict]]:
     from samr1.sam.encoder import tensorrt_available
 
@@ -157,7 +167,7 @@ def _backends(device: str, cache_dir: str) -> list[tuple[str, dict]]:
 
 def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_kind: str = "tiny",
         batches: list[int] | None = None, repeats: int | None = None, cache_dir: str | None = None,
-        smoke: bool = False, plot: bool = True) -> list[dict]:
+        smoke: bool = False, plot: bool = True, backends: Sequence[str] | None = None) -> list[dict]:
     """Benchmark every available backend; returns one row per (backend, batch) plus a preprocessing row.
 
     Args:
@@ -171,6 +181,9 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
         repeats: timed repeats per point (default 3; 1 when quick or vit_* on CPU).
         cache_dir: artefact cache root (default: a temporary folder, so the export time is measured fresh).
         plot: with ``out``, also write ``out/encoder.png`` (ms/img per backend and batch).
+        backends: only these of the available backends, by :func:`backend_spec` name ("torch",
+            "torch-bf16", "torch-bf16-compiled", "onnx", "tensorrt"; default: all). The first one timed is the
+            fp32 reference, so "torch" must be among them.
 
     Backend rows carry ``rel_err_vs_fp32`` with its tolerance ``rel_err_tol`` and ``within_tol``.
     """
@@ -178,6 +191,8 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
     from samr1.sam.encoder import image_encoder_flops, make_encoder
     from samr1.sam.sam2_build import is_sam2_kind
 
+    if backends is not None and "torch" not in backends:
+        raise ValueError(f"backends must include 'torch' (the fp32 reference), got {list(backends)}")
     sam2 = is_sam2_kind(sam_kind)
     cpu = torch.device(device).type == "cpu"
     slow_cpu = cpu and sam_kind != "tiny" and not sam2  # Hiera-T: ~5 s per image here, worth a warm-up
@@ -188,7 +203,7 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
     warmup = 0 if (slow_cpu or smoke) else 1  # an 18 s call has no start-up effect worth another 18 s
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # random-weight warning for vit_*: expected here
-        sam = load_sam(sam_kind, device=device)
+        sam = load_sam(sam_kind, device=device, warn_random=False)
     from samr1.sam.sam2_encoder import OUTPUT_NAMES, make_sam2_encoder
 
     make = make_sam2_encoder if sam2 else make_encoder
@@ -207,6 +222,8 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
     prep_enc = None
     try:
         for backend, opts in _backends(device, cache_dir):
+            if backends is not None and backend_spec(backend, opts) not in backends:
+                continue
             t0 = time.perf_counter()
             enc = make(sam, backend=backend, device=device, max_batch=max(batches), **opts)
             setup_s = time.perf_counter() - t0

@@ -71,7 +71,7 @@ def pipeline_rows(model_path: str | None, sam_kind: str, device: str, repeats: i
         model_path = build_tiny_policy(tmp.name)
     model = AutoModelForImageTextToText.from_pretrained(model_path).to(device)
     processor = AutoProcessor.from_pretrained(model_path)
-    sam = load_sam(sam_kind, device=device)
+    sam = load_sam(sam_kind, device=device, warn_random=False)
     scenes = _scene_set(repeats + warmup, seed=100)
     rows = []
     masks: dict[bool, list] = {}
@@ -108,7 +108,7 @@ def server_rows(sam_kind: str, device: str, clients: list[int], per_client: int,
     from samr1.sam import load_sam
     from samr1.serve import ServerThread, create_app
 
-    engine = SamEngine(load_sam(sam_kind, device=device))
+    engine = SamEngine(load_sam(sam_kind, device=device, warn_random=False))
     scenes = _scene_set(n_images, seed=200)
     boxes = []
     for _, m in scenes:

@@ -29,11 +29,13 @@ records, never a gain or a time).
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -106,7 +108,9 @@ def _arm_spec(s: LearnSettings, arm: str, warm: str, train_manifest: str, heldou
                 max_completion_length=s.max_new_tokens, max_steps=s.grpo_steps, learning_rate=s.grpo_lr,
                 beta=s.beta, temperature=1.0, seed=seed, save_steps=max(1, s.grpo_steps), save_total_limit=1,
                 eval_data=heldout, eval_steps=s.eval_every, eval_batch_size=s.eval_batch, output_dir=out_dir,
-                progress=False)
+                progress=False, log_completions=False,  # a table per step would cost time and disk here
+                # TRL's own logging: the same run shows up in TensorBoard (<arm>/runs) where it is installed
+                report_to=["tensorboard"] if importlib.util.find_spec("tensorboard") else ["none"])
 
 
 # ------------------------------------------------------------------------------------------- warm start
@@ -212,6 +216,20 @@ def _arm_summary(records: list[dict[str, Any]], arm_dir: str) -> dict[str, Any]:
             "final_dir": os.path.join(arm_dir, "final"), "steps": last["step"]}
 
 
+def markdown_table(summary: dict[str, Any]) -> str:
+    """The summary as a Markdown table: one row per seed, mode and arm (start, final, gain, best, parse)."""
+    lines = ["| mode | seed | arm | warm-start steps | held-out gIoU start | final | gain | cIoU start -> final | "
+             "parse start -> final | best gIoU (step) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for key, run in summary["runs"].items():
+        seed, mode = key.split("/")
+        for arm, a in run["arms"].items():
+            lines.append(f"| {mode} | {seed[4:]} | {arm} | {run['warm']['steps']} | {a['start']['giou']:.3f} | "
+                         f"{a['final']['giou']:.3f} | {a['gain_giou']:+.3f} | {a['start']['ciou']:.3f} -> "
+                         f"{a['final']['ciou']:.3f} | {a['start']['parse']:.3f} -> {a['final']['parse']:.3f} | "
+                         f"{a['best']['giou']:.3f} ({a['best']['step']}) |")
+    return "\n".join(lines)
+
+
 def plot(records: list[dict[str, Any]], path: str, title: str) -> str:
     """Held-out gIoU against GRPO step: one panel per scene mode, a colour per arm, a line style per seed."""
     import matplotlib
@@ -241,7 +259,7 @@ def plot(records: list[dict[str, Any]], path: str, title: str) -> str:
         ax.set_ylabel("held-out gIoU (greedy)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle("\n".join(textwrap.wrap(title, 48 * len(modes))), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -328,6 +346,7 @@ def run(quick: bool = False, smoke: bool = False, out: str | None = None, device
          f"tiny Qwen2.5-VL + GRPO on a {os.cpu_count()}-core CPU: samr1's SAM reward vs the box control")
     print(format_table(records, ["mode", "seed", "arm", "step", "heldout_giou", "heldout_ciou", "heldout_parse",
                                  "train_reward_mean", "frac_reward_zero_std", "reward_share"]))
+    print(markdown_table(summary))
     print(f"-> {out}/learn.jsonl, learn_summary.json, learn.png ({summary['total_seconds']:.0f} s)")
     if tmp is not None:
         tmp.cleanup()

@@ -37,7 +37,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from samr1.bench.harness import format_table, measure, write_records
+from samr1.bench.harness import copy_bandwidth, format_table, measure, write_records
 
 from samr1.geometry import resize_longest_side
 from samr1.ops import mask_iou_from_logits, mask_iou_reference, near_threshold_pixels, select_backend
@@ -76,14 +76,6 @@ def _near_px(logits: torch.Tensor, isz: tuple[int, int], size: tuple[int, int]) 
                for i in range(0, logits.shape[0], 16))
 
 
-def _bandwidth(device: str) -> float:
-    """Measured device-to-device copy bandwidth in bytes/s (read + write of a 256 MiB buffer)."""
-    src = torch.empty(64 * 2**20, dtype=torch.float32, device=device)
-    dst = torch.empty_like(src)
-    t = measure(lambda: dst.copy_(src), warmup=2, repeats=10, device=device)
-    return 2 * src.numel() * 4 / t.median
-
-
 def _with_cpu_time(fn, samples: list[float]):
     """Wrap ``fn`` to record the process CPU time of each call (all threads): on a shared CPU the wall
     time depends on the other processes, the CPU time much less."""
@@ -116,14 +108,36 @@ def _measure_reference(fn, device: str, smoke: bool = False) -> tuple[dict, floa
     return _measure(fn, device, warmup=0, repeats=15 if first < 0.1 else 3 if first < 2.0 else 1)
 
 
+# The reference materialises N x 1024 x 1024 and N x H x W float32 (plus bool masks): at N = 4096 and
+# 1080 x 1920 that is ~70 GB. Above this many bytes per call it runs over row chunks (the same counts; the
+# rows say ``ref_chunk``), as any caller with that many masks would.
+REF_BYTES = 8 * 2**30
+
+
+def reference_chunk(n: int, size: tuple[int, int], frame: int = 1024, budget: int = REF_BYTES) -> int:
+    """Masks per call of the reference at ``size``: all ``n``, or fewer so one call stays under ``budget``
+    bytes (frame + original-size float32 and the bool mask, counted three times for temporaries)."""
+    per_mask = 3 * (4 * frame * frame + 5 * size[0] * size[1])
+    return max(1, min(n, budget // per_mask))
+
+
+def _reference_chunked(logits, gt, isz, size, chunk: int):
+    if chunk >= logits.shape[0]:
+        return mask_iou_reference(logits, gt, isz, size)
+    parts = [mask_iou_reference(logits[i:i + chunk], gt, isz, size) for i in range(0, logits.shape[0], chunk)]
+    return tuple(torch.cat(p) for p in zip(*parts, strict=True))
+
+
 def run(quick: bool = False, out: str | None = None, device: str = "cpu", smoke: bool = False,
-        plot: bool = True) -> list[dict]:
+        plot: bool = True, cases: list[tuple[tuple[int, int], int]] | None = None) -> list[dict]:
     """Run the benchmark, print a table, append JSON lines to ``out/bench_mask_iou.jsonl``; return the rows.
 
     ``quick``: 3 cases; ``smoke``: 2 tiny cases (one odd size), one timed call each (agreement, not speed);
-    default: 480x640 and 1080x1920 x N in {1, 8, 64, 256}. With ``out`` (and ``plot``) also writes
+    default: 480x640 and 1080x1920 x N in {1, 8, 64, 256}; ``cases``: these ((H, W), N) instead (the
+    repeats of the full run). With ``out`` (and ``plot``) also writes
     ``out/mask_iou.png`` (time vs N, log-log). Rows: one per (size, N, backend) with ``median_s``,
-    ``speedup``, ``max_iou_err``, ``max_count_err`` and the tolerances ``iou_tol`` / ``count_tol``.
+    ``speedup``, ``max_iou_err``, ``max_count_err`` and the tolerances ``iou_tol`` / ``count_tol``; the
+    reference row's ``ref_chunk`` is the masks per reference call (:func:`reference_chunk`).
     """
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
@@ -131,21 +145,23 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", smoke:
     fast = select_backend("auto", dev)
     if fast == "torch":
         print(f"note: no fast path for {device} (C++ / Triton unavailable); only the reference is timed")
-    cases = SMOKE_CASES if smoke else QUICK_CASES if quick else [(s, n) for s in FULL_SIZES for n in FULL_NS]
-    bw = _bandwidth(device) if dev.type == "cuda" else None
+    if cases is None:
+        cases = SMOKE_CASES if smoke else QUICK_CASES if quick else [(s, n) for s in FULL_SIZES for n in FULL_NS]
+    bw = copy_bandwidth(device) if dev.type == "cuda" else None
     gen = torch.Generator().manual_seed(0)
     rows: list[dict] = []
     for size, n in cases:
         isz = resize_longest_side(*size, 1024)
         logits, gt = _inputs(n, size, device, gen)
-        ref = mask_iou_reference(logits, gt, isz, size)
-        t_ref, cpu_ref = _measure_reference(lambda x=logits, g=gt, i=isz, s=size: mask_iou_reference(x, g, i, s),
-                                            device, smoke)
+        chunk = reference_chunk(n, size)
+        ref = _reference_chunked(logits, gt, isz, size, chunk)
+        t_ref, cpu_ref = _measure_reference(
+            lambda x=logits, g=gt, i=isz, s=size, c=chunk: _reference_chunked(x, g, i, s, c), device, smoke)
         base = {"size": f"{size[0]}x{size[1]}", "N": n, "threads": torch.get_num_threads(),
                 "loadavg_1m": round(os.getloadavg()[0], 2), "iou_tol": IOU_TOL, "count_tol": count_tolerance(size),
                 "smoke": smoke}
         rows.append({**base, "backend": "torch (reference)", **t_ref, "speedup": 1.0, "cpu_s": cpu_ref,
-                     "cpu_speedup": 1.0, "max_iou_err": 0.0, "max_count_err": 0})
+                     "cpu_speedup": 1.0, "max_iou_err": 0.0, "max_count_err": 0, "ref_chunk": chunk})
         if fast == "torch":
             continue
         got = mask_iou_from_logits(logits, gt, isz, size, backend=fast)

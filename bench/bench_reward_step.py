@@ -158,7 +158,7 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
     g = g or (2 if smoke else 4 if quick else 8)
     repeats = repeats or (1 if (quick or smoke) else 3)
     warmup = 0 if smoke else 1
-    sam = load_sam(sam_kind, checkpoint=checkpoint, device=device)
+    sam = load_sam(sam_kind, checkpoint=checkpoint, device=device, warn_random=False)
     images, masks, completions = make_step(b, g, size=size or (480, 640))
     n = len(completions)
     n_distinct = len({id(im) for im in images})

@@ -177,7 +177,7 @@ def run_way(way: str, model: str, manifest: str, out_dir: str, *, steps: int, sa
                       output_dir=out_dir, save_steps=10_000, progress=False).validate()
     rows, _ = check_rows(load_rows(manifest))
     ds = PolicyDataset(rows, cfg.prompt, cfg.policy_image_size)
-    sam = load_sam(sam_kind, device=device)
+    sam = load_sam(sam_kind, device=device, warn_random=False)
     engine = None
     rollouts = None
     if way == "loop":

@@ -1,6 +1,6 @@
 """Shared benchmark harness: timing, environment capture, JSON-lines records, tables.
 
-Rules every bench follows (ARCHITECTURE.md, practice 5): warm-up runs are excluded; the statistic is the
+Rules every bench follows (docs/architecture.md, practice 5): warm-up runs are excluded; the statistic is the
 median of repeats (p20/p80 beside it); on CUDA the time comes from CUDA events after a synchronize; the
 reference and the fast path run in the SAME process and the ratio is printed with the accuracy.
 """
@@ -69,6 +69,15 @@ def measure(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 5, device:
             fn()
             samples.append(time.perf_counter() - t0)
     return Timing(statistics.median(samples), _quantile(samples, 0.2), _quantile(samples, 0.8), len(samples), samples)
+
+
+def copy_bandwidth(device: str | torch.device) -> float:
+    """Measured device-to-device copy bandwidth in bytes/s (read + write of a 256 MiB buffer): the floor of a
+    memory-bound op is the bytes it must move over this."""
+    src = torch.empty(64 * 2**20, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    t = measure(lambda: dst.copy_(src), warmup=2, repeats=10, device=device)
+    return 2 * src.numel() * 4 / t.median
 
 
 def cpu_model() -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+import numpy as np
 import torch
 from samr1.bench.harness import environment
 
@@ -169,6 +170,36 @@ def plot_mask_iou(rows: list[dict[str, Any]], out: str, device: str = "cpu") -> 
     return _save(fig, out, "mask_iou")
 
 
+def plot_prompt_pack(rows: list[dict[str, Any]], out: str, device: str = "cpu") -> str:
+    """Time per call vs N prompts (log-log), one line per backend; the speedup under each fast point."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for backend in dict.fromkeys(r["backend"] for r in rows):
+        pts = sorted((r["N"], r["median_s"], r.get("speedup", 1.0)) for r in rows if r["backend"] == backend)
+        ref = "reference" in backend
+        xs, ys, sp = zip(*pts, strict=True)
+        ax.plot(xs, ys, marker="o" if ref else "s", linestyle="--" if ref else "-", label=backend)
+        if not ref:
+            for x, y, s in zip(xs, ys, sp, strict=True):
+                ax.annotate(f"{s:.2g}x", (x, y), textcoords="offset points", xytext=(0, -13), ha="center", fontsize=8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ns = sorted({r["N"] for r in rows})
+    ax.set_xticks(ns)
+    ax.set_xticklabels([str(n) for n in ns])
+    from matplotlib.ticker import NullFormatter
+
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("N prompts per call (box + 0-3 points each)")
+    ax.set_ylabel("seconds per call (median, log)")
+    ax.set_title("prompt packing: torch reference vs Triton kernel\n(label under each fast point: speedup)")
+    ax.grid(True, which="major", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.suptitle(device_label(device, rows), fontsize=9, y=0.995)
+    fig.tight_layout()
+    return _save(fig, out, "prompt_pack")
+
+
 def _decode_short(path: str) -> str:
     return ("per-prompt predict\n+ numpy IoU (reference)" if "reference" in path else
             "decode_batch only" if "only" in path else "decode_batch + select_best\n+ fused IoU")
@@ -318,6 +349,111 @@ def plot_parse(rows: list[dict[str, Any]], out: str) -> str:
     return _save(fig, out, "parse")
 
 
+def plot_multi_object(rows: list[dict[str, Any]], out: str, device: str = "cpu") -> str:
+    """Step time of the single-object and the multi-object (visionreasoner) reward step, cold and warm, with
+    the SAM prompts each decodes and the ratio."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    temps = ["cold", "warm"]
+    for k, (step, colour) in enumerate((("single-object (samr1)", REF), ("multi-object (visionreasoner)", FAST))):
+        vals = [next((r for r in rows if r["step"] == step and r["cache"] == t), None) for t in temps]
+        xs = [i + (k - 0.5) * 0.38 for i in range(len(temps))]
+        ax.bar(xs, [v["step_s"] if v else 0 for v in vals], width=0.36, color=colour, label=step)
+        for x, v in zip(xs, vals, strict=True):
+            if v:
+                note = f"{v['step_s']:.2f} s\n{v['sam_prompts']} prompts"
+                if "ratio_vs_single" in v:
+                    note += f"\n{v['ratio_vs_single']:.2f}x"
+                ax.annotate(note, (x, v["step_s"]), ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(temps)))
+    ax.set_xticklabels([f"{t} (embedding cache {'emptied' if t == 'cold' else 'filled'})" for t in temps])
+    ax.set_ylabel("seconds per reward step (median)")
+    ax.set_title(f"reward step B={rows[0]['B']} x G={rows[0]['G']}: one object vs 1-4 objects a row")
+    ax.legend(fontsize=8)
+    fig.suptitle(device_label(device, rows), fontsize=9, y=0.995)
+    fig.tight_layout()
+    return _save(fig, out, "multi_object")
+
+
+def plot_fidelity(rows: list[dict[str, Any]], out: str) -> str:
+    """Per preset and component: the share of completions where samr1 and the peer's real reward give the
+    same value (all completions, and exact-format answers only)."""
+    plt = _pyplot()
+    comps = [r for r in rows if r["preset"] != "ground truth"]
+    fig, ax = plt.subplots(figsize=(9, 0.36 * len(comps) + 1.6))
+    names = [f"{r['preset']} / {r['component']}" for r in comps][::-1]
+    allv = [r["agree"] / r["n"] if r["n"] else 0.0 for r in comps][::-1]
+    exact = [r["exact_agree"] / r["exact_n"] if r["exact_n"] else 0.0 for r in comps][::-1]
+    y = range(len(names))
+    ax.barh([v + 0.2 for v in y], exact, height=0.4, color=FAST, label="exact-format answers")
+    ax.barh([v - 0.2 for v in y], allv, height=0.4, color=REF, label="all completions (malformed included)")
+    ax.set_yticks(list(y))
+    ax.set_yticklabels(names, fontsize=8)
+    ax.set_xlim(0, 1.05)
+    ax.set_xlabel("share of completions scored the same (float-equal) as the peer's real reward")
+    ax.set_title("samr1 reward presets beside the peers' real reward modules")
+    ax.legend(fontsize=8, loc="lower left")
+    fig.tight_layout()
+    return _save(fig, out, "fidelity_peer")
+
+
+def plot_limits(rows: list[dict[str, Any]], out: str, device: str = "cpu") -> str:
+    """Four panels: a store row's read (plain copy vs first checked read vs later read), publishing one row
+    (index.log append vs whole index.json), the serving process's RSS over requests under the cache caps,
+    and /score's key lookup time per item."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    ax = axes[0][0]
+    reads = [r for r in rows if r["part"] == "store-read"]
+    labels = [f"{r['layout']}\n{r['hash']}" for r in reads]
+    x = np.arange(len(reads))
+    for off, key, colour, name in ((-0.3, "plain_ms_per_row", REF, "plain copy (no check)"),
+                                   (-0.1, "first_ms_per_row", FAST, "first read (checked)"),
+                                   (0.1, "later_ms_per_row", FAST2, "later reads"),
+                                   (0.3, "digest_ms_per_row", "#d95f02", "the digest alone")):
+        ax.bar(x + off, [r[key] for r in reads], width=0.2, color=colour, label=name)
+    ax.set_xticks(x)
+    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_ylabel("ms per row")
+    ax.set_title("store: reading one row")
+    ax.legend(fontsize=7)
+    ax = axes[0][1]
+    fl = [r for r in rows if r["part"] == "store-flush"]
+    ax.plot([r["rows"] for r in fl], [r["whole_index_s"] for r in fl], "o-", color=REF, label="whole index.json")
+    ax.plot([r["rows"] for r in fl], [r["append_s"] for r in fl], "o-", color=FAST, label="index.log append")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("rows in the store")
+    ax.set_ylabel("seconds to publish one more row")
+    ax.set_title("store: a flush")
+    ax.legend(fontsize=7)
+    ax = axes[1][0]
+    sv = [r for r in rows if r["part"] == "serve"]
+    caps = sorted({r["cap_mb"] for r in sv})
+    for cap, colour in zip(caps, (FAST, "#d95f02", FAST2, REF), strict=False):  # one run per cap
+        run = [r for r in sv if r["cap_mb"] == cap]
+        req = [r["requests"] for r in run]
+        ax.plot(req, [r["rss_mb"] for r in run], "o-", color=colour, label=f"process RSS, caps {cap} MiB each")
+        ax.plot(req, [r["blob_mb"] + r["cache_mb"] for r in run], "s--", color=colour, alpha=0.5, lw=1,
+                label=f"uploads + embeddings held, caps {cap} MiB")
+    if sv:
+        ax.set_xlabel(f"/score requests, each a new {sv[0]['side']}x{sv[0]['side']} image")
+        ax.set_ylabel("MB")
+        ax.set_title("serve: memory under the two cache caps")
+        ax.legend(fontsize=7)
+    ax = axes[1][1]
+    rs = [r for r in rows if r["part"] == "resolve-items"]
+    ax.plot([r["items"] for r in rs], [r["us_per_item"] for r in rs], "o-", color=FAST)
+    ax.set_xscale("log")
+    ax.set_xlabel("items in one /score request (all keys new)")
+    ax.set_ylabel("microseconds per item")
+    ax.set_ylim(bottom=0)
+    ax.set_title("serve: /score key lookup")
+    fig.suptitle(device_label(device, rows), fontsize=9, y=0.995)
+    fig.tight_layout()
+    return _save(fig, out, "limits")
+
+
 # record file (written by each bench's run) -> the plot function for its rows
 TRAIN_PARTS = {"generation_s": "#7f7f7f", "reward_s": "#d95f02", "other_scoring_s": "#9467bd", "update_s": "#1f77b4"}
 
@@ -354,6 +490,8 @@ RECORDS = {
     "encoder.jsonl": plot_encoder,
     "parse.jsonl": lambda rows, out, device="cpu": plot_parse(rows, out),
     "train_step.jsonl": plot_train_step,
+    "limits.jsonl": plot_limits,
+    "prompt_pack.jsonl": plot_prompt_pack,
 }
 
 

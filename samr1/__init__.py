@@ -10,7 +10,7 @@ The entry points a user types first are importable from the package itself::
     iou, inter, union = samr1.mask_iou_from_logits(logits, gt, input_size, original_size)
 
 They load lazily, so ``import samr1`` (and ``samr1 --help``) stays cheap: torch and segment-anything are
-imported on first use. See ARCHITECTURE.md for the contracts.
+imported on first use. See docs/architecture.md for the contracts.
 """
 
 from __future__ import annotations

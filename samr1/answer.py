@@ -77,7 +77,7 @@ REASON_CODES: tuple[str, ...] = (
     "empty_answer",  # payload empty (after whitespace and a code fence are removed)
     "too_deep",  # bracket nesting deeper than MAX_DEPTH
     "invalid_json",  # neither JSON, JSON with trailing commas, nor a Python literal
-    "not_object",  # not a dict, or a list whose first element is not a dict (or an empty list)
+    "not_object",  # not a dict, or a list whose first element is not a dict
     "missing_bbox",  # no "bbox" / "bbox_2d" key
     "bad_bbox",  # box is not a list of exactly 4 numbers (bools and strings are not numbers)
     "non_finite",  # a NaN / Infinity / overflowing coordinate
@@ -130,7 +130,8 @@ class Answer:
     """A parsed completion.
 
     Attributes:
-        ok: True when ``bbox`` (and, with ``require_points``, at least one point) is usable as a SAM prompt.
+        ok: True when ``bbox`` (and, with ``require_points``, at least one point) is usable as a SAM prompt,
+            or when the answer is ``[]`` ("no object", :attr:`no_object`).
         reason: None when ok, else ``"<code>"`` or ``"<code>: <detail>"`` with ``<code>`` in
             :data:`REASON_CODES`; :attr:`code` gives the code alone.
         think: the text inside the first ``<think>...</think>`` (stripped), None when absent.
@@ -144,7 +145,8 @@ class Answer:
         model_bbox, model_points: the first object's box (corners sorted, not clipped) and points (as
             written), in MODEL-frame pixels: what Seg-Zero's ablation rewards measure.
         objects: every object of the answer (:class:`AnswerObject`), the first one first; one for a dict
-            answer or with ``multi_object="first"``; empty when not ok. Several objects mean the answer's
+            answer or with ``multi_object="first"``; empty when not ok, and for the answer ``[]`` ("no
+            object", :attr:`no_object`: ok, ``bbox`` None, an empty mask). Several objects mean the answer's
             mask is the union of SAM's mask per object (see :meth:`per_object`).
         syntax: how the payload parsed: "json", "json_trailing_comma" or "python_literal" (None on failure).
         fenced: the payload was wrapped in a ```` ``` ```` code fence.
@@ -165,6 +167,12 @@ class Answer:
     objects: tuple[AnswerObject, ...] = ()
 
     @property
+    def no_object(self) -> bool:
+        """True for a parsed "no object" answer (an empty list ``[]``): the predicted mask is empty. An ok
+        answer built by hand with points and no box is a prompt, not "no object"."""
+        return self.ok and not self.objects and self.bbox is None and not self.points
+
+    @property
     def code(self) -> str | None:
         """The reason code alone (an element of :data:`REASON_CODES`), None when ok."""
         if self.reason is None:
@@ -173,8 +181,8 @@ class Answer:
 
     def per_object(self) -> list[Answer]:
         """One ok single-object :class:`Answer` per object (what SAM segments one by one before the masks are
-        OR-ed); ``[self]`` when the answer has at most one object, ``[]`` when it is not ok."""
-        if not self.ok:
+        OR-ed); ``[self]`` when the answer has one object, ``[]`` when it is not ok or names no object."""
+        if not self.ok or self.no_object:
             return []
         if len(self.objects) <= 1:
             return [self]
@@ -409,7 +417,8 @@ def parse_answer(text: Any, image_size: tuple[int, int] | None = None,
     5. A list is VisionReasoner's one-object-per-target form. ``multi_object="union"``: at most
        :data:`MAX_OBJECTS` objects (``too_many_objects``), EVERY element must be a valid object (rules 6-8;
        a failure's detail names ``objects[i]``) and all are kept; ``"first"``: only the first element is
-       used. An object must be a dict, else ``not_object``; an empty list is ``not_object``.
+       used. An object must be a dict, else ``not_object``. An empty list ``[]`` is the answer "no object":
+       ``ok`` with ``no_object`` True, no box, no points, no objects (its mask is empty).
     6. Box: ``"bbox"``, else ``"bbox_2d"`` (missing -> ``missing_bbox``): exactly 4 numbers (ints/floats;
        bools, strings, None are not numbers -> ``bad_bbox``; NaN/inf/overflow -> ``non_finite``).
     7. Points: ``"points"``, else ``"points_1"``, ``"points_2"``, ... (in numeric order), else ``"point_2d"``.
@@ -455,8 +464,8 @@ def parse_answer(text: Any, image_size: tuple[int, int] | None = None,
         return _fail("invalid_json", err, think=think, fenced=fenced)
     raw = obj
     if isinstance(obj, (list, tuple)):
-        if not obj:
-            return _fail("not_object", "empty list", think, syntax, fenced, raw)
+        if not obj:  # "there is no such object": ok, no box, an empty mask
+            return Answer(ok=True, reason=None, think=think, syntax=syntax, fenced=fenced, raw=raw)
         if not isinstance(obj[0], dict):
             return _fail("not_object", f"objects[0] is a {type(obj[0]).__name__}, not a dict", think, syntax, fenced, raw)
         items = list(obj) if multi_object == "union" else [obj[0]]

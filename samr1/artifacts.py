@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-from samr1 import hashing
+import samr1.hashing as hashing
 from samr1.hashing import default_algorithm
 
 __all__ = [

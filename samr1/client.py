@@ -26,7 +26,7 @@ import numpy as np
 from samr1.io import InputError, load_image, load_mask
 from samr1.serve.protocol import encode_png, image_content_key, mask_content_key
 
-__all__ = ["SamR1Client", "AsyncSamR1Client", "ServerError", "encode_multipart"]
+__all__ = ["SamR1Client", "AsyncSamR1Client", "ServerError", "ServerUnreachableError", "encode_multipart"]
 
 
 class ServerError(RuntimeError):
@@ -36,6 +36,21 @@ class ServerError(RuntimeError):
         super().__init__(f"samr1 server: HTTP {status}: {message}")
         self.status = status
         self.message = message
+
+
+class ServerUnreachableError(ConnectionError):
+    """The server could not be reached (refused, reset, timed out, unknown host) after the client's retries.
+
+    A ``ConnectionError`` (an ``OSError``) whose message names the URL, what happened and what to check, so a
+    training run stopped by it says why in one line instead of a bare ``ConnectionRefusedError``."""
+
+    def __init__(self, url: str, reason: str, attempts: int):
+        super().__init__(f"samr1 client: cannot reach the samr1 server at {url} ({reason}; {attempts} attempt"
+                         f"{'s' if attempts != 1 else ''}): is `samr1 serve` running there, and are the host and "
+                         "port right?")
+        self.url = url
+        self.reason = reason
+        self.attempts = attempts
 
 
 def encode_multipart(fields: dict[str, str], files: list[tuple[str, str, bytes, str]]) -> tuple[bytes, str]:
@@ -75,7 +90,9 @@ class SamR1Client:
         timeout_s: socket timeout per HTTP request.
         image_key, mask_key: the dataset columns holding the image and the ground-truth mask (as
             :class:`samr1.rewards.SamR1Reward`; a row's image may be a list, its first image is used).
-        retries: attempts on 503 (queue full) before giving up, with a growing pause (0.1 s, 0.2 s, ...).
+        retries: retries on 503 (queue full) and on a connection that fails (refused, reset, timed out) before
+            giving up, with a growing pause (0.1 s, 0.2 s, ...); then :class:`ServerError` (503) or
+            :class:`ServerUnreachableError`.
 
     Calling it as ``client(prompts, completions, image=[...], mask=[...], **kw)`` returns the summed reward
     per completion; :attr:`last_components` holds each component's values of the last call, and ``stats``
@@ -98,7 +115,7 @@ class SamR1Client:
         self.__name__ = "samr1_reward"
         self.last_components: dict[str, list[float]] = {}
         self.stats = {"requests": 0, "score_calls": 0, "images_uploaded": 0, "masks_uploaded": 0,
-                      "bytes_uploaded": 0, "retries_503": 0}
+                      "bytes_uploaded": 0, "retries_503": 0, "retries_unreachable": 0}
 
     # ------------------------------------------------------------------ HTTP
     def _request(self, method: str, path: str, body: bytes | None = None, content_type: str | None = None) -> Any:
@@ -114,6 +131,13 @@ class SamR1Client:
                 conn.request(method, self._parsed.path.rstrip("/") + path, body=body, headers=headers)
                 resp = conn.getresponse()
                 data = resp.read()
+            except (OSError, http.client.HTTPException) as exc:  # refused, reset, timed out, unknown host
+                reason = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                if attempt < self.retries:  # a server restarting or a dropped connection: retry, then say so
+                    self.stats["retries_unreachable"] += 1
+                    time.sleep(0.1 * (attempt + 1))
+                    continue
+                raise ServerUnreachableError(self.url, reason, attempt + 1) from exc
             finally:
                 conn.close()
             self.stats["requests"] += 1

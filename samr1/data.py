@@ -6,7 +6,9 @@ Each line::
     {"image": "/abs/0002.jpg", "query": "...", "mask": {"size": [H, W], "counts": "<COCO RLE>"}}
 
 ``image`` and a string ``mask`` are paths; a mask PNG is nonzero where the object is; a dict mask is a COCO
-RLE (compressed string or list counts). Extra keys are kept in :attr:`Sample.extra`. Blank lines are
+RLE (compressed string or list counts). A target of several instances (VisionReasoner's multi-object rows)
+is written ``"masks": [mask, mask, ...]`` instead of ``"mask"`` (each a path or an RLE dict; ``[]`` is a row
+whose query names no object). Extra keys are kept in :attr:`Sample.extra`. Blank lines are
 skipped; the file is UTF-8 (a byte-order mark is allowed).
 
 Paths: a relative path is relative to the manifest's folder, an absolute path is used as is, ``~`` is
@@ -27,7 +29,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from samr1.io import InputError, max_image_pixels
+from samr1.io import InputError, max_image_pixels, rle_size
 
 __all__ = ["Sample", "read_manifest"]
 
@@ -47,6 +49,8 @@ class Sample:
         line: 1-based line number in the manifest (for error messages).
         source: ``"<manifest path>:<line>"``.
         extra: the row's other keys, unchanged.
+        masks: the instance masks of a ``"masks"`` row (each a path or an RLE dict; ``[]``: no target), whose
+            ``mask`` is then None; None for a ``"mask"`` row.
     """
 
     image: str
@@ -55,6 +59,7 @@ class Sample:
     line: int
     source: str
     extra: dict[str, Any] = field(default_factory=dict)
+    masks: list[str | dict[str, Any]] | None = None
 
 
 def _is_int(v: Any) -> bool:
@@ -63,11 +68,7 @@ def _is_int(v: Any) -> bool:
 
 def _check_rle(mask: dict[str, Any], where: str) -> None:
     """The RLE's shape, checked without decoding it: size, pixel limit, and list counts summing to H * W."""
-    size = mask.get("size")
-    if not isinstance(size, list) or len(size) != 2 or not all(_is_int(v) and v > 0 for v in size):
-        raise InputError(f"{where}: field 'mask': an RLE mask needs 'size': [H, W] with two positive integers, "
-                         f"got {size!r}"[:300])
-    h, w = size
+    h, w = rle_size(mask.get("size"), f"{where}: field 'mask'")  # the decoder's own reading of the size
     limit = max_image_pixels()
     if h * w > limit:
         raise InputError(f"{where}: field 'mask': the RLE declares {h}x{w} = {h * w} pixels, over the limit of "
@@ -176,10 +177,32 @@ def read_manifest(path: str | os.PathLike, *, check_files: bool = True, require_
         if not isinstance(query, str) or not query.strip():
             raise InputError(f"{where}: field 'query' must be a non-empty string, got {query!r}"[:300])
         mask = row.get("mask")
+        masks = row.get("masks")
+        if masks is not None:
+            if mask is not None:
+                raise InputError(f"{where}: give 'mask' (one object) or 'masks' (its instances), not both")
+            if not isinstance(masks, list):
+                raise InputError(f"{where}: field 'masks' must be a list of mask paths / COCO RLE dicts ([] for no "
+                                 f"target), got {type(masks).__name__}")
+            resolved = []
+            for k, m in enumerate(masks):
+                if isinstance(m, str) and m:
+                    m = resolve(m, f"masks[{k}]", where)
+                    if check_files and not os.path.isfile(m):
+                        raise InputError(f"{where}: field 'masks[{k}]': file not found: {m}")
+                elif isinstance(m, dict):
+                    _check_rle(m, f"{where} (masks[{k}])")
+                else:
+                    raise InputError(f"{where}: field 'masks[{k}]' must be a path string or a COCO RLE dict, got "
+                                     f"{type(m).__name__}")
+                resolved.append(m)
+            extra = {k: v for k, v in row.items() if k not in ("image", "query", "masks")}
+            samples.append(Sample(image, query, None, lineno, where, extra, masks=resolved))
+            continue
         if mask is None:
             if require_mask:
                 raise InputError(f"{where}: field 'mask' is missing; give a mask PNG path or a COCO RLE dict "
-                                 '{"size": [H, W], "counts": ...}')
+                                 '{"size": [H, W], "counts": ...} (or "masks": [...], the instances of a target)')
         elif isinstance(mask, str):
             if not mask:
                 raise InputError(f"{where}: field 'mask' is an empty path")

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from samr1.answer import DEFAULT_MODEL_SIZE
-from samr1.shapes.viz import grid_sheet, mask_outline
+from samr1.shapes.viz import MARKS, grid_sheet, mask_outline, muted, tint, title_bar, with_legend
 
 
 @dataclass
@@ -75,25 +75,33 @@ def sample_completions(mask: np.ndarray, query: str) -> list[tuple[str, Any]]:
 
 
 def overlay_image(image: np.ndarray, pred: np.ndarray, answer: Any, gt: np.ndarray | None = None,
-                  title: str | None = None) -> Image.Image:
-    """``H x W x 3`` uint8 image with the predicted mask (``H x W`` bool) tinted red, the ground truth (optional)
-    as a green 2 px outline, the answer's box (yellow) and points (cyan), both in original pixels, and an
-    optional title bar."""
-    out = image.astype(np.float32)
-    out[pred] = out[pred] * 0.5 + np.array([255, 0, 0]) * 0.5
+                  title: str | None = None, legend: bool = False) -> Image.Image:
+    """``H x W x 3`` uint8 image, muted to grey (:func:`samr1.shapes.viz.muted`), with the predicted mask
+    (``H x W`` bool) tinted orange, the ground truth (optional) as a blue 2 px outline, the answer's box
+    (magenta) and points (yellow), both in original pixels (:data:`samr1.shapes.viz.MARKS`), an optional title
+    bar and, with ``legend``, a legend strip below the image."""
+    out = tint(muted(image), pred, MARKS["SAM mask"])
     if gt is not None:
-        # ground truth as a 2 px outline so that it stays visible on any object colour and over the prediction
-        out[mask_outline(gt, 2)] = (0, 255, 0)
+        # ground truth as a 2 px outline so that it stays visible over the prediction
+        out[mask_outline(gt, 2)] = MARKS["ground truth"]
     im = Image.fromarray(out.clip(0, 255).astype(np.uint8))
     d = ImageDraw.Draw(im)
-    if getattr(answer, "ok", False):
-        d.rectangle(list(answer.bbox), outline=(255, 230, 0), width=2)
+    if getattr(answer, "ok", False) and answer.bbox is not None:  # "no object" answers draw nothing
+        d.rectangle(list(answer.bbox), outline=MARKS["box"], width=2)
         for x, y in answer.points:
-            d.ellipse([x - 4, y - 4, x + 4, y + 4], outline=(0, 255, 255), width=2)
+            d.ellipse([x - 4, y - 4, x + 4, y + 4], fill=MARKS["points"], outline=(0, 0, 0), width=1)
     if title is not None:
-        d.rectangle([0, 0, im.width, 14], fill=(0, 0, 0))
-        d.text((3, 1), title[:80], fill=(255, 255, 255))
+        title_bar(im, title[:80])
+    if legend:
+        items = MARKS if gt is not None else {k: v for k, v in MARKS.items() if k != "ground truth"}
+        im = with_legend(im, items)
     return im
+
+
+def scene_panel(image: np.ndarray, title: str) -> Image.Image:
+    """The scene in its own colours with a title bar: the first panel of a demo sheet, so the query's colour
+    words can be checked against the muted overlays that follow."""
+    return title_bar(Image.fromarray(image[..., :3].astype(np.uint8)), title[:80])
 
 
 def _fresh_dir(out_dir: str) -> str:
@@ -145,16 +153,17 @@ def run_demo(out_dir: str = "demo_out", sam_kind: str = "tiny-shapes", checkpoin
         answers = [parse_answer(t, image_size=scene.image.shape[:2]) for t in texts]
         ious = engine.score([scene.image] * n, answers, [obj.mask] * n)
         masks = engine.segment_batch([scene.image] * n, answers)
-        panels = []
+        panels = [scene_panel(scene.image, f"scene {s}: {obj.query}")]
         for i, (kind, comp) in enumerate(samples):
             row = DemoRow(s, kind, comp, answers[i], ious[i], {k: v[i] for k, v in parts.items()}, totals[i])
             rows.append(row)
             panels.append(overlay_image(scene.image, masks[i], answers[i], obj.mask,
                                         f"{kind}: IoU {ious[i]:.2f} reward {totals[i]:.1f}"))
-        grid_sheet(panels).save(os.path.join(out_dir, f"scene{s}.png"))
+        with_legend(grid_sheet(panels, cols=3)).save(os.path.join(out_dir, f"scene{s}.png"))
         echo(f"\nscene {s}: {scene.image.shape[1]}x{scene.image.shape[0]}, query: {obj.query!r}")
         echo(format_rows([r for r in rows if r.scene == s]))
-    echo(f"\noverlays (green outline = ground truth, red = SAM mask, yellow = box, cyan = points) written to {out_dir}/")
+    echo(f"\noverlays (first panel: the scene; then on grey: orange = SAM mask, blue outline = ground truth, "
+         f"magenta = box, yellow = points; the legend is in each figure) written to {out_dir}/")
     return rows, out_dir
 
 
@@ -165,7 +174,7 @@ def format_rows(rows: list[DemoRow]) -> str:
     lines = []
     for r in rows:
         a = r.answer
-        box = "-" if not a.ok else "[" + ",".join(f"{v:.0f}" for v in a.bbox) + "]"
+        box = "-" if not a.ok or a.bbox is None else "[" + ",".join(f"{v:.0f}" for v in a.bbox) + "]"
         lines.append([r.kind, box, str(len(a.points) if a.ok else "-"), f"{r.iou:.3f}",
                       *[f"{r.rewards[n]:.1f}" for n in names], f"{r.total:.1f}", a.reason or ""])
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(head)]

@@ -193,8 +193,27 @@ def squared_edt(mask: np.ndarray, border_is_background: bool = True) -> np.ndarr
     lies inside the object AND the image. With False only zero pixels of the mask count (scipy's
     ``distance_transform_edt`` semantics); a mask without any zero pixel is then ``inf`` everywhere.
     Distances between pixel centres.
+
+    Only the object's box grown by one pixel is transformed (the nearest zero pixel of an object pixel lies
+    in it: the zero ring around the box is nearer than anything beyond), so the cost follows the object,
+    not the image: a small object in a 1920 x 1080 image costs what it costs alone.
     """
     m = _as_mask(mask)
+    h, w = m.shape
+    cols = np.flatnonzero(m.any(axis=0))
+    if cols.size:
+        rows_ = np.flatnonzero(m.any(axis=1))
+        y0, y1 = max(int(rows_[0]) - 1, 0), min(int(rows_[-1]) + 2, h)
+        x0, x1 = max(int(cols[0]) - 1, 0), min(int(cols[-1]) + 2, w)
+        if (y1 - y0) * (x1 - x0) < h * w:
+            out = np.zeros((h, w), dtype=np.float64)
+            out[y0:y1, x0:x1] = _squared_edt_full(m[y0:y1, x0:x1], border_is_background)
+            return out
+    return _squared_edt_full(m, border_is_background)
+
+
+def _squared_edt_full(m: np.ndarray, border_is_background: bool) -> np.ndarray:
+    """:func:`squared_edt` over the whole array (a crop's edge that is not the image's edge holds zeros)."""
     rows = _row_distance_sq(~m, border_is_background)
     if border_is_background:
         # Rows above and below the image are background too: include them as two extra rows of zeros.
@@ -223,8 +242,10 @@ def mask_to_points(mask: np.ndarray, k: int = 2, border_is_background: bool | No
     2. Among the mask pixels whose Euclidean distance to the first point is strictly greater than the
        median of those distances (over all mask pixels, the first point included), the second point is the
        one with the largest ``D`` (ties: row-major first).
-    3. When that set is empty (e.g. a one-pixel mask), the second point is the mask pixel nearest the
-       mask's centroid (ties: row-major first).
+    3. When that set is empty (e.g. a one-pixel mask), the second point is the largest ``D`` in the window
+       ``[cy - 10, cy + 10) x [cx - 10, cx + 10)`` around the centroid truncated to ints (row-major first),
+       moved to the nearest mask pixel (row-major first) when it lies off the mask: Seg-Zero's published
+       data-preparation code.
 
     A mask without any zero pixel has an infinite ``D`` under scipy's semantics; the image border is then
     taken as background so the first point is the middle of the mask rather than its first pixel.
@@ -269,9 +290,18 @@ def _segzero_points(m: np.ndarray, k: int, border_is_background: bool) -> list[t
         j = int(np.argmax(d2[fy, fx]))
         out.append((float(fx[j]), float(fy[j])))
     else:
-        cx, cy = xs.mean(), ys.mean()
-        j = int(np.argmin((xs - cx) ** 2 + (ys - cy) ** 2))
-        out.append((float(xs[j]), float(ys[j])))
+        # Seg-Zero's published fallback: the largest D in the 20 x 20 window [c - 10, c + 10) around the
+        # centroid truncated to ints (first in row-major order), moved to the nearest mask pixel if it is off
+        # the mask (ties: row-major first).
+        cy, cx = int(np.mean(ys)), int(np.mean(xs))
+        y0, x0 = max(0, cy - 10), max(0, cx - 10)
+        win = d2[y0:min(h, cy + 10), x0:min(w, cx + 10)]
+        wy, wx = divmod(int(np.argmax(win)), win.shape[1])
+        y2, x2 = wy + y0, wx + x0
+        if not m[y2, x2]:
+            j = int(np.argmin((xs - x2) ** 2 + (ys - y2) ** 2))
+            y2, x2 = int(ys[j]), int(xs[j])
+        out.append((float(x2), float(y2)))
     return out
 
 

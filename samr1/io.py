@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -38,11 +39,13 @@ __all__ = [
     "DEFAULT_MAX_IMAGE_PIXELS",
     "InputError",
     "MaskSizeError",
+    "MaskWarning",
     "load_image",
     "load_mask",
     "max_image_pixels",
     "rle_decode",
     "rle_encode",
+    "rle_size",
     "set_max_image_pixels",
 ]
 
@@ -53,6 +56,20 @@ class InputError(ValueError):
 
 class MaskSizeError(InputError):
     """A mask's ``H x W`` is not its image's (raised by :func:`load_mask` when given ``expected_size``)."""
+
+
+class MaskWarning(UserWarning):
+    """A mask is read as documented, but it looks like it meant something else (a probability map, an
+    alpha-only mask); once per process and kind, naming the first such mask."""
+
+
+_warned_masks: set[str] = set()
+
+
+def _warn_mask_once(kind: str, message: str) -> None:
+    if kind not in _warned_masks:
+        _warned_masks.add(kind)
+        warnings.warn(message + " (further such masks are not reported)", MaskWarning, stacklevel=4)
 
 
 def _where(field: str, source: str | None) -> str:
@@ -262,8 +279,19 @@ def load_mask(mask: Any, *, field: str = "mask", source: str | None = None,
     """Return ``mask`` as an ``H x W`` bool array (True = object).
 
     Accepts bool/integer/float arrays (nonzero = object), nested lists (``H`` lists of ``W`` bools or
-    numbers), PIL images (any mode; nonzero in any colour channel, alpha ignored; EXIF orientation applied),
-    COCO RLE dicts, torch tensors and paths to image files.
+    numbers), PIL images (EXIF orientation applied) and paths to image files, COCO RLE dicts and torch
+    tensors. What each form means (docs/limits.md has the table):
+
+    - bool: True = object; integer: nonzero = object (0/1, 0/255, a label id);
+    - float: nonzero = object, so 0.01 is object: a probability map must be thresholded first (a float mask
+      with values strictly between 0 and 1 warns once, :class:`MaskWarning`);
+    - colour images (RGB, or ``H x W x C`` arrays): object where ANY colour channel is nonzero;
+    - images with alpha (RGBA, LA, ``H x W x 4`` / ``x 2``): alpha is dropped, colour decides; a mask drawn
+      only in alpha is therefore empty (warns once);
+    - palette images (PIL mode ``P``): by palette INDEX, not colour: index 0 is background whatever its
+      colour, any other index is object;
+    - 16-bit and 32-bit grey images (``I;16``, ``I``, ``F``): nonzero = object;
+    - COCO RLE: decoded as is (:func:`rle_decode`).
 
     Args:
         expected_size: ``(H, W)`` of the mask's image, when known: a mask of another size raises
@@ -338,7 +366,12 @@ def _array_to_mask(arr: np.ndarray, field: str, source: str | None, *, where: st
             raise InputError(f"{where}: expected an HxW mask (or HxWxC with 1 to 4 channels), got shape "
                              f"{tuple(arr.shape)}")
         if arr.shape[2] in (2, 4):
+            alpha = arr[..., -1]
             arr = arr[..., :-1]  # LA / RGBA: alpha is opacity, not object (an opaque background is not object)
+            if arr.dtype.kind in "biuf" and not arr.any() and alpha.min() != alpha.max():
+                _warn_mask_once("alpha", f"{where}: the mask's colour channels are all 0 and only its alpha channel "
+                                         "varies; samr1 reads colour, not alpha, so this mask is EMPTY. Save the "
+                                         "object as nonzero colour (or pass the alpha channel as the mask)")
         if arr.dtype.kind == "f" and not np.isfinite(arr).all():
             raise InputError(f"{where}: mask holds NaN or infinite values")
         if arr.dtype.kind in "biuf":
@@ -354,6 +387,10 @@ def _array_to_mask(arr: np.ndarray, field: str, source: str | None, *, where: st
         raise InputError(f"{where}: mask dtype {arr.dtype} is not bool or numeric")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise InputError(f"{where}: mask holds NaN or infinite values")
+    if arr.dtype.kind == "f" and ((arr > 0) & (arr < 1)).any():
+        _warn_mask_once("probability", f"{where}: a float mask with values strictly between 0 and 1 (a probability "
+                                       "map?) is read as nonzero = object, so every such pixel counts as object; "
+                                       "threshold it first (e.g. mask > 0.5)")
     return np.ascontiguousarray(arr != 0)
 
 
@@ -417,9 +454,16 @@ def _encode_counts_string(counts: Sequence[int]) -> str:
     return "".join(out)
 
 
-def _rle_size(size: Any, where: str) -> tuple[int, int]:
-    """The declared ``(H, W)`` of an RLE: two positive integers (integral floats allowed, as JSON may give)."""
-    bad = InputError(f"{where}: an RLE mask needs 'size': [H, W] with two positive integers, got {size!r}")
+def rle_size(size: Any, where: str = "mask") -> tuple[int, int]:
+    """The declared ``(H, W)`` of an RLE as two Python ints: the ONE reading of an RLE's ``size`` that every
+    check and the decoder share, so no form of the size reaches the decoder without passing the same limits.
+
+    Accepted: a two-element sequence of positive integral numbers: ints, or integral floats as JSON may
+    write them (``[480, 640]``, ``[480.0, 640.0]``, ``[4.8e2, 640]``, numpy scalars). Refused (InputError
+    naming ``where`` and 'size'): bools, strings, fractions (``2.5``), NaN, infinities, zero or negative
+    values, nested lists, any other length.
+    """
+    bad = InputError(f"{where}: an RLE mask needs 'size': [H, W] with two positive integers, got {size!r:.200}")
     if isinstance(size, (str, bytes, dict)) or not hasattr(size, "__len__") or len(size) != 2:
         raise bad
     out = []
@@ -447,7 +491,7 @@ def rle_decode(rle: dict, *, field: str = "mask", source: str | None = None,
     where = _where(field, source)
     if not isinstance(rle, dict) or "size" not in rle or "counts" not in rle:
         raise InputError(f"{where}: an RLE mask needs 'size': [H, W] and 'counts'")
-    h, w = _rle_size(rle["size"], where)
+    h, w = rle_size(rle["size"], where)
     _check_expected((h, w), expected_size, where)  # first: "not its image's size" says more than "too big"
     _check_pixels(h, w, "RLE mask", where)
     counts = rle["counts"]

@@ -40,6 +40,7 @@ __all__ = [
     "MetricsResult",
     "SegmentationMetrics",
     "sample_counts",
+    "no_target_rates",
     "evaluate",
 ]
 
@@ -91,6 +92,7 @@ class MetricsResult:
         n: samples evaluated (skipped ones included); ``n_scored`` = those in gIoU; ``n_skipped``;
             ``n_parse_failures``.
         empty_union: the rule used; ``rows``: one :class:`SampleRow` per sample, in order.
+        no_target: :func:`no_target_rates` of the rows (no-target accuracy, false-empty rate and their counts).
     """
 
     giou: float
@@ -101,14 +103,37 @@ class MetricsResult:
     n_parse_failures: int
     empty_union: str
     rows: list[SampleRow] = field(default_factory=list, repr=False)
+    no_target: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self, rows: bool = False) -> dict[str, Any]:
         out = {"giou": self.giou, "ciou": self.ciou, "n": self.n, "n_scored": self.n_scored,
                "n_skipped": self.n_skipped, "n_parse_failures": self.n_parse_failures,
-               "empty_union": self.empty_union}
+               "empty_union": self.empty_union, **self.no_target}
         if rows:
             out["rows"] = [r.as_dict() for r in self.rows]
         return out
+
+
+def no_target_rates(rows: Iterable[Any]) -> dict[str, Any]:
+    """How a policy handles queries that name no object, from per-sample rows (:class:`SampleRow` or their
+    dicts: ``parsed``, ``gt_pixels``, ``pred_pixels``).
+
+    Returns ``{"n_no_target", "no_target_accuracy", "n_target", "false_empty_rate"}``: among samples with an
+    EMPTY ground truth, the share answered with an empty mask (a parsed answer whose mask is empty, e.g. the
+    answer ``[]``; a parse failure is not an answer); among samples with a non-empty ground truth, the share
+    answered with an empty mask (a missed target). A rate over no samples is ``nan``.
+    """
+    def get(r: Any, k: str) -> Any:
+        return r[k] if isinstance(r, dict) else getattr(r, k)
+
+    rows = list(rows)
+    empty_gt = [r for r in rows if get(r, "gt_pixels") == 0]
+    target = [r for r in rows if get(r, "gt_pixels") > 0]
+    answered_empty = [get(r, "parsed") and get(r, "pred_pixels") == 0 for r in rows]
+    hit = sum(1 for r, e in zip(rows, answered_empty, strict=True) if e and get(r, "gt_pixels") == 0)
+    miss = sum(1 for r, e in zip(rows, answered_empty, strict=True) if e and get(r, "gt_pixels") > 0)
+    return {"n_no_target": len(empty_gt), "no_target_accuracy": hit / len(empty_gt) if empty_gt else math.nan,
+            "n_target": len(target), "false_empty_rate": miss / len(target) if target else math.nan}
 
 
 def _check_rule(empty_union: str) -> str:
@@ -211,7 +236,7 @@ class SegmentationMetrics:
         return MetricsResult(giou=giou, ciou=ciou, n=len(self.rows), n_scored=len(scored),
                              n_skipped=len(self.rows) - len(scored),
                              n_parse_failures=sum(1 for r in self.rows if not r.parsed),
-                             empty_union=self.empty_union, rows=list(self.rows))
+                             empty_union=self.empty_union, rows=list(self.rows), no_target=no_target_rates(self.rows))
 
 
 def evaluate(preds: Sequence[Any], gts: Sequence[Any], empty_union: str = "lisa",

@@ -103,7 +103,11 @@ class ReasoningSegmenter:
             is encoded once).
         template: prompt template, a name in ``samr1.train.prompts.TEMPLATES`` ("seg-zero", ...) or a string
             with ``{query}`` (the one the policy was trained with).
-        model_size: ``(h, w)`` the image is resized to for the policy; answers are read in this frame.
+        model_size: ``(h, w)`` the image is resized to for the policy; with ``answer_frame="pixels"`` answers
+            are read in this frame.
+        answer_frame: "pixels" (the answer's numbers are pixels of ``model_size``; Qwen2.5-VL) or "norm1000"
+            (0..1000 on each axis; Qwen2-VL, Qwen3-VL). ``from_pretrained`` takes it from the saved policy's
+            record, else from the model's ``model_type``.
         max_new_tokens: generation budget per request.
         overlap: encode the image with SAM on a worker thread while the policy generates.
         require_points: passed to :func:`samr1.answer.parse_answer`.
@@ -112,7 +116,7 @@ class ReasoningSegmenter:
 
     def __init__(self, model: Any, processor: Any, engine: Any, *, template: str = "seg-zero",
                  model_size: tuple[int, int] = DEFAULT_MODEL_SIZE, max_new_tokens: int = 1024, overlap: bool = True,
-                 require_points: bool = True, **generate_kwargs: Any):
+                 require_points: bool = True, answer_frame: str = "pixels", **generate_kwargs: Any):
         from samr1.train.prompts import resolve_prompt
 
         if not callable(getattr(model, "generate", None)):
@@ -131,6 +135,13 @@ class ReasoningSegmenter:
                 or not all(isinstance(v, int) and v >= 1 for v in model_size)):
             raise ValueError(f"model_size must be (h, w) positive ints, e.g. (840, 840), got {model_size!r}")
         self.model_size = (int(model_size[0]), int(model_size[1]))
+        from samr1.policy.frame import ANSWER_FRAMES
+
+        if answer_frame not in ANSWER_FRAMES:
+            raise ValueError(f"answer_frame must be one of {ANSWER_FRAMES}, got {answer_frame!r}")
+        self.answer_frame = answer_frame
+        # the frame the answer's numbers are in: the policy's image, or 0..1000 whatever its size
+        self.answer_size = (1000, 1000) if answer_frame == "norm1000" else self.model_size
         self.max_new_tokens = max_new_tokens
         self.record: Any = None  # the saved policy's samr1.policy.PolicyRecord (from_pretrained), if any
         self.overlap = bool(overlap)
@@ -146,7 +157,9 @@ class ReasoningSegmenter:
     def from_pretrained(cls, path: str, engine: Any, *, device: str | None = None, dtype: Any = None,
                         **kwargs: Any) -> ReasoningSegmenter:
         """Load a policy directory with ``AutoModelForImageTextToText`` / ``AutoProcessor`` (no downloads
-        unless ``path`` is a hub id and the machine can reach the hub).
+        unless ``path`` is a hub id and the machine can reach the hub). A folder holding a LoRA adapter
+        (``adapter_config.json``, as ``samr1 train --use-peft`` saves) loads the base policy its config names,
+        with the adapter merged in (:func:`samr1.policy.load_policy_model`).
 
         The folder's :class:`samr1.policy.PolicyRecord` (``samr1_policy.json``, written by training) gives the
         defaults of ``template``, ``model_size``, ``max_new_tokens`` and the decoding settings; a keyword given
@@ -158,8 +171,6 @@ class ReasoningSegmenter:
         """
         import os
 
-        from transformers import AutoModelForImageTextToText
-
         from samr1.sam import ModelError
 
         p = os.path.expanduser(os.fspath(path))
@@ -168,21 +179,26 @@ class ReasoningSegmenter:
         if not os.path.exists(p) and (p.startswith((".", "/")) or p.count("/") != 1):
             # a hub id is exactly "owner/name"; anything else that does not exist is a mistyped local path
             raise ModelError(f"--model {path}: no such folder")
-        from samr1.policy import load_processor, read_record
+        from samr1.policy import load_policy_model, load_processor, processor_folder, read_record
 
         try:
             record = read_record(p) if os.path.isdir(p) else None
         except ValueError as exc:
             raise ModelError(f"--model {path}: {exc}") from None
         try:
-            model = AutoModelForImageTextToText.from_pretrained(p, dtype=dtype or "auto")
-            processor = load_processor(p)
-        except (OSError, ValueError, KeyError) as exc:
+            # a folder holding a LoRA adapter loads its base (adapter_config.json) with the adapter merged in
+            model = load_policy_model(p, dtype=dtype or "auto")
+            processor = load_processor(processor_folder(p))
+        except (OSError, ValueError, KeyError, ImportError) as exc:
             raise ModelError(f"--model {path}: transformers cannot load it as an image-text-to-text policy "
                              f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from exc
         if device is not None:
             model = model.to(device)
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
+        from samr1.policy.frame import default_answer_frame
+
+        kwargs.setdefault("answer_frame", record.answer_frame if record is not None
+                          else default_answer_frame(getattr(model.config, "model_type", None)))
         if record is not None:
             kwargs.setdefault("template", record.template)
             kwargs.setdefault("model_size", (record.frame, record.frame))
@@ -238,7 +254,7 @@ class ReasoningSegmenter:
         new = out[:, inputs["input_ids"].shape[1]:]
         texts = self.processor.batch_decode(new, skip_special_tokens=True)
         t3 = time.perf_counter()
-        answers = [parse_answer(t, image_size=s, model_size=self.model_size, require_points=self.require_points)
+        answers = [parse_answer(t, image_size=s, model_size=self.answer_size, require_points=self.require_points)
                    for t, s in zip(texts, sizes, strict=True)]
         t4 = time.perf_counter()
         # --- SAM: the embeddings (already on their way when overlapped), then the prompt decoder
@@ -247,9 +263,19 @@ class ReasoningSegmenter:
         else:
             step = self._encode(arrays, encode_time)
         t5 = time.perf_counter()
-        ok = [i for i, a in enumerate(answers) if a.ok]
+        from samr1.engine.scoring import n_objects
+
+        ok = [i for i, a in enumerate(answers) if n_objects(a) == 1]
+        multi = [i for i, a in enumerate(answers) if n_objects(a) > 1]
         masks: list[np.ndarray | None] = [None] * len(arrays)
+        for i, a in enumerate(answers):
+            if a.no_object:  # "no object": the empty mask
+                masks[i] = np.zeros(sizes[i], dtype=bool)
         t_dec = 0.0
+        if multi:  # several objects (VisionReasoner's list): the union of SAM's masks of every object
+            for i, m in zip(multi, self.engine.segment_batch([arrays[i] for i in multi], [answers[i] for i in multi]),
+                            strict=True):
+                masks[i] = m
         if ok:
             low_res = self._decode(step, [answers[i] for i in ok], ok)
             t_dec = time.perf_counter() - t5
@@ -428,6 +454,8 @@ def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """
     import math
 
+    from samr1.metrics import no_target_rates
+
     if not parts:
         raise ValueError("nothing to merge: give the results.json of every shard")
     ks = {tuple(p.get("shard") or (0, 1))[1] for p in parts}
@@ -455,5 +483,5 @@ def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
                    "n_scored": len(scored), "n_skipped": len(samples) - len(scored),
                    "n_parse_failures": sum(1 for s in samples if not s["parsed"]),
                    "parse_failure_reasons": dict(sorted(reasons.items())), "shard": [0, 1],
-                   "merged_from": k, "samples": samples})
+                   "merged_from": k, "samples": samples, **no_target_rates(samples)})
     return merged

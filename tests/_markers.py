@@ -51,6 +51,10 @@ requires_tensorrt = pytest.mark.skipif(
     reason=_missing("tensorrt") if not _installed("tensorrt") else "TensorRT needs a CUDA device (none here)")
 requires_serve = pytest.mark.skipif(not _installed("fastapi", "uvicorn"), reason=_missing("fastapi", "uvicorn"))
 
+# the skip marks of tests that can only run on a CUDA device: tests/conftest.py marks every test carrying one
+# ``gpu`` too, so ``pytest -m gpu`` (the GPU check, bench/gpu_check.sh) selects all of them
+CUDA_ONLY = (requires_cuda.mark, requires_two_gpus.mark, requires_tensorrt.mark)
+
 # name -> (condition holds, reason when it does not): the report header of tests/conftest.py
 CONDITIONS: dict[str, tuple[bool, str]] = {
     name: (not mark.args[0], mark.kwargs["reason"]) for name, mark in (

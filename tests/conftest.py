@@ -55,8 +55,14 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    from _markers import CUDA_ONLY
+
     from samr1.ops.backends import interpreting
 
+    # a test that needs CUDA is a GPU test whether or not it says so: `pytest -m gpu` selects it
+    for item in items:
+        if item.get_closest_marker("gpu") is None and any(m in CUDA_ONLY for m in item.iter_markers("skipif")):
+            item.add_marker(pytest.mark.gpu)
     if interpreting():
         return
     skip = pytest.mark.skip(reason="runs in a child pytest with TRITON_INTERPRET=1 (run_in_triton_interpreter in "

@@ -188,7 +188,7 @@ REJECTIONS = {
     "invalid_json": ["<answer>bbox: 1 2 3 4</answer>", '<answer>The box is {"bbox": [1, 2, 3, 4]}</answer>',
                      "<answer>{'bbox': [1, 2, 3, 4]</answer>", "<answer>" + "1+" * 3000 + "1</answer>",
                      "<answer>{\"bbox\": __import__('os').system('true')}</answer>"],
-    "not_object": ["<answer>[1, 2, 3, 4]</answer>", "<answer>[]</answer>", "<answer>42</answer>",
+    "not_object": ["<answer>[1, 2, 3, 4]</answer>", "<answer>42</answer>",
                    '<answer>"bbox"</answer>', "<answer>{1, 2}</answer>", "<answer>[[1, 2]]</answer>"],
     "missing_bbox": ['<answer>{"box": [1, 2, 3, 4], "points": [[1, 2]]}</answer>', "<answer>{}</answer>",
                      '<answer>[{"points": [[1, 2]]}, {"bbox": [1, 2, 3, 4]}]</answer>'],
@@ -415,3 +415,21 @@ def test_garbled_python_literal_is_a_parse_failure_without_a_warning():
         a = parse_answer(text, image_size=(100, 100))
     assert not a.ok and a.code == "invalid_json"
     assert [str(w.message) for w in caught] == []
+
+
+@pytest.mark.parametrize("text", ["<think>none here</think><answer>[]</answer>", "<answer> [ ] </answer>",
+                                  "<answer>```json\n[]\n```</answer>", "<answer>()</answer>"])
+def test_empty_list_is_the_answer_no_object(text):
+    """``[]`` says "there is no such object": it parses (ok), names no object, and its mask is empty."""
+    for size in (None, (480, 640)):
+        a = parse_answer(text, size)
+        assert a.ok and a.no_object and a.reason is None and a.code is None
+        assert a.bbox is None and a.points == [] and a.objects == () and a.per_object() == []
+    one = parse_answer('<answer>[{"bbox_2d": [1, 2, 30, 40], "point_2d": [5, 6]}]</answer>')
+    assert one.ok and not one.no_object
+    assert not parse_answer("<answer>[[]]</answer>").no_object  # a list holding a non-object is no answer
+    # answers built by hand: a points-only prompt (no box) is a prompt, not "no object"
+    from samr1.answer import Answer
+
+    assert not Answer(ok=True, points=[(3.0, 4.0)], labels=[1]).no_object and Answer(ok=True).no_object
+    assert not Answer(ok=False).no_object

@@ -30,8 +30,14 @@ FILES = {
     "parse": ("parse.jsonl", "parse.png"),
     "latency": ("latency.jsonl", "latency.png"),
     "train-step": ("train_step.jsonl", "train_step.png"),
+    "fidelity": ("fidelity_peer.jsonl", "fidelity_peer.png"),
+    "multi-object": ("multi_object.jsonl", "multi_object.png"),
     "learn": ("learn.jsonl", "learn.png"),
+    "limits": ("limits.jsonl", "limits.png"),
+    "prompt-pack": ("prompt_pack.jsonl", "prompt_pack.png"),
 }
+# fidelity imports a peer checkout; the tests hand it the restated layout (tests/peer_restated, not the peer's code)
+PEER_RESTATED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_restated")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -112,6 +118,31 @@ def _check_train_step(rows: list[dict]) -> None:
 CHECKS["train-step"] = _check_train_step
 
 
+def _check_fidelity(rows: list[dict]) -> None:
+    by = {(r["preset"], r["component"]): r for r in rows}
+    for comp in ("think", "answer", "box_iou", "box_l1", "point_dist"):  # segzero: float-equal everywhere
+        assert by[("segzero", comp)]["agree"] == by[("segzero", comp)]["n"] > 0, by[("segzero", comp)]
+    for comp in ("format", "accuracy", "non_repeat"):  # visionreasoner: on its own answers
+        r = by[("visionreasoner", comp)]
+        assert r["exact_agree"] == r["exact_n"] > 0 and set(r["differ"]) <= {"vr_no_object"}, r
+    gt = by[("ground truth", "box, points")]
+    assert gt["agree"] == gt["exact_agree"] == gt["n"] > 0
+
+
+CHECKS["fidelity"] = _check_fidelity
+
+
+def _check_multi_object(rows: list[dict]) -> None:
+    assert [(r["step"].split()[0], r["cache"]) for r in rows] == [
+        ("single-object", "cold"), ("multi-object", "cold"), ("single-object", "warm"), ("multi-object", "warm")]
+    assert all(r["engine_calls_per_step"] == 1 for r in rows)  # the multi-object path stays one engine call
+    assert all(r["sam_prompts"] > 0 and r["step_s"] > 0 for r in rows)
+    assert rows[1]["sam_prompts"] >= rows[0]["sam_prompts"] and "ratio_vs_single" in rows[3]
+
+
+CHECKS["multi-object"] = _check_multi_object
+
+
 def _check_learn(rows: list[dict]) -> None:
     from samr1.bench.bench_learn import ARMS
 
@@ -133,6 +164,34 @@ def _check_learn(rows: list[dict]) -> None:
 
 
 CHECKS["learn"] = _check_learn
+
+
+def _check_limits(rows: list[dict]) -> None:
+    reads = [r for r in rows if r["part"] == "store-read"]
+    assert reads and all(r["check_ok"] for r in reads)  # intact rows read, a damaged row caught
+    assert all(r["first_ms_per_row"] > 0 and r["later_ms_per_row"] > 0 for r in reads)
+    assert [r["rows"] for r in rows if r["part"] == "store-flush"] == [1000]
+    serve = [r for r in rows if r["part"] == "serve"]
+    assert serve[-1]["requests"] == 8 and all(r["blob_mb"] <= r["cap_mb"] and r["cache_mb"] <= r["cap_mb"]
+                                              for r in serve)
+    assert [r["items"] for r in rows if r["part"] == "resolve-items"] == [64, 256]
+
+
+CHECKS["limits"] = _check_limits
+
+
+def _check_prompt_pack(rows: list[dict]) -> None:
+    from samr1.bench import bench_prompt_pack
+
+    ref = [r for r in rows if r["backend"] == "torch (reference)"]
+    assert [r["N"] for r in ref] == list(bench_prompt_pack.SMOKE_NS)
+    assert all(r["tokens"] >= 2 and r["dim"] > 0 and r["median_s"] > 0 for r in ref), ref
+    for r in rows:
+        if r not in ref:  # the Triton rows (CUDA): the same tokens and counts as the reference
+            assert r["max_abs_err"] <= bench_prompt_pack.ATOL and r["counts_equal"], r
+
+
+CHECKS["prompt-pack"] = _check_prompt_pack
 
 
 def _check_record(path: str, rows: list[dict], name: str) -> None:
@@ -158,7 +217,8 @@ def test_bench_smoke_cpu(name, tmp_path):
     out = str(tmp_path)
     # one torch thread: on a 2-core machine shared with other jobs, 2-thread ops wait on a busy core (the
     # smoke runs took 2x longer with 2 threads under load); agreement does not depend on it
-    rows = run_bench(name, smoke=True, device="cpu", sam_kind="tiny", out=out, threads=1)
+    rows = run_bench(name, smoke=True, device="cpu", sam_kind="tiny", out=out, threads=1,
+                     peer_repo=PEER_RESTATED if name == "fidelity" else None)
     assert rows and all(isinstance(r, dict) for r in rows)
     CHECKS[name](rows)
     record, png = FILES[name]
@@ -169,7 +229,7 @@ def test_bench_smoke_cpu(name, tmp_path):
 
 @pytest.mark.gpu
 @requires_cuda
-@pytest.mark.parametrize("name", ["mask-iou", "decode", "reward-step"])
+@pytest.mark.parametrize("name", ["mask-iou", "decode", "reward-step", "prompt-pack"])
 def test_bench_smoke_cuda(name, tmp_path):
     rows = run_bench(name, smoke=True, device="cuda", sam_kind="tiny", out=str(tmp_path))
     CHECKS[name](rows)

@@ -181,7 +181,12 @@ def test_bad_inputs(encoder):
     assert emb.shape == (0, 256, 64, 64) and sizes == []
 
 
-def test_non_finite_store_rows_are_re_encoded_with_a_warning(encoder, pool, tmp_path):
+@pytest.mark.parametrize("legacy", [False, True], ids=["digests", "format-1"])
+def test_non_finite_store_rows_are_re_encoded_with_a_warning(encoder, pool, tmp_path, legacy):
+    """A store row damaged with NaN / inf is re-encoded with a warning: caught by its digest (stores with
+    per-row digests), or by the finiteness check (format-1 stores, which have none)."""
+    import json
+
     imgs, refs = pool
     store = EmbeddingStore.create(tmp_path / "s", encoder.model_id, encoder.embedding_shape, encoder.frame,
                                   encoder=encoder.name)
@@ -195,15 +200,25 @@ def test_non_finite_store_rows_are_re_encoded_with_a_warning(encoder, pool, tmp_
         for row, bad in ((1, np.nan), (2, -np.inf)):
             f.seek(row * row_bytes + 2 * int(rng.integers(0, row_bytes // 2)))
             f.write(np.array([bad], np.float16).tobytes())
-    cache = EmbeddingCache(encoder, cache_bytes=16 * EMB_BYTES, store=EmbeddingStore.open(tmp_path / "s",
-                                                                                          encoder.model_id))
+    if legacy:
+        index = tmp_path / "s" / "index.json"
+        meta = json.loads(index.read_text())
+        del meta["digests"]
+        index.write_text(json.dumps({**meta, "format": 1}))
+        with pytest.warns(StoreWarning, match="format 1"):
+            store = EmbeddingStore.open(tmp_path / "s", encoder.model_id)
+    else:
+        store = EmbeddingStore.open(tmp_path / "s", encoder.model_id)
+    cache = EmbeddingCache(encoder, cache_bytes=16 * EMB_BYTES, store=store)
     with pytest.warns(StoreWarning) as record:
         emb, sizes = cache.get_or_encode([imgs[0], imgs[1], imgs[2], imgs[1]])
     messages = " ".join(str(w.message) for w in record)
-    assert re.search(rf"{re.escape(keys[1])} holds non-finite", messages)
-    assert re.search(rf"{re.escape(keys[2])} holds non-finite", messages) and keys[0] not in messages
+    said = "holds non-finite" if legacy else "does not match the digest"
+    assert re.search(rf"{re.escape(keys[1])} {said}", messages)
+    assert re.search(rf"{re.escape(keys[2])} {said}", messages) and keys[0] not in messages
     s = cache.stats
-    assert (s["store_hits"], s["store_nonfinite"], s["encoder_images"], s["encoder_calls"]) == (1, 2, 2, 1)
+    counted = "store_nonfinite" if legacy else "store_damaged"
+    assert (s["store_hits"], s[counted], s["encoder_images"], s["encoder_calls"]) == (1, 2, 2, 1)
     assert bool(torch.isfinite(emb).all())
     torch.testing.assert_close(emb[0], refs[0], rtol=1e-3, atol=1e-3)  # the intact row, float16 storage
     for row, i in ((1, 1), (2, 2), (3, 1)):

@@ -26,8 +26,9 @@ BAD = {
     SamR1RewardConfig: {
         "tiers": ((0.5, 1.0), (0.8, 2.0)), "components": ("think", "format"), "model_size": (0, 840),
         "image_key": "", "mask_key": None, "require_points": "no", "box_iou_threshold": float("inf"),
-        "box_l1_threshold": "10", "point_threshold": None, "gt_points": 0, "frame": "image",
-        "point_rule": "centres", "multi_object": "all",
+        "box_l1_threshold": "10", "point_threshold": float("nan"), "gt_points": 0, "frame": "image",
+        "point_rule": "centres", "multi_object": "all", "preset": "lisa", "gt_rule": "nearest",
+        "mask_match": "greedy",
     },
 }
 
@@ -183,7 +184,7 @@ def test_train_config_builds_the_reward_side_configs():
                       components=["think", "mask_iou"], policy_image_size=448)
     assert cfg.engine_config() == SamEngineConfig(encoder="onnx", cache_bytes=1 << 29, multimask=False, store="store/")
     assert cfg.reward_config() == SamR1RewardConfig(components=("think", "mask_iou"), model_size=(448, 448),
-                                                    image_key="sam_image", mask_key="mask")
+                                                    image_key="sam_image", mask_key="masks")
     for field, value in (("encoder", "jax"), ("embeddings", ""), ("components", "iou")):
         with pytest.raises(ConfigError, match=f"^{field}=") as exc:  # named as the flag the user gave
             dataclasses.replace(cfg, **{field: value}).validate()

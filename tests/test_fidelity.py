@@ -60,7 +60,7 @@ def test_reference_points_match_the_restatement_on_scene_masks():
 
 def test_every_difference_is_documented_and_seg_zero_format_answers_agree():
     seed = int(np.random.default_rng().integers(0, 1_000_000))
-    res = bf.run(n_scenes=6, seed=seed, sizes=((840, 840), (1680, 1680), (480, 640), (333, 517)))
+    res = bf.run_restated(n_scenes=6, seed=seed, sizes=((840, 840), (1680, 1680), (480, 640), (333, 517)))
     assert res["n_completions"] >= 40
     for row in res["rows"]:
         comp = next(c for c in bf.COMPONENTS if bf.NAMES[c] == row["component"])
@@ -84,3 +84,14 @@ def test_seg_zero_rewards_restatement_hand_cases(kind):
     want = {"good": (1, 1, 1, 1, 1), "jitter": (1, 1, 1, 1, 1), "shifted": (1, 1, 1, 0, 0),
             "far": (1, 1, 0, 0, 0)}[kind]
     assert tuple(got[c] for c in bf.COMPONENTS) == want
+
+
+def test_peer_bench_says_what_to_pass_without_a_checkout(tmp_path, capsys):
+    from samr1.cli import main
+
+    with pytest.raises(SystemExit, match="--peer-repo PATH: a git checkout of the Seg-Zero repository"):
+        bf.run(smoke=True)
+    with pytest.raises(SystemExit, match="seg_restrict.py not found"):
+        bf.run(smoke=True, peer_repo=str(tmp_path))
+    assert main(["bench", "fidelity", "--smoke"]) != 0
+    assert "--peer-repo PATH" in capsys.readouterr().err

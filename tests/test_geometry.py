@@ -190,7 +190,8 @@ def test_circles_rule_matches_brute_force_rule():
 def segzero_points_restated(mask):
     """Seg-Zero's rule, restated with loops over a brute-force EDT in scipy's semantics (the array border is
     not background): first = argmax EDT (row-major first); second = among mask pixels farther from the first
-    than the median distance, the largest EDT (row-major first); else the mask pixel nearest the centroid."""
+    than the median distance, the largest EDT (row-major first); else the largest EDT in the 20 x 20 window at
+    the centroid truncated to ints, moved to the nearest mask pixel when off the mask."""
     h, w = mask.shape
     pix = [(i, j) for i in range(h) for j in range(w) if mask[i, j]]
     if not pix:
@@ -209,12 +210,16 @@ def segzero_points_restated(mask):
     for (i, j), d in zip(pix, dist, strict=True):
         if d > med and (second is None or d2[i, j] > d2[second]):
             second = (i, j)
-    if second is None:
-        cy = sum(i for i, _ in pix) / len(pix)
-        cx = sum(j for _, j in pix) / len(pix)
-        for i, j in pix:
-            if second is None or (i - cy) ** 2 + (j - cx) ** 2 < (second[0] - cy) ** 2 + (second[1] - cx) ** 2:
-                second = (i, j)
+    if second is None:  # the published fallback: the largest EDT in a 20 x 20 window at the int centroid
+        cy = int(sum(i for i, _ in pix) / len(pix))
+        cx = int(sum(j for _, j in pix) / len(pix))
+        for i in range(max(0, cy - 10), min(h, cy + 10)):
+            for j in range(max(0, cx - 10), min(w, cx + 10)):
+                if second is None or d2[i, j] > d2[second]:
+                    second = (i, j)
+        if not mask[second]:  # off the mask: the nearest mask pixel
+            sy, sx = second
+            second = min(pix, key=lambda p: (p[0] - sy) ** 2 + (p[1] - sx) ** 2)
     return [(float(x1), float(y1)), (float(second[1]), float(second[0]))]
 
 

@@ -116,7 +116,8 @@ def _hostile_masks(shape):
         [["x"] * w] * h,
         [[10**40] * w] * h,
         np.zeros((h, w + 1), bool), np.full((h, w), np.nan), np.zeros((h, w, 5), np.uint8),
-        np.zeros((h, w), object), None, "no/such/mask.png", [], {"counts": []}, 7,
+        # ([] is not here: it is a row's empty instance list, an empty target, see samr1.rewards.truth)
+        np.zeros((h, w), object), None, "no/such/mask.png", {"counts": []}, 7,
     ])
 
 

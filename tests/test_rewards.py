@@ -177,20 +177,29 @@ def _answer_text(box_model, pts_model, key="bbox"):
     return f"<think>t</think><answer>{json.dumps({key: box_model, 'points': pts_model})}</answer>"
 
 
-def test_ablation_components_without_engine_non_square_image():
+@pytest.mark.parametrize("gt_rule", ["published", "resize"])
+def test_ablation_components_without_engine_non_square_image(gt_rule):
     H, W = 420, 1680
     img = np.zeros((H, W, 3), np.uint8)
     gt = np.zeros((H, W), bool)
     gt[84:210, 336:1008] = True
-    # In the 840 x 840 model frame (nearest at pixel centres: row i <- floor((i + 0.5) / 2), column j <- 2j + 1)
-    # the object covers rows 168..419 and columns 168..503: inclusive box (168, 168, 503, 419).
-    model_gt = np.zeros((840, 840), bool)
-    model_gt[168:420, 168:504] = True
-    gt_pts = mask_to_points(model_gt, 2)
-    exact = _answer_text([168, 168, 503, 419], [list(p) for p in gt_pts])
+    if gt_rule == "published":
+        # On the original mask, then each coordinate scaled with int(v * 840 / W + 0.5), int(v * 840 / H + 0.5):
+        # box (336, 84, 1007, 209) -> (168, 168, 504, 418).
+        pts = mask_to_points(gt, 2)
+        gt_box = [168, 168, 504, 418]
+        gt_pts = [(int(x * 0.5 + 0.5), int(y * 2 + 0.5)) for x, y in pts]
+    else:
+        # In the 840 x 840 model frame (nearest at pixel centres: row i <- floor((i + 0.5) / 2), column j <-
+        # 2j + 1) the object covers rows 168..419 and columns 168..503: inclusive box (168, 168, 503, 419).
+        model_gt = np.zeros((840, 840), bool)
+        model_gt[168:420, 168:504] = True
+        gt_pts = mask_to_points(model_gt, 2)
+        gt_box = [168, 168, 503, 419]
+    exact = _answer_text(gt_box, [list(p) for p in gt_pts])
     far = _answer_text([0, 0, 50, 50], [[10, 10], [20, 20]])
-    near = _answer_text([170, 170, 507, 421], [[x + 30, y] for x, y in gt_pts])
-    reward = SamR1Reward(None, components=("think", "answer", "box_iou", "box_l1", "point_dist"))
+    near = _answer_text([gt_box[0] + 2, gt_box[1] + 2, gt_box[2] + 4, gt_box[3] + 2], [[x + 30, y] for x, y in gt_pts])
+    reward = SamR1Reward(None, components=("think", "answer", "box_iou", "box_l1", "point_dist"), gt_rule=gt_rule)
     fns = reward.functions()
     assert [f.__name__ for f in fns] == ["think_format", "answer_format", "box_iou", "box_l1", "point_distance"]
     comps = [exact, far, near, "garbage"]
@@ -452,7 +461,9 @@ def _ablation_rewards(reward, comps, img, gt):
 
 def test_frame_model_gives_the_same_rewards_at_840_and_1680():
     """Seg-Zero measures 10 px / 100 px in the 840 frame: the same answer on the same scene rendered at
-    840 x 840 and at 1680 x 1680 earns the same ablation rewards."""
+    840 x 840 and at 1680 x 1680 earns the same ablation rewards under the "resize" ground-truth rule (the
+    published rule measures the original mask and rounds, so its 1680 box ends one 840-frame pixel further
+    right and down: see test_exact_answer_for_thin_objects_earns_box_iou_1)."""
     rng = np.random.default_rng()
     small = np.zeros((840, 840), bool)
     small[100:300, 200:500] = True  # inclusive box (200, 100, 499, 299)
@@ -469,7 +480,7 @@ def test_frame_model_gives_the_same_rewards_at_840_and_1680():
                           [[p1[0] + poff[0], p1[1] + poff[1]], [p2[0] + poff[2], p2[1] + poff[3]]]))
     six_off = _seg([gt_box[0] + 6, gt_box[1] + 6, gt_box[2] + 6, gt_box[3] + 6], [list(p1), list(p2)])
     comps.append(six_off)
-    reward = SamR1Reward(None, components=_ABLATIONS)
+    reward = SamR1Reward(None, components=_ABLATIONS, gt_rule="resize")
     at_840 = _ablation_rewards(reward, comps, np.zeros((840, 840, 3), np.uint8), small)
     at_1680 = _ablation_rewards(reward, comps, np.zeros((1680, 1680, 3), np.uint8), big)
     assert at_840 == at_1680
@@ -535,14 +546,18 @@ def test_exact_answer_for_thin_objects_earns_box_iou_1(width, size):
     gt = np.zeros(size, bool)
     x1, y1, height = 400, 200, 37
     gt[y1 * k:(y1 + height) * k, x1 * k:(x1 + width) * k] = True
-    box = [x1, y1, x1 + width - 1, y1 + height - 1]  # inclusive pixel indices in the 840 frame
+    # the published ground truth: the original mask's inclusive box, each coordinate scaled as
+    # int(v * 840 / W + 0.5); at 1680 px the right/bottom edges (2 x + 1) land one 840-frame pixel further
+    box = [int(v / k + 0.5) for v in (x1 * k, y1 * k, (x1 + width) * k - 1, (y1 + height) * k - 1)]
     text = _seg(box, [[x1, y1 + 5], [x1 + width - 1, y1 + 30]])
     a = parse_answer(text, size)
     assert a.ok and a.model_bbox == tuple(float(v) for v in box)
     reward = SamR1Reward(None, components=("answer", "box_iou", "box_l1"))
     got = _ablation_rewards(reward, [text], np.zeros((*size, 3), np.uint8), gt)
     assert got == {"answer_format": [1.0], "box_iou": [1.0], "box_l1": [1.0]}
-    assert box_iou(box, mask_to_box(gt[::k, ::k])) == 1.0
+    assert box_iou(box, mask_to_box(gt[::k, ::k])) == (1.0 if k == 1 else pytest.approx(
+        width / (width + 1) * height / (height + 1)))
+    box = [x1, y1, x1 + width - 1, y1 + height - 1]
     # one pixel narrower: IoU (width - 1) / width, 0 for a 1 px object's neighbour column
     if width > 1:
         assert box_iou([x1, y1, x1 + width - 2, y1 + height - 1], box) == pytest.approx((width - 1) / width)

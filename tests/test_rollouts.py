@@ -209,8 +209,7 @@ def run(tmp_path_factory):
     out = root / "out"
     cmd = ["train", "--model", policy, "--data", manifest, "--sam", "tiny-shapes", "--device", "cpu", "--max-steps",
            "2", "--num-generations", "2", "--max-completion-length", "8", "--output-dir", str(out), "--no-progress",
-           "--policy-image-size", "56",  # the tiny processor's frame
-           "--rollouts-every", "1", "--save-steps", "1"]
+           "--rollouts-every", "1", "--save-steps", "1", "--policy-image-size", "56"]
     assert main(cmd) == 0
     first = (out / "rollouts" / "rollouts.jsonl").read_bytes()
     assert main([*cmd, "--resume", str(out / "checkpoint-1")]) == 0

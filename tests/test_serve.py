@@ -313,7 +313,7 @@ def test_cli_serve_refuses_a_public_address_without_a_token(tmp_path, capsys):
     assert "token" in capsys.readouterr().err
     empty = tmp_path / "token.txt"
     empty.write_text("\n")
-    assert main(["serve", "--token-file", str(empty)]) == 2
+    assert main(["serve", "--token-file", str(empty)]) == 3  # an unreadable or empty input file: exit 3
     assert main(["serve", "--port", "70000"]) == 2
 
 

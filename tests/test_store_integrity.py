@@ -45,8 +45,9 @@ def _drop(field):
 CORRUPTIONS = [
     # (id, mutation of the index dict, the field the message must name)
     *[(f"missing-{f}", _drop(f), f) for f in ("format", "model_id", "shape", "frame", "hash", "rows", "keys",
-                                              "input_sizes")],
-    ("format-str", _set("format", "1"), "format"), ("format-2", _set("format", 2), "format"),
+                                              "input_sizes", "digests")],
+    ("format-str", _set("format", "1"), "format"), ("format-3", _set("format", 3), "format"),
+    ("format-0", _set("format", 0), "format"),
     ("format-bool", _set("format", True), "format"), ("format-null", _set("format", None), "format"),
     ("model_id-int", _set("model_id", 5), "model_id"), ("model_id-empty", _set("model_id", ""), "model_id"),
     ("model_id-list", _set("model_id", ["m"]), "model_id"),
@@ -90,6 +91,12 @@ CORRUPTIONS = [
     ("sizes-null", _set("input_sizes", [[1, 2], None, [5, 6]]), "input_sizes[1]"),
     ("sizes-float", _set("input_sizes", [[1.5, 2], [3, 4], [5, 6]]), "input_sizes[0]"),
     ("sizes-nested", _set("input_sizes", [[[1], 2], [3, 4], [5, 6]]), "input_sizes[0]"),
+    ("digests-short", lambda m: {**m, "digests": m["digests"][:2]}, "digests"),
+    ("digests-str", _set("digests", "abc"), "digests"), ("digests-null", _set("digests", None), "digests"),
+    ("digests-int", lambda m: {**m, "digests": [m["digests"][0], 7, m["digests"][2]]}, "digests[1]"),
+    ("digests-not-hex", lambda m: {**m, "digests": ["zz", *m["digests"][1:]]}, "digests[0]"),
+    ("digests-empty", lambda m: {**m, "digests": [*m["digests"][:2], ""]}, "digests[2]"),
+    ("digests-huge", lambda m: {**m, "digests": ["a" * 5000, *m["digests"][1:]]}, "digests[0]"),
 ]
 
 

@@ -226,6 +226,33 @@ def test_seg_zero_prompt_verbatim():
         resolve_prompt("no placeholder")
 
 
+@pytest.mark.parametrize("query,seen", [("The Red Circle.", "the red circle"), ("...a mug..", "a mug"),
+                                        ("Where is it?", "where is it?"), ("  Spaces stay. ", "  spaces stay. "),
+                                        ("Dr. Who's hat.", "dr. who's hat")])
+def test_templates_are_the_peers_byte_for_byte_with_the_query_normalised(query, seen):
+    """Both named templates filled as the peers' evaluation code fills theirs: query.lower().strip(".") in
+    their text (restated here from the peers' files; bench/bench_fidelity.py compares with the files)."""
+    seg = ("Please find '{Question}' with bbox and points.Compare the difference between objects and find the "
+           "most closely matched one.Output the thinking process in <think> </think> and final answer in <answer> "
+           "</answer> tags.Output the one bbox and points of two largest inscribed circles inside the interested "
+           "object in JSON format.i.e., <think> thinking process here </think><answer>{Answer}</answer>")
+    vr = ("Please find \"{Question}\" with bboxs and points.Compare the difference between object(s) and find the "
+          "most closely matched object(s).Output the thinking process in <think> </think> and final answer in "
+          "<answer> </answer> tags.Output the bbox(es) and point(s) inside the interested object(s) in JSON format."
+          "i.e., <think> thinking process here </think><answer>{Answer}</answer>")
+    seg_answer = "{'bbox': [10,100,200,210], 'points_1': [30,110], 'points_2': [35,180]}"
+    vr_answer = ('[{"bbox_2d": [10,100,200,210], "point_2d": [30,110]}, {"bbox_2d": [225,296,706,786], '
+                 '"point_2d": [302,410]}]')
+    from samr1.train.prompts import format_prompt, normalize_query
+
+    assert normalize_query(query) == seen
+    for name, text, answer in (("seg-zero", seg, seg_answer), ("vision-reasoner", vr, vr_answer)):
+        want = text.format(Question=seen, Answer=answer)
+        got = format_prompt(name, query)
+        assert got.encode("utf-8") == want.encode("utf-8"), name
+        assert conversation(name, query) == [{"role": "user", "content": want}]
+
+
 def test_config_defaults_yaml_and_flags(tmp_path):
     from samr1.cli import build_parser
     from samr1.cli.train import config_from_args
@@ -235,9 +262,9 @@ def test_config_defaults_yaml_and_flags(tmp_path):
             c.policy_image_size, c.max_completion_length) == (8, "dapo", 0.2, 0.3, 5e-3, 1e-6, 1.0, 840, 1024)
     (tmp_path / "train.yaml").write_text("model: m\ndata: d.jsonl\nbeta: 0.01\nnum_generations: 4\n"
                                          "components: [think, answer, mask_iou]\n")
-    args = build_parser().parse_args(["train", "--config", str(tmp_path / "train.yaml"), "--num-generations", "6"])
+    args = build_parser().parse_args(["train", "--config", str(tmp_path / "train.yaml"), "--num-generations", "2"])
     cfg = config_from_args(args).validate()
-    assert cfg.beta == 0.01 and cfg.num_generations == 6 and cfg.model == "m"  # flag beats file
+    assert cfg.beta == 0.01 and cfg.num_generations == 2 and cfg.model == "m"  # flag beats file
     assert cfg.components == ["think", "answer", "mask_iou"] and cfg.epsilon_high == 0.3
     (tmp_path / "bad.yaml").write_text("num-generations: 4\n")
     with pytest.raises(ConfigError, match="unknown keys"):

@@ -56,7 +56,18 @@ WORKER = textwrap.dedent('''
     engine = SamEngine(sam)
     hub = RewardHub(SamR1Reward(engine, image_key="sam_image"), gather="node", dataset=ds, rank=rank)
     kw = {"sam_image": [ds[r]["sam_image"] for r in ids], "mask": [ds[r]["mask"] for r in ids], "row_id": ids}
-    got = [f(prompts=None, completions=comps, **kw) for f in hub.functions()]
+    logged = {}
+    got = [f(prompts=None, completions=comps, log_metric=logged.__setitem__, **kw) for f in hub.functions()]
+    st = engine.stats
+    res.update(logged=logged, totals=hub.reduced_totals(), engine_hits=st["cache_hits"],
+               engine_lookups=st["cache_hits"] + st["cache_misses"])
+    # without the answer component, parse failures come from the reward's own parse of the node's rows
+    engine2 = SamEngine(sam)
+    hub2 = RewardHub(SamR1Reward(engine2, image_key="sam_image", components=("think", "iou")), gather="node",
+                     dataset=ds, rank=rank)
+    logged2 = {}
+    hub2.functions()[0](prompts=None, completions=comps, log_metric=logged2.__setitem__, **kw)
+    res.update(logged2=logged2, totals2=hub2.reduced_totals())
     local = SamR1Reward(SamEngine(sam), image_key="sam_image").functions()
     want = [f(completions=list(comps), sam_image=[ds[r]["sam_image"] for r in ids], mask=[ds[r]["mask"] for r in ids])
             for f in local]
@@ -104,5 +115,18 @@ def test_two_process_group_check_and_node_gather(tmp_path):
         assert r["failure"] and "engine exploded" in r["failure"] and "rank 0" in r["failure"], r["failure"]
     # scored once, on the node's first process: it encoded both processes' images, the other none
     assert res[0]["encoder_images"] == 4 and res[1]["encoder_images"] == 0
+    # logged figures are the node's (TRL logs the mean over processes): one bad answer per process of 4, and the
+    # leader's cache hit rate; never a rate averaged with the zeros of the process that scored nothing
+    hit_rate = res[0]["engine_hits"] / res[0]["engine_lookups"]
+    assert res[1]["engine_lookups"] == 0 and 0 < hit_rate < 1
+    for r in res:
+        for logged in (r["logged"], r["logged2"]):
+            assert logged["samr1/parse_failure_rate"] == pytest.approx(2 / 8)
+            assert logged["samr1/encoder_images"] == 4
+        assert r["logged"]["samr1/cache_hit_rate"] == pytest.approx(hit_rate)
+        for totals in (r["totals"], r["totals2"]):  # the summary's totals: the job's, not rank 0's
+            assert (totals["steps"], totals["completions"], totals["parse_failures"], totals["encoder_images"]) == \
+                (1, 8, 2, 4)
+        assert r["totals"]["cache_lookups"] == res[0]["engine_lookups"]
     # not a vacuous match: SAM scored some answers above the lowest tier
     assert sum(sum(r["got"][2]) for r in res) > 0

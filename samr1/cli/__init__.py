@@ -19,6 +19,7 @@ import importlib
 import os
 import re
 import sys
+import textwrap
 import traceback
 import warnings
 from collections.abc import Sequence
@@ -27,15 +28,15 @@ from typing import Any, NoReturn
 # Subcommands in the order ``samr1 --help`` lists them; each is samr1/cli/<name>.py. A name whose module is
 # not in this build (train, eval and serve arrive as their modules do) is left out of the parser and the help.
 COMMANDS = ["demo", "train", "segment", "eval", "serve", "view", "embed", "export", "bench", "train_sam",
-            "shapes_check"]
+            "shapes_check", "trl_data"]
 
-# Exit codes (documented in ``samr1 --help`` and the README). Scripts may rely on them.
+# Exit codes (documented in ``samr1 --help`` and docs/cli.md, which a test keeps equal). Scripts may rely on them.
 EXIT_OK = 0
 EXIT_INTERNAL = 1  # a bug in samr1 (please report it with the --debug traceback)
 EXIT_USAGE = 2  # a flag is missing, unknown or has a bad value
 EXIT_INPUT = 3  # an input or dataset is unreadable or malformed: manifest, image, mask, embedding store
-EXIT_MODEL = 4  # a SAM model cannot be loaded: unknown --sam, missing / corrupt / unsafe checkpoint
-EXIT_DEVICE = 5  # the device or runtime is not usable: no GPU, missing GPU provider or optional package
+EXIT_MODEL = 4  # a model cannot be used: unknown --sam, missing / corrupt / unsafe checkpoint, random SAM in eval
+EXIT_DEVICE = 5  # the device or runtime is not usable: no GPU, missing GPU provider or optional package (extra)
 EXIT_OUTPUT = 6  # an output cannot be written: --out, a cache or store folder (permissions, disk, path)
 EXIT_BUSY = 75  # another process holds the embedding store (sysexits EX_TEMPFAIL: retry later or pass --wait)
 EXIT_INTERRUPTED = 130  # Ctrl-C
@@ -44,9 +45,11 @@ EXIT_CODES: dict[int, str] = {
     EXIT_OK: "success",
     EXIT_INTERNAL: "internal error (a bug: rerun with --debug and report the traceback)",
     EXIT_USAGE: "usage error: a flag is missing, unknown or has a bad value",
-    EXIT_INPUT: "input error: a manifest, image, mask or embedding store is unreadable or malformed",
-    EXIT_MODEL: "model error: unknown --sam kind, or a missing, corrupt, unsafe or mismatched checkpoint",
-    EXIT_DEVICE: "device error: the device is not usable here (no GPU, no GPU provider, missing package)",
+    EXIT_INPUT: "input error: a manifest, image, mask, token file or embedding store is unreadable or malformed",
+    EXIT_MODEL: ("model error: unknown --sam kind; a missing, corrupt, unsafe or mismatched checkpoint or policy; "
+                 "a random-weight SAM where a metric needs real weights"),
+    EXIT_DEVICE: ("device error: the device or a package is not usable here (no GPU, no GPU provider, a missing "
+                  "optional extra)"),
     EXIT_OUTPUT: "output error: --out, a cache or a store folder cannot be written",
     EXIT_BUSY: "busy: another process is writing the embedding store (retry, or pass --wait SECONDS)",
     EXIT_INTERRUPTED: "interrupted (Ctrl-C)",
@@ -88,24 +91,113 @@ class OutputError(CliError):
     exit_code = EXIT_OUTPUT
 
 
+# reStructuredText roles and literals in the docstrings that serve as --help descriptions:
+# ":func:`samr1.io.rle_decode`" -> "samr1.io.rle_decode", "``--box``" -> "--box".
+_RST_ROLE = re.compile(r":[a-z]+:`~?([^`]+)`")
+_RST_LITERAL = re.compile(r"``([^`]+)``")
+_INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)")
+
+
+def plain_text(text: str) -> str:
+    """``text`` with reStructuredText markup (roles, double-backtick literals, ``::``) turned into plain text,
+    as ``--help`` prints it."""
+    text = _RST_ROLE.sub(r"\1", text)
+    text = _RST_LITERAL.sub(r"\1", text)
+    return text.replace(":: \n", ":\n").replace("::\n", ":\n")
+
+
+def did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """``" (did you mean 'segment'?)"`` when ``word`` is close to one of ``choices`` ('-' and '_' alike, any case),
+    else ``""``."""
+    import difflib
+
+    def norm(c: str) -> str:
+        return c.lower().replace("_", "-")
+
+    by_norm = {norm(c): c for c in choices}
+    close = difflib.get_close_matches(norm(word), list(by_norm), n=1, cutoff=0.6)
+    return f" (did you mean {by_norm[close[0]]!r}?)" if close else ""
+
+
 class _Parser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose errors raise :class:`UsageError` (one line, formatted by :func:`main`)
-    instead of printing the usage block and exiting; subparsers inherit the class."""
+    instead of printing the usage block and exiting, that suggests the closest choice for a misspelt one,
+    and whose help is plain text (the descriptions are docstrings); subparsers inherit the class."""
 
     def error(self, message: str) -> NoReturn:
+        bad = _INVALID_CHOICE.search(message)
+        if bad:
+            hint = did_you_mean(bad.group(1), re.findall(r"'([^']*)'", bad.group(2)))
+            message = message[:bad.start()] + f"invalid choice: {bad.group(1)!r}{hint}; choose from {bad.group(2)}"
         raise UsageError(f"{message} (see '{self.prog} --help')", prog=self.prog)
+
+    def format_help(self) -> str:
+        return plain_text(super().format_help())
+
+    def _get_formatter(self) -> argparse.HelpFormatter:
+        fmt = super()._get_formatter()
+
+        def split_lines(text: str, width: int) -> list[str]:
+            # argparse's own wrapping, except that a URL or a flag is never broken at one of its hyphens
+            return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False, break_long_words=False)
+
+        fmt._split_lines = split_lines  # type: ignore[method-assign]
+        return fmt
 
 
 # ------------------------------------------------------------------------------------- shared helpers
+
+
+# The SAM every command uses without --sam (samr1.sam.DEFAULT_SAM, repeated here so that building the parser
+# does not import segment-anything; tests/test_cli_front.py checks that the two agree).
+DEFAULT_SAM = "tiny-shapes"
+SAM_WEIGHTS_URL = "https://github.com/facebookresearch/segment-anything#model-checkpoints"
+
+# One --sam / --sam-checkpoint text for every command.
+SAM_METAVAR = "KIND"
+SAM_HELP = (f"SAM kind: vit_b, vit_l, vit_h (real SAM: give --sam-checkpoint), sam2_hiera_* / sam2.1_hiera_* "
+            f"(t, s, b+, l; the [sam2] extra), tiny-shapes (shipped, trained on synthetic shapes only) or tiny "
+            f"(random weights, for tests and benches) (default: {DEFAULT_SAM})")
+SAM_CHECKPOINT_HELP = (f"weights of --sam (.pth for SAM, .pt for SAM 2); without it vit_* and sam2 kinds have "
+                       f"random weights, and samr1 warns. Official checkpoints: {SAM_WEIGHTS_URL}")
+COMPONENTS_METAVAR = "NAME[,NAME...]"
+COMPONENTS_HELP = ("reward components, comma-separated (think,answer,iou; samr1.rewards.COMPONENTS adds "
+                   "box_iou, box_l1, point_dist, ...)")
+
+
+def add_sam_flags(p: argparse.ArgumentParser, *, checkpoint_help: str = SAM_CHECKPOINT_HELP) -> None:
+    """``--sam KIND`` and ``--sam-checkpoint PATH``, with the same default, metavar and help everywhere."""
+    p.add_argument("--sam", default=DEFAULT_SAM, metavar=SAM_METAVAR, help=SAM_HELP)
+    p.add_argument("--sam-checkpoint", metavar="PATH", help=checkpoint_help)
 
 
 def add_model_flags(p: argparse.ArgumentParser, *, policy: bool = False) -> None:
     """The flags every model-loading command shares (validated up front by :func:`main`)."""
     if policy:
         p.add_argument("--model", metavar="PATH", help="policy model directory (a Qwen2/2.5-VL checkpoint)")
-    p.add_argument("--sam", default="tiny", metavar="KIND", help="SAM kind: vit_b, vit_l, vit_h, tiny (random) or tiny-shapes (shipped, synthetic shapes only) (default: tiny)")
-    p.add_argument("--sam-checkpoint", metavar="PATH", help="SAM state dict (.pth); random weights without it")
+    add_sam_flags(p)
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+
+
+def add_components_flag(p: argparse.ArgumentParser, *, default: str) -> None:
+    """``--components``: one form for every command, one comma-separated value (``think,answer,iou``);
+    :func:`split_components` turns it into names."""
+    p.add_argument("--components", default=default, metavar=COMPONENTS_METAVAR,
+                   help=f"{COMPONENTS_HELP} (default: {default})")
+
+
+def split_components(values: str | Sequence[str]) -> tuple[str, ...]:
+    """``"think,answer"`` (a flag) or ``["think", "answer"]`` (a YAML list) -> ``("think", "answer")``, blanks
+    dropped.
+
+    Raises:
+        UsageError: no component named.
+    """
+    words = [values] if isinstance(values, str) else list(values)
+    names = tuple(n.strip() for w in words for n in str(w).split(",") if n.strip())
+    if not names:
+        raise UsageError(f"--components names no component (got {' '.join(words)!r}); e.g. think,answer,iou")
+    return names
 
 
 def add_generation_flags(p: argparse.ArgumentParser) -> None:
@@ -152,10 +244,12 @@ def check_output_file(path: str, flag: str, *, force: bool = False) -> None:
         OutputError: ``path`` is a folder, exists and ``force`` is False, or its nearest existing parent is
             not a writable folder.
     """
-    if os.path.isdir(path):
-        raise OutputError(f"{flag} {path} is a folder; give a file path")
-    if os.path.lexists(path) and not force:
-        raise OutputError(f"{flag} {path} exists; pass --force to overwrite it")
+    from samr1.outdirs import OutputDirError, check_run_files
+
+    try:  # the project's one rule for outputs (samr1.outdirs)
+        check_run_files([path], flag=flag, overwrite=force, overwrite_flag="--force")
+    except OutputDirError as exc:
+        raise OutputError(str(exc)) from None
     _check_parent_writable(os.path.dirname(os.path.abspath(path)), flag, path)
 
 
@@ -201,7 +295,7 @@ def os_error_text(exc: OSError) -> str:
 # has none of these; a command that needs a missing one says which extra to install, in its one line.
 OPTIONAL_MODULES: dict[str, tuple[str, ...]] = {
     "transformers": ("train",), "trl": ("train",), "accelerate": ("train",), "datasets": ("train",),
-    "yaml": ("train",), "pycocotools": ("train",),
+    "yaml": ("train",), "pycocotools": ("train",), "peft": ("train",), "tensorboard": ("train",),
     "fastapi": ("serve",), "uvicorn": ("serve",), "multipart": ("serve",),
     # the ONNX export serves both ONNX Runtime flavours (and TensorRT, which builds from it); the two
     # extras must never be installed together (onnxruntime and onnxruntime-gpu overwrite each other)
@@ -372,8 +466,12 @@ def classify(exc: BaseException) -> tuple[int, str]:
     except ImportError:  # pragma: no cover
         PromptError = InputError  # noqa: N806
 
+    from samr1.outdirs import OutputDirError
+
     if isinstance(exc, CliError):
         return exc.exit_code, str(exc)
+    if isinstance(exc, OutputDirError):
+        return EXIT_OUTPUT, str(exc)
     if isinstance(exc, KeyboardInterrupt):
         return EXIT_INTERRUPTED, "interrupted"
     if isinstance(exc, StoreLockedError):
@@ -382,6 +480,8 @@ def classify(exc: BaseException) -> tuple[int, str]:
         return EXIT_OUTPUT, str(exc)
     if isinstance(exc, (InputError, StoreError, PromptError)):
         return EXIT_INPUT, str(exc)
+    if isinstance(exc, ImportError):  # before ModelError: a SAM 2 kind without its extra is both
+        return EXIT_DEVICE, f"a package this needs is not installed: {_missing_package_text(exc)}"
     if isinstance(exc, ModelError):
         return EXIT_MODEL, str(exc)
     if isinstance(exc, DeviceError):
@@ -390,8 +490,6 @@ def classify(exc: BaseException) -> tuple[int, str]:
 
     if isinstance(exc, torch.OutOfMemoryError):
         return EXIT_DEVICE, f"out of device memory ({_first_line(exc)}); use a smaller --batch or another --device"
-    if isinstance(exc, ImportError):
-        return EXIT_DEVICE, f"a package this needs is not installed: {_missing_package_text(exc)}"
     if isinstance(exc, OSError):
         # Inputs are read through samr1.io / samr1.data / samr1.sam, which wrap their OSErrors in InputError /
         # CheckpointError; a bare OSError reaching here comes from writing an output, a cache or a store.
@@ -426,14 +524,50 @@ def _report(prog: str, code: int, message: str) -> int:
 
 
 def _warning_printer(prog: str):
-    """A ``warnings.showwarning`` that prints ``<prog>: warning: <message>`` on one line (--debug keeps Python's
-    default, with file, line and source)."""
+    """A ``warnings.showwarning`` that prints ``<prog>: warning: <message>`` on one line, each distinct message
+    once per run (--debug keeps Python's default, with file, line and source)."""
+    seen: set[str] = set()
 
     def show(message: Any, category: type[Warning], filename: str, lineno: int, file: Any = None,
              line: str | None = None) -> None:
-        print(f"{prog}: warning: {_one_line(str(message), None)}", file=sys.stderr if file is None else file)
+        text = _one_line(str(message), None)
+        if text in seen:  # e.g. the random-SAM warning given up front, then again by load_sam
+            return
+        seen.add(text)
+        print(f"{prog}: warning: {text}", file=sys.stderr if file is None else file)
 
     return show
+
+
+# Commands that read the user's own images: without --sam they say which SAM they use (the default knows
+# synthetic shapes only). demo, shapes-check, train-sam and bench work on synthetic scenes or time the work.
+_NOTE_DEFAULT_SAM = ("segment", "eval", "serve", "embed", "export")
+
+
+def sam_given(argv: Sequence[str]) -> bool:
+    """Whether ``--sam`` appears in ``argv`` (before a bare ``--``)."""
+    head = argv[:list(argv).index("--")] if "--" in argv else argv
+    return any(a == "--sam" or a.startswith("--sam=") for a in head)
+
+
+def _say_which_sam(args: argparse.Namespace, argv: Sequence[str], prog: str) -> None:
+    """Before any work: warn when the SAM has random weights (unless the command chose that on purpose, as
+    the benches do), and note the default SAM where a command reads the user's images."""
+    import warnings as _warnings
+
+    from samr1.sam import RandomWeightsWarning, has_random_weights, random_weights_message
+
+    kind = getattr(args, "sam", None)
+    if not isinstance(kind, str):
+        return
+    if has_random_weights(kind, getattr(args, "sam_checkpoint", None)):
+        # benches choose random weights on purpose; eval refuses them itself unless --allow-random-sam
+        if not getattr(args, "random_sam_ok", False) and getattr(args, "allow_random_sam", None) is not False:
+            _warnings.warn(RandomWeightsWarning(random_weights_message(kind)), stacklevel=2)
+    elif args.command in _NOTE_DEFAULT_SAM and not sam_given(argv) and not getattr(args, "sam_checkpoint", None):
+        print(f"{prog}: note: no --sam given: using {DEFAULT_SAM}, the small SAM samr1 ships, trained on "
+              "synthetic shapes only; for real images pass --sam vit_h --sam-checkpoint PATH (weights: "
+              f"{SAM_WEIGHTS_URL})", file=sys.stderr)
 
 
 def _check_common_flags(args: argparse.Namespace) -> None:
@@ -471,7 +605,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         wanted = next((a for a in argv if not a.startswith("-")), None)
         if wanted in parser.samr1_unavailable:
             why = parser.samr1_unavailable[wanted]
-            fix = "" if "samr1[" in why else "; install the extra it needs (see the README)"
+            fix = "" if "samr1[" in why else "; install the extra it needs (see docs/install.md)"
             return _report(f"samr1 {wanted}", EXIT_DEVICE, f"this command is unavailable here: {why}{fix}")
         args = parser.parse_args(join_negative_values(parser, argv))
     except CliError as exc:
@@ -493,6 +627,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.showwarning = _warning_printer(prog)
         try:
             _check_common_flags(args)
+            _say_which_sam(args, argv, prog)
             return int(args.func(args) or 0)
         except CliError as exc:
             if debug:

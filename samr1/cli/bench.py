@@ -3,7 +3,9 @@
 Sizes: default = the full run recorded in bench/RESULTS.md; ``--quick`` = small sizes, one repeat (each
 bench well under a minute on a 2-core CPU); ``--smoke`` = the tiniest sizes, one call, no warm-up (a few
 seconds; what the test suite runs: it checks that fast and reference agree, never a time). With
-``--out DIR`` the JSON-lines records and PNG plots are written there. ``--threads 1,2,...`` (decode,
+``--out DIR`` the JSON-lines records and PNG plots are written there: a new or empty folder, or with
+``--append`` one holding earlier records (each record carries its date and commit), or with ``--overwrite``
+one whose earlier records (``*.jsonl``, ``*.png``) are removed first. ``--threads 1,2,...`` (decode,
 reward-step) times every path at each thread count in one run and adds parallel efficiency per path and a
 ``*_scaling.png`` plot.
 """
@@ -25,7 +27,11 @@ BENCHES = {
     "parse": "bench_parse",
     "train-step": "bench_train_step",
     "latency": "bench_latency",
+    "fidelity": "bench_fidelity",
+    "multi-object": "bench_multi_object",
     "learn": "bench_learn",
+    "limits": "bench_limits",
+    "prompt-pack": "bench_prompt_pack",
 }
 
 # benches too long for `samr1 bench all` at full size (all --quick / --smoke still runs them)
@@ -42,6 +48,8 @@ SWEEPS = ("decode", "reward-step")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from samr1.cli import add_sam_flags
+
     p = sub.add_parser("bench", help=f"run a benchmark ({', '.join([*BENCHES, 'all'])})",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("name", choices=[*BENCHES, "all"], help="which benchmark")
@@ -50,7 +58,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     size.add_argument("--smoke", action="store_true",
                       help="tiniest sizes, one call, no warm-up: seconds; checks agreement, not speed")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--sam", default="tiny", metavar="KIND", help="SAM kind for benches that load SAM (default: tiny)")
     p.add_argument("--encoder", default=None, metavar="BACKEND",
                    help="reward-step only: the engine's image encoder: torch (fp32, default), torch-bf16, torch-fp16, "
                         "torch-bf16-compiled, torch-fp16-compiled, onnx, tensorrt (fp16), tensorrt-fp32")
@@ -58,18 +65,28 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="torch threads for the run (default: torch's choice); on a shared CPU 1 is steadier. "
                         "decode and reward-step take a comma-separated sweep (e.g. 1,2,4): each count timed "
                         "in the same run, with parallel efficiency and a scaling plot")
-    p.add_argument("--sam-checkpoint", default=None, metavar="PATH",
-                   help="reward-step only: weights for --sam (default: random weights, warned)")
+    # Benches time the work and check that the ways agree; a random-weight SAM is a choice made on purpose
+    # here (speed does not depend on the weights), so it is not warned about (random_sam_ok).
+    add_sam_flags(p, checkpoint_help="reward-step only: weights for --sam (default: the shipped ones for "
+                  "tiny-shapes, else random: speed does not depend on them, the IoUs then only show agreement)")
     p.add_argument("--loop-subset", type=int, default=None, metavar="K",
                    help="reward-step only: time the per-completion loop on the first K completions and "
                         "extrapolate (0: all; default: 16 for SAM 2 kinds on the CPU, else all)")
+    p.add_argument("--peer-repo", default=None, metavar="PATH",
+                   help="fidelity only: a checkout of Seg-Zero (dvlab-research/Seg-Zero, which holds VisionReasoner's "
+                        "reward too); its real reward modules are imported and run beside samr1's presets")
     p.add_argument("--seeds", type=_int_list, default=None, metavar="S[,S...]",
                    help="learn only: seeds to run, each a full warm start + both GRPO arms (default: 0)")
     p.add_argument("--modes", type=lambda t: [m for m in t.split(",") if m], default=None, metavar="MODE[,MODE]",
                    help="learn only: scene modes, plain (a box is a good proxy for the mask) and/or hard "
                         "(overlapping, concave or thin objects; the points decide) (default: plain)")
     p.add_argument("--out", default=None, metavar="DIR", help="write JSON-lines records and PNG plots here")
-    p.set_defaults(func=_run)
+    again = p.add_mutually_exclusive_group()
+    again.add_argument("--append", action="store_true",
+                       help="--out already holds records: add this run's to them (each record has its date and commit)")
+    again.add_argument("--overwrite", action="store_true",
+                       help="--out already holds records: remove its *.jsonl and *.png first")
+    p.set_defaults(func=_run, random_sam_ok=True)
 
 
 def _int_list(text: str) -> list[int]:
@@ -98,12 +115,12 @@ def run_bench(name: str, *, quick: bool = False, smoke: bool = False, device: st
               out: str | None = None, threads: int | Sequence[int] | None = None,
               encoder: str | None = None, checkpoint: str | None = None,
               loop_subset: int | None = None, seeds: Sequence[int] | None = None,
-              modes: Sequence[str] | None = None) -> list[dict[str, Any]]:
+              modes: Sequence[str] | None = None, peer_repo: str | None = None) -> list[dict[str, Any]]:
     """Import ``samr1.bench.<module>`` and call its ``run`` with the arguments it accepts; return its rows.
 
     ``threads``: one count (torch's threads for the run), or several for a sweep (benches whose ``run``
     takes ``threads``: decode, reward-step). ``checkpoint`` / ``loop_subset``: passed to benches whose ``run``
-    takes them (reward-step), ignored by the others.
+    takes them (reward-step), ignored by the others; so is ``peer_repo`` (fidelity).
 
     Raises:
         ValueError: unknown ``name``, ``quick`` and ``smoke`` together, a thread count < 1 or repeated, a
@@ -135,7 +152,8 @@ def run_bench(name: str, *, quick: bool = False, smoke: bool = False, device: st
             raise ValueError(f"benchmark {name!r} has no encoder choice (--encoder is for reward-step; "
                              "the encoder bench times every backend)")
         kwargs["encoder"] = encoder
-    for key, value in (("checkpoint", checkpoint), ("loop_subset", loop_subset), ("seeds", seeds), ("modes", modes)):
+    for key, value in (("checkpoint", checkpoint), ("loop_subset", loop_subset), ("seeds", seeds), ("modes", modes),
+                       ("peer_repo", peer_repo)):
         if value is not None and key in params:
             kwargs[key] = value
     if counts is None:
@@ -161,7 +179,9 @@ def _run(args: argparse.Namespace) -> int:
 
     device = resolve_device(args.device)
     mode = "smoke" if args.smoke else "quick" if args.quick else "full"
-    names = [n for n in BENCHES if mode != "full" or n not in LONG] if args.name == "all" else [args.name]
+    # "all" leaves out the long ones at full size, and fidelity without a peer checkout (--peer-repo)
+    names = ([n for n in BENCHES if (mode != "full" or n not in LONG) and (n != "fidelity" or args.peer_repo)]
+             if args.name == "all" else [args.name])
     if (args.seeds or args.modes) and "learn" not in names:
         raise SystemExit("samr1 bench: --seeds and --modes apply to learn only")
     if args.threads is not None:
@@ -174,9 +194,17 @@ def _run(args: argparse.Namespace) -> int:
                              "give one count for the others")
     if args.encoder is not None and "reward-step" not in names:
         raise SystemExit("samr1 bench: --encoder applies to reward-step only (the encoder bench times every backend)")
+    if args.out:
+        from samr1.outdirs import check_run_dir, claim_run_dir
+
+        check_run_dir(args.out, flag="--out", resume=args.append, overwrite=args.overwrite, resume_flag="--append")
+        claim_run_dir(args.out, records=("*.jsonl", "*.png"), overwrite=args.overwrite)
+    elif args.append or args.overwrite:
+        raise SystemExit("samr1 bench: --append and --overwrite go with --out DIR")
     for name in names:
         print(f"\n=== samr1 bench {name} ({mode}, {device}) ===")
         run_bench(name, quick=args.quick, smoke=args.smoke, device=device, sam_kind=args.sam, out=args.out,
                   threads=args.threads, encoder=args.encoder if name == "reward-step" else None,
-                  checkpoint=args.sam_checkpoint, loop_subset=args.loop_subset, seeds=args.seeds, modes=args.modes)
+                  checkpoint=args.sam_checkpoint, loop_subset=args.loop_subset, seeds=args.seeds, modes=args.modes,
+                  peer_repo=args.peer_repo)
     return 0

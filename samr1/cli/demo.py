@@ -10,8 +10,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("demo", help="score sample completions on generated scenes, write overlay PNGs",
                        description=__doc__)
-    add_model_flags(p)
-    p.set_defaults(sam="tiny-shapes")  # the shipped model trained on the demo's kind of scenes
+    add_model_flags(p)  # --sam defaults to tiny-shapes, the shipped model trained on the demo's kind of scenes
     p.add_argument("--out", default="demo_out", help="output folder for overlay PNGs (default: demo_out; a "
                    "non-empty folder gets a new run-* subfolder, nothing is overwritten)")
     p.add_argument("--scenes", type=int, default=3, help="number of scenes (default: 3)")

@@ -9,6 +9,10 @@ With a SAM 2 kind (``--sam sam2.1_hiera_t``, ...) each row holds every map SAM 2
 embedding and the two high-resolution feature maps, 8 MiB per image in float16) and the store is a
 ``"sam2"`` store: only a SAM 2 engine of the same model reads it, and a SAM v1 engine refuses it.
 
+--out is a new or empty folder, or a store this command wrote (then it is resumed). A folder holding
+anything else (an unrelated index.json, a stray embeddings.f16 without its index, other files) is refused
+before anything is written there; --overwrite replaces the store files there instead (other files stay).
+
 One writer per store: while a run writes a store it holds the store's lock (writer.lock). A second
 ``samr1 embed`` on the same --out is refused at once, with a message naming the running one (pid, host,
 start time, command); with --wait SECONDS it waits up to that long, then resumes from what the first one
@@ -51,6 +55,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--skip-bad-rows", action="store_true",
                    help="skip images that cannot be read or encoded (missing, corrupt, extreme aspect ratio), "
                         "count them and list them at the end, instead of stopping at the first one")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start the store afresh: replace the store files in --out (embeddings.f16, index.json, "
+                        "index.log) instead of resuming, or refusing a folder that holds other store files")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)
 
@@ -71,6 +78,26 @@ def _load(paths: list[str], sources: dict[str, str], frame: int | None) -> list[
     return out
 
 
+def _check_store_folder(out: str, overwrite: bool) -> None:
+    """Before anything is written (the lock file included): ``out`` must be new, empty, or a readable store
+    (resumed), unless ``overwrite`` (samr1.outdirs' rule; the store's own lock file does not count)."""
+    import os
+
+    from samr1.outdirs import check_run_dir
+    from samr1.store import EmbeddingStore
+
+    is_store = os.path.isfile(os.path.join(out, "index.json"))
+    if is_store and not overwrite:
+        # an unrelated or damaged index.json is refused here (StoreError naming it), not after taking the lock
+        EmbeddingStore.open(out, None, kind=None).close()
+    check_run_dir(out, flag="--out", resume=is_store and not overwrite, overwrite=overwrite, ignore=("writer.lock",),
+                  resume_flag=None)
+
+
+# What --overwrite replaces: the store's data and index (never its lock file, which a waiting writer may hold open).
+_REPLACED = ("embeddings.f16", "index.json", "index.log")
+
+
 def _row_maps(enc: Any, images: list[Any]) -> list[Any]:
     """The maps of the store rows of ``images``, each B x C x h x w, in the store's layout order: SAM's one
     embedding, or SAM 2's image embedding then its high-resolution maps (its encoder returns those first)."""
@@ -87,6 +114,7 @@ def _run(args: argparse.Namespace) -> int:
     from samr1.cli import check_output_dir, resolve_device
     from samr1.data import read_manifest
     from samr1.io import InputError
+    from samr1.outdirs import claim_run_dir
     from samr1.sam import load_sam
     from samr1.sam.encoder import make_encoder
     from samr1.sam.sam2_build import is_sam2_model
@@ -97,6 +125,7 @@ def _run(args: argparse.Namespace) -> int:
     if not args.wait >= 0 or args.wait == float("inf"):
         raise ValueError(f"--wait must be a finite number of seconds >= 0, got {args.wait}")
     check_output_dir(args.out, "--out")
+    _check_store_folder(args.out, args.overwrite)
     # With --skip-bad-rows a missing image file is one more bad row; without, the manifest check fails fast,
     # before the model loads.
     samples = read_manifest(args.data, require_mask=False, check_files=not args.skip_bad_rows)
@@ -109,6 +138,8 @@ def _run(args: argparse.Namespace) -> int:
     # The lock first: a second writer is refused (or queued) in a second, not after minutes of model loading.
     lock = StoreLock.acquire(args.out, wait=args.wait)
     try:
+        if args.overwrite:  # under the lock: no other writer is using these files
+            claim_run_dir(args.out, records=_REPLACED, overwrite=True)
         device = resolve_device(args.device)
         sam = load_sam(args.sam, args.sam_checkpoint, device=device)
         if is_sam2_model(sam):

@@ -13,6 +13,10 @@ IoU distribution). gIoU = mean per-sample IoU, cIoU = summed intersections / sum
 counts intersection 0 and union |gt|; ``--empty-union`` decides an empty prediction on an empty ground truth
 (default "lisa": IoU 1; "visionreasoner": 0; "segzero": skip the sample). ReasonSeg "ignore" regions are
 excluded from both counts when the masks keep them (LISA's raw JSON; Seg-Zero's parquet lost them).
+Beside them: ``no_target_accuracy`` (rows whose ground truth is empty -- a query that names no object --
+answered with an empty mask, e.g. the answer ``[]``) and ``false_empty_rate`` (rows with a target answered
+with an empty mask). Multi-object rows (a manifest's ``"masks": [...]``, a dataset's list of masks) are
+scored on the union of their instances.
 """
 
 from __future__ import annotations
@@ -33,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="val", help="split for HF / RefCOCOg data (default val)")
     p.add_argument("--image-dir", metavar="DIR", help="RefCOCOg: the COCO images folder")
     p.add_argument("--out", required=True, help="results JSON (the JSONL and the figure go beside it)")
-    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    p.add_argument("--force", "--overwrite", dest="force", action="store_true",
+                   help="replace existing outputs (the results JSON, its samples JSONL and figure)")
     p.add_argument("--batch-size", type=int, default=8, help="requests per batched generation (default 8)")
     p.add_argument("--max-samples", type=int, default=None, help="evaluate the first N samples only")
     p.add_argument("--empty-union", default="lisa", choices=["lisa", "visionreasoner", "segzero"],
@@ -44,6 +49,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", type=int, default=0, help="which shard this process evaluates (0..K-1)")
     p.add_argument("--merge", nargs="+", metavar="RESULTS", help="merge the shards' results JSON files into --out")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--allow-random-sam", action="store_true",
+                   help="evaluate with a random-weight SAM (tiny, or a kind without --sam-checkpoint): its gIoU "
+                        "and cIoU are meaningless, so this is refused without the flag")
     p.set_defaults(func=_run)
 
 
@@ -69,7 +77,8 @@ def iou_figure(result: dict, path: str, title: str) -> str:
     ax.set_xlabel("per-sample IoU")
     ax.set_ylabel("samples")
     ax.set_xlim(-0.1, 1.0)
-    ax.set_title(f"{title}\ngIoU {result['giou']:.3f}  cIoU {result['ciou']:.3f}  n={result['n']}", fontsize=9)
+    ax.set_title(f"{title}\ngIoU {_num(result['giou'], 3)}  cIoU {_num(result['ciou'], 3)}  n={result['n']}",
+                 fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -77,42 +86,73 @@ def iou_figure(result: dict, path: str, title: str) -> str:
     return path
 
 
+def _num(v: float | None, digits: int) -> str:
+    """``v`` with ``digits`` decimals, or "-" for no value (None or NaN: a mean over no samples)."""
+    return "-" if v is None or v != v else f"{v:.{digits}f}"
+
+
 def write_outputs(result: dict, out: str, title: str) -> dict[str, str]:
-    """Write the results JSON (samples' counts inline, so shards can be merged), the JSONL and the figure."""
+    """Write the results JSON (samples' counts inline, so shards can be merged), the JSONL and the figure.
+
+    The JSON is always valid (a metric over no samples is ``null``, never ``NaN``), and ``files`` names the
+    JSONL and the figure relative to the results file's folder (where they are), so a results file read from
+    any folder finds its own samples."""
+    from samr1 import jsonout
     from samr1.cli import OutputError, os_error_text
+    from samr1.outdirs import claim_run_files
 
     paths = output_paths(out)
     compact = {k: v for k, v in result.items() if k != "samples"}
     compact["samples"] = [{k: s[k] for k in ("index", "parsed", "iou", "intersection", "union", "gt_pixels",
                                              "pred_pixels", "skipped")} for s in result["samples"]]
-    compact["files"] = {"samples": paths["samples"], "figure": paths["figure"]}
+    compact["files"] = {"samples": os.path.basename(paths["samples"]), "figure": os.path.basename(paths["figure"])}
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        claim_run_files(paths.values())  # the previous run's files go first (--force): never one run's beside another's
         with open(paths["samples"], "w", encoding="utf-8") as f:
             for s in result["samples"]:
-                f.write(json.dumps(s) + "\n")
+                f.write(jsonout.dumps(s) + "\n")
         iou_figure(result, paths["figure"], title)
         with open(out, "w", encoding="utf-8") as f:
-            json.dump(compact, f, indent=1)
+            jsonout.dump(compact, f, indent=1)
     except OSError as exc:
         raise OutputError(f"--out {out}: cannot write the results: {os_error_text(exc)}") from exc
     return paths
 
 
+def _samples_path(shard: str, recorded: str) -> str:
+    """The samples JSONL of results file ``shard``: ``recorded`` (its ``files.samples``) resolved from the
+    shard's own folder, never from the current one; results written before the name was recorded relative
+    to the results file (``ev/shard0.samples.jsonl``) are found beside it by their file name."""
+    folder = os.path.dirname(os.path.abspath(shard))
+    if os.path.isabs(recorded):
+        return recorded
+    beside = os.path.join(folder, recorded)
+    if os.path.exists(beside):
+        return beside
+    return os.path.join(folder, os.path.basename(recorded))
+
+
 def _read_shard(path: str) -> dict:
-    """A shard's results with its full sample records (from its JSONL, which holds text and answers too)."""
+    """A shard's results with its full sample records (from its JSONL, which holds text and answers too),
+    checked against the shard's own counts: as many rows as its ``n``, with its sample indices in order."""
     from samr1.io import InputError
 
     try:
         with open(path, encoding="utf-8") as f:
             res = json.load(f)
-        samples_path = res["files"]["samples"]
+        samples_path = _samples_path(path, res["files"]["samples"])
+        compact = res["samples"]  # the counts inline in the results file
         with open(samples_path, encoding="utf-8") as f:
             res["samples"] = [json.loads(line) for line in f if line.strip()]
+        got, want = [s["index"] for s in res["samples"]], [s["index"] for s in compact]
     except FileNotFoundError as exc:
         raise InputError(f"--merge {path}: file not found ({exc.filename})") from None
     except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise InputError(f"--merge {path}: not a samr1 eval results file ({type(exc).__name__}: {exc})") from None
+    if len(got) != res.get("n") or got != want:
+        raise InputError(f"--merge {path}: its samples file {samples_path} holds {len(got)} rows (indices "
+                         f"{got[:5]}{'...' if len(got) > 5 else ''}) but the results list n={res.get('n')} "
+                         f"(indices {want[:5]}{'...' if len(want) > 5 else ''}): the two files are of different runs")
     return res
 
 
@@ -130,6 +170,7 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if not args.model or not args.data:
         raise UsageError("give --model and --data (or --merge RESULTS... to merge shards)")
+    refuse_random_sam(args)
     for flag, v in (("--batch-size", args.batch_size), ("--num-shards", args.num_shards)):
         if v < 1:
             raise UsageError(f"{flag} must be >= 1, got {v}")
@@ -147,6 +188,10 @@ def _run(args: argparse.Namespace) -> int:
     from samr1.train.data import load_rows
 
     rows = load_rows(args.data, args.data_format, split=args.split, image_dir=args.image_dir)
+    if not rows:
+        from samr1.io import InputError
+
+        raise InputError(f"--data {args.data}: no rows to evaluate (the dataset is empty)")
     if args.max_samples is not None:
         rows = rows[:args.max_samples]
     indices = shard_indices(len(rows), args.num_shards, args.shard)
@@ -163,8 +208,25 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def refuse_random_sam(args: argparse.Namespace) -> None:
+    """A metric from a random-weight SAM is meaningless: refused (exit 4) unless ``--allow-random-sam``.
+
+    Raises:
+        samr1.sam.ModelError: ``--sam`` has random weights here and ``--allow-random-sam`` was not given.
+    """
+    from samr1.sam import ModelError, has_random_weights, random_weights_message
+
+    if has_random_weights(args.sam, args.sam_checkpoint) and not args.allow_random_sam:
+        raise ModelError(f"refusing to evaluate: {random_weights_message(args.sam)}; or pass --allow-random-sam "
+                         "to measure the plumbing anyway")
+
+
 def _summary(result: dict, paths: dict[str, str]) -> None:
     reasons = ", ".join(f"{k} {v}" for k, v in result["parse_failure_reasons"].items()) or "none"
-    print(f"gIoU {result['giou']:.4f}  cIoU {result['ciou']:.4f}  n {result['n']} (scored {result['n_scored']}, "
+    print(f"gIoU {_num(result['giou'], 4)}  cIoU {_num(result['ciou'], 4)}  n {result['n']} (scored {result['n_scored']}, "
           f"skipped {result['n_skipped']})  parse failures {result['n_parse_failures']} ({reasons})")
+    if "n_no_target" in result:
+        print(f"no-target accuracy {result['no_target_accuracy']:.4f} (empty ground truth answered empty, "
+              f"n {result['n_no_target']})  false-empty rate {result['false_empty_rate']:.4f} (a target answered "
+              f"empty, n {result['n_target']})")
     print(f"-> {paths['results']}, {paths['samples']}, {paths['figure']}")

@@ -91,7 +91,7 @@ def run_policy(args: argparse.Namespace, segmenter: Any = None, **generate_kwarg
     try:
         os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         Image.fromarray(res.mask.astype(np.uint8) * 255).save(args.out, format="PNG")
-        overlay_image(image, res.mask, res.answer).save(over, format="PNG")
+        overlay_image(image, res.mask, res.answer, legend=True).save(over, format="PNG")
     except OSError as exc:
         raise OutputError(f"--out {args.out}: cannot write the mask: {os_error_text(exc)}") from exc
     out["files"] = {"mask": args.out, "overlay": over}

@@ -10,10 +10,16 @@ Example (CPU smoke run with a tiny policy and the shipped tiny-shapes SAM):
   samr1 train --model tiny-policy/ --data train.jsonl --sam tiny-shapes --device cpu --max-steps 2 \\
       --num-generations 2 --max-completion-length 16 --output-dir out/
 
+Any other field of TRL's GRPOConfig: ``--grpo KEY=VALUE`` (repeatable, VALUE read as YAML) or a ``grpo:``
+mapping in the YAML file, checked against GRPOConfig before anything loads; LoRA with ``--use-peft``; loggers
+with ``--report-to tensorboard wandb`` (see docs/trl.md).
+
 Multi-GPU: ``accelerate launch --config_file configs/accelerate/ddp.yaml -m samr1.cli train ...``.
-Writes to --output-dir: checkpoint-N/ (every --save-steps), final/, metrics.jsonl, reward_calls.jsonl,
-summary.json and learning_curve.png; with --rollouts-every K also rollouts/ (a few groups every K steps, for
-`samr1 view`).
+Writes to --output-dir: checkpoint-N/ (every --save-steps), final/ (with its model card, README.md), best/ (with
+--eval-data), merged/ (with --merge-adapter), metrics.jsonl, reward_calls.jsonl, completions/, runs/ (TensorBoard),
+summary.json, train_config.json, grpo_config.json and learning_curve.png; with --rollouts-every K also rollouts/
+(a few groups every K steps, for `samr1 view`). A non-empty --output-dir is refused unless --resume continues the
+run recorded there or --overwrite removes that run's records first: two runs never mix.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import Any
 _INT_OR_NONE = {"max_samples", "steps_per_generation", "save_total_limit", "eval_samples"}
 _BOOL_OR_NONE = {"bf16", "gradient_checkpointing"}
 _CHOICES = {"data_format": None, "encoder": ("torch", "onnx", "tensorrt"), "reward_gather": ("rank", "node"),
+            "reward_preset": ("samr1", "segzero", "visionreasoner"), "answer_frame": ("auto", "pixels", "norm1000"),
             "loss_type": ("grpo", "dapo", "dr_grpo", "bnpo", "cispo", "sapo")}
 
 
@@ -48,7 +55,30 @@ def _json_mapping(text: str) -> dict[str, Any]:
     return value
 
 
+class _KeyValues(argparse.Action):
+    """``--grpo KEY=VALUE`` (repeatable) collected into one mapping; a later KEY wins."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from samr1.train.grpo_args import parse_key_value
+
+        try:
+            key, value = parse_key_value(values)
+        except ValueError as exc:
+            parser.error(f"{option_string}: {exc}")
+        current = dict(getattr(namespace, self.dest, None) or {})
+        current[key] = value
+        setattr(namespace, self.dest, current)
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    from samr1.cli import (
+        COMPONENTS_HELP,
+        COMPONENTS_METAVAR,
+        DEFAULT_SAM,
+        SAM_CHECKPOINT_HELP,
+        SAM_HELP,
+        SAM_METAVAR,
+    )
     from samr1.train.config import DATA_FORMATS, TrainConfig
 
     p = sub.add_parser("train", help="GRPO training of a Qwen2/2.5-VL policy with SAM-R1's reward (TRL)",
@@ -59,9 +89,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         help_text = f"{f.metadata.get('help', '')} (default: {_fmt_default(default)})"
         kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": help_text}
-        if f.name in _BOOL_OR_NONE or isinstance(default, bool):
+        if f.name == "grpo":
+            kw.update(action=_KeyValues, metavar="KEY=VALUE")
+        elif f.name in _BOOL_OR_NONE or isinstance(default, bool):
             kw["action"] = argparse.BooleanOptionalAction
-        elif isinstance(default, list):
+        elif isinstance(default, list) or f.name == "components":
             kw.update(nargs="+", metavar="NAME")
         elif isinstance(default, dict):
             kw.update(type=_json_mapping, metavar="JSON")
@@ -76,18 +108,35 @@ def register(sub: argparse._SubParsersAction) -> None:
             kw["choices"] = choices
         if f.name in ("model", "data", "output_dir", "config", "image_dir", "embeddings", "sam_checkpoint", "resume"):
             kw["metavar"] = "PATH"
+        # the flags every command shares read the same here (their defaults still come from TrainConfig)
+        if f.name == "sam":
+            kw.update(metavar=SAM_METAVAR, help=SAM_HELP.replace(f"(default: {DEFAULT_SAM})", f"(default: {default})"))
+        elif f.name == "sam_checkpoint":
+            kw["help"] = SAM_CHECKPOINT_HELP
+        elif f.name == "components":  # comma-separated, as in `samr1 serve` (see samr1.cli.split_components)
+            kw.update(nargs=None, type=str, metavar=COMPONENTS_METAVAR,
+                      help=f"{COMPONENTS_HELP} (default: the --reward-preset's: samr1 think,answer,iou)"
+                      if default is None else f"{COMPONENTS_HELP} (default: {','.join(default)})")
         p.add_argument(flag, **kw)
+    p.add_argument("--overwrite", action="store_true",
+                   help="train into a non-empty --output-dir: first remove the previous run's checkpoints, final/, "
+                        "metrics and summary there (without it, or --resume, such a folder is refused)")
     p.set_defaults(func=_run)
 
 
 def config_from_args(args: argparse.Namespace):
     """TrainConfig from (dataclass defaults) < (--config YAML) < (flags given)."""
+    from samr1.cli import split_components
     from samr1.train.config import TrainConfig, load_yaml_config
 
     given = {k: v for k, v in vars(args).items() if k in TrainConfig.field_names()}
+    if "components" in given:
+        given["components"] = list(split_components(given["components"]))
     values: dict[str, Any] = {}
     if given.get("config"):
         values.update(load_yaml_config(given["config"]))
+    if isinstance(values.get("grpo"), dict) and "grpo" in given:
+        given = {**given, "grpo": {**values["grpo"], **given["grpo"]}}  # --grpo KEY=VALUE adds to the file's grpo:
     values.update(given)
     return TrainConfig.from_dict(values, where=given.get("config") or "samr1 train")
 
@@ -99,7 +148,8 @@ def _run(args: argparse.Namespace) -> int:
     from samr1.train.driver import train
 
     cfg = config_from_args(args)
-    summary = train(cfg)
+    _note_default_sam(args, cfg)
+    summary = train(cfg, overwrite=args.overwrite)
     if summary.get("num_processes", 1) == 1 or _is_main():
         comps = ", ".join(f"{k} {v:.3f}" for k, v in summary.get("components", {}).items()
                           if isinstance(v, (int, float)))
@@ -116,6 +166,19 @@ def _run(args: argparse.Namespace) -> int:
         print(f"samr1 train: outputs in {summary['output_dir']} (summary.json, metrics.jsonl, learning_curve.png)")
         print(json.dumps(summary), file=sys.stderr)
     return 0
+
+
+def _note_default_sam(args: argparse.Namespace, cfg: Any) -> None:
+    """Say which SAM scores the rewards when neither a flag nor the --config file chose one (the default knows
+    synthetic shapes only); a random-weight SAM is warned about by load_sam itself."""
+    from samr1.cli import DEFAULT_SAM, SAM_WEIGHTS_URL
+    from samr1.train.config import load_yaml_config
+
+    chosen = "sam" in vars(args) or bool(getattr(args, "config", None) and "sam" in load_yaml_config(args.config))
+    if not chosen and cfg.sam == DEFAULT_SAM and _is_main():
+        print(f"samr1 train: note: no --sam given: the reward uses {DEFAULT_SAM}, the small SAM samr1 ships, "
+              "trained on synthetic shapes only; for real data pass --sam vit_h --sam-checkpoint PATH (weights: "
+              f"{SAM_WEIGHTS_URL})", file=sys.stderr)
 
 
 def _is_main() -> bool:

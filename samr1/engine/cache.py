@@ -32,7 +32,15 @@ import torch
 
 from samr1.io import InputError, load_image
 from samr1.lru import ByteLRU
-from samr1.store import EmbeddingStore, StoreError, StoreWarning, default_hash, encoder_precision, image_key
+from samr1.store import (
+    EmbeddingStore,
+    StoreError,
+    StoreRowError,
+    StoreWarning,
+    default_hash,
+    encoder_precision,
+    image_key,
+)
 
 __all__ = ["EmbeddingCache", "EmbeddingBatch", "DEFAULT_CACHE_BYTES", "check_resizable"]
 
@@ -92,7 +100,9 @@ class EmbeddingCache:
     images requested; misses are served by the store (``store_hits``) or the encoder (``encoder_images``,
     in ``encoder_calls`` calls). ``store_nonfinite`` counts store rows found non-finite when read (each is
     re-encoded with a :class:`~samr1.store.StoreWarning`, and counted in ``encoder_images``, not in
-    ``store_hits``). ``evictions``, ``bytes_held``, ``entries`` describe the LRU.
+    ``store_hits``); ``store_damaged`` counts store rows that failed their first-read check (digest or input
+    size; :class:`~samr1.store.StoreRowError`), re-encoded the same way. ``evictions``, ``bytes_held``,
+    ``entries`` describe the LRU.
     """
 
     def __init__(self, encoder: Any, cache_bytes: int = DEFAULT_CACHE_BYTES, device: str | torch.device | None = None,
@@ -132,7 +142,7 @@ class EmbeddingCache:
         self._inflight: dict[str, Future] = {}
         self._counts = dict.fromkeys(
             ("encoder_images", "encoder_calls", "cache_hits", "cache_misses", "evictions", "store_hits",
-             "store_nonfinite"), 0)
+             "store_nonfinite", "store_damaged"), 0)
 
     # --- keys ---
 
@@ -232,7 +242,15 @@ class EmbeddingCache:
         todo = []
         for k in keys:
             content = k.rsplit("|", 1)[1]
-            got = self.store.get_with_size(content) if self.store is not None else None
+            try:
+                got = self.store.get_with_size(content) if self.store is not None else None
+            except StoreRowError as exc:
+                # The row is not what was written (digest or input size): encode the image afresh, and say so.
+                warnings.warn(f"{exc}; re-encoding the image. Rebuild the store with samr1 embed into a new folder",
+                              StoreWarning, stacklevel=4)
+                with self._lock:
+                    self._counts["store_damaged"] += 1
+                got = None
             if got is not None and not bool(torch.isfinite(got[0]).all()):
                 # A damaged row (disk corruption, a file edited outside samr1) would give NaN logits and a
                 # silent IoU of 0: encode the image afresh instead, and say so.

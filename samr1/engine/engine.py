@@ -213,7 +213,7 @@ class SamEngine(ScoringEngine):
         if any(n_objects(a) > 1 for a in answers):  # multi-object answers: OR of the objects' masks
             return self._segment_unions(images, answers)
         out: list[np.ndarray | None] = [None] * len(answers)
-        ok = [i for i, a in enumerate(answers) if getattr(a, "ok", False)]
+        ok = [i for i, a in enumerate(answers) if n_objects(a) > 0]  # "no object" answers: empty masks
         step = self.cache.lookup(list(images))  # every image is checked, even those of failed answers
         for i in range(len(answers)):
             if i not in ok:

@@ -59,6 +59,9 @@ def predictor_loop(predictor: Any, predict: Any, images: Sequence[np.ndarray], a
     for i in order:
         if not answers[i].ok:
             continue
+        if getattr(answers[i], "no_object", False):  # "no object": an empty mask
+            ious[i] = 0.0 if np.asarray(gt_masks[i], bool).any() else 1.0
+            continue
         if keys[i] != current:
             predictor.set_image(images[i])
             current = keys[i]

@@ -125,7 +125,7 @@ class Sam2Engine(ScoringEngine):
         self._cache: ByteLRU[_Entry] = ByteLRU(self.cache_bytes, lambda e: e.nbytes)
         self._counters: dict[str, Any] = {"encoder_images": 0, "cache_hits": 0, "cache_misses": 0,
                                           "score_calls": 0, "answers_scored": 0, "answers_skipped": 0,
-                                          "store_hits": 0, "store_nonfinite": 0}
+                                          "store_hits": 0, "store_nonfinite": 0, "store_damaged": 0}
         self._last: dict[str, Any] = {}
         self._lock = threading.RLock()
         self.store = self._open_store(store)
@@ -180,13 +180,20 @@ class Sam2Engine(ScoringEngine):
         afresh, with a StoreWarning)."""
         if self.store is None:
             return None
-        got = self.store.get_parts(key)
+        from samr1.store import StoreRowError, StoreWarning
+
+        try:
+            got = self.store.get_parts(key)
+        except StoreRowError as exc:  # not what was written (digest or input size): encode afresh, and say so
+            warnings.warn(f"{exc}; re-encoding the image. Rebuild the store with samr1 embed into a new folder",
+                          StoreWarning, stacklevel=4)
+            with self._lock:
+                self._counters["store_damaged"] += 1
+            return None
         if got is None:
             return None
         parts = [p.to(self.device, torch.float32) for p in got[0]]
         if not all(bool(torch.isfinite(p).all()) for p in parts):
-            from samr1.store import StoreWarning
-
             warnings.warn(f"embedding store {self.store.path}: the row of image {key} holds non-finite values (NaN "
                           "or inf); re-encoding the image. The store is damaged: rebuild it with samr1 embed into "
                           "a new folder", StoreWarning, stacklevel=4)
@@ -336,7 +343,7 @@ class Sam2Engine(ScoringEngine):
         with torch.inference_mode():
             index, entries = self._lookup(list(images), [f"images[{i}]" for i in range(len(images))])
             out = [np.zeros(entries[j].size, dtype=bool) for j in index]
-            ok = [i for i, a in enumerate(answers) if getattr(a, "ok", False)]
+            ok = [i for i, a in enumerate(answers) if n_objects(a) > 0]  # "no object" answers: empty masks
             if ok:
                 low_res = self._decode(entries, [index[i] for i in ok], [answers[i] for i in ok])
                 for r, i in enumerate(ok):

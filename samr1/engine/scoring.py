@@ -13,7 +13,8 @@
   cannot count it). ``multi_object="first"`` in :func:`samr1.answer.parse_answer` keeps one object, which
   then takes the fused path.
 
-IoU of two empty masks is 1.0 on both paths.
+IoU of two empty masks is 1.0 on both paths; so is the IoU of the answer "no object" (``Answer.no_object``,
+an empty mask, no SAM call) with an empty ground truth (0.0 with a non-empty one).
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ call held multi-object answers (their segment + OR + numpy IoU)."""
 
 
 def n_objects(answer: Any) -> int:
-    """How many objects an ok answer holds (``Answer.objects``; 1 for answers without that field), 0 if not ok."""
-    if not getattr(answer, "ok", False):
+    """How many objects an ok answer holds (``Answer.objects``; 1 for answers without that field), 0 if not ok
+    and for the answer "no object" (``Answer.no_object``, whose mask is empty)."""
+    if not getattr(answer, "ok", False) or getattr(answer, "no_object", False):
         return 0
     return max(1, len(getattr(answer, "objects", None) or ()))
 
@@ -122,13 +124,16 @@ class ScoringEngine:
         objects = [n_objects(a) for a in answers]
         single = [i for i, k in enumerate(objects) if k == 1]
         multi = [i for i, k in enumerate(objects) if k > 1]
+        empty = [i for i, a in enumerate(answers) if getattr(a, "ok", False) and getattr(a, "no_object", False)]
         with self._lock:
             self._counters["score_calls"] += 1
-            self._counters["answers_scored"] += len(single) + len(multi)
-            self._counters["answers_skipped"] += n - len(single) - len(multi)
+            self._counters["answers_scored"] += len(single) + len(multi) + len(empty)
+            self._counters["answers_skipped"] += n - len(single) - len(multi) - len(empty)
             if multi:
                 self._counters["union_answers"] = self._counters.get("union_answers", 0) + len(multi)
         ious = [0.0] * n
+        for i in empty:  # "no object": an empty mask, IoU 1 with an empty ground truth, else 0
+            ious[i] = 0.0 if np.asarray(load_mask(gt_masks[i], field=f"gt_masks[{i}]")).any() else 1.0
         last: dict[str, Any] = dict.fromkeys(STAGES, 0.0)
         if single:
             values, last = self._score_rows(images, answers, gt_masks, single)

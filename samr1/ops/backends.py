@@ -59,7 +59,9 @@ BACKENDS = ("auto", "torch", "cpp", "triton")
 _FAST = ("cpp", "triton")
 
 try:
-    from samr1 import _C  # type: ignore[attr-defined]
+    # The extension module itself, not an attribute of the package face (samr1/__init__.py): nothing below the
+    # face imports the face, so the kernels' door never loads what is built on top of it.
+    import samr1._C as _C  # type: ignore[import-not-found]
 
     _cpp_import_error: str | None = None
 except ImportError as exc:  # pragma: no cover - depends on the build

@@ -9,7 +9,16 @@ saved policy carries (template, answer frame, generation budget) so that evaluat
 training.
 """
 
-from samr1.policy.frame import FrameError, check_frame, seen_frame
+from samr1.policy.adapter import adapter_base, is_adapter, load_policy_model, merge_adapter, processor_folder
+from samr1.policy.frame import (
+    ANSWER_FRAMES,
+    FrameError,
+    answer_frame_size,
+    check_frame,
+    default_answer_frame,
+    model_type_of,
+    seen_frame,
+)
 from samr1.policy.inputs import (
            collate,
            encode_prompt,
@@ -21,4 +30,6 @@ from samr1.policy.inputs import (
 from samr1.policy.record import RECORD_FILE, PolicyRecord, read_record, write_record
 
 __all__ = ["load_processor", "render_prompt", "encode_prompt", "encode_prompts", "collate", "policy_inputs",
-           "seen_frame", "check_frame", "FrameError", "PolicyRecord", "read_record", "write_record", "RECORD_FILE"]
+           "seen_frame", "check_frame", "FrameError", "ANSWER_FRAMES", "answer_frame_size", "default_answer_frame",
+           "model_type_of", "PolicyRecord", "read_record", "write_record", "RECORD_FILE",
+           "is_adapter", "adapter_base", "processor_folder", "load_policy_model", "merge_adapter"]

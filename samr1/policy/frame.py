@@ -13,7 +13,15 @@ from typing import Any
 
 from samr1.config import ConfigError
 
-__all__ = ["seen_frame", "check_frame", "FrameError"]
+__all__ = ["seen_frame", "check_frame", "FrameError", "ANSWER_FRAMES", "NORM1000_MODEL_TYPES", "default_answer_frame",
+           "model_type_of", "answer_frame_size"]
+
+ANSWER_FRAMES: tuple[str, ...] = ("pixels", "norm1000")
+"""Coordinate frames a policy answers in: absolute pixels of the ``S x S`` image it sees (Qwen2.5-VL), or
+0..1000 on each axis relative to the image (Qwen2-VL, Qwen3-VL)."""
+
+NORM1000_MODEL_TYPES: frozenset[str] = frozenset({"qwen2_vl", "qwen3_vl", "qwen3_vl_moe"})
+"""transformers ``model_type``s whose grounding is relative to the image, 0..1000 on each axis."""
 
 
 class FrameError(ConfigError):
@@ -45,3 +53,30 @@ def check_frame(processor: Any, side: int, *, answer_frame: str = "pixels", fiel
                          f"(min_pixels={lo}, max_pixels={hi}), and the policy answers in the pixels it sees, so "
                          f"every box would be read at the wrong scale; set {field} to {fix} or change the "
                          "processor's min_pixels / max_pixels", field=field)
+
+
+def default_answer_frame(model_type: str | None) -> str:
+    """The frame a model family grounds in: "norm1000" for Qwen2-VL and Qwen3-VL (:data:`NORM1000_MODEL_TYPES`),
+    "pixels" otherwise (Qwen2.5-VL and unknown families)."""
+    return "norm1000" if model_type in NORM1000_MODEL_TYPES else "pixels"
+
+
+def model_type_of(path: Any) -> str | None:
+    """The ``model_type`` in a model folder's ``config.json`` (None when there is no readable one)."""
+    import json
+    import os
+
+    try:
+        with open(os.path.join(os.fspath(path), "config.json"), encoding="utf-8") as f:
+            value = json.load(f).get("model_type")
+    except (OSError, ValueError, TypeError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None
+
+
+def answer_frame_size(answer_frame: str, side: int) -> tuple[int, int]:
+    """``(h, w)`` of the frame the answer's numbers are in: ``(side, side)`` for "pixels", ``(1000, 1000)``
+    for "norm1000" (whatever the image's size: the parser and the rewards then scale 0..1000 to the image)."""
+    if answer_frame not in ANSWER_FRAMES:
+        raise ValueError(f"answer_frame must be one of {ANSWER_FRAMES}, got {answer_frame!r}")
+    return (1000, 1000) if answer_frame == "norm1000" else (int(side), int(side))

@@ -27,9 +27,10 @@ from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncode
 
 from samr1.hashing import file_digest, state_dict_digest
 
-__all__ = ["load_sam", "build_sam", "model_id", "SamSpec", "SAM_KINDS", "SHIPPED_WEIGHTS", "ModelError",
-           "CheckpointError", "DeviceError", "check_kind", "check_device", "load_weights", "read_state_dict",
-           "checkpoint_digest"]
+__all__ = ["load_sam", "build_sam", "model_id", "SamSpec", "SAM_KINDS", "SHIPPED_WEIGHTS", "DEFAULT_SAM",
+           "WEIGHTS_URL", "ModelError", "CheckpointError", "DeviceError", "MissingPackageError",
+           "RandomWeightsWarning", "check_kind", "check_device", "has_random_weights", "load_weights",
+           "random_weights_message", "read_state_dict", "checkpoint_digest"]
 
 
 class ModelError(ValueError):
@@ -38,6 +39,16 @@ class ModelError(ValueError):
 
 class CheckpointError(ModelError):
     """A checkpoint file is missing, corrupt, unsafe or of another kind; the message names the file."""
+
+
+class MissingPackageError(ImportError, ModelError):
+    """A model needs an optional extra that is not installed (SAM 2 kinds need ``[sam2]``); the message names
+    the pip command. An ``ImportError`` (what it is: the CLI exits 5, "missing optional package") that is also
+    a :class:`ModelError` (the kind cannot be built here)."""
+
+
+class RandomWeightsWarning(UserWarning):
+    """A SAM model was built with random weights: its masks, IoUs and rewards are meaningless."""
 
 
 class DeviceError(RuntimeError):
@@ -82,6 +93,17 @@ SAM_KINDS: dict[str, SamSpec] = {
     # samr1/shapes/README.md).
     "tiny-shapes": SamSpec(128, 4, 4, (1, 3), img_size=384, patch_size=16, window_size=8, prompt_embed_dim=128,
                            decoder_mlp_dim=512),
+}
+
+# The SAM every samr1 command uses when --sam is not given: the small trained one that ships in the package,
+# so that nothing runs on random weights unasked (it knows synthetic shapes only; real images need vit_h with
+# its checkpoint).
+DEFAULT_SAM = "tiny-shapes"
+
+# Where the official weights are published (nothing is downloaded by samr1).
+WEIGHTS_URL = {
+    "sam": "https://github.com/facebookresearch/segment-anything#model-checkpoints",
+    "sam2": "https://github.com/facebookresearch/sam2#download-checkpoints",
 }
 
 # Kinds whose default checkpoint ships inside the package (loaded through the same path as a user file).
@@ -137,15 +159,51 @@ def check_kind(kind: str) -> SamSpec:
     """The :class:`SamSpec` of ``kind``; raises :class:`ModelError` listing the known kinds otherwise.
 
     This is the one check of a kind name: :func:`load_sam` and the CLI (up front, before any data is read)
-    both call it, so a new kind is added to :data:`SAM_KINDS` (or accepted here) and nowhere else."""
+    both call it, so a new kind is added to :data:`SAM_KINDS` (or accepted here) and nowhere else. A near
+    miss ("vit-h", "VIT_H", "sam2.1-hiera-t") is named in the error as the kind meant."""
     from samr1.sam.sam2_build import SAM2_KINDS, is_sam2_kind, require_sam2
 
     if is_sam2_kind(kind):  # SAM 2 kinds have no SamSpec (their configs ship with the sam2 extra)
         require_sam2()  # without the extra: one line naming it, before any data is read
         return None  # type: ignore[return-value]
     if not isinstance(kind, str) or kind not in SAM_KINDS:
-        raise ModelError(f"unknown SAM kind {kind!r}; choose one of {sorted(SAM_KINDS) + sorted(SAM2_KINDS)}")
+        known = sorted(SAM_KINDS) + sorted(SAM2_KINDS)
+        hint = _did_you_mean(kind, known) if isinstance(kind, str) else ""
+        raise ModelError(f"unknown SAM kind {kind!r}{hint}; choose one of {known}")
     return SAM_KINDS[kind]
+
+
+def _did_you_mean(kind: str, known: list[str]) -> str:
+    """``" (did you mean 'vit_h'?)"`` for a near miss of a known kind (case, '-' for '_', a typo), else ``""``."""
+    import difflib
+
+    def norm(k: str) -> str:
+        return k.lower().replace("-", "_").replace(" ", "_")
+
+    by_norm = {norm(k): k for k in known}
+    if norm(kind) in by_norm:
+        return f" (did you mean {by_norm[norm(kind)]!r}?)"
+    close = difflib.get_close_matches(norm(kind), list(by_norm), n=1, cutoff=0.75)
+    return f" (did you mean {by_norm[close[0]]!r}?)" if close else ""
+
+
+def has_random_weights(kind: str, checkpoint: str | os.PathLike | None) -> bool:
+    """Whether ``load_sam(kind, checkpoint)`` builds a model with random weights: no checkpoint given and none
+    shipped for the kind (``"tiny"`` always; ``vit_*`` and SAM 2 kinds without their file)."""
+    return checkpoint is None and kind not in SHIPPED_WEIGHTS
+
+
+def random_weights_message(kind: str) -> str:
+    """One line saying that SAM ``kind`` has random weights, how to give real ones and where to get them."""
+    from samr1.sam.sam2_build import is_sam2_kind
+
+    url = WEIGHTS_URL["sam2" if is_sam2_kind(kind) else "sam"]
+    if kind == "tiny":
+        what, fix = " (a test and benchmark model)", f"for real masks use --sam vit_h --sam-checkpoint PATH (weights: {url})"
+    else:
+        what, fix = "", (f"give its weights with --sam-checkpoint PATH (in Python: load_sam({kind!r}, checkpoint=PATH); "
+                         f"official checkpoints: {url})")
+    return f"SAM {kind!r} has random weights{what}: its masks, IoUs and rewards are meaningless; {fix}"
 
 
 def _no_cuda_reason() -> str:
@@ -285,18 +343,19 @@ def checkpoint_digest(path: str) -> str:
     return file_digest(path, "blake2b", digest_size=12)
 
 
-def load_sam(kind: str = "tiny", checkpoint: str | os.PathLike | None = None, device: str | torch.device = "cpu",
-             seed: int | None = 0) -> Sam:
+def load_sam(kind: str = DEFAULT_SAM, checkpoint: str | os.PathLike | None = None,
+             device: str | torch.device = "cpu", seed: int | None = 0, *, warn_random: bool = True) -> Sam:
     """Build a SAM model of ``kind`` and load ``checkpoint`` when given.
 
     Args:
         kind: "vit_b", "vit_l", "vit_h" (upstream architectures), "tiny" (small random encoder) or
             "tiny-shapes" (small SAM trained on synthetic shapes; its shipped fp16 weights load by default).
-        checkpoint: path to a state dict (the upstream ``sam_vit_*.pth`` files). Without it the weights
-            are random and a warning says that masks will be meaningless (except "tiny", which is meant
-            to be random).
+        checkpoint: path to a state dict (the upstream ``sam_vit_*.pth`` files, :data:`WEIGHTS_URL`). Without
+            it the weights are random ("tiny-shapes" loads its shipped file instead).
         device: where the model lives.
         seed: seeds the random initialisation so that random models are reproducible (None: unseeded).
+        warn_random: warn (:class:`RandomWeightsWarning`, :func:`random_weights_message`) when the weights
+            are random; benches and tests that choose a random model on purpose pass False.
 
     Returns:
         ``segment_anything.modeling.Sam`` in eval mode with ``samr1_kind`` and ``samr1_model_id`` set.
@@ -309,7 +368,10 @@ def load_sam(kind: str = "tiny", checkpoint: str | os.PathLike | None = None, de
     from samr1.sam.sam2_build import is_sam2_kind, load_sam2
 
     if is_sam2_kind(kind):  # SAM 2 kinds (optional extra): same device check and safe checkpoint reader
-        return load_sam2(kind, checkpoint, check_device(device), seed, read_state_dict, checkpoint_digest)
+        model = load_sam2(kind, checkpoint, check_device(device), seed, read_state_dict, checkpoint_digest)
+        if checkpoint is None and warn_random:
+            warnings.warn(RandomWeightsWarning(random_weights_message(kind)), stacklevel=2)
+        return model
     spec = check_kind(kind)
     device = check_device(device)
     if checkpoint is None and kind in SHIPPED_WEIGHTS:
@@ -326,13 +388,8 @@ def load_sam(kind: str = "tiny", checkpoint: str | os.PathLike | None = None, de
         load_weights(sam, checkpoint, kind)
         sam.samr1_model_id = f"{kind}:{checkpoint_digest(checkpoint)}"
     else:
-        if kind != "tiny":
-            warnings.warn(
-                f"SAM {kind} has random weights (no checkpoint given): masks are meaningless. "
-                "Pass checkpoint=/path/to/sam_{kind}.pth for real segmentation.",
-                UserWarning,
-                stacklevel=2,
-            )
+        if warn_random:
+            warnings.warn(RandomWeightsWarning(random_weights_message(kind)), stacklevel=2)
         sam.samr1_model_id = f"{kind}:random:seed={seed}" if seed is not None else None
     sam.samr1_kind = kind
     return sam.to(device)

@@ -40,7 +40,7 @@ import torch
 from segment_anything.modeling import Sam
 from segment_anything.utils.transforms import ResizeLongestSide
 
-from samr1 import artifacts
+import samr1.artifacts as artifacts
 from samr1.geometry import resize_longest_side
 from samr1.io import load_image
 from samr1.sam import DeviceError, check_device

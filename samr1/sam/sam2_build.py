@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import sys
-import warnings
 from collections.abc import Callable
 
 import torch
@@ -58,14 +57,15 @@ def is_sam2_model(model: object) -> bool:
 
 
 def require_sam2() -> None:
-    """Import the ``sam2`` package or raise :class:`samr1.sam.ModelError` with one line naming the extra."""
-    from samr1.sam import ModelError
+    """Import the ``sam2`` package or raise :class:`samr1.sam.build.MissingPackageError` (an ``ImportError`` and a
+    ``ModelError``) with one line naming the extra."""
+    from samr1.sam.build import MissingPackageError
 
     try:
         import sam2  # noqa: F401  (initialises hydra's config search path on import)
         from sam2.modeling.sam2_base import SAM2Base  # noqa: F401
     except ImportError as exc:
-        raise ModelError(f"{SAM2_EXTRA_HINT} (import failed: {exc})") from None
+        raise MissingPackageError(f"{SAM2_EXTRA_HINT} (import failed: {exc})", name="sam2") from None
 
 
 def sam2_config(kind: str):
@@ -127,11 +127,7 @@ def load_sam2(kind: str, checkpoint: str | os.PathLike | None, device: torch.dev
     if checkpoint is not None:
         _load_weights(model, state, checkpoint, kind)
         model.samr1_model_id = f"{kind}:{file_digest(checkpoint)}"
-    else:
-        warnings.warn(
-            f"SAM {kind} has random weights (no checkpoint given): masks are meaningless. "
-            f"Pass checkpoint=/path/to/{kind}.pt (the official SAM 2 checkpoint) for real segmentation.",
-            UserWarning, stacklevel=3)
+    else:  # random weights: load_sam warns (RandomWeightsWarning)
         model.samr1_model_id = f"{kind}:random:seed={seed}" if seed is not None else None
     model.samr1_kind = kind
     return model.to(device).eval()

@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from samr1 import artifacts
+import samr1.artifacts as artifacts
 from samr1.io import load_image
 from samr1.sam import check_device
 from samr1.sam import model_id as sam_model_id

@@ -124,6 +124,10 @@ def _numbers(text: Any, field: str) -> list[Any]:
             val = json.loads(s)
         except json.JSONDecodeError as exc:
             raise InputError(f"{field}: invalid JSON ({exc.msg})") from None
+        except RecursionError:  # json recurses once per level: thousands of "[" are hostile or broken
+            raise InputError(f"{field}: invalid JSON (nested too deeply; expected a flat list of numbers)") from None
+        except ValueError as exc:  # e.g. an integer of more than 4300 digits
+            raise InputError(f"{field}: invalid JSON ({str(exc)[:120]})") from None
         if not isinstance(val, list):
             raise InputError(f"{field}: expected a JSON list")
         return val

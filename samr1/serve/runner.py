@@ -7,7 +7,19 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["ServerThread", "is_loopback"]
+__all__ = ["ServerThread", "is_loopback", "uvicorn_options"]
+
+
+def uvicorn_options(app: Any) -> dict[str, Any]:
+    """The uvicorn settings every samr1 server runs with (``uvicorn.Config(app, **uvicorn_options(app))``): the
+    HTTP protocol with the request-head deadline of the app's ``ServerConfig.header_timeout_s``
+    (:mod:`samr1.serve.timeouts`) and no lifespan events (the service is built before the server starts)."""
+    from samr1.serve.app import ServerConfig
+    from samr1.serve.timeouts import http_protocol
+
+    service = getattr(getattr(app, "state", None), "service", None)
+    cfg = service.config if service is not None else ServerConfig()
+    return {"http": http_protocol(cfg.header_timeout_s), "lifespan": "off"}
 
 
 def is_loopback(host: str) -> bool:
@@ -56,8 +68,8 @@ class ServerThread:
         sock.listen(1024)
         self._sock = sock
         self.port = sock.getsockname()[1]
-        config = uvicorn.Config(self.app, log_level=self.log_level, lifespan="off", access_log=False,
-                                backlog=1024)
+        config = uvicorn.Config(self.app, log_level=self.log_level, backlog=1024, access_log=False,
+                                **uvicorn_options(self.app))
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
                                         name="samr1-uvicorn", daemon=True)

@@ -116,8 +116,9 @@ def resolution_ceiling(frame: int, n_scenes: int = 100, first_seed: int = 0) -> 
 
 def examples_figure(weights: str | None, out_png: str, n: int = 6, first_seed: int = 0) -> str:
     """A sheet of ``n`` scenes from each generator (top row: own held-out, bottom: alt): every object
-    segmented from its tight box, predicted masks tinted red, ground-truth outlines green, boxes yellow, the
-    scene's mean box IoU in the title. Returns ``out_png``."""
+    segmented from its tight box, on a grey copy of the scene: predicted masks tinted orange, ground-truth
+    outlines blue, boxes magenta (:data:`samr1.shapes.viz.MARKS`, named in a legend strip), the scene's mean box
+    IoU in the title. Returns ``out_png``."""
     import numpy as np
     from PIL import Image, ImageDraw
     from segment_anything import SamPredictor
@@ -127,7 +128,7 @@ def examples_figure(weights: str | None, out_png: str, n: int = 6, first_seed: i
     from samr1.shapes.scenes import make_scene
     from samr1.shapes.scenes_alt import make_alt_scene
     from samr1.shapes.train import box_prompt
-    from samr1.shapes.viz import grid_sheet, mask_outline
+    from samr1.shapes.viz import MARKS, grid_sheet, mask_outline, muted, tint, title_bar, with_legend
 
     pred = SamPredictor(load_sam("tiny-shapes", weights))
     side = 256
@@ -136,27 +137,26 @@ def examples_figure(weights: str | None, out_png: str, n: int = 6, first_seed: i
         for seed in range(first_seed, first_seed + n):
             scene = fn(seed)
             pred.set_image(scene.image)
-            img = scene.image.astype(np.float32)
+            img = muted(scene.image)  # grey backdrop: no scene colour can pass for a mark
             ious, boxes, outline = [], [], np.zeros(scene.image.shape[:2], bool)
             for o in scene.objects:
                 box = box_prompt(o.mask)  # the box evaluate() prompts with
                 masks, scores, _ = pred.predict(box=box, multimask_output=True)
                 m = masks[int(np.argmax(scores))]
                 ious.append(mask_iou_numpy(m, o.mask))
-                img[m] = img[m] * 0.5 + np.array([255, 0, 0]) * 0.5
-                outline |= mask_outline(o.mask, 1)
+                tint(img, m, MARKS["SAM mask"])
+                outline |= mask_outline(o.mask, 3)  # 3 px: still a line after the tile is scaled down
                 boxes.append(box)
-            img[outline] = (0, 255, 0)
+            img[outline] = MARKS["ground truth"]
             im = Image.fromarray(img.clip(0, 255).astype(np.uint8))
             d = ImageDraw.Draw(im)
             for b in boxes:
-                d.rectangle(list(map(float, b)), outline=(255, 230, 0), width=1)
+                d.rectangle(list(map(float, b)), outline=MARKS["box"], width=1)
             scale = side / max(im.size)
             im = im.resize((max(1, round(im.width * scale)), max(1, round(im.height * scale))))
             tile = Image.new("RGB", (side, side + 14), (30, 30, 30))
             tile.paste(im, (0, 14))
-            title = f"{name} {seed}: box IoU " + (f"{np.mean(ious):.2f}" if ious else "-")
-            ImageDraw.Draw(tile).text((3, 1), title, fill=(255, 255, 255))
+            title_bar(tile, f"{name} {seed}: box IoU " + (f"{np.mean(ious):.2f}" if ious else "-"))
             panels.append(tile)
-    grid_sheet(panels, cols=n).save(out_png)
+    with_legend(grid_sheet(panels, cols=n), {k: v for k, v in MARKS.items() if k != "points"}).save(out_png)
     return out_png

@@ -1,8 +1,13 @@
-"""Figures of the toy world: contact sheets, mask outlines and the training curve.
+"""Figures of the toy world: contact sheets, mask outlines, overlays with a legend and the training curve.
 
-Used by ``samr1 demo`` (:mod:`samr1.demo`), the checker's example sheet (:mod:`samr1.shapes.check`) and the
-trainer's curve (:mod:`samr1.shapes.train`). Images are PIL RGB; masks are H x W bool numpy arrays in the
-image's own pixels.
+Used by ``samr1 demo`` (:mod:`samr1.demo`), ``samr1 segment --model`` (its overlay), the checker's example
+sheet (:mod:`samr1.shapes.check`) and the trainer's curve (:mod:`samr1.shapes.train`). Images are PIL RGB;
+masks are H x W bool numpy arrays in the image's own pixels.
+
+Overlays are drawn on a muted grey copy of the image (:func:`muted`): the scenes use every hue (a red
+circle, a green square, a yellow star), so a coloured mark on the original colours could be taken for part
+of the scene. On grey, the marks' colours (:data:`MARKS`) can only be marks, and :func:`with_legend` names
+each one inside the figure.
 """
 
 from __future__ import annotations
@@ -12,7 +17,91 @@ import json
 import numpy as np
 from PIL import Image
 
-__all__ = ["grid_sheet", "mask_outline", "plot_curve"]
+__all__ = ["MARKS", "grid_sheet", "legend_bar", "mask_outline", "muted", "plot_curve", "tint", "title_bar",
+           "with_legend"]
+
+# The overlay marks: name -> RGB. Orange and blue tell apart for the common colour-vision deficiencies too.
+MARKS: dict[str, tuple[int, int, int]] = {
+    "SAM mask": (255, 110, 0),  # orange fill, 55 % opaque
+    "ground truth": (0, 150, 255),  # blue outline, 2 px
+    "box": (255, 0, 200),  # magenta rectangle
+    "points": (255, 235, 0),  # yellow dots with a black ring
+}
+
+
+def muted(image: np.ndarray) -> np.ndarray:
+    """``H x W x 3`` uint8 -> ``H x W x 3`` float32 grey copy at reduced contrast (luma mapped into 60..190),
+    the backdrop of every overlay: no scene colour is left to be confused with a mark."""
+    luma = image[..., :3].astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32)
+    grey = 60.0 + luma * (130.0 / 255.0)
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def tint(out: np.ndarray, mask: np.ndarray, rgb: tuple[int, int, int], alpha: float = 0.55) -> np.ndarray:
+    """Blend ``rgb`` into float image ``out`` (H x W x 3, modified in place and returned) where ``mask`` is set."""
+    out[mask] = out[mask] * (1 - alpha) + np.asarray(rgb, np.float32) * alpha
+    return out
+
+
+def _font(size: int):
+    """PIL's scalable default font at ``size`` px (Pillow >= 10.1 with FreeType), else its fixed bitmap font."""
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, ImportError, OSError):
+        return ImageFont.load_default()
+
+
+def title_bar(im: Image.Image, title: str) -> Image.Image:
+    """Write ``title`` in white on a black bar across the top of ``im`` (in place; returned). The text is about
+    1/40 of the width high (at least 10 px)."""
+    from PIL import ImageDraw
+
+    size = max(10, im.width // 40)
+    d = ImageDraw.Draw(im)
+    d.rectangle([0, 0, im.width, size + 4], fill=(0, 0, 0))
+    d.text((3, 2), title, fill=(255, 255, 255), font=_font(size))
+    return im
+
+
+def legend_bar(width: int, items: dict[str, tuple[int, int, int]] | None = None) -> Image.Image:
+    """A dark strip ``width`` wide with a colour swatch and the name of each mark (default: :data:`MARKS`), in
+    as many rows as the width needs; the text grows with the width (about 1/90 of it, at least 11 px) so that
+    it stays legible on a wide sheet."""
+    from PIL import ImageDraw
+
+    items = MARKS if items is None else items
+    size = max(11, width // 90)
+    font = _font(size)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    rows: list[list[tuple[int, str, tuple[int, int, int]]]] = [[]]
+    x = size // 2
+    for name, rgb in items.items():
+        step = size + 5 + int(probe.textlength(name, font=font)) + size
+        if rows[-1] and x + step - size > width:  # does not fit: a new row
+            rows.append([])
+            x = size // 2
+        rows[-1].append((x, name, rgb))
+        x += step
+    line = size + 8
+    bar = Image.new("RGB", (max(1, width), line * len(rows) + 2), (20, 20, 20))
+    d = ImageDraw.Draw(bar)
+    for r, row in enumerate(rows):
+        y = r * line + 5
+        for x0, name, rgb in row:
+            d.rectangle([x0, y, x0 + size, y + size - 1], fill=rgb, outline=(255, 255, 255))
+            d.text((x0 + size + 5, y - 1), name, fill=(255, 255, 255), font=font)
+    return bar
+
+
+def with_legend(image: Image.Image, items: dict[str, tuple[int, int, int]] | None = None) -> Image.Image:
+    """``image`` with :func:`legend_bar` below it, so the figure explains its own colours."""
+    bar = legend_bar(image.width, items)
+    out = Image.new("RGB", (image.width, image.height + bar.height), (20, 20, 20))
+    out.paste(image.convert("RGB"), (0, 0))
+    out.paste(bar, (0, image.height))
+    return out
 
 
 def grid_sheet(panels: list[Image.Image], cols: int = 4) -> Image.Image:

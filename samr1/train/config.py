@@ -57,8 +57,12 @@ class TrainConfig:
                                       "encoding")
     multimask: bool = _f(True, "ask SAM for 3 masks and keep the best by predicted IoU (Seg-Zero's evaluation)")
     encode_ahead: bool = _f(True, "encode a drawn batch's images on a side thread while the policy generates")
-    components: list = _f(["think", "answer", "iou"], "reward components, summed and logged apart: think, answer, "
-                                                      "iou (tiered), mask_iou, box_iou, box_l1, point_dist")
+    reward_preset: str = _f("samr1", "whose reward rules: samr1 (SAM-R1's reward, samr1's reading), segzero "
+                                     "(Seg-Zero's training reward, rule for rule) or visionreasoner (multi-object, "
+                                     "Hungarian-matched accuracy); see samr1.rewards.presets")
+    components: list | None = _f(None, "reward components, summed and logged apart (default: the preset's; samr1: "
+                                       "think answer iou): think, answer, iou (tiered), mask_iou, box_iou, box_l1, "
+                                       "point_dist, accuracy, non_repeat (each preset defines its own set)")
     prompt: str = _f("seg-zero", "prompt template: seg-zero, vision-reasoner, or a custom string containing "
                                  "{query}")
     reward_options: dict = _f({}, "other SamR1RewardConfig fields for the reward, e.g. {box_l1_threshold: 1.3} "
@@ -76,6 +80,9 @@ class TrainConfig:
     temperature: float = _f(1.0, "sampling temperature of the rollouts")
     policy_image_size: int = _f(840, "side of the square image the policy sees (840 = 30 x 28: Qwen's processor "
                                      "keeps it, 900 image tokens); SAM sees the original")
+    answer_frame: str = _f("auto", "the frame the policy's coordinates are in: pixels (of the policy's square "
+                                   "image; Qwen2.5-VL), norm1000 (0..1000 on each axis; Qwen2-VL, Qwen3-VL) or auto "
+                                   "(from the model's config.json model_type); recorded in the saved policy")
     max_completion_length: int = _f(1024, "max new tokens per completion")
     per_device_train_batch_size: int = _f(8, "completions per process per micro-step; per_device x "
                                              "steps_per_generation should be a multiple of num_generations")
@@ -111,7 +118,29 @@ class TrainConfig:
     logging_steps: int = _f(1, "log every N optimizer steps")
     resume: str | None = _f(None, "resume from a checkpoint folder, or 'latest' for the newest in --output-dir")
     progress: bool = _f(True, "show a progress bar (step, reward mean, parse failures, cache hits, ETA)")
-    report_to: str = _f("none", "TRL/transformers loggers: none, tensorboard, wandb, ...")
+    report_to: list = _f(["none"], "loggers, one or more: none, tensorboard, wandb, trackio, mlflow, ... (tensorboard "
+                                   "is in samr1[train]; events go to <output_dir>/runs)")
+    log_completions: bool = _f(True, "TRL's completions table: every logged step's prompts, completions, each "
+                                     "reward component, samr1_reason (why an answer failed) and samr1_iou, written "
+                                     "to <output_dir>/completions/*.parquet and to wandb / trackio when reported")
+
+    # -------------------------------------------------------------- LoRA (PEFT)
+    use_peft: bool = _f(False, "train a LoRA adapter instead of the whole policy (base weights and the vision tower "
+                               "frozen); final/ then holds the adapter, which eval / segment / serve --model load")
+    lora_r: int = _f(16, "LoRA rank r (the width of each adapter)")
+    lora_alpha: int = _f(32, "LoRA alpha (the update is scaled by alpha / r)")
+    lora_dropout: float = _f(0.05, "dropout on the LoRA input")
+    lora_target_modules: list = _f(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+                                   "module names that get an adapter, matched inside the language model only (the "
+                                   "vision tower stays frozen); 'all-linear' is PEFT's every-linear-layer rule")
+    merge_adapter: bool = _f(False, "with --use-peft: also write <output_dir>/merged, the base policy with the "
+                                    "adapter merged in (a plain policy folder)")
+
+    # -------------------------------------------------------------- any other GRPOConfig field
+    grpo: dict = _f({}, "other fields of TRL's GRPOConfig, e.g. {lr_scheduler_type: cosine, weight_decay: 0.01, "
+                        "top_p: 0.9}; on the command line --grpo KEY=VALUE (repeatable, VALUE read as YAML); checked "
+                        "against GRPOConfig before anything loads; fields samr1 sets from its own flags are refused "
+                        "with the flag's name")
     rollouts_every: int = _f(0, "every K steps write a few groups (query, the G completions, parsed answers, SAM's "
                                 "masks, ground truth, reward components) to <output_dir>/rollouts/ for `samr1 view`; "
                                 "0: off")
@@ -144,9 +173,31 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"reward_options: unknown SamR1RewardConfig fields {unknown}; valid: {sorted(names)}",
                               field="reward_options")
-        return SamR1RewardConfig(**{**dict(self.reward_options), "components": tuple(self.components),
-                                    "image_key": "sam_image", "mask_key": "mask",
-                                    "model_size": (self.policy_image_size, self.policy_image_size)})
+        from samr1.policy.frame import answer_frame_size
+
+        return SamR1RewardConfig(**{**dict(self.reward_options), "preset": self.reward_preset,
+                                    "components": None if self.components is None else tuple(self.components),
+                                    "image_key": "sam_image", "mask_key": "masks",
+                                    "model_size": answer_frame_size(self.resolved_answer_frame(),
+                                                                    self.policy_image_size)})
+
+    def resolved_answer_frame(self) -> str:
+        """``answer_frame``, with "auto" resolved from the policy folder: the frame its saved record names (a
+        warm-started policy answers in the frame it was taught), else its ``model_type``'s
+        (:func:`samr1.policy.default_answer_frame`; "pixels" when neither can be read)."""
+        from samr1.policy.frame import default_answer_frame, model_type_of
+        from samr1.policy.record import read_record
+
+        if self.answer_frame != "auto":
+            return self.answer_frame
+        if self.model and os.path.isdir(self.model):
+            try:
+                record = read_record(self.model)
+            except ValueError:
+                record = None
+            if record is not None:
+                return record.answer_frame
+        return default_answer_frame(model_type_of(self.model) if self.model else None)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, where: str = "config") -> TrainConfig:
@@ -209,10 +260,12 @@ class TrainConfig:
              and self.rollouts_groups >= 1, "rollouts_groups", "must be a positive integer")
         need(isinstance(self.rollouts_max_mb, (int, float)) and math.isfinite(self.rollouts_max_mb)
              and self.rollouts_max_mb > 0, "rollouts_max_mb", "must be a positive number of MiB")
-        need(isinstance(self.reward_options, dict) and not {"components", "image_key", "mask_key", "model_size"}
+        need(self.answer_frame in ("auto", "pixels", "norm1000"), "answer_frame", "choose auto, pixels or norm1000")
+        need(isinstance(self.reward_options, dict) and not {"components", "image_key", "mask_key", "model_size",
+                                                            "preset"}
              & set(self.reward_options), "reward_options",
              "a mapping of SamR1RewardConfig fields other than components / image_key / mask_key / model_size "
-             "(set those with --components and --policy-image-size)")
+             "(set those with --components, --reward-preset and --policy-image-size)")
         need(self.eval_data is None or (isinstance(self.eval_data, str) and bool(self.eval_data)), "eval_data",
              "a data path, or omitted")
         need(isinstance(self.eval_steps, int) and self.eval_steps >= 0, "eval_steps", "must be >= 0")
@@ -222,7 +275,7 @@ class TrainConfig:
              "must be a positive integer")
         # the engine's and the reward's own checks, reported under this config's field names
         for build, renamed in ((self.engine_config, {"cache_bytes": "cache_gb", "store": "embeddings"}),
-                               (self.reward_config, {"model_size": "policy_image_size"})):
+                               (self.reward_config, {"model_size": "policy_image_size", "preset": "reward_preset"})):
             try:
                 build()
             except ConfigError as exc:
@@ -240,7 +293,47 @@ class TrainConfig:
              "must be >= 0 (steps, or a fraction of all steps when < 1)")
         need(isinstance(self.vllm_server_port, int) and 0 < self.vllm_server_port < 65536, "vllm_server_port",
              "must be a TCP port (1..65535)")
+        self._validate_trl()
         return self
+
+    def report_list(self) -> list[str]:
+        """``report_to`` as TRL's list (a comma-separated string is split; ``none`` alone means no logger)."""
+        values = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)
+        names = [n.strip() for v in values for n in str(v).split(",") if n.strip()]
+        return [] if names in ([], ["none"]) else names
+
+    def _validate_trl(self) -> None:
+        """The TRL-side fields: loggers installed, LoRA values, the grpo mapping, whole groups per round."""
+        from samr1.train.grpo_args import batch_error, check_grpo_overrides
+        from samr1.train.loggers import check_loggers
+
+        def need(cond: bool, name: str, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"{name}={getattr(self, name)!r}: {msg}", field=name)
+
+        need(isinstance(self.report_to, (str, list, tuple)), "report_to", "a logger name or a list of them")
+        names = self.report_list()
+        need("none" not in names, "report_to", "'none' cannot be combined with a logger")
+        check_loggers(names)
+        for name in ("lora_r", "lora_alpha"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, name, "must be a positive integer")
+        need(isinstance(self.lora_dropout, (int, float)) and 0 <= self.lora_dropout < 1, "lora_dropout",
+             "must be in [0, 1)")
+        need(isinstance(self.lora_target_modules, (list, tuple)) and bool(self.lora_target_modules)
+             and all(isinstance(m, str) and m for m in self.lora_target_modules), "lora_target_modules",
+             "a list of module names, e.g. [q_proj, v_proj], or [all-linear]")
+        need(not self.merge_adapter or self.use_peft, "merge_adapter", "only with --use-peft (a full policy is "
+             "already a plain policy folder)")
+        check_grpo_overrides(self.grpo, components=len(self.reward_config().components))  # the preset's when None
+        need(self.steps_per_generation is None or "generation_batch_size" not in self.grpo, "steps_per_generation",
+             "give either --steps-per-generation or grpo.generation_batch_size, not both (TRL derives one from "
+             "the other)")
+        spg = self.steps_per_generation or self.gradient_accumulation_steps
+        msg = batch_error(self.per_device_train_batch_size, spg, self.num_generations,
+                          int(os.environ.get("WORLD_SIZE", "1")), self.grpo.get("generation_batch_size"))
+        if msg:
+            raise ConfigError(msg, field="per_device_train_batch_size")
 
 
 def load_yaml_config(path: str | os.PathLike) -> dict[str, Any]:

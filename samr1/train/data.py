@@ -29,7 +29,7 @@ import os
 import pickle
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,7 +39,8 @@ from PIL import Image, ImageDraw
 from samr1.io import InputError, load_image, load_mask
 
 __all__ = ["TrainRow", "BadRow", "rows_from_manifest", "rows_from_hf", "rows_from_refcocog", "rows_from_reasonseg",
-           "reasonseg_mask", "detect_format", "load_rows", "select_rows", "check_rows", "PolicyDataset"]
+           "reasonseg_mask", "detect_format", "load_rows", "select_rows", "check_rows", "PolicyDataset",
+           "parquet_split_files", "resolve_split"]
 
 
 @dataclass
@@ -54,6 +55,9 @@ class TrainRow:
         position: where the row comes from, e.g. ``"train.jsonl:12"`` or ``"data.parquet row 7"``.
         size: ``(H, W)`` the source declares (``img_height``/``img_width``), checked when given.
         ignore_value: mask value marking ignore regions (255 for ReasonSeg), or None.
+        masks: the instances of a multi-object target (a manifest's ``"masks"``, a dataset row whose mask is a
+            list of masks), each in any form ``mask`` takes; ``[]`` is an empty target. ``mask`` is then None
+            (their union is the target). None for a one-mask row.
     """
 
     image: Any
@@ -62,6 +66,7 @@ class TrainRow:
     position: str
     size: tuple[int, int] | None = None
     ignore_value: int | None = None
+    masks: list[Any] | None = None
 
 
 @dataclass
@@ -82,7 +87,74 @@ def rows_from_manifest(path: str) -> list[TrainRow]:
     with its line, not a loader failure; a malformed line still raises :class:`InputError` here."""
     from samr1.data import read_manifest
 
-    return [TrainRow(s.image, s.query, s.mask, s.source) for s in read_manifest(path, check_files=False)]
+    return [TrainRow(s.image, s.query, s.mask, s.source, masks=s.masks) for s in read_manifest(path, check_files=False)]
+
+
+def resolve_split(wanted: str, available: Sequence[str]) -> str | None:
+    """The split of ``available`` that ``wanted`` names (None when none does): itself, or the Hugging Face split it is a keyword of
+    ("val" and "dev" are "validation", "eval" is "test", ...; ``datasets.data_files.SPLIT_KEYWORDS``), either way
+    round. None when none matches."""
+    if wanted in available:
+        return wanted
+    from datasets.data_files import SPLIT_KEYWORDS
+
+    for split, words in SPLIT_KEYWORDS.items():
+        names = {str(split), *words}
+        if wanted in names:
+            hits = [a for a in available if a in names]
+            if len(hits) == 1:
+                return hits[0]
+    return None
+
+
+def _file_split(path: str) -> str | None:
+    """The split a parquet file's name carries, by Hugging Face's naming: ``data/<split>-00000-of-00003.parquet``
+    (any split name), or a split keyword between separators (``val.parquet``, ``my_test_1.parquet``)."""
+    import re
+
+    from datasets.data_files import SPLIT_KEYWORDS
+
+    name = os.path.basename(path)
+    sharded = re.match(r"^(\w+?)-\d{5}-of-\d{5}", name)
+    if sharded and os.path.basename(os.path.dirname(os.path.abspath(path))) == "data":
+        return sharded.group(1)
+    tokens = set(re.split(r"[-._ 0-9]+", name.rsplit(".", 1)[0]))
+    return next((str(split) for split, words in SPLIT_KEYWORDS.items() if tokens & set(words)), None)
+
+
+def parquet_split_files(path: str, split: str) -> list[str]:
+    """The parquet files of split ``split`` in ``path`` (a folder or one file), by Hugging Face's own rules.
+
+    A folder is read as ``datasets.load_dataset(path)`` reads it (``datasets.data_files.get_data_patterns``):
+    the hub's ``data/<split>-00000-of-00001.parquet``, ``<split>/*.parquet``, ``<split>.parquet``,
+    ``train_part1.parquet`` ...; a folder whose names carry no split is one split, "train". A single file is
+    the data itself, unless its name carries another split's name.
+
+    Raises:
+        InputError: no parquet files, or ``split`` is not one of the splits there (the message lists them).
+    """
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    if not os.path.isdir(path):
+        named = _file_split(path)
+        if named is not None and resolve_split(split, [named]) is None:
+            raise InputError(f"{path}: the file name says split {named!r}, not {split!r}; pass --split {named} (or "
+                             f"give the file of split {split!r})")
+        return [path]
+    try:
+        files = DataFilesDict.from_patterns(get_data_patterns(path), base_path=path, allowed_extensions=[".parquet"])
+    except FileNotFoundError:
+        files = {}
+    files = {str(k): sorted(v) for k, v in files.items() if v}
+    if not files:
+        raise InputError(f"{path}: no parquet files and no save_to_disk dataset (dataset_info.json) found")
+    name = resolve_split(split, list(files))
+    if name is None:
+        why = " (no file or folder name there names a split, so Hugging Face reads them all as 'train')" \
+            if list(files) == ["train"] else ""
+        raise InputError(f"{path}: the parquet files hold splits {sorted(files)}, not {split!r}{why}; choose one with "
+                         "--split")
+    return files[name]
 
 
 def _hf_dataset(path: str, split: str):
@@ -92,23 +164,25 @@ def _hf_dataset(path: str, split: str):
                                 or os.path.exists(os.path.join(path, "dataset_dict.json"))):
         ds = datasets.load_from_disk(path)
         if isinstance(ds, datasets.DatasetDict):
-            if split not in ds:
+            name = resolve_split(split, list(ds))
+            if name is None:
                 raise InputError(f"{path}: the dataset has splits {sorted(ds)}, not {split!r}; choose one with --split")
-            ds = ds[split]
+            ds = ds[name]
         return ds
-    files = sorted(glob.glob(os.path.join(path, "**", "*.parquet"), recursive=True)) if os.path.isdir(path) else [path]
-    if not files:
-        raise InputError(f"{path}: no parquet files and no save_to_disk dataset (dataset_info.json) found")
-    return datasets.Dataset.from_parquet(files)
+    return datasets.Dataset.from_parquet(parquet_split_files(path, split))
 
 
 def rows_from_hf(path: str, split: str = "train") -> list[TrainRow]:
-    """Rows of a Hugging Face dataset saved with ``save_to_disk`` or stored as parquet (a file or a folder).
+    """Rows of split ``split`` of a Hugging Face dataset saved with ``save_to_disk`` or stored as parquet (a
+    file or a folder; :func:`parquet_split_files` picks the split's files as ``datasets`` does).
 
     Columns (Seg-Zero's evaluation sets): ``image`` (PIL), ``text`` (str; a list uses its first entry),
     ``mask`` (nested lists of bool, H x W), ``img_height``, ``img_width``. ``query``/``problem`` are accepted
-    for ``text``.
+    for ``text``. A ``mask`` that is a LIST of masks (``N x H x W`` nested lists, or a list of images / RLE
+    dicts) is a multi-object target: its instances (``[]``: no target).
     """
+    from samr1.rewards.truth import is_instance_list
+
     ds = _hf_dataset(path, split)
     cols = set(ds.column_names)
     text_col = next((c for c in ("text", "query", "problem") if c in cols), None)
@@ -124,7 +198,11 @@ def rows_from_hf(path: str, split: str = "train") -> list[TrainRow]:
         size = None
         if ex.get("img_height") is not None and ex.get("img_width") is not None:
             size = (int(ex["img_height"]), int(ex["img_width"]))
-        rows.append(TrainRow(ex["image"], text if isinstance(text, str) else "", ex["mask"], f"{path} row {i}", size))
+        mask, masks = ex["mask"], None
+        if is_instance_list(mask):
+            mask, masks = None, list(mask)
+        rows.append(TrainRow(ex["image"], text if isinstance(text, str) else "", mask, f"{path} row {i}", size,
+                             masks=masks))
     return rows
 
 
@@ -281,8 +359,28 @@ def load_rows(path: str, data_format: str = "auto", *, split: str = "train", ima
 
 
 # ------------------------------------------------------------------------------------------- checks
+def _load_instances(row: TrainRow) -> list[np.ndarray]:
+    """The instance masks of a ``masks`` row, each ``H x W`` bool, checked to share one size."""
+    out = []
+    for k, m in enumerate(row.masks or []):
+        arr = _load_mask_any(TrainRow(row.image, row.query, m, row.position, row.size)).astype(bool)
+        if out and arr.shape != out[0].shape:
+            raise InputError(f"field 'masks[{k}]': the instance is {arr.shape[0]}x{arr.shape[1]} but masks[0] is "
+                             f"{out[0].shape[0]}x{out[0].shape[1]}")
+        out.append(arr)
+    return out
+
+
 def _load_mask_any(row: TrainRow) -> np.ndarray:
-    """The row's mask as an ``H x W`` uint8 (0/1, or 0/1/255 where ignore regions are kept)."""
+    """The row's mask as an ``H x W`` uint8 (0/1, or 0/1/255 where ignore regions are kept); for a ``masks``
+    row, the union of its instances (all 0 for ``[]``)."""
+    if row.masks is not None:
+        inst = _load_instances(row)
+        if not inst:
+            if row.size is None:
+                raise InputError("field 'masks': the image size is unknown (load the image first)")
+            return np.zeros(row.size, dtype=np.uint8)
+        return np.logical_or.reduce(inst).astype(np.uint8)
     m = row.mask
     if isinstance(m, Exception):
         raise InputError(f"field 'mask': {m}")
@@ -304,12 +402,21 @@ def _load_mask_any(row: TrainRow) -> np.ndarray:
 
 
 def _check_one(row: TrainRow) -> tuple[np.ndarray, np.ndarray]:
+    """The row's image (``H x W x 3`` uint8) and mask (``H x W`` uint8), checked against each other."""
+    _check_fields(row)
+    img = load_image(row.image, field="image", source=row.position)
+    return img, _check_mask(row, *img.shape[:2])
+
+
+def _check_fields(row: TrainRow) -> None:
     if row.image is None:
         raise InputError("field 'image': the row has no image")
     if not isinstance(row.query, str) or not row.query.strip():
         raise InputError(f"field 'query': must be a non-empty string, got {row.query!r}")
-    img = load_image(row.image, field="image", source=row.position)
-    h, w = img.shape[:2]
+
+
+def _check_mask(row: TrainRow, h: int, w: int) -> np.ndarray:
+    """The row's mask, checked against its image's ``h x w`` (and the size the row declares)."""
     if row.size is not None and tuple(row.size) != (h, w):
         raise InputError(f"field 'image': the image is {h}x{w} but the row declares img_height x img_width = "
                          f"{row.size[0]}x{row.size[1]}")
@@ -319,7 +426,35 @@ def _check_one(row: TrainRow) -> tuple[np.ndarray, np.ndarray]:
     if mask.shape != (h, w):
         raise InputError(f"field 'mask': the mask is {mask.shape[0]}x{mask.shape[1]} but the image is {h}x{w} "
                          "(H x W); the mask must be at the original image size")
-    return img, mask
+    return mask
+
+
+class _ImageSizes:
+    """``(H, W)`` of image files, each decoded once however many rows name it (RefCOCOg has several sentences,
+    hence rows, per image; decoding it per row cost a decode per sentence before training). Thread-safe: a
+    file another thread is decoding is waited for, not decoded again. Only sizes are kept, never pixels."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_path: dict[str, Future] = {}
+
+    def __call__(self, row: TrainRow) -> tuple[int, int]:
+        if not isinstance(row.image, (str, os.PathLike)):
+            img = load_image(row.image, field="image", source=row.position)
+            return img.shape[0], img.shape[1]
+        path = os.fspath(row.image)
+        with self._lock:
+            fut = self._by_path.get(path)
+            mine = fut is None
+            if mine:
+                fut = self._by_path[path] = Future()
+        if mine:
+            try:
+                img = load_image(path, field="image")  # no row position: the error is reported for each row
+                fut.set_result((img.shape[0], img.shape[1]))
+            except BaseException as exc:  # noqa: BLE001 - every row naming the file gets the same error
+                fut.set_exception(exc)
+        return fut.result()
 
 
 def select_rows(rows: Sequence[TrainRow], max_samples: int | None, seed: int) -> list[int]:
@@ -332,7 +467,8 @@ def select_rows(rows: Sequence[TrainRow], max_samples: int | None, seed: int) ->
 
 def check_rows(rows: Sequence[TrainRow], *, max_samples: int | None = None, seed: int = 0, skip_bad: bool = False,
                workers: int = 4) -> tuple[list[TrainRow], list[BadRow]]:
-    """Load every selected row's image and mask once, before training; return (good rows, bad rows).
+    """Load every selected row's image and mask before training (each image file decoded once, however many
+    rows name it); return (good rows, bad rows).
 
     Rows are walked in :func:`select_rows` order until ``max_samples`` good rows are found. A row is bad when
     its image or mask is missing or unreadable, its query is empty, or the mask's ``H x W`` differs from the
@@ -344,9 +480,13 @@ def check_rows(rows: Sequence[TrainRow], *, max_samples: int | None = None, seed
     good: list[TrainRow] = []
     bad: list[BadRow] = []
 
+    sizes = _ImageSizes()
+
     def check(i: int) -> tuple[int, str | None]:
+        row = rows[i]
         try:
-            _check_one(rows[i])
+            _check_fields(row)
+            _check_mask(row, *sizes(row))
             return i, None
         except (InputError, OSError, ValueError, TypeError) as exc:
             return i, str(exc)
@@ -378,8 +518,9 @@ class PolicyDataset:
     """Checked rows as TRL rows (a map-style dataset: ``len`` and ``[i]``).
 
     ``ds[i]`` is ``{"prompt": [user message], "image": PIL S x S (the policy's copy), "sam_image": H x W x 3
-    uint8 (original), "mask": H x W bool (original; target only), "ignore": H x W bool or None, "row_id":
-    i}``. TRL's sampler asks for the same index G times in a row: a small LRU returns the very same objects
+    uint8 (original), "mask": H x W bool (original; target only), "masks": the target's instances (a list of
+    H x W bool; ``[mask]`` for a one-mask row, ``[]`` for an empty target), "ignore": H x W bool or None,
+    "row_id": i}``. TRL's sampler asks for the same index G times in a row: a small LRU returns the very same objects
     for those copies, so the reward sees one image object per prompt (and the engine hashes it once).
     """
 
@@ -399,10 +540,10 @@ class PolicyDataset:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def sam_columns(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """(original image H x W x 3 uint8, target mask H x W bool) of row ``i``."""
+    def sam_columns(self, i: int) -> tuple[np.ndarray, list[np.ndarray]]:
+        """(original image H x W x 3 uint8, the target's instance masks, each H x W bool) of row ``i``."""
         item = self[i]
-        return item["sam_image"], item["mask"]
+        return item["sam_image"], item["masks"]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = int(i)
@@ -418,8 +559,9 @@ class PolicyDataset:
         policy = Image.fromarray(img).resize((s, s), Image.BICUBIC)
         ignore = (mask == row.ignore_value) if row.ignore_value is not None else None
         target = (mask == 1) if row.ignore_value is not None else mask.astype(bool)
+        instances = [target] if row.masks is None else [m for m in _load_instances(row) if m.any()]
         item = {"prompt": self._conversation(self.template, row.query), "image": policy, "sam_image": img,
-                "mask": target, "ignore": ignore, "row_id": i}
+                "mask": target, "masks": instances, "ignore": ignore, "row_id": i}
         with self._lock:
             self._lru[i] = item
             if len(self._lru) > self._lru_size:
@@ -430,7 +572,8 @@ class PolicyDataset:
         items = [self[i] for i in batch["row_id"]]
         if self.on_batch is not None:
             self.on_batch([it["sam_image"] for it in items])
-        return {k: [it[k] for it in items] for k in ("prompt", "image", "sam_image", "mask", "ignore", "row_id")}
+        return {k: [it[k] for it in items] for k in ("prompt", "image", "sam_image", "mask", "masks", "ignore",
+                                                     "row_id")}
 
     def as_hf(self):
         """A ``datasets.Dataset`` view for TRL (which requires one): a ``row_id`` column whose on-access

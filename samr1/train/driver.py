@@ -23,10 +23,19 @@ import time
 import warnings
 from typing import Any
 
+import samr1.jsonout as jsonout
 from samr1.train.config import ConfigError, TrainConfig
+from samr1.train.grpo_args import batch_error
 
 __all__ = ["train", "group_locality_warning", "build_grpo_config", "plot_learning_curve", "ProgressCallback",
-           "resolve_resume", "policy_record", "RecordCallback", "trainer_callback_base"]
+           "resolve_resume", "resume_block_error", "RUN_RECORDS", "policy_record", "RecordCallback",
+           "trainer_callback_base"]
+
+# What a training run writes into its output folder: the records ``--overwrite`` removes before a new run, so
+# that two runs' metrics, checkpoints and summaries never mix (samr1.outdirs). "runs" is TensorBoard's folder.
+RUN_RECORDS = ("checkpoint-*", "final", "best", "merged", "completions", "metrics.jsonl", "reward_calls.jsonl",
+               "summary.json", "train_config.json", "grpo_config.json", "README.md", "learning_curve.png", "runs",
+               "rollouts")
 
 
 # ------------------------------------------------------------------------------------------- checks
@@ -71,6 +80,33 @@ def resolve_resume(resume: str | None, output_dir: str) -> str | None:
     return resume
 
 
+def resume_block_error(checkpoint: str, gradient_accumulation_steps: int, steps_per_generation: int,
+                       num_iterations: int = 1) -> str | None:
+    """Why resuming from ``checkpoint`` would train part of the data twice, or None when it is safe.
+
+    TRL generates completions for ``steps_per_generation x num_iterations`` micro-steps at once and keeps them
+    in memory, not in the checkpoint. A checkpoint after optimizer step ``s`` holds ``s x
+    gradient_accumulation_steps`` micro-steps; when that is not a multiple of the block, a resumed run
+    generates a new block at once: the interrupted block is trained again (1.5 times in all) and every later
+    block starts off its boundary.
+    """
+    block = steps_per_generation * num_iterations
+    try:
+        with open(os.path.join(checkpoint, "trainer_state.json"), encoding="utf-8") as f:
+            step = int(json.load(f)["global_step"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        return f"{checkpoint}/trainer_state.json cannot be read ({type(exc).__name__}: {exc})"
+    micro = step * gradient_accumulation_steps
+    if micro % block == 0:
+        return None
+    every = block // math.gcd(block, gradient_accumulation_steps)
+    return (f"{checkpoint} was saved after step {step} = {micro} micro-steps, inside a generation block of {block} "
+            f"micro-steps (steps_per_generation {steps_per_generation} x num_iterations {num_iterations}); TRL keeps "
+            f"the block's completions in memory only, so a resumed run would train that block again. Resume from a "
+            f"checkpoint whose step is a multiple of {every}, and save every multiple of {every} steps "
+            f"(--save-steps {every})")
+
+
 # ------------------------------------------------------------------------------------------- config
 def build_grpo_config(cfg: TrainConfig, *, use_cpu: bool, cuda: bool):
     """TRL's ``GRPOConfig`` from a :class:`TrainConfig` (bf16 and gradient checkpointing only with CUDA)."""
@@ -85,14 +121,18 @@ def build_grpo_config(cfg: TrainConfig, *, use_cpu: bool, cuda: bool):
         max_steps=cfg.max_steps, num_train_epochs=cfg.num_train_epochs, seed=cfg.seed, data_seed=cfg.seed,
         max_grad_norm=cfg.max_grad_norm, warmup_steps=cfg.warmup_steps,
         save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit,
-        logging_steps=cfg.logging_steps, report_to=[] if cfg.report_to == "none" else [cfg.report_to],
+        logging_steps=cfg.logging_steps, report_to=cfg.report_list(),
         bf16=cuda if cfg.bf16 is None else cfg.bf16,
-        gradient_checkpointing=cuda if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing,
+        # transformers 5 renamed gradient_checkpointing (a deprecated alias that warns when it is the one set)
+        activation_checkpointing=cuda if cfg.gradient_checkpointing is None else cfg.gradient_checkpointing,
         use_cpu=use_cpu,
         # The reward reads sam_image / mask / row_id: keep every dataset column.
         remove_unused_columns=False,
         disable_tqdm=True,  # samr1's own bar (ProgressCallback) shows the reward, parse failures and cache hits
-        log_completions=False,
+        log_completions=cfg.log_completions,
+        # TRL also prints the table at every log: 2 rows on the console, not the whole batch (every row goes to
+        # <output_dir>/completions/*.parquet and to wandb / trackio)
+        num_completions_to_print=2,
         # TRL all-gathers every prompt's policy-size images each step to log them unless told not to
         log_multimodal=False,
         # SAM-R1 / Seg-Zero's KL is the plain k3 estimator; TRL 1.16 defaults to multiplying it by the
@@ -104,8 +144,27 @@ def build_grpo_config(cfg: TrainConfig, *, use_cpu: bool, cuda: bool):
     if cfg.steps_per_generation is not None:
         kw["steps_per_generation"] = cfg.steps_per_generation
     if cfg.use_vllm:
-        kw.update(vllm_mode="server", vllm_server_host=cfg.vllm_server_host, vllm_server_port=cfg.vllm_server_port)
-    return GRPOConfig(**kw)
+        kw.update(vllm_mode="server", vllm_server_host=cfg.vllm_server_host, vllm_server_port=cfg.vllm_server_port,
+                  **VLLM_IMPORTANCE_SAMPLING)
+    kw.update(cfg.grpo)  # checked by TrainConfig.validate: no samr1-owned or fixed field gets here
+    try:
+        return GRPOConfig(**kw)
+    except (ValueError, TypeError) as exc:  # TRL's / transformers' cross-field checks, in their words
+        raise ConfigError(f"GRPOConfig refuses these settings: {exc}") from None
+
+
+# With vLLM the rollouts' log-probs come from another engine than the loss's; TRL corrects the mismatch with
+# importance sampling and, left to its default, MASKS whole completions whose sequence ratio leaves [0, 3]
+# (sequence_mask). samr1 chooses token-level truncated importance sampling (each token's ratio capped at 2,
+# nothing dropped: the TIS of Yao et al., 2025). The server must report the log-probs it sampled from, after
+# temperature: start it with `trl vllm-serve --model ... --logprobs-mode processed_logprobs`. Override with
+# grpo: {vllm_importance_sampling_mode: ..., vllm_importance_sampling_clip_max: ...} or turn it off with
+# grpo: {vllm_importance_sampling_correction: false}.
+VLLM_IMPORTANCE_SAMPLING: dict[str, Any] = {
+    "vllm_importance_sampling_correction": True,
+    "vllm_importance_sampling_mode": "token_truncate",
+    "vllm_importance_sampling_clip_max": 2.0,
+}
 
 
 # ------------------------------------------------------------------------------------------- logging
@@ -141,7 +200,7 @@ class ProgressCallback(trainer_callback_base()):
         row = {"step": state.global_step, **{k: v for k, v in logs.items() if isinstance(v, (int, float, str))}}
         os.makedirs(os.path.dirname(self.path), exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(jsonout.dumps(row) + "\n")  # NaN (e.g. a std over one value) as null: valid JSON
         if self.bar is not None:
             post = {}
             for short, key in (("reward", "reward"), ("parse_fail", "samr1/parse_failure_rate"),
@@ -187,6 +246,15 @@ def trainer_class():
 
     class SamR1GRPOTrainer(GRPOTrainer):
         weights_preloaded = False
+        samr1_card: Any = None  # (folder) -> None: samr1's model card, written where TRL would write its own
+
+        def create_model_card(self, *args, **kwargs):
+            # TRL's card calls the policy a text-generation fine-tune of "None"; samr1's says what it is
+            if self.samr1_card is None:
+                return super().create_model_card(*args, **kwargs)
+            if self.is_world_process_zero():
+                self.samr1_card(self.args.output_dir)
+            return None
 
         def _get_train_sampler(self, dataset=None):
             base = super()._get_train_sampler(dataset)
@@ -290,8 +358,10 @@ def policy_record(cfg: TrainConfig):
     from samr1.train.prompts import resolve_prompt
 
     return PolicyRecord(template=resolve_prompt(cfg.prompt), frame=cfg.policy_image_size,
+                        answer_frame=cfg.resolved_answer_frame(),
                         max_new_tokens=cfg.max_completion_length,
-                        reward={"components": list(cfg.components), "sam": cfg.sam})
+                        reward={"components": list(cfg.reward_config().components), "sam": cfg.sam,
+                                "preset": cfg.reward_preset})
 
 
 class RecordCallback(trainer_callback_base()):
@@ -308,27 +378,56 @@ class RecordCallback(trainer_callback_base()):
             write_record(folder, self.record)
 
 
-def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None) -> dict[str, Any]:
+def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Run GRPO training as configured; return the summary (also written to ``output_dir/summary.json``).
+
+    ``output_dir`` must be empty or new unless ``cfg.resume`` continues the run there, or ``overwrite`` removes
+    the previous run's records first (:data:`RUN_RECORDS`; :mod:`samr1.outdirs`).
 
     Raises:
         ConfigError: a bad configuration value (before anything is loaded).
-        samr1.io.InputError: bad training data (before the models are loaded).
+        samr1.outdirs.OutputDirError: ``output_dir`` holds another run (before anything is loaded).
+        samr1.io.InputError: bad training data, or fewer rows than one generation round takes (before the
+            models are loaded).
     """
     if log is None:
         def log(msg: str) -> None:
             print(msg, file=sys.stderr)
     cfg.validate()
+    # TRL 1.16 reads model.is_gradient_checkpointing, which transformers 5.24 deprecated (four warnings a run,
+    # nothing a samr1 user can change); the flags samr1 itself passes use the new names
+    warnings.filterwarnings("ignore", message=r"`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     t_start = time.perf_counter()
     if not os.path.isfile(os.path.join(cfg.model, "config.json")):
         raise ConfigError(f"model={cfg.model!r}: not a model folder (no config.json); give a local Qwen2-VL / "
                           "Qwen2.5-VL checkpoint directory (nothing is downloaded)")
     resume = resolve_resume(cfg.resume, cfg.output_dir)
+    spg = cfg.steps_per_generation or cfg.gradient_accumulation_steps
+    if resume is not None:
+        why = resume_block_error(resume, cfg.gradient_accumulation_steps, spg, cfg.num_iterations)
+        if why:
+            raise ConfigError(f"resume: {why}")
+    merged_dir = os.path.join(cfg.output_dir, "merged")
+    if cfg.merge_adapter and os.path.isdir(merged_dir) and os.listdir(merged_dir):
+        raise ConfigError(f"merge_adapter: {merged_dir} exists and is not empty (nothing is overwritten); move it "
+                          "away or give another --output-dir", field="merge_adapter")
 
     from accelerate import PartialState
 
+    from samr1.outdirs import check_run_dir, claim_run_dir
+
     want_cpu = cfg.device == "cpu" or (cfg.device is None and not _cuda_available())
     state = PartialState(cpu=want_cpu)  # under torchrun/accelerate: MULTI_CPU with cpu=True, else one per GPU
+    if state.is_main_process:  # before the data is read: a second run into a used folder is refused at once
+        check_run_dir(cfg.output_dir, flag="--output-dir", resume=resume is not None, overwrite=overwrite)
+    # whole groups of G per generation round with THIS process count, and TRL's own checks of every
+    # GRPOConfig field, before the data loads
+    batch_msg = batch_error(cfg.per_device_train_batch_size, cfg.steps_per_generation or cfg.gradient_accumulation_steps,
+                            cfg.num_generations, state.num_processes, cfg.grpo.get("generation_batch_size"))
+    if batch_msg:
+        raise ConfigError(batch_msg, field="per_device_train_batch_size")
+    cuda = state.device.type == "cuda"
+    args = build_grpo_config(cfg, use_cpu=not cuda, cuda=cuda)
     dataset, n_loaded, n_bad = _prepare_data(cfg, log if state.is_main_process else (lambda m: None))
     eval_rows = _prepare_eval_rows(cfg) if cfg.eval_data else []
     # The policy's processor pads on the left, as TRL pads its prompt ids (samr1.policy.inputs), and the
@@ -336,12 +435,32 @@ def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None) -> dict[
     from samr1.policy import check_frame, load_processor, write_record
 
     processor = load_processor(cfg.model)
-    check_frame(processor, cfg.policy_image_size)
-    os.makedirs(cfg.output_dir, exist_ok=True)  # only once the data is known good
+    check_frame(processor, cfg.policy_image_size, answer_frame=cfg.resolved_answer_frame())
+    # TRL's sampler deals whole generation rounds and drops an incomplete one: fewer rows than one round
+    # would train 0 steps and save the untrained policy as final/.
+    per_round = cfg.per_device_train_batch_size * state.num_processes * spg // cfg.num_generations
+    if len(dataset) < per_round:
+        from samr1.io import InputError
 
-    spg = cfg.steps_per_generation or cfg.gradient_accumulation_steps
+        raise InputError(f"{cfg.data}: {len(dataset)} usable training row(s), fewer than one generation round takes "
+                         f"({per_round} prompts = per_device_train_batch_size {cfg.per_device_train_batch_size} x "
+                         f"{state.num_processes} process(es) x steps_per_generation {spg} / num_generations "
+                         f"{cfg.num_generations}), so training would run 0 steps. Add rows, or lower "
+                         "--per-device-train-batch-size (a multiple of --num-generations) or --steps-per-generation")
+    if state.is_main_process:  # only once the data is known good
+        removed = claim_run_dir(cfg.output_dir, records=RUN_RECORDS, overwrite=overwrite)
+        if removed:
+            log(f"samr1 train: --overwrite removed the previous run's {', '.join(removed)} from {cfg.output_dir}")
+    os.makedirs(cfg.output_dir, exist_ok=True)
     warning = group_locality_warning(cfg.per_device_train_batch_size, spg, cfg.num_generations,
                                      state.num_processes, cfg.reward_gather)
+    block = spg * cfg.num_iterations
+    if (cfg.save_steps * cfg.gradient_accumulation_steps) % block:
+        every = block // math.gcd(block, cfg.gradient_accumulation_steps)
+        warning = ((warning + "; ") if warning else "") + (
+            f"save_steps {cfg.save_steps} puts checkpoints inside generation blocks of {block} micro-steps, and such "
+            f"a checkpoint cannot be resumed (its block would be trained twice): use --save-steps {every} or a "
+            f"multiple of it")
     if warning:
         warnings.warn(warning, UserWarning, stacklevel=2)
         if state.is_main_process:
@@ -375,30 +494,50 @@ def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None) -> dict[
 
     from transformers import PrinterCallback
 
-    cuda = state.device.type == "cuda"
-    args = build_grpo_config(cfg, use_cpu=not cuda, cuda=cuda)
     if state.is_main_process:
         with open(os.path.join(cfg.output_dir, "train_config.json"), "w", encoding="utf-8") as f:
             json.dump(cfg.to_dict(), f, indent=1)
+        # every resolved GRPOConfig setting (samr1's, TRL's defaults and the grpo: overrides) as TRL sees it
+        with open(os.path.join(cfg.output_dir, "grpo_config.json"), "w", encoding="utf-8") as f:
+            json.dump(args.to_dict(), f, indent=1, default=str)
     record = policy_record(cfg)
     progress = ProgressCallback(cfg.output_dir, show=cfg.progress)
     extra: list[Any] = [RecordCallback(record)]
     heldout = None
+    live: dict[str, Any] = {"trainer": None, "train_seconds": None}
+
+    def card(folder: str, kind: str | None = None, policy: str | None = None) -> None:
+        """samr1's model card in ``folder``, its quick start pointing at the policy folder ``policy``."""
+        from samr1.train.model_card import run_card_info, write_card
+
+        steps = int(live["trainer"].state.global_step) if live["trainer"] is not None else 0
+        info = run_card_info(cfg, kind=kind or ("adapter" if cfg.use_peft else "policy"), steps=steps,
+                             train_seconds=live["train_seconds"], rows=len(dataset), record=record,
+                             heldout=heldout.summary(cfg.eval_data) if heldout is not None else None)
+        write_card(folder, {**info, "folder": policy or folder})
+
     if cfg.eval_data:
         from samr1.train.heldout import HeldoutEvalCallback
 
         def save_policy(m: Any, folder: str) -> None:
-            m.save_pretrained(folder)
+            m.save_pretrained(folder)  # a PEFT model saves its adapter
             processor.save_pretrained(folder)
             write_record(folder, record)
+            card(folder)
 
         heldout = HeldoutEvalCallback(eval_rows, engine, template=record.template, frame=record.frame,
                                       max_new_tokens=record.max_new_tokens, every=cfg.eval_steps,
                                       batch_size=cfg.eval_batch_size, output_dir=cfg.output_dir,
                                       save_best=save_policy, reward_seconds=lambda: hub.totals["reward_seconds"])
         extra.append(heldout)
-    model: Any = cfg.model
-    if resume is not None:
+    # absolute: a LoRA adapter records its base policy's path (adapter_config.json) for eval / segment / serve
+    model: Any = os.path.abspath(cfg.model) if os.path.isdir(cfg.model) else cfg.model
+    peft_config = None
+    if cfg.use_peft:
+        from samr1.train.lora import lora_config
+
+        peft_config = lora_config(cfg.lora_r, cfg.lora_alpha, cfg.lora_dropout, cfg.lora_target_modules)
+    if resume is not None and not cfg.use_peft:  # an adapter checkpoint is loaded by the Trainer onto the base
         # Policy weights from the checkpoint via from_pretrained (see trainer_class); the reference model for the
         # KL term must stay the ORIGINAL policy, which TRL builds from config._name_or_path.
         from trl.trainer.utils import create_model_from_path
@@ -407,8 +546,21 @@ def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None) -> dict[
         model = create_model_from_path(resume, **kw)
         model.config._name_or_path = cfg.model
     trainer = trainer_class()(model=model, reward_funcs=hub.functions(), args=args, train_dataset=dataset.as_hf(),
-                              processing_class=processor, callbacks=[progress, *extra, *(callbacks or [])])
-    trainer.weights_preloaded = resume is not None
+                              processing_class=processor, callbacks=[progress, *extra, *(callbacks or [])],
+                              peft_config=peft_config)
+    trainer.weights_preloaded = resume is not None and not cfg.use_peft
+    live["trainer"] = trainer
+    # TRL rewrites the run folder's card at every checkpoint: samr1's, pointing at that checkpoint
+    trainer.samr1_card = lambda out: card(out, policy=os.path.join(out, f"checkpoint-{trainer.state.global_step}"))
+    adapter = None
+    if cfg.use_peft:
+        from samr1.train.lora import adapter_summary
+
+        adapter = adapter_summary(trainer.model)
+        if state.is_main_process:
+            log(f"samr1 train: LoRA on {adapter['lora_modules_language']} language-model modules "
+                f"({adapter['lora_modules_vision']} in the vision tower), {adapter['trainable']:,} of "
+                f"{adapter['total']:,} parameters trainable")
     if heldout is not None:
         heldout.trainer = trainer
     trainer.remove_callback(PrinterCallback)  # logs go to metrics.jsonl and the bar, not raw dicts on stdout
@@ -418,14 +570,24 @@ def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None) -> dict[
     finally:
         hub.close()
     train_seconds = time.perf_counter() - t_train
-    trainer.save_model(os.path.join(cfg.output_dir, "final"))
-    processor.save_pretrained(os.path.join(cfg.output_dir, "final"))
+    live["train_seconds"] = round(train_seconds, 1)
+    final = os.path.join(cfg.output_dir, "final")
+    trainer.save_model(final)  # with --use-peft: the adapter (adapter_config.json names the base)
+    processor.save_pretrained(final)
+    merged = None
     if state.is_main_process:
-        write_record(os.path.join(cfg.output_dir, "final"), record)
+        write_record(final, record)
+        for folder in (final, cfg.output_dir):
+            card(folder, policy=final)
+        if cfg.merge_adapter:
+            from samr1.policy import merge_adapter
+
+            merged = merge_adapter(final, merged_dir)
+            card(merged, kind="merged")
 
     metrics_path = os.path.join(cfg.output_dir, "metrics.jsonl")
     rows = read_metrics(metrics_path)
-    tot = hub.totals
+    tot = hub.reduced_totals()  # the whole job's counts, not rank 0's (a collective: every rank is here)
     summary = {
         "steps": int(trainer.state.global_step), "resumed_from": resume,
         "train_seconds": round(train_seconds, 3), "total_seconds": round(time.perf_counter() - t_start, 3),
@@ -441,17 +603,15 @@ def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None) -> dict[
         "train_loss": float(out.training_loss) if out is not None and out.training_loss is not None else None,
         "output_dir": cfg.output_dir,
         "signal_warnings": list(hub.signal_warnings),
+        "adapter": adapter, "merged": merged,
     }
     if heldout is not None:
-        summary["heldout"] = {"evaluations": heldout.history, "best": heldout.best,
-                              "first": heldout.history[0] if heldout.history else None,
-                              "last": heldout.history[-1] if heldout.history else None,
-                              "data": cfg.eval_data, "rows": len(eval_rows)}
+        summary["heldout"] = heldout.summary(cfg.eval_data)
     if state.is_main_process:
         png = plot_learning_curve(metrics_path, os.path.join(cfg.output_dir, "learning_curve.png"))
         summary["learning_curve"] = png
         with open(os.path.join(cfg.output_dir, "summary.json"), "w", encoding="utf-8") as f:
-            json.dump(summary, f, indent=1)
+            jsonout.dump(summary, f, indent=1)
     return summary
 
 

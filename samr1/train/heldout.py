@@ -7,6 +7,10 @@ with :func:`samr1.pipeline.evaluate_rows`. Each evaluation is logged through the
 ``heldout/ciou``, ``heldout/parse``, ``heldout/seconds``; TensorBoard and ``metrics.jsonl`` see them) with the
 window's training figures (``window/reward_share``: the reward's share of the training time since the last
 evaluation; ``window/train_seconds``), and the best policy so far (by gIoU) is saved to ``<output_dir>/best``.
+
+Under several processes each evaluates its strided shard of the rows (:func:`samr1.pipeline.shard_indices`,
+as ``samr1 eval --num-shards``), the shards are gathered and merged (:func:`samr1.pipeline.merge_results`), so
+every process logs the figures of the whole held-out set, equal to one unsharded evaluation.
 """
 
 from __future__ import annotations
@@ -54,9 +58,11 @@ class HeldoutEvalCallback(trainer_callback_base()):
         self._window_start = time.perf_counter()
         self._window_reward = 0.0
         self._last_step = -1
+        self.shard = (0, 1)  # (this process's index, processes): set from the trainer's args at the start
 
     # ------------------------------------------------------------------ events
     def on_train_begin(self, args, state, control, model=None, processing_class=None, **kw):
+        self.shard = (int(getattr(args, "process_index", 0)), int(getattr(args, "world_size", 1)))
         self._evaluate(state, model, processing_class)
 
     def on_step_end(self, args, state, control, model=None, processing_class=None, **kw):
@@ -72,20 +78,38 @@ class HeldoutEvalCallback(trainer_callback_base()):
 
     # ------------------------------------------------------------------ work
     def evaluate(self, model: Any, processor: Any) -> dict[str, Any]:
-        """gIoU / cIoU / parse rate of ``model`` on the rows (greedy; the model is put back in its mode)."""
-        from samr1.pipeline import ReasoningSegmenter, evaluate_rows
+        """gIoU / cIoU / parse rate of ``model`` on the rows (greedy; the model is put back in its mode).
 
+        With ``shard = (i, k)``, k > 1, this process evaluates rows ``i, i + k, ...`` and the k shards are
+        gathered from every process (a collective: all processes call it) and merged."""
+        from samr1.pipeline import ReasoningSegmenter, evaluate_rows, merge_results, shard_indices
+
+        rank, world = self.shard
         was_training = model.training
         seg = ReasoningSegmenter(model, processor, self.engine, template=self.template,
                                  model_size=(self.frame, self.frame), max_new_tokens=self.max_new_tokens,
                                  overlap=False)
         try:
-            res = evaluate_rows(seg, self.rows, batch_size=self.batch_size)
+            res = evaluate_rows(seg, self.rows, shard_indices(len(self.rows), world, rank),
+                                batch_size=self.batch_size)
         finally:
             seg.close()
             model.train(was_training)
+        if world > 1:
+            from accelerate.utils import gather_object
+
+            res["shard"] = [rank, world]
+            res = merge_results(gather_object([res]))
         n = max(1, res["n"])
-        return {"giou": res["giou"], "ciou": res["ciou"], "parse": 1.0 - res["n_parse_failures"] / n, "n": res["n"]}
+        return {"giou": res["giou"], "ciou": res["ciou"], "parse": 1.0 - res["n_parse_failures"] / n, "n": res["n"],
+                "shard_rows": len(shard_indices(len(self.rows), world, rank))}
+
+    def summary(self, data: str | None = None) -> dict[str, Any]:
+        """The evaluations for ``summary.json`` and the model card: ``evaluations`` (every one), ``first``,
+        ``best`` (by gIoU), ``last``, ``data``, ``rows`` and ``processes`` (the shards each was split into)."""
+        return {"evaluations": list(self.history), "first": self.history[0] if self.history else None,
+                "best": self.best, "last": self.history[-1] if self.history else None, "data": data,
+                "rows": len(self.rows), "processes": self.shard[1]}
 
     def _evaluate(self, state: Any, model: Any, processor: Any) -> None:
         if model is None or processor is None or state.global_step == self._last_step:

@@ -2,15 +2,19 @@
 
 ``seg-zero`` is Seg-Zero's template verbatim (its training and evaluation code; SAM-R1 builds on it): one
 box and the two inscribed-circle points, in the policy's 840 x 840 frame. ``vision-reasoner`` is
-VisionReasoner's multi-object variant (a list of ``bbox_2d`` / ``point_2d`` objects; samr1's parser reads
-its first object's box and point). A custom template is any string containing ``{query}``.
+VisionReasoner's multi-object variant (a list of ``bbox_2d`` / ``point_2d`` objects, every one scored by
+the ``visionreasoner`` reward preset). A custom template is any string containing ``{query}``.
+
+The query is normalised as the peers do before it fills the template: ``query.lower().strip(".")``
+(:func:`normalize_query`), so a filled named template is byte-identical to the text the peers' evaluation
+code gives the model (``bench/bench_fidelity.py`` checks it against their files).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["TEMPLATES", "resolve_prompt", "format_prompt", "conversation"]
+__all__ = ["TEMPLATES", "normalize_query", "resolve_prompt", "format_prompt", "conversation"]
 
 TEMPLATES: dict[str, str] = {
     "seg-zero": (
@@ -52,9 +56,15 @@ def resolve_prompt(name_or_template: str) -> str:
     return name_or_template
 
 
+def normalize_query(query: str) -> str:
+    """The peers' query normalisation: lower case, leading and trailing full stops removed (nothing else)."""
+    return query.lower().strip(".")
+
+
 def format_prompt(template: str, query: str) -> str:
-    """The user text for one query (``template`` as accepted by :func:`resolve_prompt`)."""
-    return resolve_prompt(template).format(query=query)
+    """The user text for one query (``template`` as accepted by :func:`resolve_prompt`; the query goes in
+    through :func:`normalize_query`)."""
+    return resolve_prompt(template).format(query=normalize_query(query))
 
 
 def conversation(template: str, query: str) -> list[dict[str, Any]]:

@@ -11,7 +11,12 @@ call; the others reuse the result):
   node's first process, which scores them in one engine call and scatters the rewards back;
 - logs through TRL's ``log_metric``: ``samr1/parse_failure_rate``, ``samr1/cache_hit_rate`` (this step),
   ``samr1/encoder_images`` (this step), ``samr1/reward_latency_s``, ``samr1/distinct_images`` and, from
-  :class:`SamR1Reward`, ``samr1/reason/<code>``, ``samr1/mean_iou`` and ``samr1/engine/<stat>``;
+  :class:`SamR1Reward`, ``samr1/reason/<code>``, ``samr1/mean_iou`` and ``samr1/engine/<stat>``. With
+  several processes the first three are the whole job's: each process counts what it did itself (its own
+  rows' parse failures; the cache lookups and encodes of its own engine, which under ``gather="node"`` is
+  the node leader's alone), the counts are summed over processes, and every process logs the same rates, so
+  TRL's mean over processes is the true figure (not a rate averaged with the zeros of processes that
+  scored nothing). :meth:`RewardHub.reduced_totals` sums the run's counts the same way;
 - encodes ahead (:meth:`RewardHub.prefetch`): when the data loader draws a batch, its distinct original
   images are encoded on a side thread while the policy generates, so the cache is warm when the reward
   runs (on CUDA the encoder's kernels still queue on the device; the thread only overlaps the host side);
@@ -191,8 +196,9 @@ class RewardHub:
             if rank in ranks:
                 self._node_group, self._node_leader = group, ranks[0]
 
-    def _score_gathered(self, completions: list[Any], kwargs: dict[str, Any]) -> list[list[float]]:
-        """Gather (completions, row ids) to the node leader, score there, scatter each rank's slice back."""
+    def _score_gathered(self, completions: list[Any], kwargs: dict[str, Any]) -> tuple[list[list[float]], list[bool]]:
+        """Gather (completions, row ids) to the node leader, score there, scatter each rank's slice back: the
+        values of its rows, and whether each of its rows failed to parse."""
         import torch.distributed as dist
 
         group, leader = self._node_group, self._node_leader
@@ -207,21 +213,27 @@ class RewardHub:
             all_ids = [r for p in got for r in p[1]]
             self._scored_ids = all_ids
             cols = [self.dataset.sam_columns(r) for r in all_ids]
-            kw = {k: v for k, v in kwargs.items() if not isinstance(v, list)}
+            # the completions table takes this process's rows only: each rank logs its slice after the scatter
+            kw = {k: v for k, v in kwargs.items() if not isinstance(v, list) and k != "log_extra"}
             kw[self.reward.image_key] = [c[0] for c in cols]
             kw[self.reward.mask_key] = [c[1] for c in cols]
             kw["row_id"] = all_ids
             try:
                 values = self._score_local(all_comps, kw)
+                failed = self._parse_failed(values)
             except Exception as exc:  # noqa: BLE001 - re-raised on every rank below
                 # The other ranks wait in scatter: tell them, or they hang until the collective times out.
                 failure = f"reward scoring failed on rank {rank}: {type(exc).__name__}: {exc}"
                 out = [_ScoringFailed(failure)] * n_local
             else:
+                last = getattr(self.reward, "_last", None)
+                codes = list(last.codes) if last is not None else [None] * len(all_comps)
+                ious = [float(x) for x in last.ious] if last is not None else [None] * len(all_comps)
                 out, start = [], 0
                 for p in got:
                     n = len(p[0])
-                    out.append([v[start:start + n] for v in values])
+                    out.append({"values": [v[start:start + n] for v in values], "failed": failed[start:start + n],
+                                "extra": {"samr1_reason": codes[start:start + n], "samr1_iou": ious[start:start + n]}})
                     start += n
         else:
             out = None
@@ -230,9 +242,38 @@ class RewardHub:
         dist.scatter_object_list(recv, out, src=leader, group=group)
         if isinstance(recv[0], _ScoringFailed):
             raise RuntimeError(recv[0].message)
-        return recv[0]
+        log_extra = kwargs.get("log_extra")
+        if callable(log_extra):
+            for column, values in recv[0]["extra"].items():
+                log_extra(column, values)
+        return recv[0]["values"], recv[0]["failed"]
 
     # ------------------------------------------------------------------ scoring
+    def _parse_failed(self, values: list[list[float]]) -> list[bool]:
+        """Per scored row: did its answer fail to parse (answer_format 0, or the reward's own parse)."""
+        if "answer_format" in self.names:
+            return [v <= 0.0 for v in values[self.names.index("answer_format")]]
+        last = getattr(self.reward, "_last", None)  # no answer component: the reward's parse of this batch
+        return [not a.ok for a in getattr(last, "answers", [])]
+
+    @staticmethod
+    def _job_counts(mine: dict[str, float], longest: tuple[str, ...] = ()) -> dict[str, float]:
+        """``mine`` over every process of the job: summed, or the largest for the keys in ``longest`` (this
+        process's own values when it runs alone). A collective when several run: every process calls it."""
+        import torch.distributed as dist
+
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+            return dict(mine)
+        every: list[Any] = [None] * dist.get_world_size()
+        dist.all_gather_object(every, mine)
+        return {k: (max if k in longest else sum)(c[k] for c in every) for k in mine}
+
+    def reduced_totals(self) -> dict[str, float]:
+        """:attr:`totals` of the whole job: counts summed over processes; ``steps`` and ``reward_seconds`` the
+        largest of any process (every process runs every step). A collective when several processes run:
+        every process must call it."""
+        return self._job_counts(self.totals, longest=("steps", "reward_seconds"))
+
     def _engine_counts(self) -> tuple[int, int, int]:
         st = getattr(getattr(self.reward, "engine", None), "stats", None) or {}
         return int(st.get("encoder_images", 0)), int(st.get("cache_hits", 0)), int(st.get("cache_misses", 0))
@@ -264,48 +305,44 @@ class RewardHub:
         self._wait_prefetch()
         t0 = time.perf_counter()
         if self.gather == "node" and self._node_group is not None:
-            values = self._score_gathered(completions, kw)
+            values, failed = self._score_gathered(completions, kw)
         else:
             values = self._score_local(completions, kw)
+            failed = self._parse_failed(values)
         latency = time.perf_counter() - t0
         n = len(completions)
+        # What THIS process did: its rows' parse failures, its engine's lookups and encodes (under node gather
+        # only the leader's engine works; the others add 0, never a rate of 0).
         enc, hits, misses = self._engine_counts()
-        d_enc = enc - self._prev_engine[0]
-        d_hits = hits - self._prev_engine[1]
-        d_look = d_hits + misses - self._prev_engine[2]
+        mine = {"completions": n, "parse_failures": sum(failed), "encoder_images": enc - self._prev_engine[0],
+                "cache_hits": hits - self._prev_engine[1]}
+        mine["cache_lookups"] = mine["cache_hits"] + misses - self._prev_engine[2]
         self._prev_engine = (enc, hits, misses)
-        answer_idx = self.names.index("answer_format") if "answer_format" in self.names else None
-        if answer_idx is not None:
-            failures = sum(1 for v in values[answer_idx] if v <= 0.0)
-        else:  # no answer component: count parse failures from the reward's last batch
-            last = getattr(self.reward, "_last", None)
-            failures = sum(1 for a in getattr(last, "answers", []) if not a.ok)
         images = kwargs.get(self.reward.image_key)
         distinct = dedup_by_content(images)[1] if isinstance(images, list) else 0
         t = self.totals
         t["steps"] += 1
-        t["completions"] += n
-        t["parse_failures"] += failures
-        t["encoder_images"] += d_enc
-        t["cache_hits"] += d_hits
-        t["cache_lookups"] += d_look
+        for k, v in mine.items():
+            t[k] += v
         t["reward_seconds"] += latency
+        job = self._job_counts(mine)  # the same on every process, so TRL's mean over processes is this
         answers = getattr(getattr(self.reward, "_last", None), "answers", None)
         if answers is not None and len(answers) != n:
             answers = None  # node gather: the scoring process's batch, not this one's
         ids = kwargs.get("row_id")
         sig = self.signal.update([sum(col[i] for col in values) for i in range(n)],
                                  ids if isinstance(ids, list) and len(ids) == n else None, answers,
-                                 1.0 - failures / n if n else 0.0)
+                                 1.0 - mine["parse_failures"] / n if n else 0.0)
         if callable(log_metric):
             log_metric("samr1/zero_spread_frac", sig["zero_spread_frac"])
             log_metric("samr1/dup_answer_frac", sig["dup_answer_frac"])
-            log_metric("samr1/parse_failure_rate", failures / n if n else 0.0)
-            log_metric("samr1/cache_hit_rate", d_hits / d_look if d_look else 0.0)
-            log_metric("samr1/encoder_images", float(d_enc))
+            log_metric("samr1/parse_failure_rate",
+                       job["parse_failures"] / job["completions"] if job["completions"] else 0.0)
+            log_metric("samr1/cache_hit_rate", job["cache_hits"] / job["cache_lookups"] if job["cache_lookups"] else 0.0)
+            log_metric("samr1/encoder_images", float(job["encoder_images"]))
             log_metric("samr1/reward_latency_s", latency)
             log_metric("samr1/distinct_images", float(distinct))
-        self._record(kwargs, n, latency, d_enc)
+        self._record(kwargs, n, latency, mine["encoder_images"])
         return values
 
     def _record(self, kwargs: dict[str, Any], n: int, latency: float, encoded: int) -> None:

@@ -205,7 +205,8 @@ class RolloutLog:
     def _observe(self, gs: int, completions: list[Any], columns: dict[str, Any], names: list[str],
                  values: list[list[float]]) -> None:
         from samr1.answer import parse_answer
-        from samr1.io import InputError, load_image, load_mask
+        from samr1.io import InputError, load_image
+        from samr1.rewards.truth import load_instances
 
         n = len(completions)
         images_col = columns.get(self.reward.image_key)
@@ -219,7 +220,10 @@ class RolloutLog:
             first = rows[0]
             try:
                 image = load_image(_first_image(images_col[first]), field=self.reward.image_key)
-                gt = load_mask(masks_col[first], field=self.reward.mask_key, expected_size=image.shape[:2])
+                # one mask or a row's list of instances (their union is what the mask rewards score)
+                gt, _ = load_instances(masks_col[first], field=self.reward.mask_key, expected_size=image.shape[:2])
+                if gt is None:  # no instance: an empty target
+                    gt = np.zeros(image.shape[:2], bool)
             except InputError:
                 # the reward has warned about this row and scored its mask rewards 0; the log skips it
                 self.stats["groups_skipped"] += 1

@@ -1,4 +1,4 @@
-"""A tiny Qwen2.5-VL policy built in code, for tests, smoke runs and CPU benches (no model hub).
+"""A tiny Qwen2.5-VL (or Qwen3-VL) policy built in code, for tests, smoke runs and CPU benches (no model hub).
 
 :func:`build_tiny_policy` writes a directory that ``AutoModelForImageTextToText.from_pretrained`` and
 ``AutoProcessor.from_pretrained`` load, exactly like a real Qwen2.5-VL checkpoint:
@@ -12,6 +12,10 @@
 - model: ``Qwen2_5_VLForConditionalGeneration`` with one vision block and one text layer (~43 k
   parameters at the defaults), random weights from ``seed``.
 
+``family="qwen3_vl"`` builds a tiny Qwen3-VL instead (``Qwen3VLForConditionalGeneration``, its processor
+with 16 px patches: one image token per 32 x 32 block; one vision block with a deepstack merger): the family
+that answers in 0..1000 coordinates relative to the image (``answer_frame="norm1000"``).
+
 The weights are random: the policy writes byte soup until it is trained (see ``samr1.train.warmstart``).
 """
 
@@ -20,8 +24,11 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["SPECIAL_TOKENS", "CHAT_TEMPLATE", "byte_vocab", "build_tiny_tokenizer", "build_tiny_processor",
+__all__ = ["SPECIAL_TOKENS", "CHAT_TEMPLATE", "FAMILIES", "byte_vocab", "build_tiny_tokenizer", "build_tiny_processor",
            "build_tiny_policy"]
+
+FAMILIES: tuple[str, ...] = ("qwen2_5_vl", "qwen3_vl")
+"""Model families :func:`build_tiny_policy` builds (transformers' ``model_type`` names)."""
 
 SPECIAL_TOKENS: tuple[str, ...] = (
     "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
@@ -73,17 +80,26 @@ def build_tiny_tokenizer():
     return tok
 
 
-def build_tiny_processor(min_pixels: int = 28 * 28, max_pixels: int = 56 * 56):
-    """``Qwen2_5_VLProcessor`` over :func:`build_tiny_tokenizer`; images resized to at most ``max_pixels``."""
+def build_tiny_processor(min_pixels: int = 28 * 28, max_pixels: int = 56 * 56, family: str = "qwen2_5_vl"):
+    """``Qwen2_5_VLProcessor`` (or ``Qwen3VLProcessor``) over :func:`build_tiny_tokenizer`; images resized to at
+    most ``max_pixels``."""
     from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
+    if family == "qwen3_vl":
+        from transformers import Qwen3VLProcessor
+        from transformers.models.qwen3_vl import Qwen3VLVideoProcessor
+
+        kw = dict(min_pixels=min_pixels, max_pixels=max_pixels, patch_size=16, merge_size=2)
+        return Qwen3VLProcessor(image_processor=Qwen2VLImageProcessor(**kw, image_mean=[0.5] * 3, image_std=[0.5] * 3),
+                                tokenizer=build_tiny_tokenizer(), video_processor=Qwen3VLVideoProcessor(**kw),
+                                chat_template=CHAT_TEMPLATE)
     image_processor = Qwen2VLImageProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
     video_processor = Qwen2VLVideoProcessor(min_pixels=min_pixels, max_pixels=max_pixels)
     return Qwen2_5_VLProcessor(image_processor=image_processor, tokenizer=build_tiny_tokenizer(),
                                video_processor=video_processor, chat_template=CHAT_TEMPLATE)
 
 
-def _tiny_config(tokenizer: Any, hidden: int, layers: int, heads: int):
+def _tiny_config(tokenizer: Any, hidden: int, layers: int, heads: int, family: str = "qwen2_5_vl"):
     from transformers import Qwen2_5_VLConfig
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
@@ -99,17 +115,28 @@ def _tiny_config(tokenizer: Any, hidden: int, layers: int, heads: int):
                                                                "mrope_section": mrope},
                 bos_token_id=ids["<|endoftext|>"], eos_token_id=ids["<|im_end|>"],
                 pad_token_id=ids["<|endoftext|>"])
+    tokens = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                  vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"],
+                  tie_word_embeddings=False)
+    if family == "qwen3_vl":
+        from transformers import Qwen3VLConfig
+
+        text3 = {k: v for k, v in text.items() if k not in ("bos_token_id", "eos_token_id")}
+        text3.update(head_dim=head_dim, rope_parameters={**text["rope_parameters"], "mrope_interleaved": True})
+        # num_position_embeddings: a square grid of learned positions, interpolated to the image's patches
+        vision3 = dict(depth=1, hidden_size=hidden, intermediate_size=2 * hidden, num_heads=heads,
+                       out_hidden_size=hidden, patch_size=16, spatial_merge_size=2, temporal_patch_size=2,
+                       num_position_embeddings=16, deepstack_visual_indexes=[0])
+        return Qwen3VLConfig(text_config=text3, vision_config=vision3, **tokens)
     vision = dict(depth=1, hidden_size=hidden, intermediate_size=2 * hidden, num_heads=heads, out_hidden_size=hidden,
                   patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
                   fullatt_block_indexes=[0])
-    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids["<|image_pad|>"],
-                            video_token_id=ids["<|video_pad|>"], vision_start_token_id=ids["<|vision_start|>"],
-                            vision_end_token_id=ids["<|vision_end|>"], tie_word_embeddings=False)
+    return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tokens)
 
 
 def build_tiny_policy(out_dir: str | os.PathLike, *, hidden: int = 32, layers: int = 1, heads: int = 2, seed: int = 0,
-                      min_pixels: int = 28 * 28, max_pixels: int = 56 * 56) -> str:
-    """Write a tiny random Qwen2.5-VL (model + processor) to ``out_dir`` and return its path.
+                      min_pixels: int | None = None, max_pixels: int | None = None, family: str = "qwen2_5_vl") -> str:
+    """Write a tiny random Qwen2.5-VL or Qwen3-VL (model + processor) to ``out_dir`` and return its path.
 
     Args:
         out_dir: created when missing; ``config.json``, weights, tokenizer and processor files are written.
@@ -118,22 +145,35 @@ def build_tiny_policy(out_dir: str | os.PathLike, *, hidden: int = 32, layers: i
         layers: text decoder layers.
         heads: attention heads (key/value heads: half of them).
         seed: torch seed of the random weights.
-        min_pixels, max_pixels: the image processor's pixel bounds (small images mean few image tokens).
+        min_pixels, max_pixels: the image processor's pixel bounds (small images mean few image tokens;
+            default one to four merged blocks: 28 x 28 .. 56 x 56 for Qwen2.5-VL, 32 x 32 .. 64 x 64 for Qwen3-VL).
+        family: "qwen2_5_vl" (default) or "qwen3_vl" (:data:`FAMILIES`).
     """
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+    block = 32 if family == "qwen3_vl" else 28
+    min_pixels = block * block if min_pixels is None else min_pixels
+    max_pixels = 4 * block * block if max_pixels is None else max_pixels
     if hidden % heads or (hidden // heads) % 2 or hidden // heads < 6:
         raise ValueError(f"hidden={hidden} / heads={heads} must give an even head size >= 6, e.g. hidden=32, heads=2")
     out = os.fspath(out_dir)
     os.makedirs(out, exist_ok=True)
-    processor = build_tiny_processor(min_pixels, max_pixels)
-    config = _tiny_config(processor.tokenizer, hidden, layers, heads)
+    processor = build_tiny_processor(min_pixels, max_pixels, family)
+    config = _tiny_config(processor.tokenizer, hidden, layers, heads, family)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = Qwen2_5_VLForConditionalGeneration(config)
-    model.generation_config.eos_token_id = config.text_config.eos_token_id
-    model.generation_config.pad_token_id = config.text_config.pad_token_id
+        if family == "qwen3_vl":
+            from transformers import Qwen3VLForConditionalGeneration
+
+            model = Qwen3VLForConditionalGeneration(config)
+        else:
+            model = Qwen2_5_VLForConditionalGeneration(config)
+    tok = processor.tokenizer
+    model.generation_config.eos_token_id = tok.convert_tokens_to_ids("<|im_end|>")
+    model.generation_config.pad_token_id = tok.convert_tokens_to_ids("<|endoftext|>")
     model.save_pretrained(out)
     processor.save_pretrained(out)
     return out

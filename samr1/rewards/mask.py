@@ -1,0 +1,68 @@
+"""The SAM-backed mask rewards: one engine call per batch gives each row's mask IoU ("mask_iou"), and the
+tiers of :mod:`samr1.rewards.tiers` map it to SAM-R1's reward ("iou")."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+from samr1.answer import Answer
+from samr1.io import InputError
+from samr1.rewards.tiers import tiered_iou_reward
+
+__all__ = ["engine_ious", "mask_rewards"]
+
+
+def engine_ious(engine: Any, rows: list[int], images: list, gts: list, answers: list[Answer],
+                codes: list[list[str]], warn: Callable[[int, str, Any], None], stats: dict[str, Any]) -> list[float]:
+    """Mask IoU per row (0.0 for rows not in ``rows``) from ONE ``engine.score`` call over ``rows``.
+
+    On an :class:`samr1.io.InputError` the rows are re-scored one by one so only the offending row gets 0
+    (``warn(row, "engine_input_error", error)`` and the code appended to ``codes[row]``). Non-finite IoUs
+    become 0 (code ``engine_non_finite``); results are clipped to [0, 1]. ``stats["engine_calls"]`` is
+    incremented and ``stats["engine"]`` gets a copy of ``engine.stats``.
+    """
+    n = len(answers)
+    ious = [0.0] * n
+    stats["engine_calls"] += 1
+    try:
+        got = list(engine.score([images[i] for i in rows], [answers[i] for i in rows], [gts[i] for i in rows]))
+        if len(got) != len(rows):
+            raise RuntimeError(f"engine.score returned {len(got)} IoUs for {len(rows)} answers")
+    except InputError as exc:
+        warnings.warn(f"SamR1Reward: the engine rejected the batch ({exc}); re-scoring its rows one by one",
+                      RuntimeWarning, stacklevel=5)
+        got = []
+        for i in rows:
+            try:
+                got.append(float(engine.score([images[i]], [answers[i]], [gts[i]])[0]))
+            except InputError as row_exc:
+                warn(i, "engine_input_error", row_exc)
+                codes[i].append("engine_input_error")
+                got.append(0.0)
+    for i, v in zip(rows, got, strict=True):
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            x = math.nan
+        if not math.isfinite(x):
+            codes[i].append("engine_non_finite")
+            x = 0.0
+        ious[i] = min(max(x, 0.0), 1.0)
+    if engine is not None and hasattr(engine, "stats"):
+        try:
+            stats["engine"] = dict(engine.stats)
+        except Exception:  # noqa: BLE001 - stats are informative only; never fail a training step on them
+            stats["engine"] = {}
+    return ious
+
+
+def mask_rewards(component: str, ious: list[float], tiers: Any) -> list[float]:
+    """The values of a mask component over a batch's IoUs: "iou" (tiered) or "mask_iou" (the IoU itself)."""
+    if component == "iou":
+        return [tiered_iou_reward(x, tiers) for x in ious]
+    if component == "mask_iou":
+        return list(ious)
+    raise ValueError(f"{component!r} is no mask component (iou, mask_iou)")
