@@ -71,6 +71,7 @@ class GroupSignal:
         self._zero: list[float] = []
         self._parse: list[float] = []
         self.warnings: list[str] = []
+        self._warned: set[str] = set()  # kinds already warned about (each at most once per run)
 
     def update(self, totals: Sequence[float], row_ids: Sequence[Any] | None, answers: Sequence[Any] | None,
                parse_rate: float) -> dict[str, float]:
@@ -81,13 +82,14 @@ class GroupSignal:
             zero = sum(self._zero) / self.window
             parse = sum(self._parse) / self.window
             if parse <= self.parse_threshold:
-                self._warn(NO_PARSE_WARNING.format(frac=1 - parse, steps=self.window))
+                self._warn("no_parse", NO_PARSE_WARNING.format(frac=1 - parse, steps=self.window))
             elif zero >= self.zero_spread_threshold:
-                self._warn(ZERO_SPREAD_WARNING.format(frac=zero, steps=self.window))
+                self._warn("zero_spread", ZERO_SPREAD_WARNING.format(frac=zero, steps=self.window))
         return stats
 
-    def _warn(self, message: str) -> None:
-        if message.split(" over ")[0] in (w.split(" over ")[0] for w in self.warnings):
+    def _warn(self, kind: str, message: str) -> None:
+        if kind in self._warned:
             return
+        self._warned.add(kind)
         self.warnings.append(message)
         warnings.warn(message, UserWarning, stacklevel=3)
