@@ -15,7 +15,19 @@ import numpy as np
 
 from samr1.geometry import box_iou
 
-__all__ = ["box_iou_reward", "box_l1_reward", "matched_point_distance", "point_distance_reward"]
+__all__ = ["box_iou_reward", "box_l1_reward", "matched_point_distance", "pairwise_distances", "point_distance_reward"]
+
+
+def pairwise_distances(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``len(a) x len(b)`` Euclidean distances of ``M x 2`` and ``N x 2`` float64 points (one frame).
+
+    The coordinates are the policy's, unclipped: a policy can write 1e308, whose difference or square is past
+    float64. Such a distance is ``inf`` (and an ``inf - inf`` is ``nan``), which every threshold test reads as
+    "too far"; numpy's overflow warnings are silenced because the value already says it (a warning per
+    answer would flood a training log)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        # sqrt of the summed squares, as the peers compute it (float-equal at a threshold, unlike hypot)
+        return np.sqrt(((a[:, None, :] - b[None, :, :]) ** 2).sum(-1))
 
 
 def box_iou_reward(pred_box: Sequence[float] | None, gt_box: Sequence[float] | None, threshold: float = 0.5,
@@ -60,7 +72,8 @@ def matched_point_distance(pred: Sequence[Sequence[float]], gt: Sequence[Sequenc
     if len(p) == 0 or len(g) == 0:
         return math.inf
     small, large = (p, g) if len(p) <= len(g) else (g, p)
-    d = np.sqrt(((small[:, None, :] - large[None, :, :]) ** 2).sum(-1))  # len(small) x len(large)
+    d = pairwise_distances(small, large)  # len(small) x len(large); inf (or nan) where past float64
+    d[np.isnan(d)] = np.inf
     ns, nl = d.shape
     if math.perm(nl, ns) <= _MAX_PERMUTATIONS:
         perms = _permutations(nl, ns)

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from samr1.rewards.batch import BatchInputs, MaskMemo
+from samr1.rewards.boxes import pairwise_distances
 from samr1.rewards.segzero import format_rewards
 from samr1.rewards.text import search_json
 from samr1.rewards.tiers import tiered_iou_reward
@@ -102,8 +103,9 @@ def pair_scores(pred_boxes: np.ndarray, pred_points: np.ndarray, gt_boxes: np.nd
         area_p = (p[:, 2:3] - p[:, 0:1] + 1) * (p[:, 3:4] - p[:, 1:2] + 1)
         area_g = ((g[:, 2] - g[:, 0] + 1) * (g[:, 3] - g[:, 1] + 1))[None]
         iou = inter / (area_p + area_g - inter)
-    l1 = np.mean(np.abs(p[:, None, :] - g[None, :, :]), axis=2)
-    dist = np.sqrt(np.sum((pred_points[:, None, :] - gt_points[None, :, :]) ** 2, axis=2))
+        # unclipped policy numbers (1e308) overflow to inf / nan here: compared as "too far", no warning
+        l1 = np.mean(np.abs(p[:, None, :] - g[None, :, :]), axis=2)
+    dist = pairwise_distances(pred_points, gt_points)
     inside = ((pred_points[:, 0] >= p[:, 0]) & (pred_points[:, 0] <= p[:, 2])
               & (pred_points[:, 1] >= p[:, 1]) & (pred_points[:, 1] <= p[:, 3]))
     return ((iou > iou_threshold).astype(float) + (l1 < l1_threshold).astype(float)
