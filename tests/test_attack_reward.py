@@ -3,6 +3,9 @@
 - Coordinates near the float limit (1e308) leaked numpy's overflow warnings into the training log: the
   geometry rewards compute squares and sums of unclipped model-frame numbers. They must score 0 and say
   nothing (a warning per step would flood the log; the answer is simply far from everything).
+- One row the engine refuses (e.g. a 1 x 3000 image, which SAM cannot resize) made the reward rescore every
+  row of the step one at a time (64 rows: 0.48 s -> 2.66 s). The refused rows must be found up front and
+  dropped alone, the step staying ONE batched engine call with the other rows' IoUs unchanged.
 """
 
 from __future__ import annotations
@@ -87,3 +90,81 @@ def test_huge_coordinates_are_json_numbers():
     # the forms above are what a policy can write: plain JSON numbers that parse to finite floats
     for a in HUGE:
         assert np.isfinite(json.loads(a))
+
+
+def _scene(seed: int, h: int, w: int):
+    rng = np.random.default_rng(seed)
+    img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+    gt = np.zeros((h, w), bool)
+    gt[h // 4:max(h // 4 + 1, 3 * h // 4), w // 4:max(w // 4 + 1, 3 * w // 4)] = True
+    return img, gt
+
+
+def _completion(rng) -> str:
+    x1, y1 = (int(v) for v in rng.integers(0, 400, 2))
+    x2, y2 = x1 + int(rng.integers(5, 400)), y1 + int(rng.integers(5, 400))
+    p = [int(rng.integers(x1, x2)), int(rng.integers(y1, y2))]
+    return (f'<think>t</think><answer>{{"bbox": [{x1}, {y1}, {x2}, {y2}], "points_1": {p}, '
+            f'"points_2": [{x1 + 1}, {y1 + 1}]}}</answer>')
+
+
+# images SAM cannot encode: the short side resizes to 0 px at its frame (both orientations, several ratios)
+REFUSED_SIZES = [(1, 3000), (3000, 1), (2, 5000), (1, 1100)]
+
+
+@pytest.mark.parametrize("bad_sizes", [REFUSED_SIZES[:1], REFUSED_SIZES[1:2], REFUSED_SIZES],
+                         ids=["one-wide", "one-tall", "four-kinds"])
+def test_refused_rows_are_dropped_up_front_in_one_engine_call(shapes_engine, bad_sizes):
+    rng = np.random.default_rng(len(bad_sizes))
+    good = [_scene(s, int(rng.integers(40, 300)), int(rng.integers(40, 300))) for s in range(7)]
+    g = 8
+    images, masks, texts = [], [], []
+    for img, gt in good:
+        for _ in range(g):
+            images.append(img)
+            masks.append(gt)
+            texts.append(_completion(rng))
+    reward = SamR1Reward(shapes_engine, components=("mask_iou",))
+    clean = reward(None, list(texts), image=list(images), mask=list(masks))
+    # the refused images replace single rows at random places of the step
+    bad_rows = sorted(int(i) for i in rng.choice(len(texts) + len(bad_sizes), len(bad_sizes), replace=False))
+    for k, i in enumerate(bad_rows):
+        img, gt = _scene(100 + k, *bad_sizes[k])
+        images.insert(i, img)
+        masks.insert(i, gt)
+        texts.insert(i, _completion(rng))
+    calls = shapes_engine.stats["score_calls"]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        values = reward(None, list(texts), image=list(images), mask=list(masks))
+    assert shapes_engine.stats["score_calls"] - calls == 1  # one batched call, not one per row
+    batch = reward._last
+    for i in bad_rows:
+        assert values[i] == 0.0 and "engine_input_error" in batch.row_codes[i], batch.row_codes[i]
+    kept = [v for i, v in enumerate(values) if i not in bad_rows]
+    assert kept == clean  # the other rows' IoUs are exactly what they were without the refused rows
+    said = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+    assert not any("one by one" in m for m in said), said
+    assert sum("engine_input_error" in m for m in said) == len(bad_rows), said
+    assert all(f"row {i}" in m for i, m in zip(bad_rows, [m for m in said if "engine_input_error" in m]))
+
+
+def test_refused_row_with_matched_masks_costs_only_itself(shapes_engine):
+    # the matched-mask path segments every object in one segment_batch call: a refused image used to raise
+    # out of the reward (a crashed training step)
+    rng = np.random.default_rng(5)
+    scenes = [_scene(s, 90, 120) for s in range(3)] + [_scene(9, 1, 3000)]
+    texts = [f'<think>t</think><answer>[{{"bbox_2d": [10, 10, {60 + 10 * k}, 70], "point_2d": [30, 30]}}, '
+             f'{{"bbox_2d": [50, 50, 90, 80], "point_2d": [70, 60]}}]</answer>' for k in range(4)]
+    reward = SamR1Reward(shapes_engine, preset="visionreasoner", components=("iou",), mask_match="matched")
+    order = rng.permutation(4)
+    images = [scenes[k][0] for k in order]
+    masks = [[scenes[k][1]] for k in order]
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        values = reward(None, [texts[k] for k in order], image=images, mask=masks)
+        codes = reward._last.row_codes
+        alone = [reward(None, [texts[k]], image=[scenes[k][0]], mask=[[scenes[k][1]]])[0] for k in order]
+    bad = int(np.flatnonzero(order == 3)[0])
+    assert values[bad] == 0.0 and "engine_input_error" in codes[bad], codes
+    assert [v for i, v in enumerate(values) if i != bad] == [v for i, v in enumerate(alone) if i != bad]

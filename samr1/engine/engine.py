@@ -196,6 +196,13 @@ class SamEngine(ScoringEngine):
             "step_prompts": len(ok), "threads": self._threads(),
         }
 
+    def _check_image(self, arr: np.ndarray, field: str) -> None:
+        """The cache's own check (:func:`samr1.engine.cache.check_resizable`): SAM resizes the long side to its
+        frame, so a very thin image's short side would become 0 px."""
+        from samr1.engine.cache import check_resizable
+
+        check_resizable(arr, getattr(self.encoder, "frame", None), field)
+
     @torch.inference_mode()
     def segment(self, image: Any, answer: Any) -> np.ndarray:
         """The H x W bool mask SAM makes for ``answer`` on ``image`` (SAM's own postprocessing, at the

@@ -13,6 +13,10 @@
   cannot count it). ``multi_object="first"`` in :func:`samr1.answer.parse_answer` keeps one object, which
   then takes the fused path.
 
+:meth:`ScoringEngine.row_errors` says, without encoding or decoding anything, which rows ``score`` would
+refuse with an :class:`samr1.io.InputError` (an image SAM cannot resize, a mask not of its image's size), so
+a caller drops those rows alone and keeps one batched call for the others.
+
 IoU of two empty masks is 1.0 on both paths; so is the IoU of the answer "no object" (``Answer.no_object``,
 an empty mask, no SAM call) with an empty ground truth (0.0 with a non-empty one).
 """
@@ -108,6 +112,58 @@ class ScoringEngine:
         """IoUs of ``answers[i]`` for ``i`` in ``rows`` (all ok, one object each; the lists are the caller's
         whole lists, so messages name the caller's indices), and the call's stage record (:data:`STAGES`)."""
         raise NotImplementedError
+
+    def _check_image(self, arr: np.ndarray, field: str) -> None:
+        """Raise :class:`InputError` (naming ``field``) when the engine cannot encode the loaded ``H x W x 3``
+        image ``arr``; the engine's encoder path runs the very same check. Default: every image is accepted."""
+
+    def row_errors(self, images: Sequence[Any], answers: Sequence[Any], gt_masks: Sequence[Any],
+                   rows: Sequence[int] | None = None) -> list[InputError | None]:
+        """Per row, the :class:`InputError` that :meth:`score` would raise for it, or None: the image does not
+        load or cannot be encoded (:meth:`_check_image`), the ground truth does not load or is not of its
+        image's size. Nothing is encoded or decoded (each distinct image and mask object is checked once), so
+        a caller can drop the refused rows and score the rest in ONE call. ``rows``: check only these indices
+        (default: all; the result is parallel to ``rows``). Messages name ``images[i]`` / ``gt_masks[i]`` with
+        the row's index in these lists.
+
+        Raises:
+            InputError: the lists are not parallel (a caller's bug, not a row's).
+        """
+        from samr1.io import load_image
+
+        n = len(answers)
+        if len(images) != n or len(gt_masks) != n:
+            raise InputError(f"images ({len(images)}), answers ({n}) and gt_masks ({len(gt_masks)}) must be "
+                             "parallel lists (one image and one ground-truth mask per answer)")
+        sizes: dict[int, tuple[int, int] | InputError] = {}
+        masks: dict[tuple[int, int], InputError | None] = {}
+        out: list[InputError | None] = []
+        for i in range(n) if rows is None else rows:
+            img, gt = images[i], gt_masks[i]
+            size = sizes.get(id(img))
+            if size is None:
+                try:
+                    arr = load_image(img, field=f"images[{i}]")
+                    self._check_image(arr, f"images[{i}]")
+                    size = tuple(arr.shape[:2])
+                except InputError as exc:
+                    size = exc
+                sizes[id(img)] = size
+            if isinstance(size, InputError):
+                out.append(size)
+                continue
+            if n_objects(answers[i]) == 0 and not getattr(answers[i], "no_object", False):
+                out.append(None)  # not scored: score() never reads its mask
+                continue
+            key = (id(gt), id(img))
+            if key not in masks:
+                try:
+                    load_gt(gt, f"gt_masks[{i}]", size)
+                    masks[key] = None
+                except InputError as exc:
+                    masks[key] = exc
+            out.append(masks[key])
+        return out
 
     def _now(self) -> float:
         """A stage timestamp; on CUDA after a synchronize, so a stage's time holds its own kernels and not

@@ -12,23 +12,44 @@ from samr1.answer import Answer
 from samr1.io import InputError
 from samr1.rewards.tiers import tiered_iou_reward
 
-__all__ = ["engine_ious", "mask_rewards"]
+__all__ = ["drop_refused_rows", "engine_ious", "mask_rewards"]
+
+
+def drop_refused_rows(engine: Any, rows: list[int], images: list, gts: list, answers: list[Answer],
+                      codes: list[list[str]], warn: Callable[[int, str, Any], None]) -> list[int]:
+    """``rows`` without those the engine would refuse, found up front by its ``row_errors`` (an image SAM
+    cannot encode, a mask not of its image's size; see :meth:`samr1.engine.scoring.ScoringEngine.row_errors`),
+    so that one bad row costs only itself and the step stays one batched engine call. Each dropped row gets
+    ``warn(row, "engine_input_error", error)`` and the code appended to ``codes[row]`` (its mask rewards stay
+    0). An engine without ``row_errors`` keeps every row."""
+    check = getattr(engine, "row_errors", None)
+    if not callable(check) or not rows:
+        return rows
+    errors = check(images, answers, gts, rows=rows)  # the messages name images[i] with i the batch's row
+    for i, err in zip(rows, errors, strict=True):
+        if err is not None:
+            warn(i, "engine_input_error", err)
+            codes[i].append("engine_input_error")
+    return [i for i, err in zip(rows, errors, strict=True) if err is None]
 
 
 def engine_ious(engine: Any, rows: list[int], images: list, gts: list, answers: list[Answer],
                 codes: list[list[str]], warn: Callable[[int, str, Any], None], stats: dict[str, Any]) -> list[float]:
     """Mask IoU per row (0.0 for rows not in ``rows``) from ONE ``engine.score`` call over ``rows``.
 
-    On an :class:`samr1.io.InputError` the rows are re-scored one by one so only the offending row gets 0
-    (``warn(row, "engine_input_error", error)`` and the code appended to ``codes[row]``). Non-finite IoUs
-    become 0 (code ``engine_non_finite``); results are clipped to [0, 1]. ``stats["engine_calls"]`` is
+    The caller drops the rows the engine would refuse first (:func:`drop_refused_rows`). Only an engine without
+    ``row_errors`` (or an error it did not foresee) makes the rows be re-scored one by one after an
+    :class:`samr1.io.InputError`, so that just the offending row gets 0 (``warn(row, "engine_input_error",
+    error)`` and the code appended to ``codes[row]``).
+    Non-finite IoUs become 0 (code ``engine_non_finite``); results are clipped to [0, 1]. ``stats["engine_calls"]`` is
     incremented and ``stats["engine"]`` gets a copy of ``engine.stats``.
     """
     n = len(answers)
     ious = [0.0] * n
     stats["engine_calls"] += 1
     try:
-        got = list(engine.score([images[i] for i in rows], [answers[i] for i in rows], [gts[i] for i in rows]))
+        got = list(engine.score([images[i] for i in rows], [answers[i] for i in rows],
+                                [gts[i] for i in rows])) if rows else []
         if len(got) != len(rows):
             raise RuntimeError(f"engine.score returned {len(got)} IoUs for {len(rows)} answers")
     except InputError as exc:

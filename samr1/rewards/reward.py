@@ -17,7 +17,7 @@ from samr1.config import with_overrides
 from samr1.io import InputError, MaskSizeError, load_image
 from samr1.rewards.batch import BatchInputs, MaskMemo
 from samr1.rewards.config import ALL_CODES, COMPONENTS, ENGINE_COMPONENTS, GT_COMPONENTS, SamR1RewardConfig
-from samr1.rewards.mask import engine_ious, mask_rewards
+from samr1.rewards.mask import drop_refused_rows, engine_ious, mask_rewards
 from samr1.rewards.presets import PRESETS
 from samr1.rewards.text import completion_text
 from samr1.rewards.truth import load_instances
@@ -323,13 +323,14 @@ class SamR1Reward:
         mask_values: dict[str, list[float]] = {}
         engine_comps = ENGINE_COMPONENTS.intersection(self.components)
         if engine_comps and scorable:
+            rows = drop_refused_rows(self.engine, scorable, arrs, gts, answers, codes, self._warn)
             if self.mask_match == "matched":
                 self.stats["engine_calls"] += 1
-                tiered, plain = matched_mask_values(self.engine, inputs, scorable, self.tiers)
+                tiered, plain = matched_mask_values(self.engine, inputs, rows, self.tiers)
                 mask_values = {"iou": tiered, "mask_iou": plain}
                 inputs.ious = plain
             else:
-                inputs.ious = engine_ious(self.engine, scorable, arrs, gts, answers, codes, self._warn, self.stats)
+                inputs.ious = engine_ious(self.engine, rows, arrs, gts, answers, codes, self._warn, self.stats)
         rewards: dict[str, list[float]] = {}
         own = self._preset.rewards(inputs, self.components, self.config, self._gt_memo)
         for comp in self.components:
