@@ -6,6 +6,9 @@
 - One row the engine refuses (e.g. a 1 x 3000 image, which SAM cannot resize) made the reward rescore every
   row of the step one at a time (64 rows: 0.48 s -> 2.66 s). The refused rows must be found up front and
   dropped alone, the step staying ONE batched engine call with the other rows' IoUs unchanged.
+- ReasonSeg's "ignore" regions were excluded from I and U at evaluation (as LISA does) but counted in the
+  training reward (SAM pixels there were false positives): training and evaluation scored different things.
+  One rule now: the reward's mask IoU equals the evaluation's per-sample IoU on every answer form.
 """
 
 from __future__ import annotations
@@ -168,3 +171,126 @@ def test_refused_row_with_matched_masks_costs_only_itself(shapes_engine):
     bad = int(np.flatnonzero(order == 3)[0])
     assert values[bad] == 0.0 and "engine_input_error" in codes[bad], codes
     assert [v for i, v in enumerate(values) if i != bad] == [v for i, v in enumerate(alone) if i != bad]
+
+
+def _eval_iou(pred: np.ndarray, target: np.ndarray, ignore: np.ndarray | None) -> float:
+    """The evaluation's per-sample IoU (samr1 eval's counts, LISA's 0/1/255 ground truth)."""
+    from samr1.metrics import sample_counts
+
+    gt = target.astype(np.uint8)
+    if ignore is not None:
+        gt[ignore] = 255
+    inter, union, _, _ = sample_counts(pred, gt)
+    return 1.0 if union == 0 else inter / union
+
+
+def _ignore_step(rng, n_images: int = 3, per_image: int = 6):
+    """Odd-sized images with a target and an ignore region placed where SAM's masks go (the boxes cover
+    both), answers of every form: one object, several objects, "no object"; rows without an ignore mixed in."""
+    from samr1.answer import parse_answer
+
+    images, targets, ignores, answers = [], [], [], []
+    for k in range(n_images):
+        h, w = int(rng.integers(50, 130)), int(rng.integers(50, 130))
+        img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        target = np.zeros((h, w), bool)
+        target[h // 5:h // 2, w // 5:w // 2] = True
+        ign = np.zeros((h, w), bool)
+        ign[h // 2 + 2:4 * h // 5, w // 3:4 * w // 5] = True
+        for j in range(per_image):
+            x1, y1 = int(rng.integers(0, w // 3)), int(rng.integers(0, h // 3))
+            x2, y2 = int(rng.integers(w // 2, w)), int(rng.integers(h // 2, h))
+            obj = {"bbox_2d": [x1, y1, x2, y2], "point_2d": [int(rng.integers(x1, x2)), int(rng.integers(y1, y2))]}
+            if j == per_image - 1:
+                objs = []  # "no object"
+            elif j % 3 == 2:
+                objs = [obj, {"bbox_2d": [w * 3 // 10, h * 11 // 20, w * 17 // 20, h * 17 // 20],
+                              "point_2d": [w * 6 // 10, h * 7 // 10]}]
+            else:
+                objs = [obj]
+            a = parse_answer(f"<think>t</think><answer>{json.dumps(objs)}</answer>", (h, w), (h, w))
+            assert a.ok, a.reason
+            images.append(img)
+            targets.append(target)
+            ignores.append(None if k == 0 else ign)  # the first image has no ignore region
+            answers.append(a)
+    return images, targets, ignores, answers
+
+
+def _engines():
+    from _markers import requires_sam2
+
+    return [pytest.param("sam", id="sam"), pytest.param("sam2", id="sam2", marks=requires_sam2)]
+
+
+@pytest.fixture(scope="module")
+def sam2_engine():
+    from samr1.engine.sam2_engine import Sam2Engine
+    from samr1.sam import load_sam
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return Sam2Engine(load_sam("sam2.1_hiera_t", seed=0), decode_chunk=8)
+
+
+@pytest.mark.parametrize("kind", _engines())
+def test_engine_excludes_ignore_pixels_as_the_evaluation_does(kind, shapes_engine, request):
+    engine = shapes_engine if kind == "sam" else request.getfixturevalue("sam2_engine")
+    rng = np.random.default_rng()
+    images, targets, ignores, answers = _ignore_step(rng)
+    got = engine.score(images, answers, targets, ignore=ignores)
+    plain = engine.score(images, answers, targets)
+    masks = engine.segment_batch(images, answers)
+    want = [_eval_iou(m, t, x) for m, t, x in zip(masks, targets, ignores, strict=True)]
+    assert got == pytest.approx(want, rel=1e-6, abs=1e-7)
+    # the ignore regions matter here (the test can fail): some answers' masks reach into them
+    with_ign = [i for i, x in enumerate(ignores) if x is not None]
+    assert any(abs(got[i] - plain[i]) > 1e-3 for i in with_ign)
+    assert all(got[i] == plain[i] for i, x in enumerate(ignores) if x is None)
+
+
+def test_reasonseg_rows_train_on_the_evaluation_rule(shapes_engine, tmp_path):
+    """A ReasonSeg folder through the training dataset and the reward: the reward's mask IoU per completion is
+    the evaluation's IoU of SAM's mask for that completion, ignore pixels excluded."""
+    from PIL import Image
+
+    from samr1.answer import parse_answer
+    from samr1.train.data import PolicyDataset, check_rows, load_rows
+
+    rng = np.random.default_rng()
+    h, w = int(rng.integers(60, 120)), int(rng.integers(60, 120))
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(tmp_path / "scene.jpg")
+    anno = {"text": ["what holds the coffee?"], "is_sentence": True, "shapes": [
+        {"label": "target", "points": [[3, 4], [w // 2, 4], [w // 2, h // 2], [3, h // 2]]},
+        {"label": "ignore", "points": [[w // 2 + 2, 5], [w - 3, 5], [w - 3, h - 3], [w // 2 + 2, h - 3]]}]}
+    (tmp_path / "scene.json").write_text(json.dumps(anno))
+    good, _ = check_rows(load_rows(str(tmp_path)))
+    item = PolicyDataset(good, policy_size=840)[0]
+    assert item["ignore"] is not None and item["ignore"].any()
+    texts = []
+    for _ in range(12):
+        x1, y1 = int(rng.integers(0, 300)), int(rng.integers(0, 300))
+        x2, y2 = int(rng.integers(450, 840)), int(rng.integers(450, 840))
+        texts.append(f'<think>t</think><answer>{{"bbox": [{x1}, {y1}, {x2}, {y2}], "points_1": '
+                     f'[{(x1 + x2) // 2}, {(y1 + y2) // 2}], "points_2": [{x1 + 5}, {y1 + 5}]}}</answer>')
+    n = len(texts)
+    cols = {"sam_image": [item["sam_image"]] * n, "mask": [item["mask"]] * n, "ignore": [item["ignore"]] * n}
+    reward = SamR1Reward(shapes_engine, components=("mask_iou",), image_key="sam_image")
+    got = reward(None, texts, **cols)
+    answers = [parse_answer(t, (h, w)) for t in texts]
+    masks = shapes_engine.segment_batch([item["sam_image"]] * n, answers)
+    want = [_eval_iou(m, item["mask"], item["ignore"]) for m in masks]
+    assert got == pytest.approx(want, rel=1e-6, abs=1e-7)
+    without = reward(None, list(texts), sam_image=cols["sam_image"], mask=cols["mask"])
+    assert any(abs(a - b) > 1e-3 for a, b in zip(got, without, strict=True))
+
+
+def test_bad_ignore_mask_is_a_counted_row_failure(shapes_engine):
+    img, gt = _scene(3, 70, 90)
+    text = _completion(np.random.default_rng(1))
+    reward = SamR1Reward(shapes_engine, components=("mask_iou",))
+    with pytest.warns(RuntimeWarning, match=r"ignore \(row 1\).*mask_size_mismatch"):
+        values = reward(None, [text] * 3, image=[img] * 3, mask=[gt] * 3,
+                        ignore=[None, np.zeros((10, 10), bool), np.zeros((70, 90), bool)])
+    assert values[1] == 0.0 and "mask_size_mismatch" in reward._last.row_codes[1]
+    assert values[0] == values[2]  # an empty ignore region is no ignore region

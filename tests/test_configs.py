@@ -25,7 +25,7 @@ BAD = {
     },
     SamR1RewardConfig: {
         "tiers": ((0.5, 1.0), (0.8, 2.0)), "components": ("think", "format"), "model_size": (0, 840),
-        "image_key": "", "mask_key": None, "require_points": "no", "box_iou_threshold": float("inf"),
+        "image_key": "", "mask_key": None, "ignore_key": 3, "require_points": "no", "box_iou_threshold": float("inf"),
         "box_l1_threshold": "10", "point_threshold": float("nan"), "gt_points": 0, "frame": "image",
         "point_rule": "centres", "multi_object": "all", "preset": "lisa", "gt_rule": "nearest",
         "mask_match": "greedy",

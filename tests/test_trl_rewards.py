@@ -123,3 +123,52 @@ def test_trl_grpo_script_trains_with_samr1_rewards(tmp_path, tiny_policy):
     for name in ("think_format", "answer_format", "tiered_iou"):
         assert f"rewards/{name}/mean" in logged, logged
     assert "samr1/mean_iou" in logged and "samr1/reason/no_answer_block" in logged  # the reward's own logs
+
+
+def test_trl_data_keeps_reasonseg_ignore_regions_and_the_reward_reads_them(env, tmp_path):
+    """A ReasonSeg folder exported for ``trl grpo``: its ignore regions travel in an ``ignore`` column and the
+    reward functions leave those pixels out of I and U, as ``samr1 eval`` does."""
+    import datasets
+    from PIL import Image
+
+    from samr1.answer import parse_answer
+    from samr1.cli import main
+    from samr1.metrics import sample_counts
+
+    tr = env
+    rng = np.random.default_rng()
+    src = tmp_path / "reasonseg"
+    src.mkdir()
+    sizes = [(int(rng.integers(50, 90)), int(rng.integers(50, 90))) for _ in range(2)]
+    for k, (h, w) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(src / f"s{k}.jpg")
+        shapes = [{"label": "target", "points": [[3, 4], [w // 2, 4], [w // 2, h // 2], [3, h // 2]]}]
+        if k == 1:  # the first scene has no ignore region
+            shapes.append({"label": "ignore", "points": [[w // 2 + 2, 5], [w - 3, 5], [w - 3, h - 3], [w // 2 + 2, h - 3]]})
+        (src / f"s{k}.json").write_text(json.dumps({"text": [f"query {k}"], "is_sentence": True, "shapes": shapes}))
+    out = tmp_path / "trl"
+    assert main(["trl-data", "--data", str(src), "--out", str(out), "--policy-image-size", "56"]) == 0
+    ds = datasets.load_dataset("parquet", data_files=str(out / "train.parquet"), split="train")
+    rows = {r["prompt"][0]["content"].count("query 1") > 0: r for r in ds}
+    assert rows[False]["ignore"] is None and rows[True]["ignore"] is not None
+    ign = np.asarray(rows[True]["ignore"]) > 0
+    assert ign.any() and not (ign & (np.asarray(rows[True]["mask"]) > 0)).any()
+    r = rows[True]
+    texts = ['<think>t</think><answer>{"bbox": [2, 2, 54, 54], "points_1": [40, 30], "points_2": [10, 10]}</answer>',
+             '<think>t</think><answer>{"bbox": [20, 3, 55, 50], "points_1": [45, 30], "points_2": [30, 20]}</answer>']
+    n = len(texts)
+    cols = {"sam_image": [r["sam_image"]] * n, "mask": [r["mask"]] * n, "image": [r["image"]] * n,
+            "ignore": [r["ignore"]] * n}
+    got = tr.mask_iou(prompts=None, completions=list(texts), **cols)
+    engine = tr.shared_engine()
+    img = np.asarray(r["sam_image"].convert("RGB"))
+    gt = (np.asarray(r["mask"]) > 0).astype(np.uint8)
+    gt[ign] = 255
+    for t, v in zip(texts, got, strict=True):
+        pred = engine.segment(img, parse_answer(t, img.shape[:2], (56, 56)))
+        inter, union, _, _ = sample_counts(pred, gt)
+        assert v == pytest.approx(1.0 if union == 0 else inter / union, rel=1e-6, abs=1e-7)
+    cols.pop("ignore")
+    tr.reset()
+    without = tr.mask_iou(prompts=None, completions=list(texts), **cols)
+    assert any(abs(a - b) > 1e-3 for a, b in zip(got, without, strict=True))  # the region mattered here

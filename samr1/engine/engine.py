@@ -28,7 +28,7 @@ from segment_anything.modeling import Sam
 from samr1.config import ConfigError, with_overrides
 from samr1.engine.config import SamEngineConfig
 from samr1.engine.frozen import frozen_on
-from samr1.engine.scoring import ScoringEngine, distinct_masks, n_objects
+from samr1.engine.scoring import ScoringEngine, distinct_masks, iou_excluding, n_objects
 from samr1.io import InputError
 from samr1.threads import torch_threads
 
@@ -142,7 +142,8 @@ class SamEngine(ScoringEngine):
             return contextlib.nullcontext()
         return torch_threads(n)
 
-    def score(self, images: Sequence[Any], answers: Sequence[Any], gt_masks: Sequence[Any]) -> list[float]:
+    def score(self, images: Sequence[Any], answers: Sequence[Any], gt_masks: Sequence[Any],
+              ignore: Sequence[Any] | None = None) -> list[float]:
         """IoU per answer against its ground-truth mask, for a whole rollout step at once.
 
         Args:
@@ -152,6 +153,9 @@ class SamEngine(ScoringEngine):
                 answer that is not ``ok`` scores 0.0.
             gt_masks: parallel to ``answers``; H x W masks of each image's original size (bool/uint8
                 arrays, PIL images, COCO RLE dicts or paths).
+            ignore: optional, parallel to ``answers``: per answer None or an H x W mask (any form ``gt_masks``
+                takes) of pixels that count in neither the intersection nor the union (ReasonSeg's "ignore"
+                regions; the rule of :func:`samr1.metrics.sample_counts`).
 
         Returns:
             IoU per answer (float in [0, 1]), computed on the mask exactly as SAM's postprocessing makes it.
@@ -161,10 +165,10 @@ class SamEngine(ScoringEngine):
                 (the message names the index and field).
         """
         with self._thread_scope(), torch.inference_mode():
-            return self._score(images, answers, gt_masks)
+            return self._score(images, answers, gt_masks, ignore)
 
     def _score_rows(self, images: Sequence[Any], answers: Sequence[Any], gt_masks: Sequence[Any],
-                    ok: list[int]) -> tuple[list[float], dict[str, Any]]:
+                    ok: list[int], ignore: Sequence[Any] | None = None) -> tuple[list[float], dict[str, Any]]:
         """The fused path of :meth:`ScoringEngine._score` for the ok single-object answers ``ok``."""
         t0 = time.perf_counter()
         # --- embeddings of the step's distinct images: the cache loads each image once (by object, then by
@@ -172,8 +176,9 @@ class SamEngine(ScoringEngine):
         step = self.cache.lookup([images[i] for i in ok])
         t1 = self._now()
         # --- ground truths, loaded once per (mask object, image) and checked against their image's size
-        gt_index, distinct_gts, gt_img = distinct_masks([gt_masks[i] for i in ok], [f"gt_masks[{i}]" for i in ok],
-                                                        step.index, step.original_sizes)
+        gt_index, distinct_gts, gt_img, ignores = distinct_masks(
+            [gt_masks[i] for i in ok], [f"gt_masks[{i}]" for i in ok], step.index, step.original_sizes,
+            None if ignore is None else [ignore[i] for i in ok], [f"ignore[{i}]" for i in ok])
         t_load = self._now()
         # --- batched decode of every prompt of the step
         low_res = self._decode(step.embeddings, step.original_sizes, step.index, [answers[i] for i in ok])
@@ -182,12 +187,15 @@ class SamEngine(ScoringEngine):
         from samr1.ops import last_backend, mask_iou_grouped
 
         dev = low_res.device  # masks go where the logits are (the fused op wants one device)
-        iou, _, _ = mask_iou_grouped(
-            low_res, [torch.from_numpy(g).to(dev, non_blocking=True) for g in distinct_gts],
-            torch.as_tensor(gt_index, dtype=torch.long, device=dev),
-            [tuple(step.input_sizes[j]) for j in gt_img], [g.shape for g in distinct_gts],
-            threshold=self.threshold, backend=self.iou_backend, frame=self.sam.image_encoder.img_size,
-        )
+        group = torch.as_tensor(gt_index, dtype=torch.long, device=dev)
+
+        def count(masks: list[np.ndarray]):
+            return mask_iou_grouped(
+                low_res, [torch.from_numpy(g).to(dev, non_blocking=True) for g in masks], group,
+                [tuple(step.input_sizes[j]) for j in gt_img], [g.shape for g in masks],
+                threshold=self.threshold, backend=self.iou_backend, frame=self.sam.image_encoder.img_size)
+
+        iou = iou_excluding(count, distinct_gts, ignores)
         values = iou.tolist()  # one device-to-host copy (and sync) for the whole step
         t3 = time.perf_counter()
         return values, {

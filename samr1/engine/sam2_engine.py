@@ -39,7 +39,7 @@ import torch
 from samr1.config import with_overrides
 from samr1.engine.config import SamEngineConfig
 from samr1.engine.frozen import frozen_on
-from samr1.engine.scoring import ScoringEngine, distinct_masks, n_objects
+from samr1.engine.scoring import ScoringEngine, distinct_masks, iou_excluding, n_objects
 from samr1.io import InputError, load_image
 from samr1.lru import ByteLRU
 from samr1.ops.mask_iou_sam2 import BACKENDS as SAM2_IOU_BACKENDS
@@ -294,13 +294,15 @@ class Sam2Engine(ScoringEngine):
         return out
 
     # ------------------------------------------------------------------ public API
-    def score(self, images: Sequence[Any], answers: Sequence[Any], gt_masks: Sequence[Any]) -> list[float]:
-        """IoU per answer against its ground-truth mask (same contract as :meth:`SamEngine.score`)."""
+    def score(self, images: Sequence[Any], answers: Sequence[Any], gt_masks: Sequence[Any],
+              ignore: Sequence[Any] | None = None) -> list[float]:
+        """IoU per answer against its ground-truth mask, ignore pixels excluded (same contract as
+        :meth:`SamEngine.score`)."""
         with torch.inference_mode():
-            return self._score(images, answers, gt_masks)
+            return self._score(images, answers, gt_masks, ignore)
 
     def _score_rows(self, images: Sequence[Any], answers: Sequence[Any], gt_masks: Sequence[Any],
-                    ok: list[int]) -> tuple[list[float], dict[str, Any]]:
+                    ok: list[int], ignore: Sequence[Any] | None = None) -> tuple[list[float], dict[str, Any]]:
         """The fused path of :meth:`ScoringEngine._score` for the ok single-object answers ``ok``."""
         from samr1.ops import backends
         from samr1.ops.mask_iou_sam2 import mask_iou_sam2_grouped
@@ -311,17 +313,22 @@ class Sam2Engine(ScoringEngine):
         t1 = self._now()
         # --- ground truths, loaded once per (mask object, image) and checked against their image's size. Its own
         # stage: counted inside the IoU stage it made that stage look as slow warm as cold
-        gt_index, gts, _ = distinct_masks([gt_masks[i] for i in ok], [f"gt_masks[{i}]" for i in ok], index,
-                                          [e.size for e in entries])
+        gt_index, gts, _, ignores = distinct_masks(
+            [gt_masks[i] for i in ok], [f"gt_masks[{i}]" for i in ok], index, [e.size for e in entries],
+            None if ignore is None else [ignore[i] for i in ok], [f"ignore[{i}]" for i in ok])
         t_load = self._now()
         # --- batched decode of every prompt of the step
         low_res = self._decode(entries, index, [answers[i] for i in ok])
         t2 = self._now()
         # --- fused logits -> SAM 2 postprocess -> mask -> IoU for every prompt of the step in one call
         dev = low_res.device
-        iou, _, _ = mask_iou_sam2_grouped(low_res, [torch.from_numpy(g).to(dev) for g in gts],
-                                          torch.as_tensor(gt_index, dtype=torch.long, device=dev),
-                                          threshold=self.threshold, backend=self.iou_backend)
+        group = torch.as_tensor(gt_index, dtype=torch.long, device=dev)
+
+        def count(masks: list[np.ndarray]):
+            return mask_iou_sam2_grouped(low_res, [torch.from_numpy(g).to(dev) for g in masks], group,
+                                         threshold=self.threshold, backend=self.iou_backend)
+
+        iou = iou_excluding(count, gts, ignores)
         values = [float(v) for v in iou.tolist()]  # tolist: the device-to-host copy (and sync)
         t3 = time.perf_counter()
         return values, {"time_encode_s": t1 - t0, "time_load_s": t_load - t1, "time_decode_s": t2 - t_load,

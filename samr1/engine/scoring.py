@@ -17,6 +17,12 @@
 refuse with an :class:`samr1.io.InputError` (an image SAM cannot resize, a mask not of its image's size), so
 a caller drops those rows alone and keeps one batched call for the others.
 
+**Ignore regions** (ReasonSeg's "ignore" polygons): ``score(..., ignore=[...])`` takes per row None or an
+``H x W`` mask of pixels that count in neither the intersection nor the union, the rule of the evaluation
+metrics (:func:`samr1.metrics.sample_counts`): ``I = |P & G & ~X|``, ``U = |(P | G) & ~X|``. On the fused
+path the op runs a second time against the ignore masks: with ``G' = G & ~X`` (disjoint from ``X``),
+``U = |P | G'| - |P & X|``, so the fused kernels are used unchanged.
+
 IoU of two empty masks is 1.0 on both paths; so is the IoU of the answer "no object" (``Answer.no_object``,
 an empty mask, no SAM call) with an empty ground truth (0.0 with a non-empty one).
 """
@@ -33,7 +39,7 @@ import torch
 from samr1.geometry import mask_iou_numpy
 from samr1.io import InputError, load_mask
 
-__all__ = ["STAGES", "ScoringEngine", "distinct_masks", "load_gt", "n_objects"]
+__all__ = ["STAGES", "ScoringEngine", "distinct_masks", "iou_excluding", "load_gt", "n_objects"]
 
 STAGES = ("time_encode_s", "time_load_s", "time_decode_s", "time_iou_s")
 """Per-stage seconds of the last ``score`` call, in ``stats`` of both engines: image loading + embeddings
@@ -65,30 +71,66 @@ def load_gt(mask: Any, field: str, size: Sequence[int]) -> np.ndarray:
 
 
 def distinct_masks(masks: Sequence[Any], fields: Sequence[str], img_index: Sequence[int],
-                   sizes: Sequence[Sequence[int]]) -> tuple[list[int], list[np.ndarray], list[int]]:
-    """Load ground truths once per (mask object, image) and check each against its image's size.
+                   sizes: Sequence[Sequence[int]], ignores: Sequence[Any] | None = None,
+                   ignore_fields: Sequence[str] | None = None
+                   ) -> tuple[list[int], list[np.ndarray], list[int], list[np.ndarray | None]]:
+    """Load ground truths once per (mask object, ignore object, image) and check each against its image's size.
 
     Args:
         masks: one ground truth per prompt (TRL passes the same object for the G completions of a prompt).
         fields: the name of each mask in error messages (``"gt_masks[i]"``).
         img_index: the distinct-image index of each prompt.
         sizes: original (H, W) per distinct image.
+        ignores: per prompt None or its ignore region (any mask form, the image's size); None: no ignores.
+        ignore_fields: the name of each ignore mask in error messages (``"ignore[i]"``).
 
     Returns:
-        (group index per prompt, distinct H x W bool masks, distinct-image index per group).
+        (group index per prompt, distinct H x W bool ground truths with their ignore pixels removed,
+        distinct-image index per group, the H x W bool ignore region per group or None).
     """
-    by_obj: dict[tuple[int, int], int] = {}
+    by_obj: dict[tuple[int, int, int], int] = {}
     distinct: list[np.ndarray] = []
+    group_ign: list[np.ndarray | None] = []
     group_img: list[int] = []
     index: list[int] = []
-    for m, field, j in zip(masks, fields, img_index, strict=True):
-        g = by_obj.get((id(m), j))
+    if ignores is None:
+        ignores = [None] * len(masks)
+        ignore_fields = [""] * len(masks)
+    assert ignore_fields is not None
+    for m, field, j, x, x_field in zip(masks, fields, img_index, ignores, ignore_fields, strict=True):
+        key = (id(m), id(x), j)
+        g = by_obj.get(key)
         if g is None:
-            g = by_obj[(id(m), j)] = len(distinct)
-            distinct.append(load_gt(m, field, sizes[j]))
+            g = by_obj[key] = len(distinct)
+            gt = load_gt(m, field, sizes[j])
+            ign = None if x is None else load_gt(x, x_field, sizes[j])
+            distinct.append(gt if ign is None else gt & ~ign)
+            group_ign.append(ign if ign is not None and ign.any() else None)
             group_img.append(j)
         index.append(g)
-    return index, distinct, group_img
+    return index, distinct, group_img, group_ign
+
+
+def iou_excluding(count: Any, gts: list[np.ndarray], ignores: list[np.ndarray | None]) -> torch.Tensor:
+    """IoU per prompt (float32) with each group's ignore pixels in neither count.
+
+    Args:
+        count: ``count(masks) -> (iou, intersection, union)``: the engine's fused op over the step's prompts
+            against one H x W bool mask per group (``masks`` parallel to ``gts``).
+        gts: per group the ground truth with its ignore pixels already removed (:func:`distinct_masks`).
+        ignores: per group the ignore region or None.
+
+    Without any ignore region this is one op call. With some, a second call counts each prompt's predicted
+    pixels inside its group's ignore region (an all-False mask for the groups without one), and as the ground
+    truth holds no ignore pixel, ``U = |P | G| - |P & X|`` while ``I`` is unchanged.
+    """
+    from samr1.ops.mask_iou import counts_to_iou
+
+    iou, inter, union = count(gts)
+    if all(x is None for x in ignores):
+        return iou
+    _, inside, _ = count([np.zeros_like(g) if x is None else x for g, x in zip(gts, ignores, strict=True)])
+    return counts_to_iou(inter, union - inside)
 
 
 class ScoringEngine:
@@ -108,9 +150,11 @@ class ScoringEngine:
         raise NotImplementedError
 
     def _score_rows(self, images: Sequence[Any], answers: Sequence[Any], gt_masks: Sequence[Any],
-                    rows: list[int]) -> tuple[list[float], dict[str, Any]]:  # pragma: no cover - abstract
+                    rows: list[int], ignore: Sequence[Any] | None = None
+                    ) -> tuple[list[float], dict[str, Any]]:  # pragma: no cover - abstract
         """IoUs of ``answers[i]`` for ``i`` in ``rows`` (all ok, one object each; the lists are the caller's
-        whole lists, so messages name the caller's indices), and the call's stage record (:data:`STAGES`)."""
+        whole lists, so messages name the caller's indices), ignore pixels of ``ignore[i]`` (when given)
+        excluded (:func:`iou_excluding`), and the call's stage record (:data:`STAGES`)."""
         raise NotImplementedError
 
     def _check_image(self, arr: np.ndarray, field: str) -> None:
@@ -118,7 +162,7 @@ class ScoringEngine:
         image ``arr``; the engine's encoder path runs the very same check. Default: every image is accepted."""
 
     def row_errors(self, images: Sequence[Any], answers: Sequence[Any], gt_masks: Sequence[Any],
-                   rows: Sequence[int] | None = None) -> list[InputError | None]:
+                   rows: Sequence[int] | None = None, ignore: Sequence[Any] | None = None) -> list[InputError | None]:
         """Per row, the :class:`InputError` that :meth:`score` would raise for it, or None: the image does not
         load or cannot be encoded (:meth:`_check_image`), the ground truth does not load or is not of its
         image's size. Nothing is encoded or decoded (each distinct image and mask object is checked once), so
@@ -155,10 +199,13 @@ class ScoringEngine:
             if n_objects(answers[i]) == 0 and not getattr(answers[i], "no_object", False):
                 out.append(None)  # not scored: score() never reads its mask
                 continue
-            key = (id(gt), id(img))
+            x = None if ignore is None else ignore[i]
+            key = (id(gt), id(x), id(img))
             if key not in masks:
                 try:
                     load_gt(gt, f"gt_masks[{i}]", size)
+                    if x is not None:
+                        load_gt(x, f"ignore[{i}]", size)
                     masks[key] = None
                 except InputError as exc:
                     masks[key] = exc
@@ -172,11 +219,19 @@ class ScoringEngine:
             torch.cuda.synchronize(self.device)
         return time.perf_counter()
 
-    def _score(self, images: Sequence[Any], answers: Sequence[Any], gt_masks: Sequence[Any]) -> list[float]:
+    def _score(self, images: Sequence[Any], answers: Sequence[Any], gt_masks: Sequence[Any],
+               ignore: Sequence[Any] | None = None) -> list[float]:
         n = len(answers)
         if len(images) != n or len(gt_masks) != n:
             raise InputError(f"images ({len(images)}), answers ({n}) and gt_masks ({len(gt_masks)}) must be "
                              "parallel lists (one image and one ground-truth mask per answer)")
+        if ignore is not None:
+            if not isinstance(ignore, (list, tuple)) or len(ignore) != n:
+                raise InputError(f"ignore must be a list parallel to answers ({n}): per answer None or an H x W "
+                                 f"mask of ignore pixels, got {type(ignore).__name__}"
+                                 + (f" of {len(ignore)}" if isinstance(ignore, (list, tuple)) else ""))
+            if all(x is None for x in ignore):
+                ignore = None
         objects = [n_objects(a) for a in answers]
         single = [i for i, k in enumerate(objects) if k == 1]
         multi = [i for i, k in enumerate(objects) if k > 1]
@@ -189,17 +244,24 @@ class ScoringEngine:
                 self._counters["union_answers"] = self._counters.get("union_answers", 0) + len(multi)
         ious = [0.0] * n
         for i in empty:  # "no object": an empty mask, IoU 1 with an empty ground truth, else 0
-            ious[i] = 0.0 if np.asarray(load_mask(gt_masks[i], field=f"gt_masks[{i}]")).any() else 1.0
+            gt = np.asarray(load_mask(gt_masks[i], field=f"gt_masks[{i}]"), dtype=bool)
+            if ignore is not None and ignore[i] is not None:
+                gt = gt & ~load_gt(ignore[i], f"ignore[{i}]", gt.shape)
+            ious[i] = 0.0 if gt.any() else 1.0
         last: dict[str, Any] = dict.fromkeys(STAGES, 0.0)
         if single:
-            values, last = self._score_rows(images, answers, gt_masks, single)
+            values, last = self._score_rows(images, answers, gt_masks, single, ignore)
             for i, v in zip(single, values, strict=True):
                 ious[i] = float(v)
         if multi:
             t0 = time.perf_counter()
             masks = self._segment_unions([images[i] for i in multi], [answers[i] for i in multi])
             for i, m in zip(multi, masks, strict=True):
-                ious[i] = mask_iou_numpy(m, load_gt(gt_masks[i], f"gt_masks[{i}]", m.shape))
+                gt = load_gt(gt_masks[i], f"gt_masks[{i}]", m.shape)
+                if ignore is not None and ignore[i] is not None:  # ignore pixels in neither count
+                    keep = ~load_gt(ignore[i], f"ignore[{i}]", m.shape)
+                    m, gt = m & keep, gt & keep
+                ious[i] = mask_iou_numpy(m, gt)
             last = {**last, "time_union_s": time.perf_counter() - t0}
         with self._lock:
             self._last = last

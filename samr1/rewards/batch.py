@@ -34,6 +34,8 @@ class BatchInputs:
         codes: every failure code of each row (the parse code first).
         instances: the row's ground-truth instances (``H x W`` bool masks, the non-empty ones; ``[]`` for an
             empty target), None where the mask did not load. ``gts`` holds their union.
+        ignores: the row's ignore region (``H x W`` bool, pixels in neither the intersection nor the union of
+            the mask rewards), None where the row has none.
     """
 
     texts: list[str | None]
@@ -44,6 +46,7 @@ class BatchInputs:
     ious: list[float] = field(default_factory=list)
     codes: list[list[str]] = field(default_factory=list)
     instances: list[list[np.ndarray] | None] = field(default_factory=list)
+    ignores: list[np.ndarray | None] = field(default_factory=list)
 
 
 class MaskMemo:

@@ -80,6 +80,10 @@ class SamR1RewardConfig:
     image_key: str = help_field("image", "dataset column holding the image (a non-empty list there, TRL's images "
                                          "column, gives its first image)")
     mask_key: str = help_field("mask", "dataset column holding the ground-truth mask, at the image's original size")
+    ignore_key: str = help_field(
+        "ignore", "optional dataset column of ignore regions (per row None or a mask at the image's size, e.g. "
+                  "ReasonSeg's 'ignore' polygons): their pixels count in neither the intersection nor the union "
+                  "of the mask rewards, as in samr1 eval")
     require_points: bool = help_field(True, "an answer needs points to parse (passed to parse_answer)")
     box_iou_threshold: float = help_field(0.5, "box_iou earns 1 when the box IoU with the ground-truth box is "
                                                "above this (Seg-Zero: 0.5)")
@@ -136,7 +140,7 @@ class SamR1RewardConfig:
             except ValueError as exc:  # the shared checks' messages; named by the field when they are not
                 msg = str(exc) if str(exc).startswith(name) else f"{name}: {exc}"
                 raise ConfigError(msg, field=name) from None
-        for name in ("image_key", "mask_key"):
+        for name in ("image_key", "mask_key", "ignore_key"):
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ConfigError(f"{name} must be a dataset column name (a non-empty str), got "
                                   f"{getattr(self, name)!r}", field=name)

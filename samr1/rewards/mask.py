@@ -16,7 +16,8 @@ __all__ = ["drop_refused_rows", "engine_ious", "mask_rewards"]
 
 
 def drop_refused_rows(engine: Any, rows: list[int], images: list, gts: list, answers: list[Answer],
-                      codes: list[list[str]], warn: Callable[[int, str, Any], None]) -> list[int]:
+                      codes: list[list[str]], warn: Callable[[int, str, Any], None],
+                      ignores: list | None = None) -> list[int]:
     """``rows`` without those the engine would refuse, found up front by its ``row_errors`` (an image SAM
     cannot encode, a mask not of its image's size; see :meth:`samr1.engine.scoring.ScoringEngine.row_errors`),
     so that one bad row costs only itself and the step stays one batched engine call. Each dropped row gets
@@ -25,7 +26,9 @@ def drop_refused_rows(engine: Any, rows: list[int], images: list, gts: list, ans
     check = getattr(engine, "row_errors", None)
     if not callable(check) or not rows:
         return rows
-    errors = check(images, answers, gts, rows=rows)  # the messages name images[i] with i the batch's row
+    # the messages name images[i] with i the batch's row
+    errors = check(images, answers, gts, rows=rows) if ignores is None else \
+        check(images, answers, gts, rows=rows, ignore=ignores)
     for i, err in zip(rows, errors, strict=True):
         if err is not None:
             warn(i, "engine_input_error", err)
@@ -33,9 +36,20 @@ def drop_refused_rows(engine: Any, rows: list[int], images: list, gts: list, ans
     return [i for i, err in zip(rows, errors, strict=True) if err is None]
 
 
+def _score(engine: Any, rows: list[int], images: list, gts: list, answers: list[Answer], ignores: list | None):
+    """``engine.score`` over ``rows``; ``ignore=`` only when some row has an ignore region (an engine of one's
+    own needs to take it only then)."""
+    args = ([images[i] for i in rows], [answers[i] for i in rows], [gts[i] for i in rows])
+    if ignores is None or all(ignores[i] is None for i in rows):
+        return engine.score(*args)
+    return engine.score(*args, ignore=[ignores[i] for i in rows])
+
+
 def engine_ious(engine: Any, rows: list[int], images: list, gts: list, answers: list[Answer],
-                codes: list[list[str]], warn: Callable[[int, str, Any], None], stats: dict[str, Any]) -> list[float]:
-    """Mask IoU per row (0.0 for rows not in ``rows``) from ONE ``engine.score`` call over ``rows``.
+                codes: list[list[str]], warn: Callable[[int, str, Any], None], stats: dict[str, Any],
+                ignores: list | None = None) -> list[float]:
+    """Mask IoU per row (0.0 for rows not in ``rows``) from ONE ``engine.score`` call over ``rows``; with
+    ``ignores`` (per row None or an ignore region) the engine excludes those pixels from both counts.
 
     The caller drops the rows the engine would refuse first (:func:`drop_refused_rows`). Only an engine without
     ``row_errors`` (or an error it did not foresee) makes the rows be re-scored one by one after an
@@ -48,8 +62,7 @@ def engine_ious(engine: Any, rows: list[int], images: list, gts: list, answers: 
     ious = [0.0] * n
     stats["engine_calls"] += 1
     try:
-        got = list(engine.score([images[i] for i in rows], [answers[i] for i in rows],
-                                [gts[i] for i in rows])) if rows else []
+        got = list(_score(engine, rows, images, gts, answers, ignores)) if rows else []
         if len(got) != len(rows):
             raise RuntimeError(f"engine.score returned {len(got)} IoUs for {len(rows)} answers")
     except InputError as exc:
@@ -58,7 +71,7 @@ def engine_ious(engine: Any, rows: list[int], images: list, gts: list, answers: 
         got = []
         for i in rows:
             try:
-                got.append(float(engine.score([images[i]], [answers[i]], [gts[i]])[0]))
+                got.append(float(_score(engine, [i], images, gts, answers, ignores)[0]))
             except InputError as row_exc:
                 warn(i, "engine_input_error", row_exc)
                 codes[i].append("engine_input_error")

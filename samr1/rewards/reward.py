@@ -14,7 +14,7 @@ import numpy as np
 
 from samr1.answer import Answer, parse_answer
 from samr1.config import with_overrides
-from samr1.io import InputError, MaskSizeError, load_image
+from samr1.io import InputError, MaskSizeError, load_image, load_mask
 from samr1.rewards.batch import BatchInputs, MaskMemo
 from samr1.rewards.config import ALL_CODES, COMPONENTS, ENGINE_COMPONENTS, GT_COMPONENTS, SamR1RewardConfig
 from samr1.rewards.mask import drop_refused_rows, engine_ious, mask_rewards
@@ -100,6 +100,10 @@ class SamR1Reward:
             also be a non-empty list/tuple of images (TRL's ``images`` column): its first image is used. A
             row's mask may be a LIST of instance masks (or an ``N x H x W`` array): the instances of a
             multi-object target (their union is the target; ``[]`` is an empty target).
+        ignore_key: an optional dataset column (default "ignore"; absent: no ignore regions) holding per row
+            None or a mask of ignore pixels (ReasonSeg's "ignore" polygons) at the image's size. Those pixels
+            count in neither the intersection nor the union of the mask rewards, and are no target pixels for
+            the box and point rewards: the rule ``samr1 eval`` applies (:func:`samr1.metrics.sample_counts`).
         require_points: passed to :func:`samr1.answer.parse_answer` (default: an answer needs points).
         box_iou_threshold, box_l1_threshold, point_threshold: Seg-Zero's 0.5, 10 px, 100 px (the point
             threshold defaults to the preset's: VisionReasoner's is 30 px).
@@ -230,23 +234,27 @@ class SamR1Reward:
         needs_gt = bool(GT_COMPONENTS.intersection(self.components))
         images = self._column(kwargs, self.image_key, n, needs_gt) if needs_gt else None
         masks = self._column(kwargs, self.mask_key, n, needs_gt) if needs_gt else None
-        key = self._key(completions, images, masks)
+        ignores = self._column(kwargs, self.ignore_key, n, False) if needs_gt else None
+        key = self._key(completions, images, masks, ignores)
         if self._last is not None and self._same(self._last.key, key):
             return self._last
         batch = self._compute(list(completions), None if images is None else list(images),
-                              None if masks is None else list(masks), key)
+                              None if masks is None else list(masks), key,
+                              None if ignores is None else list(ignores))
         self._last = batch
         self._log(batch, kwargs.get("log_metric"), kwargs.get("log_extra"))
         return batch
 
-    def _load_rows(self, images: list[Any], masks: list[Any], codes: list[list[str]]):
+    def _load_rows(self, images: list[Any], masks: list[Any], codes: list[list[str]], ignores: list[Any] | None):
         """Load each distinct image/mask once; returns per-row (image array | None, union mask | None,
-        instance masks | None)."""
+        instance masks | None, ignore region | None)."""
         img_cache: dict[Any, Any] = {}
         mask_cache: dict[Any, Any] = {}
+        ign_cache: dict[Any, Any] = {}
         arrs: list[np.ndarray | None] = []
         gts: list[np.ndarray | None] = []
         insts: list[list[np.ndarray] | None] = []
+        igns: list[np.ndarray | None] = []
         for i, (img, m) in enumerate(zip(images, masks, strict=True)):
             if isinstance(img, (list, tuple)) and img and not isinstance(img, str):
                 img = img[0]
@@ -276,13 +284,36 @@ class SamR1Reward:
                            "must be at the original image size")
                 codes[i].append("mask_size_mismatch")
                 g = None
+            x = None if ignores is None else ignores[i]
+            ign = None
+            if x is not None and a is not None and g is not None:
+                xk = (x if isinstance(x, str) else id(x), size)
+                if xk not in ign_cache:
+                    ign_cache[xk] = (_load_or_error(partial(load_mask, expected_size=size), x, self.ignore_key,
+                                                    f"row {i}"), i)
+                ign, x_row = ign_cache[xk]
+                if isinstance(ign, Exception) or ign.shape != a.shape[:2]:
+                    code = "bad_mask" if isinstance(ign, Exception) and not isinstance(ign, MaskSizeError) \
+                        else "mask_size_mismatch"
+                    detail = (_same_as(ign, x_row, i, self.ignore_key) if isinstance(ign, Exception) else
+                              f"{self.ignore_key} (row {i}): ignore mask is {ign.shape[0]}x{ign.shape[1]} but "
+                              f"{self.image_key} is {a.shape[0]}x{a.shape[1]} (H x W)")
+                    self._warn(i, code, detail)
+                    codes[i].append(code)
+                    g, ign = None, None
+                elif not ign.any():
+                    ign = None
             union, inst = (None, None) if g is None else g
             if g is not None and union is None:  # [] (no instance): an empty target of the image's size
                 union = None if a is None else np.zeros(a.shape[:2], dtype=bool)
+            if ign is not None and union is not None:  # ignore pixels are no target pixels (eval's rule)
+                union = union & ~ign
+                inst = None if inst is None else [t & ~ign for t in inst]
             arrs.append(a)
             gts.append(union)
             insts.append(inst)
-        return arrs, gts, insts
+            igns.append(ign)
+        return arrs, gts, insts, igns
 
     def _warn(self, i: int, code: str, detail: Any) -> None:
         # Rate-limited: a dataset with many bad rows must not flood the training log; stats keep counting.
@@ -293,13 +324,14 @@ class SamR1Reward:
         warnings.warn(f"SamR1Reward: {detail} [{code}]; the mask-based rewards of row {i} are 0{tail}",
                       RuntimeWarning, stacklevel=4)
 
-    def _compute(self, completions: list[Any], images: list[Any] | None, masks: list[Any] | None, key: tuple) -> _Batch:
+    def _compute(self, completions: list[Any], images: list[Any] | None, masks: list[Any] | None, key: tuple,
+                 ignores: list[Any] | None = None) -> _Batch:
         n = len(completions)
         codes: list[list[str]] = [[] for _ in range(n)]
         if images is not None and masks is not None:
-            arrs, gts, insts = self._load_rows(images, masks, codes)
+            arrs, gts, insts, igns = self._load_rows(images, masks, codes, ignores)
         else:
-            arrs, gts, insts = [None] * n, [None] * n, [None] * n
+            arrs, gts, insts, igns = [None] * n, [None] * n, [None] * n, [None] * n
 
         answers: list[Answer] = []
         texts: list[str | None] = []
@@ -319,18 +351,19 @@ class SamR1Reward:
 
         scorable = [i for i in range(n) if answers[i].ok and arrs[i] is not None and gts[i] is not None]
         inputs = BatchInputs(texts=texts, answers=answers, images=arrs, gts=gts, scorable=scorable, ious=[0.0] * n,
-                             codes=codes, instances=insts)
+                             codes=codes, instances=insts, ignores=igns)
         mask_values: dict[str, list[float]] = {}
         engine_comps = ENGINE_COMPONENTS.intersection(self.components)
         if engine_comps and scorable:
-            rows = drop_refused_rows(self.engine, scorable, arrs, gts, answers, codes, self._warn)
+            ign = igns if any(x is not None for x in igns) else None
+            rows = drop_refused_rows(self.engine, scorable, arrs, gts, answers, codes, self._warn, ign)
             if self.mask_match == "matched":
                 self.stats["engine_calls"] += 1
                 tiered, plain = matched_mask_values(self.engine, inputs, rows, self.tiers)
                 mask_values = {"iou": tiered, "mask_iou": plain}
                 inputs.ious = plain
             else:
-                inputs.ious = engine_ious(self.engine, rows, arrs, gts, answers, codes, self._warn, self.stats)
+                inputs.ious = engine_ious(self.engine, rows, arrs, gts, answers, codes, self._warn, self.stats, ign)
         rewards: dict[str, list[float]] = {}
         own = self._preset.rewards(inputs, self.components, self.config, self._gt_memo)
         for comp in self.components:

@@ -172,6 +172,7 @@ def matched_mask_values(engine: Any, inputs: BatchInputs, rows: list[int], tiers
     """("iou", "mask_iou") per row with ``mask_match="matched"``: SAM's mask of every object of every row in
     ONE ``engine.segment_batch`` call, an objects x instances mask-IoU matrix per row, the Hungarian pairing
     that maximises the summed IoU; the matched IoUs (and their tiers) summed over max(objects, instances).
+    A row's ignore pixels (``inputs.ignores``) count in neither the intersection nor the union.
     Empty answer and empty ground truth: the full values; exactly one empty: 0."""
     from samr1.geometry import mask_iou_numpy
 
@@ -190,6 +191,9 @@ def matched_mask_values(engine: Any, inputs: BatchInputs, rows: list[int], tiers
     top = tiered_iou_reward(1.0, tiers)
     for i in rows:
         preds, gts = per_row[i], inputs.instances[i] or []
+        ign = inputs.ignores[i] if inputs.ignores else None
+        if ign is not None:  # ignore pixels count in neither I nor U (the instances hold none already)
+            preds = [p & ~ign for p in preds]
         if not preds or not gts:
             full = not preds and not gts
             tiered[i], plain[i] = (top, 1.0) if full else (0.0, 0.0)

@@ -540,10 +540,11 @@ class PolicyDataset:
     def __len__(self) -> int:
         return len(self.rows)
 
-    def sam_columns(self, i: int) -> tuple[np.ndarray, list[np.ndarray]]:
-        """(original image H x W x 3 uint8, the target's instance masks, each H x W bool) of row ``i``."""
+    def sam_columns(self, i: int) -> tuple[np.ndarray, list[np.ndarray], np.ndarray | None]:
+        """(original image H x W x 3 uint8, the target's instance masks, each H x W bool, the ignore region
+        H x W bool or None) of row ``i``."""
         item = self[i]
-        return item["sam_image"], item["masks"]
+        return item["sam_image"], item["masks"], item["ignore"]
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         i = int(i)

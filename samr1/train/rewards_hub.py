@@ -217,6 +217,7 @@ class RewardHub:
             kw = {k: v for k, v in kwargs.items() if not isinstance(v, list) and k != "log_extra"}
             kw[self.reward.image_key] = [c[0] for c in cols]
             kw[self.reward.mask_key] = [c[1] for c in cols]
+            kw[self.reward.ignore_key] = [c[2] for c in cols]  # ReasonSeg's ignore regions (None elsewhere)
             kw["row_id"] = all_ids
             try:
                 values = self._score_local(all_comps, kw)

@@ -7,11 +7,13 @@ the rows ``samr1 train`` gives TRL:
 - ``prompt``: the conversational prompt (one user turn, the template filled with the query);
 - ``image``: the policy's copy, resized to ``policy_image_size`` x ``policy_image_size`` (its answers are in
   these pixels: ``SAMR1_MODEL_SIZE`` must be this side);
-- ``sam_image``: the original image SAM sees; ``mask``: the ground-truth mask at the original size (0 / 255).
+- ``sam_image``: the original image SAM sees; ``mask``: the ground-truth mask at the original size (0 / 255);
+- ``ignore``: ReasonSeg's ignore region at the original size (0 / 255), null for rows without one. The reward
+  reads this column by name (``SamR1Reward``'s ``ignore_key``) and leaves those pixels out of I and U, as
+  ``samr1 eval`` does.
 
 Images are stored as PNG bytes with ``datasets``' ``Image`` feature, so ``datasets.load_dataset(DIR)`` (which
-``trl grpo`` calls) gives PIL images back. ReasonSeg ignore regions are not carried over (TRL's path has no
-place for them): the exported mask holds the object only.
+``trl grpo`` calls) gives PIL images back.
 """
 
 from __future__ import annotations
@@ -43,16 +45,20 @@ def write_trl_dataset(data: str, out: str, *, data_format: str = "auto", split: 
     rows = load_rows(data, data_format, split=split, image_dir=image_dir)
     good, bad = check_rows(rows, max_samples=max_samples, seed=seed)
     ds = PolicyDataset(good, prompt, policy_image_size)
-    columns: dict[str, list[Any]] = {"prompt": [], "image": [], "sam_image": [], "mask": []}
+    columns: dict[str, list[Any]] = {"prompt": [], "image": [], "sam_image": [], "mask": [], "ignore": []}
     for i in range(len(ds)):
         item = ds[i]
         columns["prompt"].append(item["prompt"])
         columns["image"].append(item["image"])
         columns["sam_image"].append(Image.fromarray(np.asarray(item["sam_image"], dtype=np.uint8)))
         columns["mask"].append(Image.fromarray(np.asarray(item["mask"], dtype=np.uint8) * 255))
+        ign = item["ignore"]
+        columns["ignore"].append(None if ign is None or not ign.any() else
+                                 Image.fromarray(np.asarray(ign, dtype=np.uint8) * 255))
     features = datasets.Features({
         "prompt": [{"role": datasets.Value("string"), "content": datasets.Value("string")}],
-        "image": datasets.Image(), "sam_image": datasets.Image(), "mask": datasets.Image()})
+        "image": datasets.Image(), "sam_image": datasets.Image(), "mask": datasets.Image(),
+        "ignore": datasets.Image()})
     os.makedirs(out, exist_ok=True)
     datasets.Dataset.from_dict(columns, features=features).to_parquet(path)
     return {"path": path, "rows": len(ds), "skipped": len(bad)}
