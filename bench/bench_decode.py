@@ -42,8 +42,8 @@ from samr1.bench.harness import (
     format_table,
     load_average,
     parse_thread_counts,
+    save_and_plot,
     thread_counts,
-    write_records,
 )
 from segment_anything import SamPredictor
 
@@ -225,15 +225,12 @@ def _sweep_and_report(reference, fast, extra, fast_name: str, counts: list[int],
     for line in goal_lines(rows, fast_name):
         print(line)
     device = str(dev)
-    path = write_records(rows, out, "bench_decode", device)
-    if path:
-        print(f"records appended to {path}")
-    if out and plot:
-        from samr1.bench.plots import plot_decode, plot_thread_scaling
+    from samr1.bench.plots import plot_decode, plot_thread_scaling
 
-        print(f"plot: {plot_decode(rows, out, device)}")
-        if len(counts) > 1:
-            print(f"plot: {plot_thread_scaling(rows, out, 'decode_scaling', 'path', device, per='prompt')}")
+    plots = [lambda: plot_decode(rows, out, device)]
+    if len(counts) > 1:
+        plots.append(lambda: plot_thread_scaling(rows, out, "decode_scaling", "path", device, per="prompt"))
+    save_and_plot(rows, out, "bench_decode", device, plots, plot)
     return rows
 
 

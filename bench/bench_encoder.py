@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from samr1.bench.harness import format_table, measure, write_records
+from samr1.bench.harness import agreement_line, format_table, measure, save_and_plot
 
 from samr1.geometry import mask_iou_numpy
 
@@ -286,17 +286,14 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
     for r in checked if sam2 else []:
         print(f"{r['backend']} batch {r['batch']}: max |diff| vs torch fp32 per output: "
               + ", ".join(f"{n} {r[f'max_abs_{n}']:.3g}" for n in OUTPUT_NAMES))
-    print("agreement with torch fp32 (relative embedding error <= " + ", ".join(f"{k} {v:g}" for k, v in
-          REL_ERR_TOL.items()) + f"; fp32 backends also mean mask IoU >= {MASK_IOU_MIN_FP32}): "
-          + ("OK" if all(r["within_tol"] for r in checked) else
-             "MISMATCH in " + ", ".join(sorted({r["backend"] for r in checked if not r["within_tol"]}))))
-    path = write_records(rows, out, "encoder", device)
-    if path:
-        print(f"records: {path}")
-    if out and plot:
-        from samr1.bench.plots import plot_encoder
+    bad = sorted({r["backend"] for r in checked if not r["within_tol"]})
+    print(agreement_line(not bad, "relative embedding error <= " + ", ".join(f"{k} {v:g}" for k, v in
+                                                                          REL_ERR_TOL.items())
+                         + f"; fp32 backends also mean mask IoU >= {MASK_IOU_MIN_FP32}"
+                         + (f"; off in {', '.join(bad)}" if bad else ""), "torch fp32"))
+    from samr1.bench.plots import plot_encoder
 
-        print(f"plot: {plot_encoder(rows, out, device)}")
+    save_and_plot(rows, out, "encoder", device, [lambda: plot_encoder(rows, out, device)], plot)
     return rows
 
 

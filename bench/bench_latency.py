@@ -25,7 +25,7 @@ import tempfile
 import time
 
 import numpy as np
-from samr1.bench.harness import format_table, write_records
+from samr1.bench.harness import format_table, save_and_plot
 
 STAGES = ("generate_s", "encode_s", "encode_wait_s", "decode_s", "postprocess_s", "sam_after_generate_s",
           "total_s")
@@ -205,11 +205,7 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", smoke:
           f"across modes: {pipe[0]['masks_equal_across_modes']}")
     print(format_table([r for r in rows if r["part"] == "server"],
                        ["clients", "requests", "req_per_s", "p50_ms", "p99_ms", "mean_batch"]))
-    path = write_records(rows, out, "latency", device=device)
-    if path:
-        print(f"records appended to {path}")
-    if out and plot_png:
-        print(f"plot: {plot(rows, out)}")
+    save_and_plot(rows, out, "latency", device, [lambda: plot(rows, out)], plot_png)
     return rows
 
 

@@ -29,7 +29,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
-from samr1.bench.harness import format_table, measure, write_records
+from samr1.bench.harness import format_table, measure, save_and_plot
 
 LAYOUTS = {  # name -> store layout of one row (float16), kind
     "sam-v1 256x64x64": ([("image_embed", (256, 64, 64))], "sam"),
@@ -238,13 +238,9 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", smoke:
     capped = all(r["blob_mb"] <= r["cap_mb"] and r["cache_mb"] <= r["cap_mb"] for r in serve)
     print(f"row checks: intact rows read, a damaged row caught: {'OK' if ok else 'MISMATCH'}; caches within "
           f"their caps: {'OK' if capped else 'MISMATCH'}")
-    path = write_records(rows, out, "limits", device="cpu")
-    if path:
-        print(f"records appended to {path}")
-    if out and plot:
-        from samr1.bench.plots import plot_limits
+    from samr1.bench.plots import plot_limits
 
-        print(f"plot: {plot_limits(rows, out)}")
+    save_and_plot(rows, out, "limits", "cpu", [lambda: plot_limits(rows, out)], plot)
     return rows
 
 

@@ -37,7 +37,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from samr1.bench.harness import copy_bandwidth, format_table, measure, write_records
+from samr1.bench.harness import agreement_line, copy_bandwidth, format_table, measure, save_and_plot
 
 from samr1.geometry import resize_longest_side
 from samr1.ops import mask_iou_from_logits, mask_iou_reference, near_threshold_pixels, select_backend
@@ -189,17 +189,13 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", smoke:
     if fast_rows:
         ok = all(r["max_iou_err"] <= r["iou_tol"] and r["max_count_err"] <= min(r["count_tol"], r["near_px"])
                  for r in fast_rows)
-        print(f"agreement with the reference: max |IoU err| {max(r['max_iou_err'] for r in fast_rows):.3g} "
-              f"(tolerance {IOU_TOL:g}), max |count err| {max(r['max_count_err'] for r in fast_rows)} px "
-              f"(tolerance: the pixels within near_threshold_eps of the threshold, at most {COUNT_TOL_FRAC:g} of "
-              "the image's): " + ("OK" if ok else "MISMATCH"))
-    path = write_records(rows, out, "bench_mask_iou", device)
-    if path:
-        print(f"records appended to {path}")
-    if out and plot:
-        from samr1.bench.plots import plot_mask_iou
+        print(agreement_line(ok, f"max |IoU err| {max(r['max_iou_err'] for r in fast_rows):.3g} (tolerance "
+                                 f"{IOU_TOL:g}), max |count err| {max(r['max_count_err'] for r in fast_rows)} px "
+                                 "(tolerance: the pixels within near_threshold_eps of the threshold, at most "
+                                 f"{COUNT_TOL_FRAC:g} of the image's)"))
+    from samr1.bench.plots import plot_mask_iou
 
-        print(f"plot: {plot_mask_iou(rows, out, device)}")
+    save_and_plot(rows, out, "bench_mask_iou", device, [lambda: plot_mask_iou(rows, out, device)], plot)
     return rows
 
 
@@ -258,9 +254,7 @@ def run_omp(out: str | None = None, busy: bool = False, repeats: int = 30) -> li
           f"default work per thread={default_wpt}")
     print(format_table(rows, ["size", "N", "mode", "threads_woken", "median_s", "speedup_vs_1", "cpu_s", "cpu_vs_1",
                               "loadavg_1m"]))
-    path = write_records(rows, out, "bench_mask_iou_omp", "cpu")
-    if path:
-        print(f"records appended to {path}")
+    save_and_plot(rows, out, "bench_mask_iou_omp", "cpu")
     return rows
 
 
@@ -330,11 +324,9 @@ def run_sam2(quick: bool = False, out: str | None = None, device: str = "cpu", s
                               "max_count_err", "near_px", "loadavg_1m"]))
     fast_rows = [r for r in rows if r["backend"] != "torch (reference)"]
     ok = all(r["max_count_err"] <= r["near_px"] for r in fast_rows)
-    print(f"agreement with the reference: max |count err| {max((r['max_count_err'] for r in fast_rows), default=0)} "
-          "px (allowed: the pixels within near_threshold_eps of the threshold, near_px): " + ("OK" if ok else "MISMATCH"))
-    path = write_records(rows, out, "bench_mask_iou_sam2", device)
-    if path:
-        print(f"records appended to {path}")
+    print(agreement_line(ok, f"max |count err| {max((r['max_count_err'] for r in fast_rows), default=0)} px "
+                             "(allowed: the pixels within near_threshold_eps of the threshold, near_px)"))
+    save_and_plot(rows, out, "bench_mask_iou_sam2", device)
     return rows
 
 

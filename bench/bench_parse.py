@@ -20,7 +20,7 @@ import re
 import time
 
 import numpy as np
-from samr1.bench.harness import format_table, measure, write_records
+from samr1.bench.harness import format_table, measure, save_and_plot
 
 from samr1.answer import parse_answer
 
@@ -167,13 +167,9 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", smoke:
     typ = rows[0]
     print(f"agreement with the regex yardstick on the {typ['compared']} typical completions it can read: "
           f"{typ['agree']} give the same box and points: " + ("OK" if typ["agree"] == typ["compared"] else "MISMATCH"))
-    path = write_records(rows, out, "parse", device="cpu")
-    if path:
-        print(f"records appended to {path}")
-    if out and plot:
-        from samr1.bench.plots import plot_parse
+    from samr1.bench.plots import plot_parse
 
-        print(f"plot: {plot_parse(rows, out)}")
+    save_and_plot(rows, out, "parse", "cpu", [lambda: plot_parse(rows, out)], plot)
     return rows
 
 

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from samr1.bench.harness import copy_bandwidth, format_table, measure, write_records
+from samr1.bench.harness import agreement_line, copy_bandwidth, format_table, measure, save_and_plot
 
 FULL_NS = (64, 512, 4096)
 QUICK_NS = (64, 512)
@@ -100,16 +100,11 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", smoke:
     fast_rows = [r for r in rows if r["backend"] != "torch (reference)"]
     if fast_rows:
         ok = all(r["max_abs_err"] <= ATOL and r["counts_equal"] for r in fast_rows)
-        print(f"agreement with the reference: max |token diff| {max(r['max_abs_err'] for r in fast_rows):.3g} "
-              f"(tolerance {ATOL:g}), counts equal: {all(r['counts_equal'] for r in fast_rows)}: "
-              + ("OK" if ok else "MISMATCH"))
-    path = write_records(rows, out, "prompt_pack", device)
-    if path:
-        print(f"records appended to {path}")
-    if out and plot:
-        from samr1.bench.plots import plot_prompt_pack
+        print(agreement_line(ok, f"max |token diff| {max(r['max_abs_err'] for r in fast_rows):.3g} (tolerance "
+                                 f"{ATOL:g}), counts equal: {all(r['counts_equal'] for r in fast_rows)}"))
+    from samr1.bench.plots import plot_prompt_pack
 
-        print(f"plot: {plot_prompt_pack(rows, out, device)}")
+    save_and_plot(rows, out, "prompt_pack", device, [lambda: plot_prompt_pack(rows, out, device)], plot)
     return rows
 
 

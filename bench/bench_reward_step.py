@@ -40,8 +40,8 @@ from samr1.bench.harness import (
     load_average,
     measure,
     parse_thread_counts,
+    save_and_plot,
     thread_counts,
-    write_records,
 )
 
 from samr1.threads import torch_threads
@@ -313,16 +313,12 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
     if len(counts) > 1:
         same = all(np.array_equal(ious_all[t][w], ious_all[counts[0]][w]) for t in counts for w in ("engine-cold", "engine-warm"))
         print(f"engine IoUs identical across thread counts {','.join(map(str, counts))}: " + ("yes" if same else "NO"))
-    path = write_records(rows, out, "reward_step", device)
-    if path:
-        print(f"records appended to {path}")
-    if out and plot:
-        top = [r for r in rows if r["threads"] == counts[-1]]
-        print(f"plot: {plot_reward_step(top, out, device)}")
-        if len(counts) > 1:
-            from samr1.bench.plots import plot_thread_scaling
+    from samr1.bench.plots import plot_thread_scaling
 
-            print(f"plot: {plot_thread_scaling(rows, out, 'reward_step_scaling', 'way', device, per='completion')}")
+    plots = [lambda: plot_reward_step([r for r in rows if r["threads"] == counts[-1]], out, device)]
+    if len(counts) > 1:
+        plots.append(lambda: plot_thread_scaling(rows, out, "reward_step_scaling", "way", device, per="completion"))
+    save_and_plot(rows, out, "reward_step", device, plots, plot)
     return rows
 
 

@@ -136,6 +136,26 @@ def write_records(rows: list[dict[str, Any]], out_dir: str | None, name: str, de
     return path
 
 
+def save_and_plot(rows: list[dict[str, Any]], out_dir: str | None, name: str, device: str | torch.device = "cpu",
+                  plots: Sequence[Callable[[], str | None]] = (), plot: bool = True) -> str | None:
+    """A bench's tail: append ``rows`` to ``out_dir/<name>.jsonl`` (:func:`write_records`) and say where, then,
+    when ``out_dir`` is given and ``plot`` is true, call each of ``plots`` (each draws one figure from the rows
+    and returns its path) and print the path. Returns the records' path (None without ``out_dir``)."""
+    path = write_records(rows, out_dir, name, device)
+    if path:
+        print(f"records appended to {path}")
+    if out_dir and plot:
+        for draw in plots:
+            print(f"plot: {draw()}")
+    return path
+
+
+def agreement_line(ok: bool, detail: str, against: str = "the reference") -> str:
+    """The line every bench prints beside its timings: ``agreement with <against>: <detail>: OK`` (or
+    ``MISMATCH``), so a fast path that got faster by being wrong cannot pass unseen."""
+    return f"agreement with {against}: {detail}: " + ("OK" if ok else "MISMATCH")
+
+
 def format_table(rows: list[dict[str, Any]], columns: Sequence[str]) -> str:
     """A plain fixed-width table of ``columns`` from ``rows`` (floats shown with 4 significant digits)."""
 

@@ -36,11 +36,11 @@ GEOMETRY = ("box_iou", "box_l1", "point_dist", "accuracy")
 def _answers(a: str, b: str) -> list[str]:
     """Answers in every form a preset reads, holding ``a`` and ``b`` (JSON number literals) in boxes and points."""
     forms = [
-        '{"bbox": [%s, %s, %s, %s], "points_1": [%s, %s], "points_2": [%s, %s]}' % (a, b, a, b, a, b, b, a),
-        '{"bbox": [0, 0, %s, %s], "points_1": [1, 1], "points_2": [%s, 2]}' % (a, b, a),
-        '{"bbox": [%s, 0, 3, %s], "points_1": [%s, 1], "points_2": [1, 2]}' % (a, b, b),
-        '[{"bbox_2d": [%s, %s, %s, %s], "point_2d": [%s, %s]}]' % (a, a, b, b, a, b),
-        '[{"bbox_2d": [0, 0, %s, %s], "point_2d": [%s, 3]}, {"bbox_2d": [1, 1, 5, 5], "point_2d": [2, 3]}]' % (a, b, a),
+        f'{{"bbox": [{a}, {b}, {a}, {b}], "points_1": [{a}, {b}], "points_2": [{b}, {a}]}}',
+        f'{{"bbox": [0, 0, {a}, {b}], "points_1": [1, 1], "points_2": [{a}, 2]}}',
+        f'{{"bbox": [{a}, 0, 3, {b}], "points_1": [{b}, 1], "points_2": [1, 2]}}',
+        f'[{{"bbox_2d": [{a}, {a}, {b}, {b}], "point_2d": [{a}, {b}]}}]',
+        f'[{{"bbox_2d": [0, 0, {a}, {b}], "point_2d": [{a}, 3]}}, {{"bbox_2d": [1, 1, 5, 5], "point_2d": [2, 3]}}]',
     ]
     return [f"<think>far away</think><answer>{f}</answer>" for f in forms]
 
@@ -149,7 +149,7 @@ def test_refused_rows_are_dropped_up_front_in_one_engine_call(shapes_engine, bad
     said = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert not any("one by one" in m for m in said), said
     assert sum("engine_input_error" in m for m in said) == len(bad_rows), said
-    assert all(f"row {i}" in m for i, m in zip(bad_rows, [m for m in said if "engine_input_error" in m]))
+    assert all(f"row {i}" in m for i, m in zip(bad_rows, [m for m in said if "engine_input_error" in m], strict=True))
 
 
 def test_refused_row_with_matched_masks_costs_only_itself(shapes_engine):
