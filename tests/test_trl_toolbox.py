@@ -13,6 +13,7 @@ import os
 import warnings
 
 import pytest
+import torch
 
 from samr1.config import ConfigError
 from samr1.train.config import TrainConfig
@@ -224,7 +225,7 @@ def run(tmp_path_factory):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         summary = train(config_from_args(build_parser().parse_args(argv)), callbacks=[probe.callback])
-    return {"out": out, "summary": summary, "probe": probe, "policy": policy, "heldout": heldout,
+    return {"out": out, "summary": summary, "probe": probe, "policy": policy, "heldout": heldout, "argv": argv,
             "warnings": [f"{w.category.__name__}: {w.message}" for w in caught]}
 
 
@@ -331,3 +332,37 @@ def test_heldout_figures_in_summary_and_no_deprecation_warnings(run):
     assert disk["heldout"]["last"] == h["last"]
     ours = [w for w in run["warnings"] if w.startswith(("FutureWarning", "DeprecationWarning"))]
     assert not ours, ours
+
+
+def test_lora_resume_starts_from_the_checkpoints_adapter(run, tmp_path):
+    """``--resume`` with ``--use-peft``: the resumed run trains the checkpoint's adapter (not a fresh one, whose
+    lora_B is 0) on the base policy, and continues the step count."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from samr1.cli import build_parser
+    from samr1.cli.train import config_from_args
+    from samr1.train.driver import train
+
+    out = tmp_path / "resumed"
+    out.mkdir()
+    shutil.copytree(run["out"] / "checkpoint-1", out / "checkpoint-1")
+    saved = load_file(str(out / "checkpoint-1" / "adapter_model.safetensors"))
+    assert any("lora_B" in k and v.abs().max() > 0 for k, v in saved.items())  # step 1 moved the adapter
+    argv = list(run["argv"])
+    argv[argv.index("--output-dir") + 1] = str(out)
+    argv += ["--resume", str(out / "checkpoint-1")]
+    probe = _Probe()
+    summary = train(config_from_args(build_parser().parse_args(argv)), callbacks=[probe.callback])
+    assert summary["steps"] == 2 and summary["resumed_from"].endswith("checkpoint-1")
+
+    def key(name: str) -> str:  # the model's parameter name as PEFT saves it (no adapter name)
+        return name.replace(".default.", ".")
+
+    lora = {n: t for n, t in probe.begin.items() if "lora_" in n}
+    assert lora and all(key(n) in saved for n in lora)
+    for n, t in lora.items():
+        assert torch.equal(t, saved[key(n)].to(t.dtype)), n  # started from the checkpoint's adapter
+    base = {n: t for n, t in probe.begin.items() if "lora_" not in n}
+    assert all(torch.equal(base[n], run["probe"].begin[n]) for n in base)  # on the same base policy
