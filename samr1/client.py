@@ -90,6 +90,8 @@ class SamR1Client:
         timeout_s: socket timeout per HTTP request.
         image_key, mask_key: the dataset columns holding the image and the ground-truth mask (as
             :class:`samr1.rewards.SamR1Reward`; a row's image may be a list, its first image is used).
+        ignore_key: the optional column of ignore regions (per row None or a mask; ReasonSeg's "ignore"
+            polygons): their pixels count in neither I nor U, as in the in-process reward.
         retries: retries on 503 (queue full) and on a connection that fails (refused, reset, timed out) before
             giving up, with a growing pause (0.1 s, 0.2 s, ...); then :class:`ServerError` (503) or
             :class:`ServerUnreachableError`.
@@ -101,7 +103,7 @@ class SamR1Client:
     """
 
     def __init__(self, url: str, *, token: str | None = None, timeout_s: float = 600.0, image_key: str = "image",
-                 mask_key: str = "mask", retries: int = 5):
+                 mask_key: str = "mask", retries: int = 5, ignore_key: str = "ignore"):
         parsed = urllib.parse.urlsplit(url)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"url must look like http://HOST:PORT, got {url!r}")
@@ -111,6 +113,7 @@ class SamR1Client:
         self.timeout_s = float(timeout_s)
         self.image_key = image_key
         self.mask_key = mask_key
+        self.ignore_key = ignore_key
         self.retries = int(retries)
         self.__name__ = "samr1_reward"
         self.last_components: dict[str, list[float]] = {}
@@ -176,14 +179,19 @@ class SamR1Client:
         return self._request("POST", "/segment", body, ctype)
 
     # ------------------------------------------------------------------ rewards
-    def score(self, completions: Sequence[Any], images: Sequence[Any], masks: Sequence[Any]) -> dict[str, Any]:
+    def score(self, completions: Sequence[Any], images: Sequence[Any], masks: Sequence[Any],
+              ignore: Sequence[Any] | None = None) -> dict[str, Any]:
         """Score parallel lists on the server; returns ``{"rewards": [...], "components": {name: [...]}}``.
 
-        Each distinct image (by object, then by content key) is hashed once and uploaded only when the server
-        answers that it does not hold its key."""
+        ``ignore`` (optional, parallel): per row None or an ignore region (any mask form; ReasonSeg's "ignore"
+        polygons), whose pixels count in neither I nor U, as in the in-process reward. Each distinct image
+        and mask (by object, then by content key) is hashed once and uploaded only when the server answers
+        that it does not hold its key."""
         n = len(completions)
         if len(images) != n or len(masks) != n:
             raise ValueError(f"completions ({n}), images ({len(images)}) and masks ({len(masks)}) must be parallel")
+        if ignore is not None and len(ignore) != n:
+            raise ValueError(f"ignore ({len(ignore)}) must be parallel to completions ({n})")
         img_by_id: dict[int, tuple[str | None, np.ndarray | None]] = {}
         mask_by_id: dict[int, tuple[Any, np.ndarray | None]] = {}
         items = []
@@ -198,16 +206,23 @@ class SamR1Client:
             ik, arr = img_by_id[id(img)]
             if ik is not None:
                 img_arrays[ik] = arr
-            m = masks[i]
-            if id(m) not in mask_by_id:
-                if isinstance(m, dict):
-                    mask_by_id[id(m)] = (m, None)  # COCO RLE goes inline: it is already compact
-                else:
-                    mask_by_id[id(m)] = _keyed_or_warn(load_mask, mask_content_key, m, self.mask_key, i)
-            mk, marr = mask_by_id[id(m)]
-            if isinstance(mk, str):
-                mask_arrays[mk] = marr
-            items.append({"image": ik, "completion": completions[i], "mask": mk})
+            item = {"image": ik, "completion": completions[i]}
+            for field, m, column in (("mask", masks[i], self.mask_key),
+                                     ("ignore", None if ignore is None else ignore[i], self.ignore_key)):
+                if m is None and field == "ignore":
+                    continue
+                if id(m) not in mask_by_id:
+                    if isinstance(m, dict):
+                        mask_by_id[id(m)] = (m, None)  # COCO RLE goes inline: it is already compact
+                    else:
+                        mask_by_id[id(m)] = _keyed_or_warn(load_mask, mask_content_key, m, column, i)
+                mk, marr = mask_by_id[id(m)]
+                if isinstance(mk, str):
+                    mask_arrays[mk] = marr
+                item[field] = mk
+            if item.get("ignore", "") is None:  # an ignore region that did not load: the row's mask parts
+                item["mask"] = None           # score 0, as in the in-process reward (bad_mask)
+            items.append(item)
         request = json.dumps({"items": items})
         self.stats["score_calls"] += 1
         out = self._request("POST", "/score", request.encode("utf-8"), "application/json")
@@ -246,7 +261,11 @@ class SamR1Client:
             if len(col) != n:
                 raise ValueError(f"column {key!r} has {len(col)} rows but there are {n} completions")
             cols.append(col)
-        out = self.score(list(completions), list(cols[0]), list(cols[1]))
+        ignore = kwargs.get(self.ignore_key)  # optional: ReasonSeg's ignore regions
+        if ignore is not None and len(ignore) != n:
+            raise ValueError(f"column {self.ignore_key!r} has {len(ignore)} rows but there are {n} completions")
+        out = self.score(list(completions), list(cols[0]), list(cols[1]),
+                         None if ignore is None else list(ignore))
         self.last_components = out.get("components") or {}
         return [float(v) for v in out["rewards"]]
 

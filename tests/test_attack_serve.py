@@ -372,7 +372,7 @@ def test_score_key_lookup_is_linear_in_the_items(engine, n):
                   "mask": _CountingKey(f"m:8x8:{i:032x}")} for i in range(n)]
         items += items[: n // 2]  # repeats: each key is still listed once
         _CountingKey.compares = 0
-        _, _, _, missing = service.resolve_score(items)
+        _, _, _, _, missing = service.resolve_score(items)
         assert missing["images"] == [it["image"] for it in items[:n]]
         assert missing["masks"] == [it["mask"] for it in items[:n]]
         assert _CountingKey.compares <= 4 * n, f"{_CountingKey.compares} key comparisons for {n} items"

@@ -113,6 +113,39 @@ def test_a_malformed_inline_rle_scores_its_row_0_as_in_process(engine):
     assert got == pytest.approx(expected, abs=1e-6)
 
 
+@requires_serve
+@pytest.mark.parametrize("form", ["array", "rle"])
+def test_ignore_regions_score_over_http_as_in_process(engine, form):
+    """ReasonSeg ignore regions travel with ``/score`` (uploaded once by key, or inline RLE) and the server's
+    reward leaves their pixels out of I and U exactly as the in-process reward does; a region that does not
+    load scores its row's mask parts 0 on both sides."""
+    rng = np.random.default_rng()
+    completions, images, masks = _batch(rng, n_images=3, g=4)
+    ignores: list = []
+    for k in range(3):
+        m = np.asarray(masks[4 * k])
+        x = np.zeros_like(m, dtype=bool)
+        if k:  # the first image has none
+            ys, xs = np.nonzero(m)
+            x[max(0, ys.min() - 8):ys.max() + 9, max(0, xs.min() - 8):xs.max() + 9] = True
+            x &= ~m  # a ring around the object: SAM's loose masks reach into it
+        region = None if not k else (rle_encode(x) if form == "rle" else x)
+        ignores += [region] * 4
+    ignores[-1] = np.zeros((3, 3), bool)  # not of its image's size: the row's mask parts are 0
+    comps = ("think", "answer", "iou", "mask_iou")
+    with pytest.warns(RuntimeWarning):
+        expected = SamR1Reward(engine, components=comps)(None, completions, image=images, mask=masks, ignore=ignores)
+    plain = SamR1Reward(engine, components=comps)(None, completions, image=images, mask=masks)
+    assert expected != pytest.approx(plain, abs=1e-6)  # the regions matter in this batch
+    with ServerThread(serve.create_app(engine, reward=SamR1Reward(engine, components=comps))) as srv:
+        client = SamR1Client(srv.url, timeout_s=60)
+        with pytest.warns(RuntimeWarning, match="row 11"):
+            got = client(None, completions, image=images, mask=masks, ignore=ignores)
+    assert got == pytest.approx(expected, abs=1e-5)
+    if form == "array":  # 3 masks, 2 ignore regions and the 3 x 3 one (refused by the reward), each uploaded once
+        assert client.stats["masks_uploaded"] == 6
+
+
 def test_client_rejects_bad_configuration():
     with pytest.raises(ValueError, match="http"):
         SamR1Client("localhost:8000")

@@ -8,7 +8,9 @@ the segmentation page at ``GET /`` (plain HTML + script from :mod:`samr1.view`, 
   reads it), ``box``, ``size`` [H, W], ``timings`` (seconds). A policy answer that does not parse is a
   200 with ``ok: false`` and ``reason`` (the request was fine; the model failed).
 - ``POST /score``: the reward as a service. A JSON body ``{"items": [{"image": KEY, "completion": TEXT,
-  "mask": KEY or RLE dict}, ...]}`` (keys from :mod:`samr1.serve.protocol`). When the server does not
+  "mask": KEY or RLE dict, "ignore": KEY or RLE dict (optional)}, ...]}`` (keys from
+  :mod:`samr1.serve.protocol`; ``ignore``: ReasonSeg's ignore region, whose pixels count in neither I nor U,
+  as in the in-process reward). When the server does not
   hold some keys it answers ``{"missing": {"images": [...], "masks": [...]}}`` and scores nothing; the
   client repeats the request as multipart: a ``request`` field with the same JSON plus the missing images
   and masks as PNG ``image`` / ``mask`` file parts. Otherwise it answers ``rewards`` (summed per item) and
@@ -160,21 +162,25 @@ class SamR1Service:
     def _run_query(self, jobs: list[tuple[np.ndarray, str]]) -> list[Any]:
         return self.segmenter.segment_batch([j[0] for j in jobs], [j[1] for j in jobs])
 
-    def _run_score(self, jobs: list[tuple[list, list, list]]) -> list[dict[str, list[float]]]:
+    def _run_score(self, jobs: list[tuple[list, list, list, list]]) -> list[dict[str, list[float]]]:
         """Score every row of every request in one reward call (one engine call), then split per request."""
         completions: list[Any] = []
         images: list[Any] = []
         masks: list[Any] = []
-        for c, i, m in jobs:
+        ignores: list[Any] = []
+        for c, i, m, x in jobs:
             completions.extend(c)
             images.extend(i)
             masks.extend(m)
+            ignores.extend(x)
         cols = {self.reward.image_key: images, self.reward.mask_key: masks}  # the reward's own column names
+        if any(x is not None for x in ignores):
+            cols[self.reward.ignore_key] = ignores
         comps = {f.__name__: [float(v) for v in f(prompts=None, completions=completions, **cols)]
                  for f in self._components}
         out = []
         start = 0
-        for c, _, _ in jobs:
+        for c, *_ in jobs:
             stop = start + len(c)
             out.append({k: v[start:stop] for k, v in comps.items()})
             start = stop
@@ -205,14 +211,16 @@ class SamR1Service:
         self.blobs.put(key, arr)
         return key  # the caller (the event loop thread) counts it: counters are not shared across threads
 
-    def resolve_score(self, items: Any) -> tuple[list, list, list, dict[str, list[str]]]:
-        """Validate ``/score`` items and look their keys up; returns (completions, images, masks, missing)."""
+    def resolve_score(self, items: Any) -> tuple[list, list, list, list, dict[str, list[str]]]:
+        """Validate ``/score`` items and look their keys up; returns (completions, images, masks, ignores,
+        missing). An ignore region is a mask like any other: by key (missing keys are asked for with the
+        masks) or an inline RLE dict, under the same limits."""
         if not isinstance(items, list) or not items:
             raise InputError("items: expected a non-empty list of {image, completion, mask} objects")
         if len(items) > self.config.limits.max_items:
             raise InputError(f"items: {len(items)} rows; this server takes at most {self.config.limits.max_items} "
                              "per request (split the batch)")
-        completions, images, masks = [], [], []
+        completions, images, masks, ignores = [], [], [], []
         # dicts as ordered sets: a request of n new images costs O(n), not O(n^2) list scans (442 ms at 4096)
         miss_images: dict[str, None] = {}
         miss_masks: dict[str, None] = {}
@@ -233,24 +241,28 @@ class SamR1Service:
             img = self.blobs.get(ik) if ik is not None else None
             if ik is not None and img is None:
                 miss_images[ik] = None
-            if m is None:
-                mask = None
-            elif isinstance(m, str):
-                if not m.startswith(MASK_KEY_PREFIX):
-                    raise InputError(f"items[{i}].mask: {m!r} is not a mask key (samr1.serve.protocol."
-                                     "mask_content_key) nor an RLE dict")
-                mk = m
-                mask = self.blobs.get(mk)
-                if mask is None:
-                    miss_masks[mk] = None
-            elif isinstance(m, dict):
-                mask = inline.add(m, i)
-            else:
-                raise InputError(f"items[{i}].mask: expected a mask key, a COCO RLE dict or null")
             completions.append(c)
             images.append(img)
-            masks.append(mask)
-        return completions, images, masks, {"images": list(miss_images), "masks": list(miss_masks)}
+            masks.append(self._score_mask(m, f"items[{i}].mask", i, inline, miss_masks))
+            ignores.append(self._score_mask(it.get("ignore"), f"items[{i}].ignore", i, inline, miss_masks))
+        return completions, images, masks, ignores, {"images": list(miss_images), "masks": list(miss_masks)}
+
+    def _score_mask(self, m: Any, field: str, i: int, inline: _InlineMasks, missing: dict[str, None]) -> Any:
+        """A ``/score`` item's mask (or ignore region): None for null, the held array for a key (recorded in
+        ``missing`` when not held), the checked dict for an inline RLE."""
+        if m is None:
+            return None
+        if isinstance(m, str):
+            if not m.startswith(MASK_KEY_PREFIX):
+                raise InputError(f"{field}: {m!r} is not a mask key (samr1.serve.protocol.mask_content_key) nor an "
+                                 "RLE dict")
+            mask = self.blobs.get(m)
+            if mask is None:
+                missing[m] = None
+            return mask
+        if isinstance(m, dict):
+            return inline.add(m, i, field)
+        raise InputError(f"{field}: expected a mask key, a COCO RLE dict or null")
 
 
 class _InlineMasks:
@@ -269,25 +281,27 @@ class _InlineMasks:
         self.by_json: dict[str, dict] = {}  # canonical JSON -> the one dict every equal copy uses
         self.pixels = 0  # declared pixels of the distinct masks so far
 
-    def add(self, rle: dict, i: int) -> dict:
-        """The dict to score for item ``i``'s inline mask ``rle``.
+    def add(self, rle: dict, i: int, field: str | None = None) -> dict:
+        """The dict to score for item ``i``'s inline mask ``rle`` (named ``field`` in errors: ``items[i].mask``
+        by default, or ``items[i].ignore``).
 
         Raises InputError (400) when its declared size exceeds the limits, or when the distinct inline masks
         of the request would decode to more than ``2 * max_pixels`` pixels in all (40 bytes of RLE can
         declare 81 M pixels)."""
+        field = field or f"items[{i}].mask"
         key = json.dumps(rle, sort_keys=True)
         if key in self.by_json:
             return self.by_json[key]
         lim = self.limits
         try:
-            h, w = rle_size(rle.get("size"), f"items[{i}].mask")
+            h, w = rle_size(rle.get("size"), field)
         except InputError:
             h = w = 0  # malformed: the decoder refuses it too, so it costs nothing
         if max(h, w) > lim.max_side or h * w > lim.max_pixels:
-            raise InputError(f"items[{i}].mask: the RLE declares {h}x{w} (H x W); this server accepts at most "
+            raise InputError(f"{field}: the RLE declares {h}x{w} (H x W); this server accepts at most "
                              f"{lim.max_side} px a side and {lim.max_pixels} pixels")
         if self.pixels + h * w > 2 * lim.max_pixels:
-            raise InputError(f"items[{i}].mask: the request's distinct inline RLE masks exceed "
+            raise InputError(f"{field}: the request's distinct inline RLE masks exceed "
                              f"{2 * lim.max_pixels} pixels in all; upload masks once (mask keys) or split the batch")
         self.pixels += h * w
         self.by_json[key] = rle
@@ -603,11 +617,12 @@ def create_app(engine: Any = None, *, reward: Any = None, segmenter: Any = None,
             stored.append(await run_in_threadpool(service.store_upload, data, kind, fname))
             service.counters["images_uploaded" if kind == "image" else "masks_uploaded"] += 1
         # off the event loop: validating thousands of items must not stall other requests
-        completions, images, masks, missing = await run_in_threadpool(service.resolve_score, body.get("items"))
+        completions, images, masks, ignores, missing = await run_in_threadpool(service.resolve_score,
+                                                                                body.get("items"))
         service.counters["score_requests"] += 1
         if missing["images"] or missing["masks"]:
             return {"missing": missing, "rewards": None}
-        comps = await run_job("score", (completions, images, masks))
+        comps = await run_job("score", (completions, images, masks, ignores))
         service.counters["score_items"] += len(completions)
         n = len(completions)
         rewards = [float(sum(v[i] for v in comps.values())) for i in range(n)]
