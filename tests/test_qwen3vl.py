@@ -92,3 +92,33 @@ def test_tiny_qwen3vl_one_grpo_step_and_one_eval(world, tmp_path, capsys):
     seg = ReasoningSegmenter.from_pretrained(str(out / "final"), SamEngine(load_sam("tiny-shapes")), device="cpu")
     assert seg.answer_frame == "norm1000" and seg.answer_size == (1000, 1000) and seg.model_size == (64, 64)
     seg.close()
+
+
+def test_warm_start_writes_targets_in_the_familys_frame_and_records_it(world, tmp_path):
+    """A Qwen3-VL warm start teaches 0..1000 answers (the family's grounding) and records norm1000, so training
+    and eval read its answers in that frame; the targets' box is the mask's box, read back through the parser."""
+    from samr1.policy import answer_frame_size, read_record
+    from samr1.train.data import PolicyDataset, check_rows, load_rows
+    from samr1.train.warmstart import target_text, warm_start
+
+    rows = check_rows(load_rows(world["manifest"]))[0]
+    item = PolicyDataset(rows, policy_size=56)[0]
+    mask = item["mask"]
+    h, w = mask.shape
+    ys, xs = np.nonzero(mask)
+    for frame in ("pixels", "norm1000"):
+        text = target_text("q", mask, 56, answer_frame=frame)
+        a = parse_answer(text, (h, w), answer_frame_size(frame, 56))
+        assert a.ok
+        # back in original pixels the box is the mask's, up to the frame's integer rounding
+        step = max(w / answer_frame_size(frame, 56)[1], h / answer_frame_size(frame, 56)[0])
+        assert np.allclose(a.bbox, (xs.min(), ys.min(), xs.max(), ys.max()), atol=step + 1e-9), (frame, a.bbox)
+    norm = json.loads(target_text("q", mask, 56, answer_frame="norm1000").split("<answer>")[1].split("</answer>")[0])
+    pix = json.loads(target_text("q", mask, 56, answer_frame="pixels").split("<answer>")[1].split("</answer>")[0])
+    assert norm != pix and max(norm["bbox"]) > 56  # really another frame
+    out = tmp_path / "warm"
+    warm_start(world["policy"], rows, str(out), steps=1, batch_size=2, policy_size=56, log=None)
+    assert read_record(str(out)).answer_frame == "norm1000"  # "auto": the Qwen3-VL family's frame
+    from samr1.train.config import TrainConfig
+
+    assert TrainConfig(model=str(out)).reward_config().model_size == (1000, 1000)

@@ -1,7 +1,8 @@
 """A short supervised warm start: teach a (tiny) policy the answer format before GRPO.
 
-Targets are written from the ground truth, in the policy's frame (``policy_size`` x ``policy_size``), either
-compact (the default: an empty think and integer JSON without spaces, ~100 bytes, quick to learn)::
+Targets are written from the ground truth, in the policy's answer frame (pixels of the ``policy_size`` x
+``policy_size`` image it sees, or 0..1000 per axis for the families that ground so, Qwen2-VL and Qwen3-VL:
+:func:`samr1.policy.default_answer_frame`), either compact (the default: an empty think and integer JSON without spaces, ~100 bytes, quick to learn)::
 
     <think></think><answer>{"bbox":[x1,y1,x2,y2],"points_1":[x,y],"points_2":[x,y]}</answer>
 
@@ -26,14 +27,17 @@ import numpy as np
 __all__ = ["target_text", "warm_start"]
 
 
-def target_text(query: str, mask: np.ndarray, policy_size: int = 840, compact: bool = True) -> str:
+def target_text(query: str, mask: np.ndarray, policy_size: int = 840, compact: bool = True,
+                answer_frame: str = "pixels") -> str:
     """The supervised completion for one row (mask: H x W bool at the original size): the mask's box and 2
-    points in integer pixels of the ``policy_size`` square frame; compact (empty think, no spaces) or verbose
-    (think = the query)."""
+    points as integers of the answer frame (``"pixels"``: of the ``policy_size`` square image; ``"norm1000"``:
+    0..1000 on each axis of the image); compact (empty think, no spaces) or verbose (think = the query)."""
     from samr1.geometry import mask_to_box, mask_to_points
+    from samr1.policy.frame import answer_frame_size
 
     h, w = mask.shape
-    sx, sy = policy_size / w, policy_size / h
+    fh, fw = answer_frame_size(answer_frame, policy_size)
+    sx, sy = fw / w, fh / h
     x1, y1, x2, y2 = mask_to_box(mask)
     pts = mask_to_points(mask, 2)
     if len(pts) == 1:
@@ -50,7 +54,8 @@ def warm_start(model_dir: str, rows: Sequence[Any], out_dir: str, *, steps: int 
                lr: float = 2e-3, prompt: str = "seg-zero", policy_size: int = 840, seed: int = 0,
                log: Callable[[str], None] | None = print, log_every: int = 25,
                fixed_target: str | None = None, compact: bool = True, max_new_tokens: int = 1024,
-               eval_every: int = 0, eval_fn: Callable[[Any, Any, int], bool] | None = None) -> dict[str, Any]:
+               eval_every: int = 0, eval_fn: Callable[[Any, Any, int], bool] | None = None,
+               answer_frame: str = "auto") -> dict[str, Any]:
     """Fine-tune ``model_dir`` on ``rows`` (checked :class:`samr1.train.data.TrainRow`) for at most ``steps``
     AdamW steps (cosine schedule, 20 warm-up steps); save model, processor and the policy record
     (:class:`samr1.policy.PolicyRecord`: template, frame, ``max_new_tokens``) to ``out_dir``.
@@ -59,6 +64,9 @@ def warm_start(model_dir: str, rows: Sequence[Any], out_dir: str, *, steps: int 
         fixed_target: train every row towards this one completion instead of its ground-truth answer (a
             format-only policy for benchmarks: its answers parse, so SAM runs on every completion).
         compact: the compact target (see the module docstring) rather than the verbose one.
+        answer_frame: the frame the targets' numbers are in, "pixels" or "norm1000"; "auto" (default): the
+            model family's own (:func:`samr1.policy.default_answer_frame`: norm1000 for Qwen2-VL / Qwen3-VL).
+            Recorded in the saved policy record, so ``samr1 train`` / ``eval`` read answers in it.
         eval_every, eval_fn: every ``eval_every`` steps call ``eval_fn(model, processor, step)``; it returns
             True to stop here (the stopping rule is the caller's, e.g. "sampled answers parse").
 
@@ -78,8 +86,14 @@ def warm_start(model_dir: str, rows: Sequence[Any], out_dir: str, *, steps: int 
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    from samr1.policy.frame import ANSWER_FRAMES, default_answer_frame, model_type_of
+
+    if answer_frame == "auto":
+        answer_frame = default_answer_frame(model_type_of(model_dir))
+    if answer_frame not in ANSWER_FRAMES:
+        raise ValueError(f"answer_frame must be 'auto' or one of {ANSWER_FRAMES}, got {answer_frame!r}")
     processor = load_processor(model_dir)
-    check_frame(processor, policy_size)
+    check_frame(processor, policy_size, answer_frame=answer_frame)
     tok = processor.tokenizer
     model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
     model.train()
@@ -87,7 +101,8 @@ def warm_start(model_dir: str, rows: Sequence[Any], out_dir: str, *, steps: int 
     examples = []
     for i in range(len(ds)):
         item = ds[i]
-        target = fixed_target or target_text(rows[i].query, item["mask"], policy_size, compact=compact)
+        target = fixed_target or target_text(rows[i].query, item["mask"], policy_size, compact=compact,
+                                             answer_frame=answer_frame)
         completion = tok(target, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         examples.append((encode_prompt(processor, item["prompt"], item["image"]), completion))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
@@ -124,6 +139,6 @@ def warm_start(model_dir: str, rows: Sequence[Any], out_dir: str, *, steps: int 
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
     write_record(out_dir, PolicyRecord(template=resolve_prompt(prompt), frame=int(policy_size),
-                                       max_new_tokens=int(max_new_tokens)))
+                                       max_new_tokens=int(max_new_tokens), answer_frame=answer_frame))
     return {"loss": losses, "seconds": seconds, "eval_seconds": t_eval, "steps": step, "out_dir": out_dir,
             "stopped_early": stopped}
