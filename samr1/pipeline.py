@@ -241,8 +241,13 @@ class ReasoningSegmenter:
                 raise InputError(f"queries[{i}]: expected non-empty text")
         arrays = [load_image(im, field=f"images[{i}]") for i, im in enumerate(images)]
         sizes = [tuple(a.shape[:2]) for a in arrays]
+        # images SAM cannot take (e.g. 1 x 3000) fail their own row (reason bad_image), not the whole batch
+        refused = self.engine.image_errors(arrays)
+        sam_rows = [i for i, e in enumerate(refused) if e is None]
+        sam_pos = {i: k for k, i in enumerate(sam_rows)}  # row -> its position in the encoded step
         encode_time: dict[str, float] = {}
-        future = self._pool.submit(self._encode, arrays, encode_time) if self.overlap else None
+        sam_arrays = [arrays[i] for i in sam_rows]
+        future = self._pool.submit(self._encode, sam_arrays, encode_time) if self.overlap else None
         # --- the policy
         t1 = time.perf_counter()
         inputs = self._inputs(arrays, list(queries))
@@ -255,13 +260,14 @@ class ReasoningSegmenter:
         texts = self.processor.batch_decode(new, skip_special_tokens=True)
         t3 = time.perf_counter()
         answers = [parse_answer(t, image_size=s, model_size=self.answer_size, require_points=self.require_points)
-                   for t, s in zip(texts, sizes, strict=True)]
+                   if e is None else Answer(ok=False, reason=f"bad_image: {e}")
+                   for t, s, e in zip(texts, sizes, refused, strict=True)]
         t4 = time.perf_counter()
         # --- SAM: the embeddings (already on their way when overlapped), then the prompt decoder
         if future is not None:
             step = future.result()
         else:
-            step = self._encode(arrays, encode_time)
+            step = self._encode(sam_arrays, encode_time)
         t5 = time.perf_counter()
         from samr1.engine.scoring import n_objects
 
@@ -277,12 +283,12 @@ class ReasoningSegmenter:
                             strict=True):
                 masks[i] = m
         if ok:
-            low_res = self._decode(step, [answers[i] for i in ok], ok)
+            low_res = self._decode(step, [answers[i] for i in ok], [sam_pos[i] for i in ok])
             t_dec = time.perf_counter() - t5
             sam = self.engine.sam
             with torch.inference_mode():
                 for r, i in enumerate(ok):
-                    j = step.index[i]
+                    j = step.index[sam_pos[i]]
                     up = sam.postprocess_masks(low_res[r][None, None], tuple(step.input_sizes[j]), step.original_sizes[j])
                     masks[i] = (up[0, 0] > self.engine.threshold).cpu().numpy()
         t6 = time.perf_counter()

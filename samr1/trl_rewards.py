@@ -22,7 +22,8 @@ variables (TRL gives reward functions no other way in):
   ``samr1 embed``), ``SAMR1_MULTIMASK`` (1 / 0).
 - ``SAMR1_MODEL_SIZE``: side of the square image the policy sees (840; answers are in its pixels).
 - ``SAMR1_IMAGE_KEY``: the column holding the ORIGINAL image SAM sees (default ``sam_image`` when the dataset
-  has it, else ``image``); ``SAMR1_MASK_KEY``: the ground-truth mask column (``mask``).
+  has it, else ``image``); ``SAMR1_MASK_KEY``: the ground-truth mask column (``mask``); ``SAMR1_IGNORE_KEY``:
+  the column of ignore regions (``ignore``, as ``samr1 trl-data`` writes it; empty: none).
 - ``SAMR1_REWARD_OPTIONS``: a JSON object of other :class:`samr1.rewards.SamR1RewardConfig` fields, e.g.
   ``{"tiers": [[0.8, 4], [0.7, 3], [0.5, 2]]}``.
 
@@ -133,7 +134,7 @@ def _reward_with(component: str, columns: dict[str, Any]) -> Any:
         components = (*current.components, component) if current is not None else (component,)
         image_key = _env("SAMR1_IMAGE_KEY") or ("sam_image" if "sam_image" in columns else "image")
         options = {**_options(), "components": components, "model_size": _model_size(), "image_key": image_key,
-                   "mask_key": _env("SAMR1_MASK_KEY", "mask")}
+                   "mask_key": _env("SAMR1_MASK_KEY", "mask"), "ignore_key": _env("SAMR1_IGNORE_KEY", "ignore") or None}
         needs_sam = bool({"iou", "mask_iou"} & set(components))
         _STATE["reward"] = SamR1Reward(shared_engine() if needs_sam else None, **options)
         return _STATE["reward"]

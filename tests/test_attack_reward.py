@@ -111,7 +111,8 @@ def _completion(rng) -> str:
             f'"points_2": [{x1 + 1}, {y1 + 1}]}}</answer>')
 
 
-# images SAM cannot encode: the short side resizes to 0 px at its frame (both orientations, several ratios)
+# images the tiny-shapes SAM cannot encode: the short side resizes to 0 px at its 384-px frame (both orientations,
+# several ratios; 1 x 1100 would fit a 1024-px frame)
 REFUSED_SIZES = [(1, 3000), (3000, 1), (2, 5000), (1, 1100)]
 
 
@@ -294,3 +295,105 @@ def test_bad_ignore_mask_is_a_counted_row_failure(shapes_engine):
                         ignore=[None, np.zeros((10, 10), bool), np.zeros((70, 90), bool)])
     assert values[1] == 0.0 and "mask_size_mismatch" in reward._last.row_codes[1]
     assert values[0] == values[2]  # an empty ignore region is no ignore region
+
+
+def test_no_object_answers_on_an_image_sam_refuses_keep_their_reward(shapes_engine):
+    """The answer "no object" reads no image (no SAM call): a 1 x 3000 image must not cost it its reward, and
+    row_errors must agree with what score() does, row by row."""
+    img, _ = _scene(4, 1, 3000)
+    empty = np.zeros((1, 3000), bool)
+    texts = ["<think>none</think><answer>[]</answer>", _completion(np.random.default_rng(2)),
+             "<think>x</think><answer>{not json</answer>"]
+    reward = SamR1Reward(shapes_engine, preset="visionreasoner", components=("iou",))
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        got = reward(None, texts, image=[img] * 3, mask=[[]] * 3)
+    codes = reward._last.row_codes
+    assert got[0] == 4.0 and codes[0] == []  # the full tier on the empty target, as score() gives
+    assert "engine_input_error" in codes[1] and got[1] == 0.0
+    assert "engine_input_error" not in codes[2]  # a parse failure is no engine error
+    from samr1.answer import parse_answer
+
+    answers = [parse_answer(t, (1, 3000)) for t in texts]
+    errors = shapes_engine.row_errors([img] * 3, answers, [empty] * 3)
+    assert errors[0] is None and errors[2] is None and "images[1]" in str(errors[1])
+    assert shapes_engine.score([img], [answers[0]], [empty]) == [1.0]
+
+
+def test_row_errors_name_each_rows_own_field(shapes_engine):
+    from samr1.answer import parse_answer
+
+    img, gt = _scene(5, 1, 3000)
+    a = parse_answer(_completion(np.random.default_rng(3)), (1, 3000))
+    errors = shapes_engine.row_errors([img] * 4, [a] * 4, [gt] * 4)
+    assert [f"images[{i}]" in str(e) for i, e in enumerate(errors)] == [True] * 4
+    with pytest.raises(Exception, match="ignore"):
+        shapes_engine.row_errors([img] * 2, [a] * 2, [gt] * 2, ignore=[None])  # not parallel
+
+
+def test_ignore_rows_of_a_group_share_one_ground_truth(shapes_engine, monkeypatch):
+    """The G completions of a prompt carry one mask and one ignore region: the engine must get ONE object per
+    group for each, or it loads and counts G copies (64 groups instead of 8)."""
+    seen: dict[str, set[int]] = {"gt": set(), "ignore": set()}
+    original = shapes_engine.score
+
+    def spy(images, answers, gt_masks, ignore=None):
+        seen["gt"].update(id(g) for g in gt_masks)
+        seen["ignore"].update(id(x) for x in ignore or [] if x is not None)
+        return original(images, answers, gt_masks, ignore=ignore)
+
+    monkeypatch.setattr(shapes_engine, "score", spy)
+    rng = np.random.default_rng(6)
+    images, masks, ignores, texts = [], [], [], []
+    for k in range(4):
+        img, gt = _scene(20 + k, 90, 120)
+        x = np.zeros_like(gt)
+        x[60:80, 10:100] = True
+        images += [img] * 8
+        masks += [gt] * 8
+        ignores += [x] * 8
+        texts += [_completion(rng) for _ in range(8)]
+    SamR1Reward(shapes_engine, components=("mask_iou",))(None, texts, image=images, mask=masks, ignore=ignores)
+    assert len(seen["gt"]) == 4 and len(seen["ignore"]) == 4
+
+
+def test_matched_masks_drop_instances_that_lie_in_the_ignore_region(shapes_engine):
+    """An instance wholly inside an ignore region is no instance: it must not count in max(objects, instances)."""
+    img, _ = _scene(7, 100, 140)
+    a = np.zeros((100, 140), bool)
+    a[10:50, 10:60] = True
+    b = np.zeros((100, 140), bool)
+    b[60:90, 80:130] = True
+    text = '<think>t</think><answer>[{"bbox_2d": [10, 10, 59, 49], "point_2d": [30, 30]}]</answer>'
+    reward = SamR1Reward(shapes_engine, preset="visionreasoner", components=("mask_iou",), mask_match="matched",
+                         model_size=(100, 140))
+    ignored = reward(None, [text], image=[img], mask=[[a, b]], ignore=[b])
+    alone = reward(None, [text], image=[img], mask=[[a]])
+    assert ignored == pytest.approx(alone, abs=1e-9)
+
+
+def test_an_engine_without_ignore_is_told_what_to_do():
+    class Plain:
+        def score(self, images, answers, gt_masks):
+            return [0.5] * len(answers)
+
+    img, gt = _scene(8, 40, 50)
+    text = '<think>t</think><answer>{"bbox": [5, 5, 30, 25], "points_1": [10, 10], "points_2": [20, 20]}</answer>'
+    reward = SamR1Reward(Plain(), components=("mask_iou",), model_size=(40, 50))
+    assert reward(None, [text], image=[img], mask=[gt]) == [0.5]  # no ignore column: no ignore= passed
+    with pytest.raises(TypeError, match="ignore_key=None"):
+        reward(None, [text], image=[img], mask=[gt], ignore=[gt])
+    off = SamR1Reward(Plain(), components=("mask_iou",), model_size=(40, 50), ignore_key=None)
+    assert off(None, [text], image=[img], mask=[gt], ignore=["a flag, not a mask"]) == [0.5]
+
+
+def test_training_reads_the_datasets_ignore_column_whatever_the_options():
+    """samr1 train's reward reads the training dataset's own columns, the ignore regions included; a
+    reward_options entry that would point it elsewhere (and silently drop the regions) is refused."""
+    from samr1.config import ConfigError
+    from samr1.train.config import TrainConfig
+
+    cfg = TrainConfig(model="m", data="d", reward_options={"tiers": [[0.5, 1.0]]})
+    assert cfg.reward_config().ignore_key == "ignore"
+    with pytest.raises(ConfigError, match="ignore_key"):
+        TrainConfig(model="m", data="d", reward_options={"ignore_key": "foo"}).validate()

@@ -72,6 +72,25 @@ def test_segment_with_scripted_answers_matches_the_engine(policy, engine):
     seg.close()
 
 
+@pytest.mark.parametrize("overlap", [False, True])
+def test_an_image_sam_refuses_fails_its_own_row_only(policy, engine, overlap):
+    """A 1 x 3000 image (SAM's resize makes its short side 0 px) in a batch: its row fails with reason
+    bad_image naming it, and the others get exactly the masks they get without it (one encode, one decode)."""
+    _, model, processor = policy
+    rng = np.random.default_rng()
+    (img_a, mask_a, q_a), (img_b, mask_b, q_b) = scenes(rng, 2)
+    thin = rng.integers(0, 255, (1, 3000, 3), dtype=np.uint8)
+    texts = [answer_text(mask_a), answer_text(np.ones((1, 3000), bool)), answer_text(mask_b)]
+    seg = ReasoningSegmenter(model, processor, engine, template=TEMPLATE, max_new_tokens=96, overlap=overlap)
+    res = seg.segment_batch([img_a, thin, img_b], [q_a, "the line", q_b],
+                            prefix_allowed_tokens_fn=ScriptedText(processor.tokenizer, texts))
+    assert not res[1].ok and res[1].answer.code == "bad_image" and "images[1]" in res[1].answer.reason
+    for r, img, text in ((res[0], img_a, texts[0]), (res[2], img_b, texts[2])):
+        assert r.ok
+        np.testing.assert_array_equal(r.mask, engine.segment(img, parse_answer(text, image_size=img.shape[:2])))
+    seg.close()
+
+
 def test_encoding_overlaps_generation_only_when_asked(policy):
     from samr1.engine import SamEngine
     from samr1.sam import load_sam

@@ -126,6 +126,11 @@ def test_bad_requests_are_4xx_with_a_message_and_the_server_keeps_serving(server
         "oversize body": ([("image", "x.png", np.random.default_rng().bytes(3 << 20), "image/png")], good_fields, 413,
                           "limit"),
         "bomb png": ([("image", "x.png", _bomb_png(9000, 9000), "image/png")], good_fields, 400, "at most"),
+        # SAM's resize would make the short side 0 px: a 400 naming the image, never a 500 or a silent mask
+        "too thin for SAM": ([("image", "x.png", encode_png(np.zeros((1, 3000, 3), np.uint8)), "image/png")],
+                             {"box": "0,0,100,1"}, 400, "image: a 1x3000 image"),
+        "too tall for SAM": ([("image", "x.png", encode_png(np.zeros((2000, 1, 3), np.uint8)), "image/png")],
+                             {"box": "0,0,1,100"}, 400, "image: a 2000x1 image"),
     }
     expected = rle_decode(_post_segment(server.url, good_files, good_fields)[1]["mask"])
     for name, (files, fields, status, words) in bad.items():

@@ -5,7 +5,8 @@
       --reward_funcs samr1.trl_rewards.think_format samr1.trl_rewards.answer_format samr1.trl_rewards.tiered_iou ...
 
 The rows are the ones ``samr1 train`` gives TRL: ``prompt``, ``image`` (the policy's square copy), ``sam_image``
-(the original) and ``mask``; see samr1.train.trl_data and samr1.trl_rewards.
+(the original), ``mask`` and ``ignore`` (ReasonSeg's ignore regions, null elsewhere); see samr1.train.trl_data and
+samr1.trl_rewards.
 """
 
 from __future__ import annotations

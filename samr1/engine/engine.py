@@ -28,7 +28,7 @@ from segment_anything.modeling import Sam
 from samr1.config import ConfigError, with_overrides
 from samr1.engine.config import SamEngineConfig
 from samr1.engine.frozen import frozen_on
-from samr1.engine.scoring import ScoringEngine, distinct_masks, iou_excluding, n_objects
+from samr1.engine.scoring import ScoringEngine, distinct_masks, iou_excluding, n_objects, prompt_rows
 from samr1.io import InputError
 from samr1.threads import torch_threads
 
@@ -189,13 +189,14 @@ class SamEngine(ScoringEngine):
         dev = low_res.device  # masks go where the logits are (the fused op wants one device)
         group = torch.as_tensor(gt_index, dtype=torch.long, device=dev)
 
-        def count(masks: list[np.ndarray]):
+        def count(masks: list[np.ndarray], groups: list[int], rows: list[int] | None, row_group: list[int] | None):
+            logits, index = prompt_rows(low_res, group, rows, row_group)
             return mask_iou_grouped(
-                low_res, [torch.from_numpy(g).to(dev, non_blocking=True) for g in masks], group,
-                [tuple(step.input_sizes[j]) for j in gt_img], [g.shape for g in masks],
+                logits, [torch.from_numpy(m).to(dev, non_blocking=True) for m in masks], index,
+                [tuple(step.input_sizes[gt_img[g]]) for g in groups], [m.shape for m in masks],
                 threshold=self.threshold, backend=self.iou_backend, frame=self.sam.image_encoder.img_size)
 
-        iou = iou_excluding(count, distinct_gts, ignores)
+        iou = iou_excluding(count, distinct_gts, ignores, gt_index)
         values = iou.tolist()  # one device-to-host copy (and sync) for the whole step
         t3 = time.perf_counter()
         return values, {

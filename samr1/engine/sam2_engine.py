@@ -39,7 +39,7 @@ import torch
 from samr1.config import with_overrides
 from samr1.engine.config import SamEngineConfig
 from samr1.engine.frozen import frozen_on
-from samr1.engine.scoring import ScoringEngine, distinct_masks, iou_excluding, n_objects
+from samr1.engine.scoring import ScoringEngine, distinct_masks, iou_excluding, n_objects, prompt_rows
 from samr1.io import InputError, load_image
 from samr1.lru import ByteLRU
 from samr1.ops.mask_iou_sam2 import BACKENDS as SAM2_IOU_BACKENDS
@@ -324,11 +324,12 @@ class Sam2Engine(ScoringEngine):
         dev = low_res.device
         group = torch.as_tensor(gt_index, dtype=torch.long, device=dev)
 
-        def count(masks: list[np.ndarray]):
-            return mask_iou_sam2_grouped(low_res, [torch.from_numpy(g).to(dev) for g in masks], group,
+        def count(masks: list[np.ndarray], groups: list[int], rows: list[int] | None, row_group: list[int] | None):
+            logits, index = prompt_rows(low_res, group, rows, row_group)
+            return mask_iou_sam2_grouped(logits, [torch.from_numpy(m).to(dev) for m in masks], index,
                                          threshold=self.threshold, backend=self.iou_backend)
 
-        iou = iou_excluding(count, gts, ignores)
+        iou = iou_excluding(count, gts, ignores, gt_index)
         values = [float(v) for v in iou.tolist()]  # tolist: the device-to-host copy (and sync)
         t3 = time.perf_counter()
         return values, {"time_encode_s": t1 - t0, "time_load_s": t_load - t1, "time_decode_s": t2 - t_load,

@@ -39,7 +39,7 @@ import torch
 from samr1.geometry import mask_iou_numpy
 from samr1.io import InputError, load_mask
 
-__all__ = ["STAGES", "ScoringEngine", "distinct_masks", "iou_excluding", "load_gt", "n_objects"]
+__all__ = ["STAGES", "ScoringEngine", "distinct_masks", "iou_excluding", "load_gt", "n_objects", "prompt_rows"]
 
 STAGES = ("time_encode_s", "time_load_s", "time_decode_s", "time_iou_s")
 """Per-stage seconds of the last ``score`` call, in ``stats`` of both engines: image loading + embeddings
@@ -111,26 +111,66 @@ def distinct_masks(masks: Sequence[Any], fields: Sequence[str], img_index: Seque
     return index, distinct, group_img, group_ign
 
 
-def iou_excluding(count: Any, gts: list[np.ndarray], ignores: list[np.ndarray | None]) -> torch.Tensor:
+def prompt_rows(logits: torch.Tensor, group: torch.Tensor, rows: list[int] | None,
+                row_group: list[int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(logits, group index)`` of the prompts ``rows`` (N' x h x w, and ``row_group`` as a tensor on the
+    logits' device), or the whole step's when ``rows`` is None: what a fused IoU op counts in
+    :func:`iou_excluding`'s second pass."""
+    if rows is None:
+        return logits, group
+    dev = logits.device
+    return (logits.index_select(0, torch.as_tensor(rows, dtype=torch.long, device=dev)),
+            torch.as_tensor(row_group, dtype=torch.long, device=dev))
+
+
+def iou_excluding(count: Any, gts: list[np.ndarray], ignores: list[np.ndarray | None],
+                  group_index: Sequence[int]) -> torch.Tensor:
     """IoU per prompt (float32) with each group's ignore pixels in neither count.
 
     Args:
-        count: ``count(masks) -> (iou, intersection, union)``: the engine's fused op over the step's prompts
-            against one H x W bool mask per group (``masks`` parallel to ``gts``).
+        count: ``count(masks, groups, rows, row_group) -> (iou, intersection, union)``: the engine's fused op
+            over the prompts ``rows`` (None: all, in order) against ``masks`` (H x W bool), where ``groups[k]`` is
+            the group whose image ``masks[k]`` belongs to and ``row_group[r]`` the position in ``masks`` of
+            row ``rows[r]``'s mask (None with ``rows`` None: the groups as they are).
         gts: per group the ground truth with its ignore pixels already removed (:func:`distinct_masks`).
         ignores: per group the ignore region or None.
+        group_index: per prompt its group.
 
-    Without any ignore region this is one op call. With some, a second call counts each prompt's predicted
-    pixels inside its group's ignore region (an all-False mask for the groups without one), and as the ground
-    truth holds no ignore pixel, ``U = |P | G| - |P & X|`` while ``I`` is unchanged.
+    Without any ignore region this is one op call. With some, a second call over the prompts of those groups
+    only counts their predicted pixels inside the region, and as the ground truth holds no ignore pixel,
+    ``U = |P | G| - |P & X|`` while ``I`` is unchanged.
     """
     from samr1.ops.mask_iou import counts_to_iou
 
-    iou, inter, union = count(gts)
-    if all(x is None for x in ignores):
+    iou, inter, union = count(gts, list(range(len(gts))), None, None)
+    with_ign = [g for g, x in enumerate(ignores) if x is not None]
+    if not with_ign:
         return iou
-    _, inside, _ = count([np.zeros_like(g) if x is None else x for g, x in zip(gts, ignores, strict=True)])
-    return counts_to_iou(inter, union - inside)
+    pos = {g: k for k, g in enumerate(with_ign)}
+    rows = [r for r, g in enumerate(group_index) if g in pos]
+    _, inside, _ = count([ignores[g] for g in with_ign], with_ign, rows, [pos[group_index[r]] for r in rows])
+    union = union.clone()
+    union[torch.as_tensor(rows, dtype=torch.long, device=union.device)] -= inside.to(union.device)
+    return counts_to_iou(inter, union)
+
+
+class _Once:
+    """Checks memoised by object identity within one call (the G rows of a prompt share their objects): the
+    first row's result, or its :class:`InputError` re-worded to name the asking row's own index."""
+
+    def __init__(self) -> None:
+        self.done: dict[tuple, tuple[Any, int]] = {}
+
+    def __call__(self, key: tuple, i: int, check: Any) -> Any:
+        if key not in self.done:
+            try:
+                self.done[key] = (check(i), i)
+            except InputError as exc:
+                self.done[key] = (exc, i)
+        value, first = self.done[key]
+        if isinstance(value, InputError) and first != i:  # the same object in another row: name this row
+            value = InputError(str(value).replace(f"[{first}]", f"[{i}]", 1))
+        return value
 
 
 class ScoringEngine:
@@ -161,14 +201,30 @@ class ScoringEngine:
         """Raise :class:`InputError` (naming ``field``) when the engine cannot encode the loaded ``H x W x 3``
         image ``arr``; the engine's encoder path runs the very same check. Default: every image is accepted."""
 
+    def image_errors(self, images: Sequence[Any]) -> list[InputError | None]:
+        """Per image, the :class:`InputError` the engine's encoder path raises for it (it does not load, or
+        :meth:`_check_image` refuses it, e.g. a 1 x 3000 image for SAM), or None; nothing is encoded. Each
+        distinct object is checked once; each message names the image's own index (``images[i]``)."""
+        once = _Once()
+
+        def check(i: int) -> None:
+            from samr1.io import load_image
+
+            self._check_image(load_image(images[i], field=f"images[{i}]"), f"images[{i}]")
+
+        return [once(("image", id(img)), i, check) for i, img in enumerate(images)]
+
     def row_errors(self, images: Sequence[Any], answers: Sequence[Any], gt_masks: Sequence[Any],
                    rows: Sequence[int] | None = None, ignore: Sequence[Any] | None = None) -> list[InputError | None]:
-        """Per row, the :class:`InputError` that :meth:`score` would raise for it, or None: the image does not
-        load or cannot be encoded (:meth:`_check_image`), the ground truth does not load or is not of its
-        image's size. Nothing is encoded or decoded (each distinct image and mask object is checked once), so
-        a caller can drop the refused rows and score the rest in ONE call. ``rows``: check only these indices
-        (default: all; the result is parallel to ``rows``). Messages name ``images[i]`` / ``gt_masks[i]`` with
-        the row's index in these lists.
+        """Per row, the :class:`InputError` that :meth:`score` would raise for it, or None, by the very checks
+        ``score`` runs and only those: for an answer with objects, the image does not load or cannot be encoded
+        (:meth:`_check_image`), the ground truth (or the ``ignore`` region) does not load or is not of its
+        image's size; for the answer "no object" (no image is read), the ground truth does not load or the
+        ignore region is not of its size; an answer that is not ok is never refused (``score`` skips it).
+        Nothing is encoded or decoded (each distinct image and mask object is loaded once), so a caller can drop
+        the refused rows and score the rest in ONE call. ``rows``: check only these indices (default: all; the
+        result is parallel to ``rows``). Each message names the row's own field (``images[i]``,
+        ``gt_masks[i]``, ``ignore[i]``), also when several rows share the refused object.
 
         Raises:
             InputError: the lists are not parallel (a caller's bug, not a row's).
@@ -176,40 +232,39 @@ class ScoringEngine:
         from samr1.io import load_image
 
         n = len(answers)
-        if len(images) != n or len(gt_masks) != n:
-            raise InputError(f"images ({len(images)}), answers ({n}) and gt_masks ({len(gt_masks)}) must be "
-                             "parallel lists (one image and one ground-truth mask per answer)")
-        sizes: dict[int, tuple[int, int] | InputError] = {}
-        masks: dict[tuple[int, int], InputError | None] = {}
+        if len(images) != n or len(gt_masks) != n or (ignore is not None and len(ignore) != n):
+            raise InputError(f"images ({len(images)}), answers ({n}), gt_masks ({len(gt_masks)})"
+                             + ("" if ignore is None else f" and ignore ({len(ignore)})") + " must be parallel lists")
+        once = _Once()
+
+        def image_size(i: int) -> tuple[int, int]:
+            arr = load_image(images[i], field=f"images[{i}]")
+            self._check_image(arr, f"images[{i}]")
+            return tuple(arr.shape[:2])
+
         out: list[InputError | None] = []
         for i in range(n) if rows is None else rows:
-            img, gt = images[i], gt_masks[i]
-            size = sizes.get(id(img))
-            if size is None:
-                try:
-                    arr = load_image(img, field=f"images[{i}]")
-                    self._check_image(arr, f"images[{i}]")
-                    size = tuple(arr.shape[:2])
-                except InputError as exc:
-                    size = exc
-                sizes[id(img)] = size
+            a, x = answers[i], None if ignore is None else ignore[i]
+            if getattr(a, "ok", False) and getattr(a, "no_object", False):
+                def empty_path(i: int, x: Any = x) -> None:
+                    gt = np.asarray(load_mask(gt_masks[i], field=f"gt_masks[{i}]"))
+                    if x is not None:
+                        load_gt(x, f"ignore[{i}]", gt.shape[:2])
+                out.append(once(("empty", id(gt_masks[i]), id(x)), i, empty_path))
+                continue
+            if n_objects(a) == 0:
+                out.append(None)  # not ok: score() skips it (0.0) without reading anything
+                continue
+            size = once(("image", id(images[i])), i, image_size)
             if isinstance(size, InputError):
                 out.append(size)
                 continue
-            if n_objects(answers[i]) == 0 and not getattr(answers[i], "no_object", False):
-                out.append(None)  # not scored: score() never reads its mask
-                continue
-            x = None if ignore is None else ignore[i]
-            key = (id(gt), id(x), id(img))
-            if key not in masks:
-                try:
-                    load_gt(gt, f"gt_masks[{i}]", size)
-                    if x is not None:
-                        load_gt(x, f"ignore[{i}]", size)
-                    masks[key] = None
-                except InputError as exc:
-                    masks[key] = exc
-            out.append(masks[key])
+
+            def masks_fit(i: int, x: Any = x, size: tuple[int, int] = size) -> None:
+                load_gt(gt_masks[i], f"gt_masks[{i}]", size)
+                if x is not None:
+                    load_gt(x, f"ignore[{i}]", size)
+            out.append(once(("masks", id(gt_masks[i]), id(x), id(images[i])), i, masks_fit))
         return out
 
     def _now(self) -> float:

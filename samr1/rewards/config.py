@@ -80,10 +80,11 @@ class SamR1RewardConfig:
     image_key: str = help_field("image", "dataset column holding the image (a non-empty list there, TRL's images "
                                          "column, gives its first image)")
     mask_key: str = help_field("mask", "dataset column holding the ground-truth mask, at the image's original size")
-    ignore_key: str = help_field(
+    ignore_key: str | None = help_field(
         "ignore", "optional dataset column of ignore regions (per row None or a mask at the image's size, e.g. "
                   "ReasonSeg's 'ignore' polygons): their pixels count in neither the intersection nor the union "
-                  "of the mask rewards, as in samr1 eval")
+                  "of the mask rewards, as in samr1 eval; a batch without the column has none; None: never read "
+                  "(a dataset whose 'ignore' column means something else)")
     require_points: bool = help_field(True, "an answer needs points to parse (passed to parse_answer)")
     box_iou_threshold: float = help_field(0.5, "box_iou earns 1 when the box IoU with the ground-truth box is "
                                                "above this (Seg-Zero: 0.5)")
@@ -141,6 +142,8 @@ class SamR1RewardConfig:
                 msg = str(exc) if str(exc).startswith(name) else f"{name}: {exc}"
                 raise ConfigError(msg, field=name) from None
         for name in ("image_key", "mask_key", "ignore_key"):
+            if name == "ignore_key" and self.ignore_key is None:
+                continue
             if not isinstance(getattr(self, name), str) or not getattr(self, name):
                 raise ConfigError(f"{name} must be a dataset column name (a non-empty str), got "
                                   f"{getattr(self, name)!r}", field=name)

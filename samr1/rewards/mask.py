@@ -42,7 +42,22 @@ def _score(engine: Any, rows: list[int], images: list, gts: list, answers: list[
     args = ([images[i] for i in rows], [answers[i] for i in rows], [gts[i] for i in rows])
     if ignores is None or all(ignores[i] is None for i in rows):
         return engine.score(*args)
+    if not _takes_ignore(engine):
+        raise TypeError(f"{type(engine).__name__}.score takes no ignore= argument, but this batch has ignore regions "
+                        "(the dataset's ignore column): give the engine score(images, answers, gt_masks, ignore=None) "
+                        "as samr1's engines have, or SamR1Reward(..., ignore_key=None) to read no ignore column")
     return engine.score(*args, ignore=[ignores[i] for i in rows])
+
+
+def _takes_ignore(engine: Any) -> bool:
+    """Whether ``engine.score`` accepts ``ignore=`` (by name or through ``**kwargs``)."""
+    import inspect
+
+    try:
+        params = inspect.signature(engine.score).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: let the call itself say
+        return True
+    return any(p.name == "ignore" or p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
 
 
 def engine_ious(engine: Any, rows: list[int], images: list, gts: list, answers: list[Answer],
@@ -60,7 +75,7 @@ def engine_ious(engine: Any, rows: list[int], images: list, gts: list, answers: 
     """
     n = len(answers)
     ious = [0.0] * n
-    stats["engine_calls"] += 1
+    stats["engine_calls"] += bool(rows)  # a batch whose rows were all dropped makes no call
     try:
         got = list(_score(engine, rows, images, gts, answers, ignores)) if rows else []
         if len(got) != len(rows):

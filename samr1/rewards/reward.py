@@ -100,8 +100,9 @@ class SamR1Reward:
             also be a non-empty list/tuple of images (TRL's ``images`` column): its first image is used. A
             row's mask may be a LIST of instance masks (or an ``N x H x W`` array): the instances of a
             multi-object target (their union is the target; ``[]`` is an empty target).
-        ignore_key: an optional dataset column (default "ignore"; absent: no ignore regions) holding per row
-            None or a mask of ignore pixels (ReasonSeg's "ignore" polygons) at the image's size. Those pixels
+        ignore_key: an optional dataset column (default "ignore"; absent: no ignore regions; None: never read,
+            for a dataset whose "ignore" column means something else) holding per row None or a mask of ignore
+            pixels (ReasonSeg's "ignore" polygons) at the image's size. Those pixels
             count in neither the intersection nor the union of the mask rewards, and are no target pixels for
             the box and point rewards: the rule ``samr1 eval`` applies (:func:`samr1.metrics.sample_counts`).
         require_points: passed to :func:`samr1.answer.parse_answer` (default: an answer needs points).
@@ -234,7 +235,7 @@ class SamR1Reward:
         needs_gt = bool(GT_COMPONENTS.intersection(self.components))
         images = self._column(kwargs, self.image_key, n, needs_gt) if needs_gt else None
         masks = self._column(kwargs, self.mask_key, n, needs_gt) if needs_gt else None
-        ignores = self._column(kwargs, self.ignore_key, n, False) if needs_gt else None
+        ignores = self._column(kwargs, self.ignore_key, n, False) if needs_gt and self.ignore_key else None
         key = self._key(completions, images, masks, ignores)
         if self._last is not None and self._same(self._last.key, key):
             return self._last
@@ -251,6 +252,7 @@ class SamR1Reward:
         img_cache: dict[Any, Any] = {}
         mask_cache: dict[Any, Any] = {}
         ign_cache: dict[Any, Any] = {}
+        cut_cache: dict[Any, Any] = {}  # (mask key, ignore key) -> the target without its ignore pixels, once
         arrs: list[np.ndarray | None] = []
         gts: list[np.ndarray | None] = []
         insts: list[list[np.ndarray] | None] = []
@@ -307,8 +309,11 @@ class SamR1Reward:
             if g is not None and union is None:  # [] (no instance): an empty target of the image's size
                 union = None if a is None else np.zeros(a.shape[:2], dtype=bool)
             if ign is not None and union is not None:  # ignore pixels are no target pixels (eval's rule)
-                union = union & ~ign
-                inst = None if inst is None else [t & ~ign for t in inst]
+                ck = (mk, xk)
+                if ck not in cut_cache:  # one object per (mask, region): the G rows of a prompt share it
+                    kept = None if inst is None else [t & ~ign for t in inst]
+                    cut_cache[ck] = (union & ~ign, None if kept is None else [t for t in kept if t.any()])
+                union, inst = cut_cache[ck]
             arrs.append(a)
             gts.append(union)
             insts.append(inst)

@@ -146,16 +146,20 @@ class SamR1Service:
     def _run_sam(self, jobs: list[tuple[np.ndarray, Any]]) -> list[Any]:
         """SAM-only segmentation of many requests: one encoder call for the distinct images, one decode."""
         t0 = time.perf_counter()
+        # one bad request must not fail its neighbours: the images SAM refuses (e.g. 1 x 3000) are found first
+        # and answered with their own error; the others still go in one call
+        masks: list[Any] = list(self.engine.image_errors([j[0] for j in jobs]))
+        good = [i for i, e in enumerate(masks) if e is None]
         try:
-            masks = self.engine.segment_batch([j[0] for j in jobs], [j[1] for j in jobs])
-        except InputError:
-            # one bad request must not fail its neighbours: redo them one by one, each with its own error
-            masks = []
-            for img, ans in jobs:
+            for i, m in zip(good, self.engine.segment_batch([jobs[i][0] for i in good], [jobs[i][1] for i in good])
+                            if good else [], strict=True):
+                masks[i] = m
+        except InputError:  # a refusal image_errors did not foresee: each request on its own, with its error
+            for i in good:
                 try:
-                    masks.append(self.engine.segment(img, ans))
+                    masks[i] = self.engine.segment(*jobs[i])
                 except InputError as exc:
-                    masks.append(exc)
+                    masks[i] = exc
         dt = time.perf_counter() - t0
         return [(m, {"engine_s": dt, "batch_size": len(jobs)}) for m in masks]
 
@@ -549,6 +553,9 @@ def create_app(engine: Any = None, *, reward: Any = None, segmenter: Any = None,
         t_read = time.perf_counter()
         image = await run_in_threadpool(decode_upload, files[0][1], field="image", limits=limits)
         t_dec = time.perf_counter()
+        refused = service.engine.image_errors([image])[0]  # e.g. 1 x 3000: SAM cannot resize it
+        if refused is not None:
+            raise _HTTPError(400, "image" + str(refused).removeprefix("images[0]"))
         h, w = image.shape[:2]
         query, box, points = form.get("query"), form.get("box"), form.get("points")
         service.counters["segment_requests"] += 1

@@ -177,7 +177,8 @@ class TrainConfig:
 
         return SamR1RewardConfig(**{**dict(self.reward_options), "preset": self.reward_preset,
                                     "components": None if self.components is None else tuple(self.components),
-                                    "image_key": "sam_image", "mask_key": "masks",
+                                    # the dataset's own columns (PolicyDataset): the ignore regions too
+                                    "image_key": "sam_image", "mask_key": "masks", "ignore_key": "ignore",
                                     "model_size": answer_frame_size(self.resolved_answer_frame(),
                                                                     self.policy_image_size)})
 
@@ -261,11 +262,12 @@ class TrainConfig:
         need(isinstance(self.rollouts_max_mb, (int, float)) and math.isfinite(self.rollouts_max_mb)
              and self.rollouts_max_mb > 0, "rollouts_max_mb", "must be a positive number of MiB")
         need(self.answer_frame in ("auto", "pixels", "norm1000"), "answer_frame", "choose auto, pixels or norm1000")
-        need(isinstance(self.reward_options, dict) and not {"components", "image_key", "mask_key", "model_size",
-                                                            "preset"}
+        need(isinstance(self.reward_options, dict) and not {"components", "image_key", "mask_key", "ignore_key",
+                                                            "model_size", "preset"}
              & set(self.reward_options), "reward_options",
-             "a mapping of SamR1RewardConfig fields other than components / image_key / mask_key / model_size "
-             "(set those with --components, --reward-preset and --policy-image-size)")
+             "a mapping of SamR1RewardConfig fields other than components / image_key / mask_key / ignore_key / "
+             "model_size (set those with --components, --reward-preset and --policy-image-size; the columns are "
+             "the training dataset's own)")
         need(self.eval_data is None or (isinstance(self.eval_data, str) and bool(self.eval_data)), "eval_data",
              "a data path, or omitted")
         need(isinstance(self.eval_steps, int) and self.eval_steps >= 0, "eval_steps", "must be >= 0")
