@@ -221,6 +221,25 @@ def _wait_closed(sock: socket.socket, limit_s: float) -> tuple[float, bytes]:
     return time.monotonic() - t0, got
 
 
+def _read_response(sock: socket.socket) -> bytes:
+    """Read one whole HTTP/1.1 response (head and its Content-Length body): a single recv may return the
+    head alone, and the rest would then be mistaken for the next response."""
+    got = b""
+    while b"\r\n\r\n" not in got:
+        chunk = sock.recv(65536)
+        assert chunk, f"the server closed before the response head ended: {got[:200]!r}"
+        got += chunk
+    head, _, body = got.partition(b"\r\n\r\n")
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        chunk = sock.recv(65536)
+        assert chunk, "the server closed before the response body ended"
+        body += chunk
+    assert len(body) == length, "more bytes than the response's Content-Length"
+    return head + b"\r\n\r\n" + body
+
+
 def _partial(url: str, data: bytes) -> socket.socket:
     sock = socket.create_connection(_addr(url), timeout=5)
     if data:
@@ -282,7 +301,7 @@ def test_a_kept_alive_connection_that_starts_a_second_request_and_stalls_is_clos
     sock = _partial(server.url, b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
     try:
         sock.settimeout(5)
-        first = sock.recv(65536)
+        first = _read_response(sock)
         assert first.startswith(b"HTTP/1.1 200")
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-")
         waited, got = _wait_closed(sock, HEAD_S + 5)

@@ -227,7 +227,8 @@ def test_multi_instance_mask_rewards_union_and_matched_one_engine_call(engine):
     per = [engine.segment(img, o) for o in parse_answer(texts[0], (H, W)).per_object()]
     ious = [[mask_iou_numpy(p, g) for g in (a, b)] for p in per]
     best = max(ious[0][0] + ious[1][1], ious[0][1] + ious[1][0]) / 2
-    assert plain[0] == pytest.approx(best, abs=1e-9)
+    # the engine's IoU is a float32 ratio of exact counts: the same value as numpy's to ~1e-7
+    assert plain[0] == pytest.approx(best, abs=1e-6)
     one = parse_answer(texts[1], (H, W)).per_object()
     assert plain[1] == pytest.approx(max(mask_iou_numpy(engine.segment(img, one[0]), g) for g in (a, b)) / 2)
     empty = fns[0](None, texts[2:3], image=[img], mask=[[]])
