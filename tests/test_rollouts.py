@@ -402,6 +402,47 @@ def test_cli_view_export_and_refusals(run, tmp_path, capsys):
     assert main(["view", str(tmp_path / "missing")]) == EXIT_USAGE
 
 
+_VIEW_IN_A_CHILD = r"""
+import contextlib, io, json, re, sys, threading, time, urllib.request
+from samr1.cli import main
+
+run_dir, export = sys.argv[1:3]
+printed = io.StringIO()
+# `samr1 view RUN_DIR --export FILE`, then `samr1 view RUN_DIR --port 0` as the command line runs it: it prints
+# its address, then serves until stopped
+with contextlib.redirect_stdout(printed):
+    assert main(["view", run_dir, "--export", export]) == 0
+    threading.Thread(target=main, args=(["view", run_dir, "--port", "0"],), daemon=True).start()
+    for _ in range(600):
+        m = re.search(r" at (http://\S+)/ ", printed.getvalue())
+        if m:
+            break
+        time.sleep(0.05)
+url = m.group(1)
+for path in ("/", "/api/runs", "/api/steps?run=.", "/api/curves?run=.", "/api/groups?run=.&step=1"):
+    with urllib.request.urlopen(url + path, timeout=30) as r:
+        assert r.status == 200, path
+heavy = ("torch", "segment_anything", "sam2", "transformers", "trl", "fastapi", "uvicorn")
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} & set(heavy))))
+"""
+
+
+def test_samr1_view_starts_and_serves_without_importing_torch(shapes_engine, tmp_path):
+    """``samr1 view`` is a file reader: it starts, and serves a run's pages, JSON and groups (SAM's masks as RLE),
+    without importing torch, SAM or a web framework (checked in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    hub, _ = _hub(shapes_engine, tmp_path / "rollouts", every=1, groups=1)
+    _score(hub, _batch(seed=7), 0)
+    hub.close()
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward": 0.5}) + "\n")
+    out = subprocess.run([sys.executable, "-c", _VIEW_IN_A_CHILD, str(tmp_path), str(tmp_path / "run.html")], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
+
+
 def _open_viewer(driver, url):
     from selenium.webdriver.common.by import By
 
