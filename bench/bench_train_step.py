@@ -10,9 +10,12 @@ Ways (each a fresh TRL ``GRPOTrainer`` with the same seed, data and policy, so t
 
 With ``--rollouts-every K`` a fourth way runs: ``engine-ahead`` with rollout logging (``samr1 train
 --rollouts-every K``, :class:`samr1.train.rollouts.RolloutLog`, 2 groups per logged step). Its cost is reported
-twice: the whole step's median against ``engine-ahead`` in the same run (noisy on a shared machine), and the
-time the log takes inside the reward call on a logged step (the extra SAM decode of the logged answers and the
-hand-off to the writer thread; measured around the call) as a share of ``engine-ahead``'s median step.
+three ways: the whole step's median against ``engine-ahead`` in the same run (noisy on a shared machine); the
+time the log takes inside the reward call on a logged step (parsing the logged answers and the hand-off to the
+writer thread; measured around the call) as a share of ``engine-ahead``'s median step; and the writer thread's
+work per logged step (the logged masks, RLE / JPEG / JSON, the writes), as wall time while busy (with its waits
+for a core) and as the thread's own CPU time (without them; a SAM decode the writer falls back to runs on the
+decoder's worker threads and is not in it: ``masks decoded`` counts those masks).
 
 Per way: median seconds per optimizer step of the whole step, generation (``_generate``), reward
 (``_calculate_rewards``), the other scoring work (old/reference log-probs, advantages) and the policy update
@@ -31,6 +34,7 @@ and the table only shows the trainer's own cost; the output says so).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import tempfile
@@ -218,7 +222,10 @@ def run_way(way: str, model: str, manifest: str, out_dir: str, *, steps: int, sa
         extra = {"rollouts_steps_logged": st["steps_logged"], "rollouts_groups_logged": st["groups_logged"],
                  "rollouts_bytes": st["bytes_written"],
                  "rollouts_s_per_logged_step": st["seconds_in_step"] / max(1, st["steps_logged"]),
-                 "rollouts_writer_busy_s_per_logged_step": st["writer_busy_s"] / max(1, st["steps_logged"])}
+                 "rollouts_writer_busy_s_per_logged_step": st["writer_busy_s"] / max(1, st["steps_logged"]),
+                 # .get: the same bench times a samr1 from before these counters (a before / after comparison)
+                 "rollouts_writer_cpu_s_per_logged_step": st.get("writer_cpu_s", math.nan) / max(1, st["steps_logged"]),
+                 "rollouts_masks_kept": st.get("masks_kept"), "rollouts_masks_decoded": st.get("masks_decoded")}
     return {"way": way, "steps_timed": len(times), **med, **extra,
             "other_scoring_s": max(0.0, med["prepare_s"] - med["generation_s"] - med["reward_s"]),
             "update_s": max(0.0, med["step_s"] - med["prepare_s"]),
@@ -288,10 +295,14 @@ def run(quick: bool = False, smoke: bool = False, out: str | None = None, device
               f"({logged['rollouts_groups_logged']} groups, {logged['rollouts_bytes']} bytes)\n"
               f"  in the reward call (the step's critical path): {1000 * logged['rollouts_s_per_logged_step']:.1f} ms "
               f"per logged step = {in_step:.2%} of an engine-ahead step\n"
-              f"  writer thread busy (SAM decode, encodings, writes): "
+              f"  writer thread busy (masks, encodings, writes): "
               f"{1000 * logged['rollouts_writer_busy_s_per_logged_step']:.1f} ms per logged step; all of the log's work "
               f"= {own_share:.2%} of an engine-ahead step even if none of it overlapped "
               f"({own_share / rollouts_every:.2%} per step averaged over every {rollouts_every})\n"
+              f"  writer thread CPU: {1000 * logged['rollouts_writer_cpu_s_per_logged_step']:.1f} ms per logged step = "
+              f"{logged['rollouts_writer_cpu_s_per_logged_step'] / base['step_s']:.2%} of an engine-ahead step; masks "
+              f"from the reward call's logits {logged['rollouts_masks_kept']}, decoded again "
+              f"{logged['rollouts_masks_decoded']}\n"
               f"  vs engine-ahead in the same run: whole-step median {whole:+.2%}, process CPU per step (all threads, "
               f"mean) {cpu:+.2%} (both include other jobs' noise)")
     path = write_records(rows_out, out, "train_step", device)
