@@ -29,6 +29,10 @@ and the table only shows the trainer's own cost; the output says so).
 
     python bench/bench_train_step.py [--quick | --smoke] [--model DIR] [--sam tiny-shapes] [--out DIR]
         [--rollouts-every K]
+
+``--rollouts-replay N`` times the rollout writer alone instead (:func:`replay_rollouts`): N logged steps of
+the reward path (no policy, no trainer), each followed by a wait while the writer works with nothing else
+running, every logged answer parseable.
 """
 
 from __future__ import annotations
@@ -315,6 +319,68 @@ def run(quick: bool = False, smoke: bool = False, out: str | None = None, device
     return rows_out
 
 
+def replay_rollouts(steps: int = 8, *, g: int = 8, prompts: int = 4, groups: int = 2, side: int = 160,
+                    sam_kind: str = "tiny-shapes", out: str | None = None, seed: int = 0) -> dict[str, Any]:
+    """The rollout writer's own work per logged step, with nothing else running: ``steps`` + 1 reward calls
+    (the first a warm-up) of ``prompts`` x ``g`` completions on ``side`` px scenes through ``RewardHub`` +
+    ``RolloutLog`` (``groups`` groups logged every step: ``groups * g`` answers, all parseable: the format
+    policy's fixed answer with +-20 px of jitter in the 840 frame); after each call the main thread waits
+    (``flush``) while the writer works alone. Returns and prints the writer's busy wall time and CPU time per
+    logged step and where its masks came from."""
+    from transformers import TrainerState
+
+    from samr1.engine import SamEngine
+    from samr1.rewards import SamR1Reward
+    from samr1.sam import load_sam
+    from samr1.shapes.scenes import make_scene
+    from samr1.train.rewards_hub import RewardHub
+    from samr1.train.rollouts import RolloutLog
+
+    rng = np.random.default_rng(seed)
+    reward = SamR1Reward(SamEngine(load_sam(sam_kind, warn_random=False)), image_key="sam_image")
+    with tempfile.TemporaryDirectory() as tmp:
+        log = RolloutLog(tmp, 1, reward, groups=groups)
+        hub = RewardHub(reward, rollouts=log)
+        for step in range(steps + 1):
+            cols: dict[str, list] = {"comps": [], "images": [], "masks": [], "ids": []}
+            for p in range(prompts):
+                sc = make_scene(int(rng.integers(1 << 30)), size=(side, side))
+                obj = max(sc.objects, key=lambda o: int(o.mask.sum()))
+                for _ in range(g):
+                    j = rng.integers(-20, 21, 6)
+                    cols["comps"].append(f'<think></think><answer>{{"bbox":[{210 + j[0]},{210 + j[1]},{630 + j[2]},'
+                                         f'{630 + j[3]}],"points_1":[{420 + j[4]},{420 + j[5]}],'
+                                         '"points_2":[400,440]}</answer>')
+                    cols["images"].append(sc.image)
+                    cols["masks"].append(obj.mask)
+                    cols["ids"].append(step * prompts + p)
+            for f in hub.functions():
+                f(prompts=None, completions=cols["comps"], sam_image=cols["images"], mask=cols["masks"],
+                  row_id=cols["ids"], trainer_state=TrainerState(global_step=step))
+            log.flush()
+            if step == 0:  # the warm-up: the writer thread's start, the first JPEG and JSON
+                base = dict(log.stats)
+        hub.close()
+    st = log.stats
+    n = st["steps_logged"] - base["steps_logged"]
+
+    def per_step(key: str) -> float:
+        return 1000 * (st.get(key, math.nan) - base.get(key, math.nan)) / n
+
+    row = {"way": "rollouts-replay", "steps_timed": n, "answers_per_logged_step": groups * g,
+           "writer_busy_ms": per_step("writer_busy_s"), "writer_cpu_ms": per_step("writer_cpu_s"),
+           "in_reward_call_ms": per_step("seconds_in_step"),
+           "masks_kept": (st["masks_kept"] - base["masks_kept"]) if "masks_kept" in st else None,
+           "masks_decoded": (st["masks_decoded"] - base["masks_decoded"]) if "masks_decoded" in st else None,
+           "sam": sam_kind, "side": side, "threads": torch.get_num_threads()}
+    print(f"rollout writer alone, {n} logged steps of {groups * g} parseable answers ({sam_kind}, {side} px, "
+          f"{row['threads']} thread(s)): busy {row['writer_busy_ms']:.1f} ms, CPU {row['writer_cpu_ms']:.1f} ms per "
+          f"logged step; in the reward call {row['in_reward_call_ms']:.2f} ms; masks from the reward call's logits "
+          f"{row['masks_kept']}, decoded again {row['masks_decoded']}")
+    write_records([row], out, "train_step", "cpu")
+    return row
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     size = p.add_mutually_exclusive_group()
@@ -331,7 +397,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None)
     p.add_argument("--rollouts-every", type=int, default=0, metavar="K",
                    help="also time engine-ahead with rollout logging every K steps (samr1 train --rollouts-every)")
+    p.add_argument("--rollouts-replay", type=int, default=0, metavar="N",
+                   help="only time the rollout writer alone over N logged steps (see replay_rollouts)")
     a = p.parse_args(argv)
+    if a.rollouts_replay > 0:
+        replay_rollouts(a.rollouts_replay, sam_kind=a.sam, out=a.out)
+        return
     if a.rollouts_every < 0:
         p.error(f"--rollouts-every must be >= 0, got {a.rollouts_every}")
     run(quick=a.quick, smoke=a.smoke, out=a.out, device=a.device, sam_kind=a.sam, model=a.model, g=a.G,
