@@ -10,9 +10,12 @@ Ways (each a fresh TRL ``GRPOTrainer`` with the same seed, data and policy, so t
 
 With ``--rollouts-every K`` a fourth way runs: ``engine-ahead`` with rollout logging (``samr1 train
 --rollouts-every K``, :class:`samr1.train.rollouts.RolloutLog`, 2 groups per logged step). Its cost is reported
-twice: the whole step's median against ``engine-ahead`` in the same run (noisy on a shared machine), and the
-time the log takes inside the reward call on a logged step (the extra SAM decode of the logged answers and the
-hand-off to the writer thread; measured around the call) as a share of ``engine-ahead``'s median step.
+three ways: the whole step's median against ``engine-ahead`` in the same run (noisy on a shared machine); the
+time the log takes inside the reward call on a logged step (parsing the logged answers and the hand-off to the
+writer thread; measured around the call) as a share of ``engine-ahead``'s median step; and the writer thread's
+work per logged step (the logged masks, RLE / JPEG / JSON, the writes), as wall time while busy (with its waits
+for a core) and as the thread's own CPU time (without them; a SAM decode the writer falls back to runs on the
+decoder's worker threads and is not in it: ``masks decoded`` counts those masks).
 
 Per way: median seconds per optimizer step of the whole step, generation (``_generate``), reward
 (``_calculate_rewards``), the other scoring work (old/reference log-probs, advantages) and the policy update
@@ -26,11 +29,16 @@ and the table only shows the trainer's own cost; the output says so).
 
     python bench/bench_train_step.py [--quick | --smoke] [--model DIR] [--sam tiny-shapes] [--out DIR]
         [--rollouts-every K]
+
+``--rollouts-replay N`` times the rollout writer alone instead (:func:`replay_rollouts`): N logged steps of
+the reward path (no policy, no trainer), each followed by a wait while the writer works with nothing else
+running, every logged answer parseable.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import statistics
 import tempfile
@@ -218,7 +226,10 @@ def run_way(way: str, model: str, manifest: str, out_dir: str, *, steps: int, sa
         extra = {"rollouts_steps_logged": st["steps_logged"], "rollouts_groups_logged": st["groups_logged"],
                  "rollouts_bytes": st["bytes_written"],
                  "rollouts_s_per_logged_step": st["seconds_in_step"] / max(1, st["steps_logged"]),
-                 "rollouts_writer_busy_s_per_logged_step": st["writer_busy_s"] / max(1, st["steps_logged"])}
+                 "rollouts_writer_busy_s_per_logged_step": st["writer_busy_s"] / max(1, st["steps_logged"]),
+                 # .get: the same bench times a samr1 from before these counters (a before / after comparison)
+                 "rollouts_writer_cpu_s_per_logged_step": st.get("writer_cpu_s", math.nan) / max(1, st["steps_logged"]),
+                 "rollouts_masks_kept": st.get("masks_kept"), "rollouts_masks_decoded": st.get("masks_decoded")}
     return {"way": way, "steps_timed": len(times), **med, **extra,
             "other_scoring_s": max(0.0, med["prepare_s"] - med["generation_s"] - med["reward_s"]),
             "update_s": max(0.0, med["step_s"] - med["prepare_s"]),
@@ -288,10 +299,14 @@ def run(quick: bool = False, smoke: bool = False, out: str | None = None, device
               f"({logged['rollouts_groups_logged']} groups, {logged['rollouts_bytes']} bytes)\n"
               f"  in the reward call (the step's critical path): {1000 * logged['rollouts_s_per_logged_step']:.1f} ms "
               f"per logged step = {in_step:.2%} of an engine-ahead step\n"
-              f"  writer thread busy (SAM decode, encodings, writes): "
+              f"  writer thread busy (masks, encodings, writes): "
               f"{1000 * logged['rollouts_writer_busy_s_per_logged_step']:.1f} ms per logged step; all of the log's work "
               f"= {own_share:.2%} of an engine-ahead step even if none of it overlapped "
               f"({own_share / rollouts_every:.2%} per step averaged over every {rollouts_every})\n"
+              f"  writer thread CPU: {1000 * logged['rollouts_writer_cpu_s_per_logged_step']:.1f} ms per logged step = "
+              f"{logged['rollouts_writer_cpu_s_per_logged_step'] / base['step_s']:.2%} of an engine-ahead step; masks "
+              f"from the reward call's logits {logged['rollouts_masks_kept']}, decoded again "
+              f"{logged['rollouts_masks_decoded']}\n"
               f"  vs engine-ahead in the same run: whole-step median {whole:+.2%}, process CPU per step (all threads, "
               f"mean) {cpu:+.2%} (both include other jobs' noise)")
     path = write_records(rows_out, out, "train_step", device)
@@ -302,6 +317,68 @@ def run(quick: bool = False, smoke: bool = False, out: str | None = None, device
 
         print(f"figure: {plot_train_step(rows_out, out, device)}")
     return rows_out
+
+
+def replay_rollouts(steps: int = 8, *, g: int = 8, prompts: int = 4, groups: int = 2, side: int = 160,
+                    sam_kind: str = "tiny-shapes", out: str | None = None, seed: int = 0) -> dict[str, Any]:
+    """The rollout writer's own work per logged step, with nothing else running: ``steps`` + 1 reward calls
+    (the first a warm-up) of ``prompts`` x ``g`` completions on ``side`` px scenes through ``RewardHub`` +
+    ``RolloutLog`` (``groups`` groups logged every step: ``groups * g`` answers, all parseable: the format
+    policy's fixed answer with +-20 px of jitter in the 840 frame); after each call the main thread waits
+    (``flush``) while the writer works alone. Returns and prints the writer's busy wall time and CPU time per
+    logged step and where its masks came from."""
+    from transformers import TrainerState
+
+    from samr1.engine import SamEngine
+    from samr1.rewards import SamR1Reward
+    from samr1.sam import load_sam
+    from samr1.shapes.scenes import make_scene
+    from samr1.train.rewards_hub import RewardHub
+    from samr1.train.rollouts import RolloutLog
+
+    rng = np.random.default_rng(seed)
+    reward = SamR1Reward(SamEngine(load_sam(sam_kind, warn_random=False)), image_key="sam_image")
+    with tempfile.TemporaryDirectory() as tmp:
+        log = RolloutLog(tmp, 1, reward, groups=groups)
+        hub = RewardHub(reward, rollouts=log)
+        for step in range(steps + 1):
+            cols: dict[str, list] = {"comps": [], "images": [], "masks": [], "ids": []}
+            for p in range(prompts):
+                sc = make_scene(int(rng.integers(1 << 30)), size=(side, side))
+                obj = max(sc.objects, key=lambda o: int(o.mask.sum()))
+                for _ in range(g):
+                    j = rng.integers(-20, 21, 6)
+                    cols["comps"].append(f'<think></think><answer>{{"bbox":[{210 + j[0]},{210 + j[1]},{630 + j[2]},'
+                                         f'{630 + j[3]}],"points_1":[{420 + j[4]},{420 + j[5]}],'
+                                         '"points_2":[400,440]}</answer>')
+                    cols["images"].append(sc.image)
+                    cols["masks"].append(obj.mask)
+                    cols["ids"].append(step * prompts + p)
+            for f in hub.functions():
+                f(prompts=None, completions=cols["comps"], sam_image=cols["images"], mask=cols["masks"],
+                  row_id=cols["ids"], trainer_state=TrainerState(global_step=step))
+            log.flush()
+            if step == 0:  # the warm-up: the writer thread's start, the first JPEG and JSON
+                base = dict(log.stats)
+        hub.close()
+    st = log.stats
+    n = st["steps_logged"] - base["steps_logged"]
+
+    def per_step(key: str) -> float:
+        return 1000 * (st.get(key, math.nan) - base.get(key, math.nan)) / n
+
+    row = {"way": "rollouts-replay", "steps_timed": n, "answers_per_logged_step": groups * g,
+           "writer_busy_ms": per_step("writer_busy_s"), "writer_cpu_ms": per_step("writer_cpu_s"),
+           "in_reward_call_ms": per_step("seconds_in_step"),
+           "masks_kept": (st["masks_kept"] - base["masks_kept"]) if "masks_kept" in st else None,
+           "masks_decoded": (st["masks_decoded"] - base["masks_decoded"]) if "masks_decoded" in st else None,
+           "sam": sam_kind, "side": side, "threads": torch.get_num_threads()}
+    print(f"rollout writer alone, {n} logged steps of {groups * g} parseable answers ({sam_kind}, {side} px, "
+          f"{row['threads']} thread(s)): busy {row['writer_busy_ms']:.1f} ms, CPU {row['writer_cpu_ms']:.1f} ms per "
+          f"logged step; in the reward call {row['in_reward_call_ms']:.2f} ms; masks from the reward call's logits "
+          f"{row['masks_kept']}, decoded again {row['masks_decoded']}")
+    write_records([row], out, "train_step", "cpu")
+    return row
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -320,7 +397,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None)
     p.add_argument("--rollouts-every", type=int, default=0, metavar="K",
                    help="also time engine-ahead with rollout logging every K steps (samr1 train --rollouts-every)")
+    p.add_argument("--rollouts-replay", type=int, default=0, metavar="N",
+                   help="only time the rollout writer alone over N logged steps (see replay_rollouts)")
     a = p.parse_args(argv)
+    if a.rollouts_replay > 0:
+        replay_rollouts(a.rollouts_replay, sam_kind=a.sam, out=a.out)
+        return
     if a.rollouts_every < 0:
         p.error(f"--rollouts-every must be >= 0, got {a.rollouts_every}")
     run(quick=a.quick, smoke=a.smoke, out=a.out, device=a.device, sam_kind=a.sam, model=a.model, g=a.G,

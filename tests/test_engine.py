@@ -201,3 +201,47 @@ def test_stats_name_every_ops_backend(sam, monkeypatch):
     monkeypatch.setenv("SAMR1_DISABLE_CPP", "1")
     engine.score(images, answers, masks)
     assert engine.stats["backends"]["mask_iou"] == "torch" == select_backend("auto", "cpu")
+
+
+def test_kept_logits_make_segments_masks_without_a_decode(sam, monkeypatch):
+    """With ``keep_logits`` the engine keeps its last fused call's low-res logits: the masks made from them equal
+    ``segment`` bit for bit (odd sizes, box-only and box + points answers), with no decoder call; rows are found
+    by image content and prompt (other pixels, another prompt or a multi-object answer: None); one record,
+    replaced by each call, none while the option is off. (Seeded: a prompt's logits in a batch differ from a
+    lone decode's by round-off, which may in principle flip a pixel at the threshold.)"""
+    import dataclasses
+    import json
+
+    rng = np.random.default_rng(5)
+    images, masks, answers = _step(rng, [(97, 61), (33, 200), (120, 160)], 5)
+    answers[4] = parse_answer("not an answer", image_size=(97, 61))  # not ok: not decoded, not kept
+    engine = SamEngine(sam)
+    engine.score(images, answers, masks)
+    assert engine.kept_logits() is None  # off by default: nothing is held between calls
+    engine.keep_logits = True
+    engine.score(images, answers, masks)
+    kept = engine.kept_logits()
+    assert len(kept) == len(answers) - 1
+    calls = []
+    real = engine._decode
+    monkeypatch.setattr(engine, "_decode", lambda *a, **k: calls.append(1) or real(*a, **k))
+    got = kept.masks([im.copy() for im in images], answers)  # equal pixels, other objects: found by content
+    assert calls == []
+    expected = [engine.segment(im, a) if a.ok else None for im, a in zip(images, answers, strict=True)]
+    assert got[4] is None and expected[4] is None
+    for i, (g, e) in enumerate(zip(got, expected, strict=True)):
+        assert g is None if e is None else (g.dtype == bool and np.array_equal(g, e)), i
+    other = images[0].copy()
+    other[0, 0, 0] ^= 1
+    moved = dataclasses.replace(answers[0], bbox=tuple(v + 0.5 for v in answers[0].bbox))
+    h, w = images[0].shape[:2]
+    two = parse_answer("<think>t</think><answer>" + json.dumps([{"bbox_2d": [10, 10, 400, 400], "point_2d": [50, 60]},
+                                                               {"bbox_2d": [300, 300, 800, 800]}]) + "</answer>",
+                       image_size=(h, w), require_points=False)
+    assert two.ok and len(two.objects) == 2
+    assert kept.masks([other, images[0], images[0]], [answers[0], moved, two]) == [None, None, None]
+    engine.score(images[:1], answers[:1], masks[:1])  # the next call replaces the record
+    assert len(engine.kept_logits()) == 1 and engine.kept_logits().masks(images[1:2], answers[1:2]) == [None]
+    engine.keep_logits = False
+    engine.score(images, answers, masks)
+    assert engine.kept_logits() is None  # switched off: the next call drops it

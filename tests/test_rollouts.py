@@ -15,6 +15,7 @@ import urllib.request
 import numpy as np
 import pytest
 from _browser import chrome, colour_pixels, requires_browser, screenshot_rgb, unlabelled_controls, wait_for
+from _markers import requires_sam2
 
 from samr1.io import rle_decode
 from samr1.train.rollouts import RolloutLog, read_jsonl
@@ -175,6 +176,109 @@ def test_byte_budget_stops_the_log_and_says_so(shapes_engine, tmp_path):
     assert total <= budget
 
 
+# ------------------------------------------------------------------ the masks come from the reward's own decode
+@pytest.fixture(scope="module")
+def sam2_engine():
+    """A SAM 2 engine (sam2.1_hiera_t, random weights) decoding 8 prompts per call, as on a GPU (on the CPU it
+    decodes one at a time): its logged masks then come from a batched decode, like SAM's."""
+    import warnings
+
+    from samr1.engine.sam2_engine import Sam2Engine
+    from samr1.sam import load_sam
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return Sam2Engine(load_sam("sam2.1_hiera_t", seed=0), decode_chunk=8)
+
+
+def _random_answer(rng: np.random.Generator, h: int, w: int) -> str:
+    """A random box and 1-3 random points inside it (not aimed at anything), written in the 840 frame."""
+    x1, x2 = sorted(rng.uniform(0, w, 2))
+    y1, y2 = sorted(rng.uniform(0, h, 2))
+    sx, sy = 840 / w, 840 / h
+    pts = [[round(float(rng.uniform(x1, x2)) * sx, 1), round(float(rng.uniform(y1, y2)) * sy, 1)]
+           for _ in range(int(rng.integers(1, 4)))]
+    box = [round(x1 * sx, 1), round(y1 * sy, 1), round(max(x2, x1 + 2) * sx, 1), round(max(y2, y1 + 2) * sy, 1)]
+    return f"<think>t</think><answer>{json.dumps({'bbox': box, 'points': pts})}</answer>"
+
+
+def _random_batch(seed: int, sizes: list[tuple[int, int]], g: int = 4):
+    """One prompt per (odd) image size, ``g`` random answers each; the first prompt's last answer lists two
+    objects (a union of two prompts' masks), the second prompt's last answer does not parse."""
+    from samr1.shapes.scenes import make_scene
+
+    rng = np.random.default_rng(seed)  # seeded: see the test's docstring
+    comps, images, masks, ids = [], [], [], []
+    for r, (h, w) in enumerate(sizes):
+        sc = make_scene(int(rng.integers(1 << 30)), size=(h, w))
+        for k in range(g):
+            text = _random_answer(rng, h, w)
+            if r == 0 and k == g - 1:
+                objs = [json.loads(_random_answer(rng, h, w).split("<answer>")[1].split("</answer>")[0])
+                        for _ in range(2)]
+                text = f"<think>t</think><answer>{json.dumps([{'bbox_2d': o['bbox'], 'point_2d': o['points']} for o in objs])}</answer>"
+            elif r == 1 and k == g - 1:
+                text = "<think>?</think> no answer"
+            comps.append(text)
+            images.append(sc.image.copy())
+            masks.append(sc.objects[0].mask)
+            ids.append(200 + r)
+    return comps, images, masks, ids
+
+
+@pytest.mark.parametrize("kind", ["sam", pytest.param("sam2", marks=requires_sam2)])
+def test_logged_masks_are_segments_made_from_the_reward_calls_logits(kind, request, tmp_path, monkeypatch):
+    """Every logged single-object mask comes from the low-res logits the reward's engine call decoded (no
+    decode on the writer thread) and equals ``engine.segment(image, answer)`` bit for bit, on random answers
+    and odd image sizes; only the multi-object answer is decoded again. (A prompt's logits differ from a lone
+    decode's by round-off, up to ~3e-5 on tiny-shapes; that has flipped no pixel of 800 masks checked, and the
+    seeded RNG keeps this test's answers fixed.)"""
+    import threading
+
+    from samr1.answer import parse_answer
+    from samr1.engine.scoring import n_objects
+
+    engine = request.getfixturevalue("shapes_engine" if kind == "sam" else "sam2_engine")
+    sizes = [(61, 97), (83, 45), (50, 131)] if kind == "sam" else [(61, 97), (45, 83)]
+    batch = _random_batch(11, sizes)
+    decodes: list[tuple[str, int]] = []  # (thread name, prompts) of every decoder call
+    real = engine._decode
+
+    def spy(*args, **kwargs):
+        decodes.append((threading.current_thread().name, len(args[-1])))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "_decode", spy)
+    d = tmp_path / "rollouts"
+    hub, log = _hub(engine, d, every=1, groups=len(sizes))
+    assert engine.keep_logits  # the log asked the engine to keep its logits
+    _score(hub, batch, 0)
+    hub.close()
+    assert not engine.keep_logits and engine.kept_logits() is not None  # dropped by the engine's next call
+    writer = [n for name, n in decodes if name == "samr1-rollouts"]
+    assert writer == [2]  # one decode on the writer thread: the two objects of the multi-object answer
+    comps, images, _, ids = batch
+    recs = _groups(d / "rollouts.jsonl")
+    assert [r["row_id"] for r in recs] == [200 + r for r in range(len(sizes))]
+    checked = 0
+    for r in recs:
+        rows = [i for i, x in enumerate(ids) if x == r["row_id"]]
+        image = images[rows[0]]
+        for c, i in zip(r["completions"], rows, strict=True):
+            a = parse_answer(comps[i], image.shape[:2])
+            if not a.ok:
+                assert c["mask"] is None
+                continue
+            mask = rle_decode(c["mask"])
+            assert mask.shape == image.shape[:2]
+            assert np.array_equal(mask, engine.segment(image, a)), (r["row_id"], c["text"])
+            checked += n_objects(a) == 1
+    single = sum(1 for r in recs for c in r["completions"] if c["ok"] and len(c["objects"]) == 1)
+    assert checked == single == len(comps) - 2
+    assert log.stats["masks_kept"] == single and log.stats["masks_decoded"] == 1
+    assert log.stats["writer_cpu_s"] > 0
+
+
 def test_config_field_and_flag():
     from samr1.cli import build_parser
     from samr1.cli.train import config_from_args
@@ -296,6 +400,47 @@ def test_cli_view_export_and_refusals(run, tmp_path, capsys):
     assert main(["view", str(run["out"]), "--host", "0.0.0.0"]) == EXIT_USAGE  # the viewer has no login
     assert "--allow-remote" in capsys.readouterr().err
     assert main(["view", str(tmp_path / "missing")]) == EXIT_USAGE
+
+
+_VIEW_IN_A_CHILD = r"""
+import contextlib, io, json, re, sys, threading, time, urllib.request
+from samr1.cli import main
+
+run_dir, export = sys.argv[1:3]
+printed = io.StringIO()
+# `samr1 view RUN_DIR --export FILE`, then `samr1 view RUN_DIR --port 0` as the command line runs it: it prints
+# its address, then serves until stopped
+with contextlib.redirect_stdout(printed):
+    assert main(["view", run_dir, "--export", export]) == 0
+    threading.Thread(target=main, args=(["view", run_dir, "--port", "0"],), daemon=True).start()
+    for _ in range(600):
+        m = re.search(r" at (http://\S+)/ ", printed.getvalue())
+        if m:
+            break
+        time.sleep(0.05)
+url = m.group(1)
+for path in ("/", "/api/runs", "/api/steps?run=.", "/api/curves?run=.", "/api/groups?run=.&step=1"):
+    with urllib.request.urlopen(url + path, timeout=30) as r:
+        assert r.status == 200, path
+heavy = ("torch", "segment_anything", "sam2", "transformers", "trl", "fastapi", "uvicorn")
+print(json.dumps(sorted({m.split(".")[0] for m in sys.modules} & set(heavy))))
+"""
+
+
+def test_samr1_view_starts_and_serves_without_importing_torch(shapes_engine, tmp_path):
+    """``samr1 view`` is a file reader: it starts, and serves a run's pages, JSON and groups (SAM's masks as RLE),
+    without importing torch, SAM or a web framework (checked in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    hub, _ = _hub(shapes_engine, tmp_path / "rollouts", every=1, groups=1)
+    _score(hub, _batch(seed=7), 0)
+    hub.close()
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 1, "reward": 0.5}) + "\n")
+    out = subprocess.run([sys.executable, "-c", _VIEW_IN_A_CHILD, str(tmp_path), str(tmp_path / "run.html")], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == []
 
 
 def _open_viewer(driver, url):

@@ -555,11 +555,13 @@ def _say_which_sam(args: argparse.Namespace, argv: Sequence[str], prog: str) -> 
     the benches do), and note the default SAM where a command reads the user's images."""
     import warnings as _warnings
 
-    from samr1.sam import RandomWeightsWarning, has_random_weights, random_weights_message
-
     kind = getattr(args, "sam", None)
     if not isinstance(kind, str):
         return
+    # here, not above: samr1.sam loads segment-anything and torch, which a command without --sam (samr1 view)
+    # must not pay for
+    from samr1.sam import RandomWeightsWarning, has_random_weights, random_weights_message
+
     if has_random_weights(kind, getattr(args, "sam_checkpoint", None)):
         # benches choose random weights on purpose; eval refuses them itself unless --allow-random-sam
         if not getattr(args, "random_sam_ok", False) and getattr(args, "allow_random_sam", None) is not False:
@@ -572,12 +574,16 @@ def _say_which_sam(args: argparse.Namespace, argv: Sequence[str], prog: str) -> 
 
 def _check_common_flags(args: argparse.Namespace) -> None:
     """Check the shared model/device flags before the command does any work (reading data, building models)."""
-    from samr1.sam import CheckpointError, check_kind
-
+    # samr1.sam loads segment-anything and torch: imported only by a command that has these flags (samr1 view
+    # has none and starts without torch)
     if isinstance(getattr(args, "sam", None), str):
+        from samr1.sam import check_kind
+
         check_kind(args.sam)
     ckpt = getattr(args, "sam_checkpoint", None)
     if ckpt:
+        from samr1.sam import CheckpointError
+
         if not os.path.exists(ckpt):
             raise CheckpointError(f"--sam-checkpoint {ckpt}: file not found (expected a "
                                   f"{getattr(args, 'sam', 'SAM')} state dict .pth)")

@@ -69,8 +69,8 @@ def _run(args: argparse.Namespace) -> int:
 def build_app(args: argparse.Namespace) -> tuple[object, str, str | None]:
     """The app the parsed ``samr1 serve`` flags describe (flags checked first), its device and its token."""
     from samr1.cli import UsageError, generation_settings, resolve_device, split_components
+    from samr1.hosts import is_loopback
     from samr1.io import InputError
-    from samr1.serve.runner import is_loopback
 
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be in 0..65535, got {args.port}")

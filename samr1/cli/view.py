@@ -34,7 +34,7 @@ def _run(args: argparse.Namespace) -> int:
     import os
 
     from samr1.cli import UsageError, check_output_file
-    from samr1.serve.runner import is_loopback
+    from samr1.hosts import is_loopback
     from samr1.view.run import find_runs
 
     if not os.path.isdir(args.run_dir):

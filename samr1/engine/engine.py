@@ -28,6 +28,7 @@ from segment_anything.modeling import Sam
 from samr1.config import ConfigError, with_overrides
 from samr1.engine.config import SamEngineConfig
 from samr1.engine.frozen import frozen_on
+from samr1.engine.kept import KeepsLogits
 from samr1.engine.scoring import ScoringEngine, distinct_masks, iou_excluding, n_objects, prompt_rows
 from samr1.io import InputError
 from samr1.threads import torch_threads
@@ -35,7 +36,7 @@ from samr1.threads import torch_threads
 __all__ = ["SamEngine"]
 
 
-class SamEngine(ScoringEngine):
+class SamEngine(ScoringEngine, KeepsLogits):
     """Batched, cached SAM scoring for GRPO rewards and inference.
 
     Args:
@@ -64,6 +65,9 @@ class SamEngine(ScoringEngine):
 
     ``stats`` holds counters (``encoder_images``, ``cache_hits``, ``cache_misses``, ...), the backend that
     ran each stage and per-stage seconds of the last ``score`` call (``time_*``), for a trainer to log.
+
+    ``keep_logits = True`` keeps the last ``score`` call's low-res logits for :meth:`kept_logits` (the rollout
+    log's masks without a second decode; :mod:`samr1.engine.kept`).
     """
 
     def __new__(cls, sam: Any = None, *args: Any, **kwargs: Any):
@@ -199,6 +203,9 @@ class SamEngine(ScoringEngine):
         iou = iou_excluding(count, distinct_gts, ignores, gt_index)
         values = iou.tolist()  # one device-to-host copy (and sync) for the whole step
         t3 = time.perf_counter()
+        rows = [step.index[r] for r in range(len(ok))]
+        self._keep(low_res, [step.keys[j] for j in rows], [answers[i] for i in ok],
+                   [tuple(step.input_sizes[j]) for j in rows], [step.original_sizes[j] for j in rows])
         return values, {
             "time_encode_s": t1 - t0, "time_load_s": t_load - t1, "time_decode_s": t2 - t_load,
             "time_iou_s": t3 - t2, "iou_backend": last_backend(), "step_images": len(step.keys),
@@ -239,9 +246,19 @@ class SamEngine(ScoringEngine):
             low_res = self._decode(step.embeddings, step.original_sizes, rows, [answers[i] for i in ok])
             for r, i in enumerate(ok):
                 j = step.index[i]
-                up = self.sam.postprocess_masks(low_res[r][None, None], tuple(step.input_sizes[j]), step.original_sizes[j])
-                out[i] = (up[0, 0] > self.threshold).cpu().numpy()
+                out[i] = self._row_mask(low_res[r], step.input_sizes[j], step.original_sizes[j])
         return out  # type: ignore[return-value]
+
+    def _row_mask(self, logits: torch.Tensor, input_size: Any, original_size: tuple[int, int]) -> np.ndarray:
+        """The H x W bool mask of one h x w low-res logit map: SAM's own postprocess (upsample to the square
+        frame, crop the ``input_size`` (h, w) the image was resized to, resize to ``original_size`` (H, W)),
+        then ``> threshold``. The one place both :meth:`segment_batch` and :meth:`kept_logits` make masks."""
+        up = self.sam.postprocess_masks(logits[None, None], tuple(input_size), tuple(original_size))
+        return (up[0, 0] > self.threshold).cpu().numpy()
+
+    def _image_key(self, image: Any) -> str:
+        """The cache's key of ``image`` (model id + pixel content): what :class:`KeptLogits` rows are found by."""
+        return self.cache.key(image)
 
     # ------------------------------------------------------------------ stages
     def _decode(self, emb: torch.Tensor, original_sizes: list[tuple[int, int]], img_index: list[int],

@@ -39,6 +39,7 @@ import torch
 from samr1.config import with_overrides
 from samr1.engine.config import SamEngineConfig
 from samr1.engine.frozen import frozen_on
+from samr1.engine.kept import KeepsLogits
 from samr1.engine.scoring import ScoringEngine, distinct_masks, iou_excluding, n_objects, prompt_rows
 from samr1.io import InputError, load_image
 from samr1.lru import ByteLRU
@@ -73,7 +74,7 @@ def store_layout(encoder: Any) -> list[tuple[str, tuple[int, ...]]]:
     return [(n, tuple(int(v) for v in s)) for n, s in (embed, *high)]
 
 
-class Sam2Engine(ScoringEngine):
+class Sam2Engine(ScoringEngine, KeepsLogits):
     """Batched, cached SAM 2 scoring; :class:`samr1.engine.SamEngine` hands SAM 2 models to it.
 
     Args:
@@ -96,6 +97,9 @@ class Sam2Engine(ScoringEngine):
             be of this model (model id) and layout; a SAM v1 store is refused (a StoreError naming 'kind').
         threads: accepted for API parity.
         decode_chunk: prompts per decoder call (default: 1 on the CPU, where batching measured slower, else 32).
+
+    ``keep_logits = True`` keeps the last ``score`` call's low-res logits for :meth:`kept_logits`, as
+    :class:`samr1.engine.SamEngine` does (:mod:`samr1.engine.kept`).
     """
 
     def __init__(self, sam: Any, config: SamEngineConfig | None = None, **options: Any):
@@ -204,9 +208,17 @@ class Sam2Engine(ScoringEngine):
             self._counters["store_hits"] += 1
         return _Entry(parts[0], parts[1:], size)  # the store's layout: image embedding first
 
-    def _lookup(self, images: Sequence[Any], fields: Sequence[str]) -> tuple[list[int], list[_Entry]]:
+    def _image_key(self, image: Any, field: str = "image") -> str:
+        """The cache's (and the store's) key of ``image``'s pixels: what :class:`KeptLogits` rows are found by."""
+        from samr1.store import image_key
+
+        return image_key(load_image(image, field=field), self.store.hash if self.store is not None else None)
+
+    def _lookup(self, images: Sequence[Any], fields: Sequence[str],
+                keys: list[str] | None = None) -> tuple[list[int], list[_Entry]]:
         """(distinct index per input, entry per distinct image); each distinct image encoded at most once:
-        served by the in-memory cache, else by the store, else by the encoder."""
+        served by the in-memory cache, else by the store, else by the encoder. ``keys``, when given, gets the
+        content key of each distinct image appended (parallel to the entries)."""
         from samr1.store import image_key
 
         by_obj: dict[int, int] = {}
@@ -235,6 +247,8 @@ class Sam2Engine(ScoringEngine):
                             self._cache.put(key, entry)
                     j = by_key[key] = len(entries)
                     entries.append(entry)
+                    if keys is not None:
+                        keys.append(key)
                 by_obj[id(img)] = j
             index.append(j)
         return index, entries
@@ -309,7 +323,8 @@ class Sam2Engine(ScoringEngine):
 
         t0 = time.perf_counter()
         # --- features of the step's distinct images: cache, store, else one encode per image
-        index, entries = self._lookup([images[i] for i in ok], [f"images[{i}]" for i in ok])
+        keys: list[str] = []
+        index, entries = self._lookup([images[i] for i in ok], [f"images[{i}]" for i in ok], keys)
         t1 = self._now()
         # --- ground truths, loaded once per (mask object, image) and checked against their image's size. Its own
         # stage: counted inside the IoU stage it made that stage look as slow warm as cold
@@ -332,6 +347,8 @@ class Sam2Engine(ScoringEngine):
         iou = iou_excluding(count, gts, ignores, gt_index)
         values = [float(v) for v in iou.tolist()]  # tolist: the device-to-host copy (and sync)
         t3 = time.perf_counter()
+        self._keep(low_res, [keys[j] for j in index], [answers[i] for i in ok], [None] * len(ok),
+                   [entries[j].size for j in index])
         return values, {"time_encode_s": t1 - t0, "time_load_s": t_load - t1, "time_decode_s": t2 - t_load,
                         "time_iou_s": t3 - t2, "iou_backend": backends.last("mask_iou_sam2"),
                         "step_images": len(entries), "step_prompts": len(ok)}
@@ -342,8 +359,6 @@ class Sam2Engine(ScoringEngine):
 
     def segment_batch(self, images: Sequence[Any], answers: Sequence[Any]) -> list[np.ndarray]:
         """Masks for several (image, answer) pairs; each distinct image encoded once, one decode pass."""
-        from samr1.ops.mask_iou_sam2 import postprocess_sam2_reference
-
         if len(images) != len(answers):
             raise InputError(f"images ({len(images)}) and answers ({len(answers)}) must be parallel lists")
         if any(n_objects(a) > 1 for a in answers):  # multi-object answers: OR of the objects' masks
@@ -355,6 +370,13 @@ class Sam2Engine(ScoringEngine):
             if ok:
                 low_res = self._decode(entries, [index[i] for i in ok], [answers[i] for i in ok])
                 for r, i in enumerate(ok):
-                    up = postprocess_sam2_reference(low_res[r][None], entries[index[i]].size)
-                    out[i] = (up[0] > self.threshold).cpu().numpy()
+                    out[i] = self._row_mask(low_res[r], None, entries[index[i]].size)
         return out
+
+    def _row_mask(self, logits: torch.Tensor, input_size: Any, original_size: tuple[int, int]) -> np.ndarray:
+        """The H x W bool mask of one h x w low-res logit map: SAM 2's postprocess (one bilinear resize to
+        ``original_size`` (H, W); ``input_size`` is unused: SAM 2 squashes the whole frame), ``> threshold``.
+        The one place both :meth:`segment_batch` and :meth:`kept_logits` make masks."""
+        from samr1.ops.mask_iou_sam2 import postprocess_sam2_reference
+
+        return (postprocess_sam2_reference(logits[None], original_size)[0] > self.threshold).cpu().numpy()

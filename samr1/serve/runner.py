@@ -7,6 +7,8 @@ import threading
 import time
 from typing import Any
 
+from samr1.hosts import is_loopback  # re-exported: its home is the light samr1.hosts (samr1 view imports it)
+
 __all__ = ["ServerThread", "is_loopback", "uvicorn_options"]
 
 
@@ -20,18 +22,6 @@ def uvicorn_options(app: Any) -> dict[str, Any]:
     service = getattr(getattr(app, "state", None), "service", None)
     cfg = service.config if service is not None else ServerConfig()
     return {"http": http_protocol(cfg.header_timeout_s), "lifespan": "off"}
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and ``localhost``."""
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 class ServerThread:

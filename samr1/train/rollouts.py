@@ -26,9 +26,13 @@ Guarantees: append only (the file is opened in append mode; an image file that e
 torn last line left by a killed run is closed with a newline before the first new record); bounded in bytes
 (``max_bytes`` over the JSONL plus the images, counted from what is on disk when the log opens, so a resumed
 run shares the budget of the run it continues); never fails training (an error while writing is warned about
-once and stops the log). In the reward call a logged step only parses the logged answers and queues them;
-the extra SAM decode of those answers (their images are cached: the reward has just encoded them), RLE /
-JPEG / JSON and the writes happen on a writer thread.
+once and stops the log). In the reward call a logged step only parses the logged answers, takes a reference
+to the engine's kept logits and queues them. On a writer thread: the masks of the logged answers, made from
+the low-res logits the reward's own engine call decoded (the engine keeps its last call's logits while a log
+is open: ``engine.keep_logits``, :mod:`samr1.engine.kept`; SAM's postprocess only, no second decode), then
+RLE / JPEG / JSON and the writes. Only answers the engine did not decode in that call (a multi-object
+answer, whose mask is a union of several prompts' masks; rows of another engine call) are decoded again,
+by ``engine.segment_batch`` (their images are still in the engine's cache).
 """
 
 from __future__ import annotations
@@ -148,7 +152,10 @@ class RolloutLog:
         self.query_of = query_of
         self.rank = rank
         self.stats = {"steps_logged": 0, "groups_logged": 0, "groups_skipped": 0, "images_written": 0,
-                      "bytes_written": 0, "seconds_in_step": 0.0, "writer_busy_s": 0.0}
+                      "bytes_written": 0, "seconds_in_step": 0.0, "writer_busy_s": 0.0, "writer_cpu_s": 0.0,
+                      "masks_kept": 0, "masks_decoded": 0}
+        # masks_kept: masks made from the reward call's own logits; masks_decoded: masks of a second engine call
+        # (segment_batch: SAM decodes those answers again)
         self.stopped: str | None = None  # why the log stopped (budget, a write error), None while it runs
         self._last_step: int | None = None
         self._opened = False
@@ -158,6 +165,12 @@ class RolloutLog:
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=4)  # bounded: a slow disk slows the step, never RAM
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        # Ask the engine to keep its last call's low-res logits: the writer makes the logged masks from them
+        # instead of decoding the answers again (that decode was 20 of the writer's 25 ms per logged step on
+        # the bench's CPU; bench/RESULTS.md, "Rollout logging"). Engines without the option are decoded again.
+        engine = getattr(reward, "engine", None)
+        if hasattr(engine, "keep_logits"):
+            engine.keep_logits = True
 
     # ------------------------------------------------------------------ the trainer side
     def wants(self, global_step: int) -> bool:
@@ -247,8 +260,12 @@ class RolloutLog:
                 except (IndexError, KeyError, AttributeError):
                     query = None
             payload.append({**job, "completions": comps, "query": query})
+        # this step's engine call, by reference (the engine replaces its record on its next call; the writer
+        # finds the logged rows in it by content, so a record of another call is never misapplied)
+        kept_of = getattr(getattr(self.reward, "engine", None), "kept_logits", None)
+        kept = kept_of() if callable(kept_of) else None
         self._ensure_thread()
-        self._queue.put((gs + 1, names, payload))
+        self._queue.put((gs + 1, names, payload, kept))
         self.stats["steps_logged"] += 1
 
     # ------------------------------------------------------------------ the writer side (its own thread)
@@ -265,6 +282,7 @@ class RolloutLog:
                     return
                 if self.stopped is None:
                     t0 = time.perf_counter()
+                    c0 = time.thread_time()
                     try:
                         self._write_step(*item)
                     except Exception as exc:  # noqa: BLE001 - a full disk must not end the training run
@@ -274,7 +292,11 @@ class RolloutLog:
                     # free core hides it from the step's wall clock (thread CPU time would miss the decoder's
                     # worker threads)
                     self.stats["writer_busy_s"] += time.perf_counter() - t0
+                    # the writer thread's own CPU time: its work without the waits for a core (a decode it
+                    # falls back to runs on the decoder's worker threads and is not counted here)
+                    self.stats["writer_cpu_s"] += time.thread_time() - c0
             finally:
+                item = None  # the step's kept logits go now, not when the next step arrives
                 self._queue.task_done()
 
     def _open(self) -> None:
@@ -338,11 +360,14 @@ class RolloutLog:
         self.stats["bytes_written"] += len(data)
         self.stats["images_written"] += 1
 
-    def _segment(self, payload: list[dict[str, Any]]) -> None:
-        """SAM's masks of the logged answers, in one engine call (``job["masks"]``, None where an answer did not
-        parse). Here, on the writer thread, not in the reward call: measured on the 2-core CPU this decode was
-        ~3 % of a training step when done inline (bench/RESULTS.md, "Rollout logging"). The engine is
-        thread-safe and its cache still holds the images the reward has just encoded."""
+    def _segment(self, payload: list[dict[str, Any]], kept: Any = None) -> None:
+        """SAM's masks of the logged answers (``job["masks"]``, None where an answer did not parse). Here, on the
+        writer thread, not in the reward call (done inline, SAM's decode of them was ~3 % of a training step on
+        the 2-core CPU; bench/RESULTS.md, "Rollout logging").
+
+        ``kept``: the reward call's :class:`samr1.engine.kept.KeptLogits` (None: none). An answer it holds gets
+        its mask from the logits the reward scored (postprocess only); the others go to one
+        ``engine.segment_batch`` call (the engine is thread-safe, and its cache still holds the images)."""
         from samr1.io import InputError
 
         images, answers, slots = [], [], []
@@ -355,19 +380,26 @@ class RolloutLog:
                     slots.append((j, k))
         if not answers:
             return
-        try:
-            masks = self.reward.engine.segment_batch(images, answers)
-        except InputError:  # the reward scored these rows 0 for the same reason: log them without masks
-            return
-        for (j, k), m in zip(slots, masks, strict=True):
+        found = kept.masks(images, answers) if kept is not None else [None] * len(answers)
+        self.stats["masks_kept"] += sum(m is not None for m in found)
+        rest = [n for n, m in enumerate(found) if m is None]
+        if rest:
+            try:
+                again = self.reward.engine.segment_batch([images[n] for n in rest], [answers[n] for n in rest])
+            except InputError:  # the reward scored these rows 0 for the same reason: log them without masks
+                again = [None] * len(rest)
+            self.stats["masks_decoded"] += sum(m is not None for m in again)
+            for n, m in zip(rest, again, strict=True):
+                found[n] = m
+        for (j, k), m in zip(slots, found, strict=True):
             payload[j]["masks"][k] = m
 
-    def _write_step(self, step: int, names: list[str], payload: list[dict[str, Any]]) -> None:
+    def _write_step(self, step: int, names: list[str], payload: list[dict[str, Any]], kept: Any = None) -> None:
         from samr1.io import rle_encode
 
         if not self._opened:
             self._open()
-        self._segment(payload)
+        self._segment(payload, kept)
         for job in payload:
             key, img_bytes = self._encode_image(job["image"])
             gt = job["gt"]
@@ -422,8 +454,11 @@ class RolloutLog:
             self._queue.join()
 
     def close(self) -> None:
-        """Write what is queued and stop the writer thread."""
+        """Write what is queued, stop the writer thread, and tell the engine to stop keeping logits."""
         if self._thread is not None:
             self._queue.put(None)
             self._thread.join()
             self._thread = None
+        engine = getattr(self.reward, "engine", None)
+        if getattr(engine, "keep_logits", False):
+            engine.keep_logits = False  # its next call drops the record it holds
