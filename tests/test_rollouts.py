@@ -156,6 +156,117 @@ def test_a_bad_row_is_skipped_and_the_log_goes_on(shapes_engine, tmp_path):
     assert [(r["step"], r["row_id"]) for r in _groups(d / "rollouts.jsonl")] == [(1, 101), (2, 100), (2, 101)]
 
 
+def test_an_image_sam_refuses_loses_only_its_own_masks(shapes_engine, tmp_path, monkeypatch):
+    """A group whose image SAM cannot encode (1 x 3000: its short side would become 0 px) is logged without
+    masks; the other groups' masks are still made, also on the second-decode path (no kept logits)."""
+    monkeypatch.setattr(shapes_engine, "kept_logits", lambda: None)
+    d = tmp_path / "rollouts"
+    hub, log = _hub(shapes_engine, d, every=1, groups=3)
+    comps, images, masks, ids = _batch(seed=5)
+    thin = np.zeros((1, 3000), bool)
+    thin[0, 10:400] = True
+    images = [np.zeros((1, 3000, 3), np.uint8)] * G + images[G:]
+    masks = [thin] * G + masks[G:]
+    comps = [_answer(thin, np.random.default_rng(0))] * G + comps[G:]
+    with pytest.warns(RuntimeWarning, match="engine_input_error"):  # the reward's own warning: row scored 0
+        _score(hub, (comps, images, masks, ids), 0)
+    hub.close()
+    recs = {r["row_id"]: r for r in _groups(d / "rollouts.jsonl")}
+    assert set(recs) == {100, 101, 102}
+    assert all(c["ok"] and c["mask"] is None and c["iou"] is None for c in recs[100]["completions"])
+    for rid in (101, 102):
+        logged = recs[rid]["completions"]
+        assert all(c["mask"] is not None and c["iou"] is not None for c in logged[:G - 1]), rid
+    assert log.stats["masks_decoded"] == 2 * (G - 1) and log.stats["masks_kept"] == 0
+
+
+def _log_with_ignore(engine, directory):
+    """One logged step of three prompts, two of them with a random ignore block (overlapping the object or not);
+    returns the batch and its ignore column."""
+    from transformers import TrainerState
+
+    hub, _ = _hub(engine, directory, every=1, groups=3)
+    comps, images, masks, ids = _batch(seed=11)
+    rng = np.random.default_rng()
+    ignores = []
+    for r in range(3):
+        h, w = masks[r * G].shape
+        ign = None
+        if r < 2:
+            ign = np.zeros((h, w), bool)
+            y, x = int(rng.integers(0, h - 8)), int(rng.integers(0, w - 8))
+            ign[y:y + int(rng.integers(4, h - y)), x:x + int(rng.integers(4, w - x))] = True
+        ignores += [ign] * G
+    state = TrainerState(global_step=0)
+    for f in hub.functions():
+        f(prompts=None, completions=comps, sam_image=images, mask=masks, ignore=ignores, row_id=ids,
+          trainer_state=state)
+    hub.close()
+    return (comps, images, masks, ids), ignores
+
+
+@pytest.mark.parametrize("kept", [True, False])
+def test_logged_iou_leaves_the_ignore_region_out_as_the_reward_does(shapes_engine, tmp_path, monkeypatch, kept):
+    from samr1.answer import parse_answer
+
+    if not kept:  # the second-decode path: the same rule
+        monkeypatch.setattr(shapes_engine, "kept_logits", lambda: None)
+    d = tmp_path / "rollouts"
+    (comps, images, masks, ids), ignores = _log_with_ignore(shapes_engine, d)
+    recs = _groups(d / "rollouts.jsonl")
+    assert len(recs) == 3
+    for r in recs:
+        rows = [i for i, x in enumerate(ids) if x == r["row_id"]]
+        image, gt, ign = images[rows[0]], masks[rows[0]], ignores[rows[0]]
+        answers = [parse_answer(comps[i], image.shape[:2]) for i in rows]
+        want = shapes_engine.score([image] * G, answers, [gt & ~ign if ign is not None else gt] * G,
+                                   ignore=[ign] * G)
+        for k, c in enumerate(r["completions"][:G - 1]):
+            assert c["iou"] == pytest.approx(want[k], abs=1e-6), (r["row_id"], k)
+        assert (r["ignore"] is None) == (ign is None)
+        if ign is not None:
+            assert np.array_equal(rle_decode(r["ignore"]), ign)
+            assert np.array_equal(rle_decode(r["gt"]), gt)  # the target as the dataset gave it
+
+
+@requires_browser
+def test_viewer_shows_the_ignore_region(shapes_engine, tmp_path):
+    from samr1.view.export import export_html
+
+    _, ignores = _log_with_ignore(shapes_engine, tmp_path / "rollouts")
+    out = tmp_path / "run.html"
+    export_html(str(tmp_path), str(out))
+    driver = chrome()
+    try:
+        from selenium.webdriver.common.by import By
+
+        driver.get(out.as_uri())
+        wait_for("the step's three groups", lambda: len(driver.find_elements(By.CSS_SELECTOR, "#groups .group")) == 3)
+        truths = driver.find_elements(By.CSS_SELECTOR, "#groups .group figure.answer.gt")
+        captions = [t.find_element(By.CSS_SELECTOR, "p.comp").text for t in truths]
+        for k in range(3):
+            n = int(ignores[k * G].sum()) if ignores[k * G] is not None else 0
+            assert (f"{n} ignored" in captions[k]) == (n > 0), captions
+        # an ignore pixel outside the target is the image blended with grey (the canvas is at image size)
+        from PIL import Image
+
+        recs = _groups(tmp_path / "rollouts" / "rollouts.jsonl")
+        for k in range(2):
+            ign, gt = rle_decode(recs[k]["ignore"]), rle_decode(recs[k]["gt"])
+            ys, xs = np.nonzero(ign & ~gt)
+            if not len(ys):
+                continue
+            y, x = int(ys[len(ys) // 2]), int(xs[len(xs) // 2])
+            got = driver.execute_script("return Array.from(arguments[0].getContext('2d')"
+                                        ".getImageData(arguments[1], arguments[2], 1, 1).data)",
+                                        truths[k].find_element(By.TAG_NAME, "canvas"), x, y)[:3]
+            img = np.asarray(Image.open(tmp_path / "rollouts" / recs[k]["image_file"]).convert("RGB"), float)
+            want = 0.4 * img[y, x] + 0.6 * 128
+            assert np.abs(np.asarray(got, float) - want).max() <= 8, (got, want)
+    finally:
+        driver.quit()
+
+
 def test_byte_budget_stops_the_log_and_says_so(shapes_engine, tmp_path):
     d = tmp_path / "rollouts"
     hub, log = _hub(shapes_engine, d, every=1, groups=1)

@@ -4,7 +4,8 @@
 step it keeps the first ``groups`` prompts of the batch and, for each, writes one JSON line to
 ``<dir>/rollouts.jsonl`` holding the query, the ground-truth mask, and for each of the G completions its text,
 the parsed answer (box and points in ORIGINAL image pixels), the mask SAM makes of it, that mask's IoU with the
-ground truth and every reward component. The image goes to ``<dir>/images/<key>.jpg`` once per pixel content
+ground truth (the row's ignore region, where the dataset has one, left out of both counts as the reward leaves
+it out) and every reward component. The image goes to ``<dir>/images/<key>.jpg`` once per pixel content
 (``key`` = blake2b of the pixels), however often it is drawn. ``samr1 view RUN_DIR`` shows the result.
 
 The file format (one JSON object a line, ``"v": 1``):
@@ -12,7 +13,8 @@ The file format (one JSON object a line, ``"v": 1``):
 - ``{"type": "session", "session": n, "time": ..., "every": K, "groups": ..., "max_bytes": ...}``: written
   when a log is opened (a run, or each resume of it), so the records of a resumed run are told apart;
 - ``{"type": "group", "session": n, "step": s, "rank": r, "row_id": i, "image": key, "image_file":
-  "images/<key>.jpg", "size": [H, W], "query": str, "gt": COCO RLE, "components": [names],
+  "images/<key>.jpg", "size": [H, W], "query": str, "gt": COCO RLE, "ignore": COCO RLE or null,
+  "components": [names],
   "completions": [{"text", "truncated", "ok", "reason", "think", "objects": [{"bbox": [x1, y1, x2, y2],
   "points": [[x, y], ...]}], "mask": COCO RLE or null, "iou", "rewards": {name: value}, "reward"}],
   "reward_mean", "reward_std", "time"}``;
@@ -32,7 +34,9 @@ the low-res logits the reward's own engine call decoded (the engine keeps its la
 is open: ``engine.keep_logits``, :mod:`samr1.engine.kept`; SAM's postprocess only, no second decode), then
 RLE / JPEG / JSON and the writes. Only answers the engine did not decode in that call (a multi-object
 answer, whose mask is a union of several prompts' masks; rows of another engine call) are decoded again,
-by ``engine.segment_batch`` (their images are still in the engine's cache).
+by ``engine.segment_batch`` (their images are still in the engine's cache); an image the engine refuses (the
+reward scored its row 0) is left out of that call, so its answers are logged without a mask and the other
+groups keep theirs.
 """
 
 from __future__ import annotations
@@ -218,7 +222,7 @@ class RolloutLog:
     def _observe(self, gs: int, completions: list[Any], columns: dict[str, Any], names: list[str],
                  values: list[list[float]]) -> None:
         from samr1.answer import parse_answer
-        from samr1.io import InputError, load_image
+        from samr1.io import InputError, load_image, load_mask
         from samr1.rewards.truth import load_instances
 
         n = len(completions)
@@ -226,6 +230,10 @@ class RolloutLog:
         masks_col = columns.get(self.reward.mask_key)
         if not isinstance(images_col, (list, tuple)) or not isinstance(masks_col, (list, tuple)):
             raise ValueError(f"the batch has no {self.reward.image_key!r} / {self.reward.mask_key!r} columns")
+        ignore_key = getattr(self.reward, "ignore_key", None)
+        ignore_col = columns.get(ignore_key) if ignore_key else None
+        if not isinstance(ignore_col, (list, tuple)) or len(ignore_col) != n:
+            ignore_col = None  # no ignore column (or not one the reward read): nothing is left out
         ids = columns.get("row_id")
         self._last_step = gs
         jobs = []
@@ -237,6 +245,9 @@ class RolloutLog:
                 gt, _ = load_instances(masks_col[first], field=self.reward.mask_key, expected_size=image.shape[:2])
                 if gt is None:  # no instance: an empty target
                     gt = np.zeros(image.shape[:2], bool)
+                ign = None
+                if ignore_col is not None and ignore_col[first] is not None:
+                    ign = load_mask(ignore_col[first], field=ignore_key, expected_size=image.shape[:2])
             except InputError:
                 # the reward has warned about this row and scored its mask rewards 0; the log skips it
                 self.stats["groups_skipped"] += 1
@@ -247,7 +258,8 @@ class RolloutLog:
                                  require_points=self.reward.require_points, multi_object=self.reward.multi_object)
                 answers.append(a)
             row_id = int(ids[first]) if isinstance(ids, (list, tuple)) else None
-            jobs.append({"rows": rows, "image": image, "gt": gt, "answers": answers, "row_id": row_id})
+            jobs.append({"rows": rows, "image": image, "gt": gt, "ignore": ign, "answers": answers,
+                         "row_id": row_id})
         payload = []
         for job in jobs:
             rows = job["rows"]
@@ -383,6 +395,10 @@ class RolloutLog:
         found = kept.masks(images, answers) if kept is not None else [None] * len(answers)
         self.stats["masks_kept"] += sum(m is not None for m in found)
         rest = [n for n, m in enumerate(found) if m is None]
+        errors_of = getattr(self.reward.engine, "image_errors", None)
+        if rest and callable(errors_of):  # an image the engine refuses would fail the whole call: leave it out
+            errors = errors_of([images[n] for n in rest])
+            rest = [n for n, e in zip(rest, errors, strict=True) if e is None]
         if rest:
             try:
                 again = self.reward.engine.segment_batch([images[n] for n in rest], [answers[n] for n in rest])
@@ -402,7 +418,8 @@ class RolloutLog:
         self._segment(payload, kept)
         for job in payload:
             key, img_bytes = self._encode_image(job["image"])
-            gt = job["gt"]
+            gt, ign = job["gt"], job["ignore"]
+            keep = None if ign is None else ~ign  # the pixels the IoU counts (the reward's rule)
             comps = []
             for c, a, m in zip(job["completions"], job["answers"], job["masks"], strict=True):
                 text = c["text"]
@@ -411,8 +428,11 @@ class RolloutLog:
                            for o in a.objects] if a.ok else []
                 iou = None
                 if m is not None:
-                    union = int(np.logical_or(m, gt).sum())
-                    iou = float(np.logical_and(m, gt).sum() / union) if union else 1.0  # two empty masks: 1
+                    both, either = m & gt, m | gt
+                    if keep is not None:
+                        both, either = both & keep, either & keep
+                    union = int(either.sum())
+                    iou = float(both.sum() / union) if union else 1.0  # two empty masks: 1
                 comps.append({"text": text[:MAX_TEXT_CHARS], "truncated": len(text) > MAX_TEXT_CHARS, "ok": a.ok,
                               "reason": a.reason, "think": a.think, "objects": objects,
                               "mask": rle_encode(m) if m is not None else None, "iou": iou,
@@ -425,7 +445,8 @@ class RolloutLog:
             line = (json.dumps({
                 "type": "group", "v": FORMAT_VERSION, "session": self._session, "step": step, "rank": self.rank,
                 "row_id": job["row_id"], "image": key, "image_file": f"{IMAGES_DIR}/{key}.jpg", "size": [h, w],
-                "query": job["query"], "gt": rle_encode(gt), "components": names, "completions": comps,
+                "query": job["query"], "gt": rle_encode(gt),
+                "ignore": rle_encode(ign) if ign is not None else None, "components": names, "completions": comps,
                 "reward_mean": mean, "reward_std": std, "time": time.time()}, separators=(",", ":")) + "\n").encode()
             need = len(line) + (len(img_bytes) if img_bytes is not None else 0)
             if self._bytes + need > self.max_bytes:

@@ -10,6 +10,7 @@ const Samr1 = (function () {
   // Colours of the overlays; the browser tests look for MASK_RGB in screenshots.
   const MASK_RGB = [255, 0, 170];
   const GT_RGB = [255, 212, 0];
+  const IGNORE_RGB = [128, 128, 128];  // pixels neither the reward nor the metrics count
   const BOX_COLOUR = "#00e0ff";
   const POINT_COLOUR = "#39ff14";
 
@@ -125,8 +126,9 @@ const Samr1 = (function () {
   }
 
   /** Paint `image` with optional mask (at `opacity`), ground-truth outline and prompt on `canvas`.
-   * opts: {mask: decoded mask, showMask, opacity (0..1), gt: decoded mask, showGt, boxes, points, showPrompt,
-   * pending: {boxes, points} drawn dashed}. The canvas takes the image's natural size. */
+   * opts: {mask: decoded mask, showMask, opacity (0..1), gt: decoded mask, showGt, ignore: decoded mask (drawn
+   * grey, under the mask), boxes, points, showPrompt, pending: {boxes, points} drawn dashed}. The canvas takes the
+   * image's natural size. */
   function paint(canvas, image, opts) {
     const w = image.naturalWidth || image.width, h = image.naturalHeight || image.height;
     if (canvas.width !== w) canvas.width = w;
@@ -135,6 +137,14 @@ const Samr1 = (function () {
     ctx.clearRect(0, 0, w, h);
     ctx.drawImage(image, 0, 0, w, h);
     const scale = Math.max(w, h) / 480;
+    if (opts.ignore) {
+      opts._ignoreCanvas = opts._ignoreCanvas || maskCanvas(opts.ignore, IGNORE_RGB);
+      ctx.save();
+      ctx.globalAlpha = 0.6;
+      ctx.imageSmoothingEnabled = false;
+      ctx.drawImage(opts._ignoreCanvas, 0, 0, w, h);
+      ctx.restore();
+    }
     if (opts.mask && opts.showMask !== false) {
       opts._maskCanvas = opts._maskCanvas || maskCanvas(opts.mask, MASK_RGB);
       ctx.save();
@@ -191,7 +201,7 @@ const Samr1 = (function () {
   }
 
   return {
-    MASK_RGB: MASK_RGB, GT_RGB: GT_RGB, rleCounts: rleCounts, decodeRle: decodeRle, maskCanvas: maskCanvas,
+    MASK_RGB: MASK_RGB, GT_RGB: GT_RGB, IGNORE_RGB: IGNORE_RGB, rleCounts: rleCounts, decodeRle: decodeRle, maskCanvas: maskCanvas,
     outlineCanvas: outlineCanvas, drawPrompt: drawPrompt, paint: paint, loadImage: loadImage,
     canvasPoint: canvasPoint, fmt: fmt, el: el,
   };

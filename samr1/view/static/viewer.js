@@ -227,6 +227,7 @@
     const opts = {
       mask: c.mask ? Samr1.decodeRle(c.mask) : null,
       gt: g.gt ? Samr1.decodeRle(g.gt) : null,
+      ignore: g.ignore ? Samr1.decodeRle(g.ignore) : null,
       boxes: (c.objects || []).map(function (o) { return o.bbox; }),
       points: [].concat.apply([], (c.objects || []).map(function (o) { return o.points; })),
     };
@@ -241,12 +242,15 @@
   function truthCard(run, g) {
     const canvas = el("canvas", { role: "img", "aria-label": "The image with the ground-truth mask" });
     const gt = g.gt ? Samr1.decodeRle(g.gt) : null;
-    const opts = { mask: gt, showMask: true, opacity: 0.5, showGt: false, showPrompt: false };
+    const ignore = g.ignore ? Samr1.decodeRle(g.ignore) : null;
+    const opts = { mask: gt, showMask: true, opacity: 0.5, showGt: false, showPrompt: false, ignore: ignore };
     image(run, g.image).then(function (img) { Samr1.paint(canvas, img, opts); })
       .catch(function (err) { canvas.replaceWith(el("p", { class: "reason", text: err.message })); });
+    const count = function (m) { return m ? m.data.reduce(function (a, b) { return a + b; }, 0) : 0; };
+    let caption = count(gt) + " object pixels";
+    if (ignore) caption += " · " + count(ignore) + " ignored (grey: in no IoU count)";
     return el("figure", { class: "answer gt", role: "listitem" }, [canvas,
-      el("figcaption", { class: "score", text: "Ground truth" }),
-      el("p", { class: "comp", text: (gt ? gt.data.reduce(function (a, b) { return a + b; }, 0) : 0) + " object pixels" })]);
+      el("figcaption", { class: "score", text: "Ground truth" }), el("p", { class: "comp", text: caption })]);
   }
 
   function sortCards(list) {
