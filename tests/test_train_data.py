@@ -189,8 +189,22 @@ def test_reasonseg_target_and_ignore(tmp_path):
     assert detect_format(str(tmp_path)) == "reasonseg"
     good, bad = check_rows(load_rows(str(tmp_path)))
     assert [r.query for r in good] == anno["text"] and not bad
-    item = PolicyDataset(good, policy_size=56)[0]
+    ds = PolicyDataset(good, policy_size=56)
+    item = ds[0]
     assert np.array_equal(item["mask"], want == 1) and np.array_equal(item["ignore"], want == 255)
+    # the node reward gather re-reads the rows on the scoring process: the ignore region travels with them,
+    # under the reward's ignore key, and not at all for a reward told never to read one
+    from samr1.rewards import SamR1Reward
+    from samr1.train.rewards_hub import RewardHub
+
+    for key in ("ignore", "void", None):
+        hub = RewardHub(SamR1Reward(None, components=("think", "answer"), image_key="sam_image", ignore_key=key),
+                        gather="node", dataset=ds)
+        cols = hub.node_columns([1, 0])
+        assert set(cols) == {"sam_image", "mask", "row_id"} | ({key} if key else set())
+        assert cols["row_id"] == [1, 0] and np.array_equal(cols["mask"][1][0], want == 1)
+        if key:
+            assert [np.array_equal(x, want == 255) for x in cols[key]] == [True, True]
 
 
 def test_max_samples_seeded_subset(tmp_path):

@@ -196,6 +196,17 @@ class RewardHub:
             if rank in ranks:
                 self._node_group, self._node_leader = group, ranks[0]
 
+    def node_columns(self, row_ids: list[int]) -> dict[str, list[Any]]:
+        """The reward's columns for the dataset rows ``row_ids``, re-read from the dataset as the node leader
+        scores them: the images, the instance masks, the ignore regions (ReasonSeg's, None elsewhere; only when
+        the reward reads an ignore column) and the row ids."""
+        cols = [self.dataset.sam_columns(r) for r in row_ids]
+        out = {self.reward.image_key: [c[0] for c in cols], self.reward.mask_key: [c[1] for c in cols],
+               "row_id": list(row_ids)}
+        if getattr(self.reward, "ignore_key", None):
+            out[self.reward.ignore_key] = [c[2] for c in cols]
+        return out
+
     def _score_gathered(self, completions: list[Any], kwargs: dict[str, Any]) -> tuple[list[list[float]], list[bool]]:
         """Gather (completions, row ids) to the node leader, score there, scatter each rank's slice back: the
         values of its rows, and whether each of its rows failed to parse."""
@@ -212,13 +223,9 @@ class RewardHub:
             all_comps = [c for p in got for c in p[0]]
             all_ids = [r for p in got for r in p[1]]
             self._scored_ids = all_ids
-            cols = [self.dataset.sam_columns(r) for r in all_ids]
             # the completions table takes this process's rows only: each rank logs its slice after the scatter
             kw = {k: v for k, v in kwargs.items() if not isinstance(v, list) and k != "log_extra"}
-            kw[self.reward.image_key] = [c[0] for c in cols]
-            kw[self.reward.mask_key] = [c[1] for c in cols]
-            kw[self.reward.ignore_key] = [c[2] for c in cols]  # ReasonSeg's ignore regions (None elsewhere)
-            kw["row_id"] = all_ids
+            kw.update(self.node_columns(all_ids))
             try:
                 values = self._score_local(all_comps, kw)
                 failed = self._parse_failed(values)
