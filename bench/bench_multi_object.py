@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import statistics
-import time
 from typing import Any
 
 import numpy as np
@@ -134,15 +133,6 @@ def run(quick: bool = False, out: str | None = None, device: str = "cpu", sam_ki
 
 
 if __name__ == "__main__":
-    import argparse
+    from samr1.bench.harness import sam_bench_main
 
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--smoke", action="store_true")
-    ap.add_argument("--sam", default="tiny")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args()
-    t0 = time.perf_counter()
-    run(quick=a.quick, smoke=a.smoke, sam_kind=a.sam, device=a.device, out=a.out)
-    print(f"{time.perf_counter() - t0:.1f} s")
+    sam_bench_main(__doc__, run)

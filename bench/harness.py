@@ -211,3 +211,20 @@ def add_scaling(rows: list[dict[str, Any]], key: str, time_key: str) -> None:
             r["first_threads"] = first["threads"]
             r["speedup_vs_first"] = first[time_key] / r[time_key]
             r["efficiency"] = first["threads"] * first[time_key] / (r["threads"] * r[time_key])
+
+
+def sam_bench_main(doc: str, run: Callable[..., Any]) -> None:
+    """``python bench/<name>.py`` for a bench whose ``run`` takes quick, smoke, sam_kind, device and out: those
+    flags (``--sam`` default ``tiny``), the run, and its wall time."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--smoke", action="store_true")
+    ap.add_argument("--sam", default="tiny")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    t0 = time.perf_counter()
+    run(quick=a.quick, smoke=a.smoke, sam_kind=a.sam, device=a.device, out=a.out)
+    print(f"{time.perf_counter() - t0:.1f} s")

@@ -368,11 +368,35 @@ def plot_multi_object(rows: list[dict[str, Any]], out: str, device: str = "cpu")
     ax.set_xticks(range(len(temps)))
     ax.set_xticklabels([f"{t} (embedding cache {'emptied' if t == 'cold' else 'filled'})" for t in temps])
     ax.set_ylabel("seconds per reward step (median)")
-    ax.set_title(f"reward step B={rows[0]['B']} x G={rows[0]['G']}: one object vs 1-4 objects a row")
+    return _finish_step_plot(fig, ax, rows, device, out, "multi_object", "one object vs 1-4 objects a row")
+
+
+def _finish_step_plot(fig: Any, ax: Any, rows: list[dict[str, Any]], device: str, out: str, name: str,
+                      what: str) -> str:
+    """The tail of a reward-step figure: its B x G title, legend, device line, and the file written."""
+    ax.set_title(f"reward step B={rows[0]['B']} x G={rows[0]['G']}: {what}")
     ax.legend(fontsize=8)
     fig.suptitle(device_label(device, rows), fontsize=9, y=0.995)
     fig.tight_layout()
-    return _save(fig, out, "multi_object")
+    return _save(fig, out, name)
+
+
+def plot_repeated_prompts(rows: list[dict[str, Any]], out: str, device: str = "cpu") -> str:
+    """Warm reward-step time against how many distinct answers a group holds: every prompt decoded vs each
+    distinct prompt once."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    for way, colour in (("every prompt", REF), ("distinct once", FAST)):
+        pts = sorted((r["k"], r["step_s"]) for r in rows if r["way"] == way)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", color=colour, label=way)
+    for r in rows:
+        if "speedup" in r:
+            ax.annotate(f"{r['speedup']:.2f}x", (r["k"], r["step_s"]), textcoords="offset points", xytext=(0, -12),
+                        ha="center", fontsize=7)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(f"distinct answers a group's G = {rows[0]['G']} answers are drawn from")
+    ax.set_ylabel("seconds per warm reward step (median)")
+    return _finish_step_plot(fig, ax, rows, device, out, "repeated_prompts", "repeated answers decoded once")
 
 
 def plot_fidelity(rows: list[dict[str, Any]], out: str) -> str:

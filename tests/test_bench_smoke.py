@@ -35,6 +35,7 @@ FILES = {
     "learn": ("learn.jsonl", "learn.png"),
     "limits": ("limits.jsonl", "limits.png"),
     "prompt-pack": ("prompt_pack.jsonl", "prompt_pack.png"),
+    "repeated-prompts": ("repeated_prompts.jsonl", "repeated_prompts.png"),
 }
 # fidelity imports a peer checkout; the tests hand it the restated layout (tests/peer_restated, not the peer's code)
 PEER_RESTATED = os.path.join(os.path.dirname(os.path.abspath(__file__)), "peer_restated")
@@ -141,6 +142,16 @@ def _check_multi_object(rows: list[dict]) -> None:
 
 
 CHECKS["multi-object"] = _check_multi_object
+
+
+def _check_repeated_prompts(rows: list[dict]) -> None:
+    once = [r for r in rows if r["way"] == "distinct once"]
+    assert len(once) == len(rows) // 2 >= 2 and all(r["max_iou_diff"] == 0.0 for r in once)
+    assert once[-1]["k"] == 1 and once[-1]["distinct_prompts"] <= once[-1]["B"]  # one answer a group
+    assert all(r["distinct_prompts"] <= r["prompts"] for r in rows)
+
+
+CHECKS["repeated-prompts"] = _check_repeated_prompts
 
 
 def _check_learn(rows: list[dict]) -> None:

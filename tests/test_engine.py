@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import torch
-from _markers import requires_cuda
+from _markers import requires_cuda, requires_sam2
 
 from samr1.answer import Answer, parse_answer
 from samr1.engine import SamEngine
@@ -245,3 +245,44 @@ def test_kept_logits_make_segments_masks_without_a_decode(sam, monkeypatch):
     engine.keep_logits = False
     engine.score(images, answers, masks)
     assert engine.kept_logits() is None  # switched off: the next call drops it
+
+
+def _sam2_engine():
+    import warnings
+
+    from samr1.engine.sam2_engine import Sam2Engine
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return Sam2Engine(load_sam("sam2.1_hiera_t", seed=0), decode_chunk=8)
+
+
+@pytest.mark.parametrize("kind", ["sam", pytest.param("sam2", marks=requires_sam2)])
+def test_repeated_prompts_are_decoded_once(sam, kind, monkeypatch):
+    """Answers that agree to the coordinate on the same image (a low-entropy group, a repeated object) share
+    one decode; their IoUs and masks are exactly those of the distinct prompts decoded alone, in any order;
+    the same prompt on another image is kept apart."""
+    import dataclasses
+
+    engine = SamEngine(sam) if kind == "sam" else _sam2_engine()
+    rng = np.random.default_rng()
+    images, masks, distinct = _step(rng, [(90, 130), (77, 51)], 5)
+    distinct[5] = dataclasses.replace(distinct[0])  # the first image's first prompt, on the second image
+    picks = [int(k) for k in rng.integers(0, len(distinct), 23)]
+    picks += [k for k in range(len(distinct)) if k not in picks]
+    rng.shuffle(picks)
+    calls = []
+    decode = engine._decode_prompts
+    monkeypatch.setattr(engine, "_decode_prompts", lambda *a: calls.append(len(a[-1])) or decode(*a))
+    got = engine.score([images[k] for k in picks], [distinct[k] for k in picks], [masks[k] for k in picks])
+    assert sum(calls) == len(distinct) and engine.stats["prompts_repeated"] == len(picks) - len(distinct)
+    # the distinct prompts in the order the engine met them: the same decode batch, so the same values exactly
+    order = list(dict.fromkeys(picks))
+    alone = engine.score([images[k] for k in order], [distinct[k] for k in order], [masks[k] for k in order])
+    want = dict(zip(order, alone, strict=True))
+    assert got == [want[k] for k in picks]
+    segs = engine.segment_batch([images[k] for k in picks], [distinct[k] for k in picks])
+    ref = dict(zip(order, engine.segment_batch([images[k] for k in order], [distinct[k] for k in order]),
+                   strict=True))
+    for k, m in zip(picks, segs, strict=True):
+        np.testing.assert_array_equal(m, ref[k])

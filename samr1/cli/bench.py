@@ -32,6 +32,7 @@ BENCHES = {
     "learn": "bench_learn",
     "limits": "bench_limits",
     "prompt-pack": "bench_prompt_pack",
+    "repeated-prompts": "bench_repeated_prompts",
 }
 
 # benches too long for `samr1 bench all` at full size (all --quick / --smoke still runs them)

@@ -263,7 +263,14 @@ class SamEngine(ScoringEngine, KeepsLogits):
     # ------------------------------------------------------------------ stages
     def _decode(self, emb: torch.Tensor, original_sizes: list[tuple[int, int]], img_index: list[int],
                 answers: list[Any]) -> torch.Tensor:
-        """Low-res logits (N x h x w) of the best (or only) mask per answer, all prompts in one batched pass."""
+        """Low-res logits (N x h x w) of the best (or only) mask per answer, all prompts in one batched pass,
+        each distinct prompt decoded once (:meth:`_decode_distinct`)."""
+        return self._decode_distinct(img_index, answers,
+                                     lambda idx, ans: self._decode_prompts(emb, original_sizes, idx, ans))
+
+    def _decode_prompts(self, emb: torch.Tensor, original_sizes: list[tuple[int, int]], img_index: list[int],
+                        answers: list[Any]) -> torch.Tensor:
+        """:meth:`_decode` on every prompt as given (repeats included)."""
         from samr1.sam.decoder import decode_batch, select_best
         from samr1.sam.prompts import PromptBatch
 

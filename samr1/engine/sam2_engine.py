@@ -273,7 +273,12 @@ class Sam2Engine(ScoringEngine, KeepsLogits):
         return arr, np.asarray(labels, dtype=np.int32)
 
     def _decode(self, entries: list[_Entry], img_index: list[int], answers: list[Any]) -> torch.Tensor:
-        """N x h x w float32 low-res logits of the chosen mask per answer (input order)."""
+        """N x h x w float32 low-res logits of the chosen mask per answer (input order), each distinct prompt
+        decoded once (:meth:`_decode_distinct`)."""
+        return self._decode_distinct(img_index, answers, lambda idx, ans: self._decode_prompts(entries, idx, ans))
+
+    def _decode_prompts(self, entries: list[_Entry], img_index: list[int], answers: list[Any]) -> torch.Tensor:
+        """:meth:`_decode` on every prompt as given (repeats included)."""
         n = len(answers)
         tokens = [self._prompt_tokens(a, entries[j].size) for a, j in zip(answers, img_index, strict=True)]
         for i, (c, _) in enumerate(tokens):

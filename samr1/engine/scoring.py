@@ -30,7 +30,7 @@ an empty mask, no SAM call) with an empty ground truth (0.0 with a non-empty one
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -109,6 +109,29 @@ def distinct_masks(masks: Sequence[Any], fields: Sequence[str], img_index: Seque
             group_img.append(j)
         index.append(g)
     return index, distinct, group_img, group_ign
+
+
+def distinct_prompts(img_index: Sequence[int], answers: Sequence[Any]) -> tuple[list[int], list[int]]:
+    """Positions of the first occurrence of each distinct SAM prompt, and per prompt the position of its
+    distinct one among them (``inverse[i]`` indexes ``keep``).
+
+    A prompt is (its image, the answer's box, points and point labels), compared exactly: the G answers of a
+    group that agree to the coordinate (a low-entropy policy, a repeated object of a multi-object answer)
+    share one decode. Answers are single-object (``bbox`` may be None, ``points`` a list of (x, y))."""
+    first: dict[tuple, int] = {}
+    keep: list[int] = []
+    inverse: list[int] = []
+    for i, (j, a) in enumerate(zip(img_index, answers, strict=True)):
+        box = None if a.bbox is None else tuple(float(v) for v in a.bbox)
+        pts = tuple((float(x), float(y)) for x, y in a.points)
+        labels = tuple(int(v) for v in (getattr(a, "labels", None) or [1] * len(a.points)))
+        key = (int(j), box, pts, labels)
+        k = first.get(key)
+        if k is None:
+            k = first[key] = len(keep)
+            keep.append(i)
+        inverse.append(k)
+    return keep, inverse
 
 
 def prompt_rows(logits: torch.Tensor, group: torch.Tensor, rows: list[int] | None,
@@ -200,6 +223,26 @@ class ScoringEngine:
     def _check_image(self, arr: np.ndarray, field: str) -> None:
         """Raise :class:`InputError` (naming ``field``) when the engine cannot encode the loaded ``H x W x 3``
         image ``arr``; the engine's encoder path runs the very same check. Default: every image is accepted."""
+
+    def _decode_distinct(self, img_index: list[int], answers: list[Any],
+                         decode: Callable[[list[int], list[Any]], torch.Tensor]) -> torch.Tensor:
+        """``decode(img_index, answers) -> N x h x w`` logits, run on each distinct prompt once
+        (:func:`distinct_prompts`) and expanded back to one row per answer, in order. Counts
+        ``prompts_decoded`` and ``prompts_repeated`` in ``stats``. A repeated prompt's logits are those of its
+        first occurrence, decoded in the same batch: bit for bit what decoding it again would give up to the
+        round-off a different batch composition brings."""
+        keep, inverse = distinct_prompts(img_index, answers)
+        with self._lock:
+            self._counters["prompts_decoded"] = self._counters.get("prompts_decoded", 0) + len(keep)
+            self._counters["prompts_repeated"] = (self._counters.get("prompts_repeated", 0)
+                                                  + len(answers) - len(keep))
+        if len(keep) == len(answers):
+            return decode(img_index, answers)
+        try:
+            low = decode([img_index[i] for i in keep], [answers[i] for i in keep])
+        except (InputError, ValueError):  # its message names a position among the distinct prompts:
+            return decode(img_index, answers)  # raise it again naming the caller's own position
+        return low.index_select(0, torch.as_tensor(inverse, dtype=torch.long, device=low.device))
 
     def image_errors(self, images: Sequence[Any]) -> list[InputError | None]:
         """Per image, the :class:`InputError` the engine's encoder path raises for it (it does not load, or
