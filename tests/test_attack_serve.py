@@ -230,8 +230,9 @@ def _read_response(sock: socket.socket) -> bytes:
         assert chunk, f"the server closed before the response head ended: {got[:200]!r}"
         got += chunk
     head, _, body = got.partition(b"\r\n\r\n")
-    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
-                  if line.lower().startswith(b"content-length:"))
+    length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                   if line.lower().startswith(b"content-length:")), None)
+    assert length is not None, f"a response without Content-Length: {head[:200]!r}"
     while len(body) < length:
         chunk = sock.recv(65536)
         assert chunk, "the server closed before the response body ended"

@@ -281,8 +281,34 @@ def test_repeated_prompts_are_decoded_once(sam, kind, monkeypatch):
     alone = engine.score([images[k] for k in order], [distinct[k] for k in order], [masks[k] for k in order])
     want = dict(zip(order, alone, strict=True))
     assert got == [want[k] for k in picks]
+    # and against decoding every prompt, repeats included (another decode batch: equal up to round-off)
+    monkeypatch.setattr(engine, "_decode_distinct", lambda idx, ans, dec: dec(idx, ans))
+    every = engine.score([images[k] for k in picks], [distinct[k] for k in picks], [masks[k] for k in picks])
+    np.testing.assert_allclose(got, every, atol=1e-3)
+    monkeypatch.undo()
     segs = engine.segment_batch([images[k] for k in picks], [distinct[k] for k in picks])
     ref = dict(zip(order, engine.segment_batch([images[k] for k in order], [distinct[k] for k in order]),
                    strict=True))
     for k, m in zip(picks, segs, strict=True):
         np.testing.assert_array_equal(m, ref[k])
+
+
+@pytest.mark.parametrize("kind", ["sam", pytest.param("sam2", marks=requires_sam2)])
+def test_prompts_the_dedupe_cannot_key_reach_the_decoder_as_before(sam, kind):
+    """A hand-built answer with ``points=None`` decodes as a box-only prompt (repeated or not); a point that is
+    not (x, y) gets the decoder's own error naming the field, not an unpacking error from the dedupe."""
+    engine = SamEngine(sam) if kind == "sam" else _sam2_engine()
+    rng = np.random.default_rng()
+    img = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    gt = np.zeros((60, 80), bool)
+    gt[10:40, 20:60] = True
+    boxed = Answer(ok=True, bbox=(20.0, 10.0, 59.0, 39.0), points=None)
+    got = engine.score([img] * 3, [boxed] * 3, [gt] * 3)
+    assert len(set(got)) == 1 and 0.0 <= got[0] <= 1.0
+    listed = Answer(ok=True, bbox=(20.0, 10.0, 59.0, 39.0), points=[])
+    assert engine.score([img], [listed], [gt]) == got[:1]
+    if kind == "sam":
+        bad = Answer(ok=True, bbox=(20.0, 10.0, 59.0, 39.0), points=[(30.0, 20.0, 1.0)], labels=[1])
+        with pytest.raises(Exception, match=r"points\[1\]\[0\] must be \[x, y\]"):
+            engine.score([img, img], [boxed, bad], [gt, gt])
+

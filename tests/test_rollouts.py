@@ -267,6 +267,47 @@ def test_viewer_shows_the_ignore_region(shapes_engine, tmp_path):
         driver.quit()
 
 
+@pytest.mark.parametrize("form", ["array", "copies", "nested-lists"])
+def test_without_row_ids_two_queries_on_one_image_are_two_groups(shapes_engine, tmp_path, form):
+    """No row_id column: groups are told apart by image AND target, so each is logged with its own ground truth
+    and ignore region and its IoUs are the reward's, whether the G copies of a target are one object, equal
+    copies or nested lists."""
+    from transformers import TrainerState
+
+    from samr1.answer import parse_answer
+    from samr1.shapes.scenes import make_scene
+
+    rng = np.random.default_rng()
+    sc = make_scene(int(rng.integers(1 << 30)), size=(72, 96))
+    objs = sorted((o for o in sc.objects if o.mask.any()), key=lambda o: -int(o.mask.sum()))[:2]
+    assert len(objs) == 2
+    ign = np.zeros((72, 96), bool)
+    ign[:, :20] = True
+    comps, images, masks, ignores = [], [], [], []
+    for q, o in enumerate(objs):
+        for _ in range(G):
+            comps.append(_answer(o.mask, rng))
+            images.append(sc.image)
+            m = o.mask if form == "array" else o.mask.copy() if form == "copies" else o.mask.tolist()
+            masks.append(m)
+            ignores.append(ign if q == 1 else None)
+    d = tmp_path / "rollouts"
+    hub, _ = _hub(shapes_engine, d, every=1, groups=4)
+    for f in hub.functions():
+        f(prompts=None, completions=comps, sam_image=images, mask=masks, ignore=ignores,
+          trainer_state=TrainerState(global_step=0))
+    hub.close()
+    recs = _groups(d / "rollouts.jsonl")
+    assert len(recs) == 2 and all(len(r["completions"]) == G for r in recs)
+    for q, r in enumerate(recs):
+        assert np.array_equal(rle_decode(r["gt"]), objs[q].mask) and (r["ignore"] is None) == (q == 0)
+        answers = [parse_answer(c, (72, 96)) for c in comps[q * G:(q + 1) * G]]
+        x = ign if q == 1 else None
+        want = shapes_engine.score([sc.image] * G, answers, [objs[q].mask & ~x if x is not None else objs[q].mask] * G,
+                                   ignore=[x] * G)
+        assert [c["iou"] for c in r["completions"]] == pytest.approx(want, abs=1e-6)
+
+
 def test_byte_budget_stops_the_log_and_says_so(shapes_engine, tmp_path):
     d = tmp_path / "rollouts"
     hub, log = _hub(shapes_engine, d, every=1, groups=1)

@@ -275,8 +275,8 @@ class SamEngine(ScoringEngine, KeepsLogits):
         from samr1.sam.prompts import PromptBatch
 
         boxes = [a.bbox for a in answers]
-        points = [list(a.points) for a in answers]
-        labels = [list(getattr(a, "labels", None) or [1] * len(a.points)) for a in answers]
+        points = [list(a.points or ()) for a in answers]  # None: a box-only prompt, as SAM 2's engine reads it
+        labels = [list(getattr(a, "labels", None) or [1] * len(p)) for a, p in zip(answers, points, strict=True)]
         batch = PromptBatch.from_lists(img_index, boxes, points, labels,
                                        original_sizes=original_sizes, device=self.device)
         logits, iou_pred = decode_batch(self.sam, emb, batch, multimask=self.multimask, threads=self._threads())

@@ -117,15 +117,20 @@ def distinct_prompts(img_index: Sequence[int], answers: Sequence[Any]) -> tuple[
 
     A prompt is (its image, the answer's box, points and point labels), compared exactly: the G answers of a
     group that agree to the coordinate (a low-entropy policy, a repeated object of a multi-object answer)
-    share one decode. Answers are single-object (``bbox`` may be None, ``points`` a list of (x, y))."""
+    share one decode. Answers are single-object; the key is :func:`samr1.engine.kept.prompt_key`'s, what the
+    decoders read.
+
+    Raises:
+        TypeError, ValueError: an answer the decoders could not read either (a point that is not (x, y)):
+            the caller decodes the prompts as given, so that the decoder names the bad field.
+    """
+    from samr1.engine.kept import prompt_key
+
     first: dict[tuple, int] = {}
     keep: list[int] = []
     inverse: list[int] = []
     for i, (j, a) in enumerate(zip(img_index, answers, strict=True)):
-        box = None if a.bbox is None else tuple(float(v) for v in a.bbox)
-        pts = tuple((float(x), float(y)) for x, y in a.points)
-        labels = tuple(int(v) for v in (getattr(a, "labels", None) or [1] * len(a.points)))
-        key = (int(j), box, pts, labels)
+        key = (int(j), *prompt_key(a))
         k = first.get(key)
         if k is None:
             k = first[key] = len(keep)
@@ -229,9 +234,13 @@ class ScoringEngine:
         """``decode(img_index, answers) -> N x h x w`` logits, run on each distinct prompt once
         (:func:`distinct_prompts`) and expanded back to one row per answer, in order. Counts
         ``prompts_decoded`` and ``prompts_repeated`` in ``stats``. A repeated prompt's logits are those of its
-        first occurrence, decoded in the same batch: bit for bit what decoding it again would give up to the
-        round-off a different batch composition brings."""
-        keep, inverse = distinct_prompts(img_index, answers)
+        first occurrence, decoded in the same batch: what decoding it again would give, up to the round-off a
+        different batch composition may bring (none measured on the CPU; on CUDA the decoder's batches are
+        chunked differently once the repeats are gone)."""
+        try:
+            keep, inverse = distinct_prompts(img_index, answers)
+        except (TypeError, ValueError):  # a malformed prompt: the decoder's own check names it
+            return decode(img_index, answers)
         with self._lock:
             self._counters["prompts_decoded"] = self._counters.get("prompts_decoded", 0) + len(keep)
             self._counters["prompts_repeated"] = (self._counters.get("prompts_repeated", 0)

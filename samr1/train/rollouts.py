@@ -124,6 +124,34 @@ def _first_image(value: Any) -> Any:
     return value
 
 
+def _content_key(x: Any, memo: dict[int, Any]) -> Any:
+    """A hashable key equal for equal masks in any of the reward's forms (an array by digest, a path, an RLE
+    dict, a list of instances), computed once per object (``memo``, by id): the G copies of a prompt's target
+    share it whether TRL passed one object or equal copies."""
+    k = memo.get(id(x))
+    if k is not None:
+        return k
+    if x is None:
+        k = ("none",)
+    elif isinstance(x, np.ndarray):
+        k = ("array", array_digest(x))
+    elif isinstance(x, (list, tuple)) and x and isinstance(x[0], (list, tuple)):
+        try:  # a mask written as nested lists (H x W, or N x H x W instances): by digest, not element by element
+            k = ("array", array_digest(np.asarray(x)))
+        except (ValueError, TypeError):  # ragged: not one mask
+            k = ("object", id(x))
+    elif isinstance(x, (list, tuple)):  # a row's instances
+        k = ("list", tuple(_content_key(v, memo) for v in x))
+    elif isinstance(x, (str, bytes, int, float)):
+        k = ("value", x)
+    elif isinstance(x, dict):
+        k = ("dict", json.dumps(x, sort_keys=True, default=str))
+    else:  # a PIL image, a tensor: the object itself
+        k = ("object", id(x))
+    memo[id(x)] = k
+    return k
+
+
 class RolloutLog:
     """Writes a few GRPO groups every ``every`` steps to ``directory`` (see the module docstring).
 
@@ -201,13 +229,23 @@ class RolloutLog:
         self.stats["seconds_in_step"] += time.perf_counter() - t0
 
     def _groups(self, columns: dict[str, Any], n: int) -> list[list[int]]:
-        """Row positions of the first ``groups`` prompts: by ``row_id`` when the dataset has one, else by image."""
+        """Row positions of the first ``groups`` prompts: by ``row_id`` when the dataset has one, else by image
+        AND target (the mask and ignore region, by content): two queries on one image are two groups, each
+        logged with its own ground truth."""
         ids = columns.get("row_id")
         images = columns.get(self.reward.image_key)
         if isinstance(ids, (list, tuple)) and len(ids) == n:
             keys: list[Any] = [int(r) for r in ids]
         elif isinstance(images, (list, tuple)) and len(images) == n:
-            keys = [id(x) for x in images]
+            masks = columns.get(self.reward.mask_key)
+            ignore_key = getattr(self.reward, "ignore_key", None)
+            ignores = columns.get(ignore_key) if ignore_key else None
+            memo: dict[int, Any] = {}
+            keys = [(id(x),
+                     _content_key(masks[p], memo) if isinstance(masks, (list, tuple)) and len(masks) == n else None,
+                     _content_key(ignores[p], memo) if isinstance(ignores, (list, tuple)) and len(ignores) == n
+                     else None)
+                    for p, x in enumerate(images)]
         else:
             keys = list(range(n))
         order: dict[Any, list[int]] = {}
