@@ -278,8 +278,11 @@ def test_without_row_ids_two_queries_on_one_image_are_two_groups(shapes_engine, 
     from samr1.shapes.scenes import make_scene
 
     rng = np.random.default_rng()
-    sc = make_scene(int(rng.integers(1 << 30)), size=(72, 96))
-    objs = sorted((o for o in sc.objects if o.mask.any()), key=lambda o: -int(o.mask.sum()))[:2]
+    for _ in range(100):  # a random scene where at least two objects are visible
+        sc = make_scene(int(rng.integers(1 << 30)), size=(72, 96), n_objects=3)
+        objs = sorted((o for o in sc.objects if o.mask.sum() >= 20), key=lambda o: -int(o.mask.sum()))[:2]
+        if len(objs) == 2:
+            break
     assert len(objs) == 2
     ign = np.zeros((72, 96), bool)
     ign[:, :20] = True
