@@ -330,11 +330,18 @@ def _circle_points(m: np.ndarray, k: int, border_is_background: bool) -> list[tu
     return out
 
 
-def mask_iou_numpy(pred: np.ndarray, gt: np.ndarray) -> float:
-    """IoU of two H x W bool masks; two empty masks have IoU 1.0 (nothing to find, nothing found)."""
-    inter = np.logical_and(pred, gt).sum(dtype=np.int64)
-    union = np.logical_or(pred, gt).sum(dtype=np.int64)
-    return 1.0 if union == 0 else float(inter) / float(union)
+def mask_iou_numpy(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None) -> float:
+    """IoU of two H x W bool masks; two empty masks have IoU 1.0 (nothing to find, nothing found).
+
+    ``ignore``: an optional H x W bool mask of pixels in neither the intersection nor the union (ReasonSeg's
+    ignore regions; the rule of :func:`samr1.metrics.sample_counts`)."""
+    inter = np.logical_and(pred, gt)
+    union = np.logical_or(pred, gt)
+    if ignore is not None:
+        inter &= ~ignore
+        union &= ~ignore
+    union_n = union.sum(dtype=np.int64)
+    return 1.0 if union_n == 0 else float(inter.sum(dtype=np.int64)) / float(union_n)
 
 
 def resize_longest_side(h: int, w: int, frame: int) -> tuple[int, int]:

@@ -303,3 +303,22 @@ def test_resize_longest_side_equals_upstream_preprocess_shape():
     for h, w in sizes:
         for frame in (1024, 256, 840, 1000):
             assert resize_longest_side(int(h), int(w), frame) == ResizeLongestSide.get_preprocess_shape(int(h), int(w), frame)
+
+
+def test_mask_iou_numpy_with_an_ignore_region_is_the_metrics_rule():
+    """``mask_iou_numpy(pred, gt, ignore)`` equals the evaluation's per-sample counts (gt 1 = object, 255 =
+    ignore) on random masks of odd sizes, ignore regions overlapping both masks or neither, empty ones too."""
+    from samr1.geometry import mask_iou_numpy
+    from samr1.metrics import sample_counts
+
+    rng = np.random.default_rng()
+    for _ in range(40):
+        h, w = (int(v) for v in rng.integers(1, 40, 2))
+        pred, gt, ign = (rng.random((h, w)) < p for p in rng.random(3))
+        gt &= ~ign  # the dataset's rule: an ignore pixel is no target pixel
+        coded = gt.astype(np.uint8)
+        coded[ign] = 255
+        inter, union, _, _ = sample_counts(pred, coded)
+        want = 1.0 if union == 0 else inter / union
+        assert mask_iou_numpy(pred, gt, ign) == pytest.approx(want, abs=1e-12)
+        assert mask_iou_numpy(pred, gt, np.zeros((h, w), bool)) == mask_iou_numpy(pred, gt)

@@ -365,10 +365,8 @@ class ScoringEngine:
             masks = self._segment_unions([images[i] for i in multi], [answers[i] for i in multi])
             for i, m in zip(multi, masks, strict=True):
                 gt = load_gt(gt_masks[i], f"gt_masks[{i}]", m.shape)
-                if ignore is not None and ignore[i] is not None:  # ignore pixels in neither count
-                    keep = ~load_gt(ignore[i], f"ignore[{i}]", m.shape)
-                    m, gt = m & keep, gt & keep
-                ious[i] = mask_iou_numpy(m, gt)
+                ign = None if ignore is None or ignore[i] is None else load_gt(ignore[i], f"ignore[{i}]", m.shape)
+                ious[i] = mask_iou_numpy(m, gt, ign)  # ignore pixels in neither count
             last = {**last, "time_union_s": time.perf_counter() - t0}
         with self._lock:
             self._last = last

@@ -54,6 +54,7 @@ from typing import Any
 
 import numpy as np
 
+from samr1.geometry import mask_iou_numpy
 from samr1.hashing import array_digest
 
 __all__ = ["RolloutLog", "ROLLOUTS_FILE", "IMAGES_DIR", "FORMAT_VERSION", "read_jsonl"]
@@ -457,20 +458,14 @@ class RolloutLog:
         for job in payload:
             key, img_bytes = self._encode_image(job["image"])
             gt, ign = job["gt"], job["ignore"]
-            keep = None if ign is None else ~ign  # the pixels the IoU counts (the reward's rule)
             comps = []
             for c, a, m in zip(job["completions"], job["answers"], job["masks"], strict=True):
                 text = c["text"]
                 objects = [{"bbox": [round(float(v), 2) for v in o.bbox],
                             "points": [[round(float(x), 2), round(float(y), 2)] for x, y in o.points]}
                            for o in a.objects] if a.ok else []
-                iou = None
-                if m is not None:
-                    both, either = m & gt, m | gt
-                    if keep is not None:
-                        both, either = both & keep, either & keep
-                    union = int(either.sum())
-                    iou = float(both.sum() / union) if union else 1.0  # two empty masks: 1
+                # the reward's rule: ignore pixels in neither count; two empty masks: 1
+                iou = None if m is None else mask_iou_numpy(m, gt, ign)
                 comps.append({"text": text[:MAX_TEXT_CHARS], "truncated": len(text) > MAX_TEXT_CHARS, "ok": a.ok,
                               "reason": a.reason, "think": a.think, "objects": objects,
                               "mask": rle_encode(m) if m is not None else None, "iou": iou,
