@@ -1,5 +1,7 @@
 """SamEngine: the batched, cached path equals the straightforward reference path."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -296,7 +298,7 @@ def test_repeated_prompts_are_decoded_once(sam, kind, monkeypatch):
 @pytest.mark.parametrize("kind", ["sam", pytest.param("sam2", marks=requires_sam2)])
 def test_prompts_the_dedupe_cannot_key_reach_the_decoder_as_before(sam, kind):
     """A hand-built answer with ``points=None`` decodes as a box-only prompt (repeated or not); a point that is
-    not (x, y) gets the decoder's own error naming the field, not an unpacking error from the dedupe."""
+    not (x, y) is refused up front, naming the answer's own field, not an unpacking error from the dedupe."""
     engine = SamEngine(sam) if kind == "sam" else _sam2_engine()
     rng = np.random.default_rng()
     img = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
@@ -307,8 +309,65 @@ def test_prompts_the_dedupe_cannot_key_reach_the_decoder_as_before(sam, kind):
     assert len(set(got)) == 1 and 0.0 <= got[0] <= 1.0
     listed = Answer(ok=True, bbox=(20.0, 10.0, 59.0, 39.0), points=[])
     assert engine.score([img], [listed], [gt]) == got[:1]
-    if kind == "sam":
-        bad = Answer(ok=True, bbox=(20.0, 10.0, 59.0, 39.0), points=[(30.0, 20.0, 1.0)], labels=[1])
-        with pytest.raises(Exception, match=r"points\[1\]\[0\] must be \[x, y\]"):
-            engine.score([img, img], [boxed, bad], [gt, gt])
+    bad = Answer(ok=True, bbox=(20.0, 10.0, 59.0, 39.0), points=[(30.0, 20.0, 1.0)], labels=[1])
+    with pytest.raises(InputError, match=r"answers\[1\]\.points\[0\] must be \[x, y\]"):
+        engine.score([img, img], [boxed, bad], [gt, gt])
+
+
+def _malformed_prompts(rng):
+    """(answer, the field its message must name after ``answers[i]``) for every way a hand-built prompt can be
+    unreadable; the good numbers are drawn afresh."""
+    from samr1.answer import AnswerObject
+
+    x, y = float(rng.uniform(5, 30)), float(rng.uniform(5, 30))
+    box = (x, y, x + 20.0, y + 15.0)
+    pt = [(x + 5.0, y + 5.0)]
+    multi_ok = AnswerObject(bbox=box, points=pt, labels=[1])
+    return [
+        (Answer(ok=True, bbox=box[:3], points=pt, labels=[1]), ".bbox"),
+        (Answer(ok=True, bbox=(*box[:3], float("nan")), points=pt, labels=[1]), ".bbox"),
+        (Answer(ok=True, bbox=("a", 1, 2, 3), points=pt, labels=[1]), ".bbox"),
+        (Answer(ok=True, bbox=box, points=[(x, y, 1.0)], labels=[1]), ".points[0]"),
+        (Answer(ok=True, bbox=box, points=[pt[0], (float("inf"), y)], labels=[1, 1]), ".points[1]"),
+        (Answer(ok=True, bbox=None, points=[(x, float("nan"))], labels=[1]), ".points[0]"),
+        (Answer(ok=True, bbox=box, points=pt, labels=[1, 1]), ".labels"),
+        (Answer(ok=True, bbox=box, points=pt, labels=[5]), ".labels[0]"),
+        # (ok with no box and no point is the answer "no object"; one object of a list can still be empty)
+        (Answer(ok=True, bbox=box, points=pt, labels=[1], objects=(multi_ok, AnswerObject(bbox=None))),
+         ".objects[1]: an ok answer needs a box or at least one point"),
+        (Answer(ok=True, bbox=box, points=pt, labels=[1], objects=(
+            multi_ok, AnswerObject(bbox=box, points=[(x, y, 3.0)], labels=[1]))), ".objects[1].points[0]"),
+    ]
+
+
+@pytest.mark.parametrize("kind", ["sam", pytest.param("sam2", marks=requires_sam2)])
+def test_a_malformed_hand_built_prompt_is_named_by_its_own_index(sam, kind):
+    """Every unreadable prompt, at a random position among failed and good answers, is refused before anything
+    is encoded, by score, segment_batch and row_errors alike, with a message naming the answer's own index
+    (the decoder used to name its position among the decoded prompts; SAM 2 decoded a NaN into a mask)."""
+    from samr1.answer import parse_answer
+
+    engine = SamEngine(sam) if kind == "sam" else _sam2_engine()
+    rng = np.random.default_rng()
+    img = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    gt = np.zeros((60, 80), bool)
+    gt[10:40, 20:60] = True
+    failed = parse_answer("no answer here", (60, 80))
+    good = Answer(ok=True, bbox=(20.0, 10.0, 59.0, 39.0), points=[(30.0, 20.0)], labels=[1])
+    for bad, where in _malformed_prompts(rng):
+        n = int(rng.integers(2, 7))
+        answers = [failed if rng.random() < 0.5 else good for _ in range(n)]
+        i = int(rng.integers(0, n + 1))
+        answers.insert(i, bad)
+        want = re.escape(f"answers[{i}]{where}")
+        calls = engine.stats["score_calls"]
+        encoded = engine.stats["encoder_images"]
+        with pytest.raises(InputError, match=want):
+            engine.score([img] * (n + 1), answers, [gt] * (n + 1))
+        with pytest.raises(InputError, match=want):
+            engine.segment_batch([img] * (n + 1), answers)
+        errors = engine.row_errors([img] * (n + 1), answers, [gt] * (n + 1))
+        assert [k for k, e in enumerate(errors) if e is not None] == [i]
+        assert re.match(want, str(errors[i]))
+        assert engine.stats["score_calls"] == calls and engine.stats["encoder_images"] == encoded  # refused up front
 

@@ -59,7 +59,7 @@ def test_dry_run_end_to_end(tmp_path):
             assert s["reason"], s
     assert summary["dry_run"] is True and summary["ok"] is True
     assert stages["install"]["status"] == "skipped" and "no install step" in stages["install"]["reason"]
-    for name in ("environment", "gpu_tests", "kernels", "reward_vit_b", "encoder_vit_b"):
+    for name in ("environment", "gpu_tests", "kernels", "reward_vit_b", "multi_object", "encoder_vit_b"):
         assert stages[name]["status"] == "passed", stages[name]
     assert stages["triton_aot"]["status"] == ("passed" if HAS_TRITON else "skipped")
     # the environment stage's record reaches the summary's head
@@ -77,6 +77,15 @@ def test_dry_run_end_to_end(tmp_path):
     reward = stages["reward_vit_b"]["figures"]["records"]["reward_step"]
     assert {r["way"] for r in reward} == {"loop", "loop-cached", "engine-cold", "engine-warm"}
     assert all(r["max_iou_diff_vs_loop"] <= r["iou_tol"] for r in reward)
+    # the multi-object stage reports the multi / single step ratio, cold and warm, from its bench's rows
+    multi = stages["multi_object"]["figures"]
+    rows = multi["records"]["multi_object"]
+    assert {(r["step"].split()[0], r["cache"]) for r in rows} == {
+        (s, c) for s in ("single-object", "multi-object") for c in ("cold", "warm")}
+    by = {(r["step"].split()[0], r["cache"]): r for r in rows}
+    for c in ("cold", "warm"):
+        assert multi[f"ratio_{c}"] == pytest.approx(
+            by["multi-object", c]["step_s"] / by["single-object", c]["step_s"], rel=1e-2)
     # at most 6 files come back, all at the top of OUT, each under 16 MiB
     files = _returned_files(out)
     assert files == sorted(summary["files"]) and len(files) <= 6

@@ -233,6 +233,7 @@ class SamEngine(ScoringEngine, KeepsLogits):
     def _segment_batch(self, images: Sequence[Any], answers: Sequence[Any]) -> list[np.ndarray]:
         if len(images) != len(answers):
             raise InputError(f"images ({len(images)}) and answers ({len(answers)}) must be parallel lists")
+        self.check_prompts(answers)
         if any(n_objects(a) > 1 for a in answers):  # multi-object answers: OR of the objects' masks
             return self._segment_unions(images, answers)
         out: list[np.ndarray | None] = [None] * len(answers)

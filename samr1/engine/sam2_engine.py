@@ -280,10 +280,8 @@ class Sam2Engine(ScoringEngine, KeepsLogits):
     def _decode_prompts(self, entries: list[_Entry], img_index: list[int], answers: list[Any]) -> torch.Tensor:
         """:meth:`_decode` on every prompt as given (repeats included)."""
         n = len(answers)
+        # the prompts were checked up front (check_prompts): each has a box or a point, finite numbers
         tokens = [self._prompt_tokens(a, entries[j].size) for a, j in zip(answers, img_index, strict=True)]
-        for i, (c, _) in enumerate(tokens):
-            if len(c) == 0:
-                raise InputError(f"answers[{i}]: an ok answer needs a box or at least one point")
         groups: dict[int, list[int]] = {}
         for i, (c, _) in enumerate(tokens):
             groups.setdefault(len(c), []).append(i)
@@ -366,6 +364,7 @@ class Sam2Engine(ScoringEngine, KeepsLogits):
         """Masks for several (image, answer) pairs; each distinct image encoded once, one decode pass."""
         if len(images) != len(answers):
             raise InputError(f"images ({len(images)}) and answers ({len(answers)}) must be parallel lists")
+        self.check_prompts(answers)
         if any(n_objects(a) > 1 for a in answers):  # multi-object answers: OR of the objects' masks
             return self._segment_unions(images, answers)
         with torch.inference_mode():

@@ -120,9 +120,7 @@ def distinct_prompts(img_index: Sequence[int], answers: Sequence[Any]) -> tuple[
     share one decode. Answers are single-object; the key is :func:`samr1.engine.kept.prompt_key`'s, what the
     decoders read.
 
-    Raises:
-        TypeError, ValueError: an answer the decoders could not read either (a point that is not (x, y)):
-            the caller decodes the prompts as given, so that the decoder names the bad field.
+    The answers' prompts were checked first (:func:`samr1.engine.prompt_check.prompt_error`).
     """
     from samr1.engine.kept import prompt_key
 
@@ -237,21 +235,26 @@ class ScoringEngine:
         first occurrence, decoded in the same batch: what decoding it again would give, up to the round-off a
         different batch composition may bring (none measured on the CPU; on CUDA the decoder's batches are
         chunked differently once the repeats are gone)."""
-        try:
-            keep, inverse = distinct_prompts(img_index, answers)
-        except (TypeError, ValueError):  # a malformed prompt: the decoder's own check names it
-            return decode(img_index, answers)
+        keep, inverse = distinct_prompts(img_index, answers)  # prompts were checked up front (check_prompts)
         with self._lock:
             self._counters["prompts_decoded"] = self._counters.get("prompts_decoded", 0) + len(keep)
             self._counters["prompts_repeated"] = (self._counters.get("prompts_repeated", 0)
                                                   + len(answers) - len(keep))
         if len(keep) == len(answers):
             return decode(img_index, answers)
-        try:
-            low = decode([img_index[i] for i in keep], [answers[i] for i in keep])
-        except (InputError, ValueError):  # its message names a position among the distinct prompts:
-            return decode(img_index, answers)  # raise it again naming the caller's own position
+        low = decode([img_index[i] for i in keep], [answers[i] for i in keep])
         return low.index_select(0, torch.as_tensor(inverse, dtype=torch.long, device=low.device))
+
+    @staticmethod
+    def check_prompts(answers: Sequence[Any]) -> None:
+        """Raise the first :func:`samr1.engine.prompt_check.prompt_error` of ``answers`` (naming
+        ``answers[i]``, the caller's own index), before anything is loaded, encoded or decoded."""
+        from samr1.engine.prompt_check import prompt_error
+
+        for i, a in enumerate(answers):
+            err = prompt_error(a, f"answers[{i}]")
+            if err is not None:
+                raise err
 
     def image_errors(self, images: Sequence[Any]) -> list[InputError | None]:
         """Per image, the :class:`InputError` the engine's encoder path raises for it (it does not load, or
@@ -281,6 +284,7 @@ class ScoringEngine:
         Raises:
             InputError: the lists are not parallel (a caller's bug, not a row's).
         """
+        from samr1.engine.prompt_check import prompt_error
         from samr1.io import load_image
 
         n = len(answers)
@@ -306,6 +310,10 @@ class ScoringEngine:
                 continue
             if n_objects(a) == 0:
                 out.append(None)  # not ok: score() skips it (0.0) without reading anything
+                continue
+            bad_prompt = prompt_error(a, f"answers[{i}]")
+            if bad_prompt is not None:
+                out.append(bad_prompt)
                 continue
             size = once(("image", id(images[i])), i, image_size)
             if isinstance(size, InputError):
@@ -339,6 +347,7 @@ class ScoringEngine:
                                  + (f" of {len(ignore)}" if isinstance(ignore, (list, tuple)) else ""))
             if all(x is None for x in ignore):
                 ignore = None
+        self.check_prompts(answers)
         objects = [n_objects(a) for a in answers]
         single = [i for i, k in enumerate(objects) if k == 1]
         multi = [i for i, k in enumerate(objects) if k > 1]
