@@ -151,6 +151,10 @@ class Answer:
         syntax: how the payload parsed: "json", "json_trailing_comma" or "python_literal" (None on failure).
         fenced: the payload was wrapped in a ```` ``` ```` code fence.
         raw: the decoded payload object (dict or list), for debugging; not part of equality.
+        image_size: ``(H, W)`` of the image whose ORIGINAL pixels ``bbox`` and ``points`` are in (what
+            :func:`parse_answer` was given; the model frame when it was given None); None for an answer
+            built by hand. The engines refuse an answer whose ``image_size`` is not its image's (e.g. PIL's
+            ``image.size``, which is ``(W, H)``, passed as the size). Not part of equality.
     """
 
     ok: bool
@@ -165,6 +169,7 @@ class Answer:
     model_bbox: tuple[float, float, float, float] | None = None
     model_points: list[tuple[float, float]] = field(default_factory=list)
     objects: tuple[AnswerObject, ...] = ()
+    image_size: tuple[int, int] | None = field(default=None, compare=False)
 
     @property
     def no_object(self) -> bool:
@@ -188,7 +193,8 @@ class Answer:
             return [self]
         return [Answer(ok=True, think=self.think, bbox=o.bbox, points=list(o.points), labels=list(o.labels),
                        syntax=self.syntax, fenced=self.fenced, model_bbox=o.model_bbox,
-                       model_points=list(o.model_points), objects=(o,)) for o in self.objects]
+                       model_points=list(o.model_points), objects=(o,), image_size=self.image_size)
+                for o in self.objects]
 
 
 def _fail(code: str, detail: str | None = None, think: str | None = None, syntax: str | None = None,
@@ -465,7 +471,8 @@ def parse_answer(text: Any, image_size: tuple[int, int] | None = None,
     raw = obj
     if isinstance(obj, (list, tuple)):
         if not obj:  # "there is no such object": ok, no box, an empty mask
-            return Answer(ok=True, reason=None, think=think, syntax=syntax, fenced=fenced, raw=raw)
+            return Answer(ok=True, reason=None, think=think, syntax=syntax, fenced=fenced, raw=raw,
+                          image_size=(ih, iw))
         if not isinstance(obj[0], dict):
             return _fail("not_object", f"objects[0] is a {type(obj[0]).__name__}, not a dict", think, syntax, fenced, raw)
         items = list(obj) if multi_object == "union" else [obj[0]]
@@ -492,7 +499,7 @@ def parse_answer(text: Any, image_size: tuple[int, int] | None = None,
     first = objects[0]
     return Answer(ok=True, reason=None, think=think, bbox=first.bbox, points=list(first.points),
                   labels=list(first.labels), syntax=syntax, fenced=fenced, raw=raw, model_bbox=first.model_bbox,
-                  model_points=list(first.model_points), objects=tuple(objects))
+                  model_points=list(first.model_points), objects=tuple(objects), image_size=(ih, iw))
 
 
 def _parse_object(obj: Any, require_points: bool, mw: int, mh: int, iw: int, ih: int, sx: float,

@@ -81,6 +81,28 @@ def _keyed_or_warn(load: Any, content_key: Any, value: Any, field: str, row: int
     return content_key(arr), arr
 
 
+def _mask_ref(value: Any, field: str, row: int, instances: bool) -> tuple[Any, dict[str, np.ndarray]]:
+    """``(what the request carries for a row's mask, {key: array} to upload if asked})``: a COCO RLE dict
+    inline (it is already compact), another mask by content key, and with ``instances`` a list of instance
+    masks (:func:`samr1.rewards.truth.is_instance_list`, read as the in-process reward reads it) as a list of
+    those. ``(None, {})`` when a mask cannot be loaded (warned; the row's mask-based rewards score 0)."""
+    from samr1.rewards.truth import is_instance_list
+
+    parts = list(value) if instances and is_instance_list(value) else None
+    refs: list[Any] = []
+    arrays: dict[str, np.ndarray] = {}
+    for k, v in enumerate([value] if parts is None else parts):
+        if isinstance(v, dict):
+            refs.append(v)
+            continue
+        key, arr = _keyed_or_warn(load_mask, mask_content_key, v, field if parts is None else f"{field}[{k}]", row)
+        if key is None:
+            return None, {}
+        refs.append(key)
+        arrays[key] = arr
+    return (refs[0] if parts is None else refs), arrays
+
+
 class SamR1Client:
     """Talks to a ``samr1 serve`` server; callable as a TRL reward function.
 
@@ -193,7 +215,7 @@ class SamR1Client:
         if ignore is not None and len(ignore) != n:
             raise ValueError(f"ignore ({len(ignore)}) must be parallel to completions ({n})")
         img_by_id: dict[int, tuple[str | None, np.ndarray | None]] = {}
-        mask_by_id: dict[int, tuple[Any, np.ndarray | None]] = {}
+        mask_by_id: dict[int, tuple[Any, dict[str, np.ndarray]]] = {}
         items = []
         img_arrays: dict[str, np.ndarray] = {}
         mask_arrays: dict[str, np.ndarray] = {}
@@ -212,13 +234,9 @@ class SamR1Client:
                 if m is None and field == "ignore":
                     continue
                 if id(m) not in mask_by_id:
-                    if isinstance(m, dict):
-                        mask_by_id[id(m)] = (m, None)  # COCO RLE goes inline: it is already compact
-                    else:
-                        mask_by_id[id(m)] = _keyed_or_warn(load_mask, mask_content_key, m, column, i)
-                mk, marr = mask_by_id[id(m)]
-                if isinstance(mk, str):
-                    mask_arrays[mk] = marr
+                    mask_by_id[id(m)] = _mask_ref(m, column, i, instances=field == "mask")
+                mk, arrays = mask_by_id[id(m)]
+                mask_arrays.update(arrays)
                 item[field] = mk
             if item.get("ignore", "") is None:  # an ignore region that did not load: the row's mask parts
                 item["mask"] = None           # score 0, as in the in-process reward (bad_mask)

@@ -40,6 +40,7 @@ __all__ = [
     "InputError",
     "MaskSizeError",
     "MaskWarning",
+    "warn_float_mask",
     "load_image",
     "load_mask",
     "max_image_pixels",
@@ -359,8 +360,26 @@ def _lists_to_mask(rows: Sequence[Any], where: str) -> np.ndarray:
     return _array_to_mask(arr, "mask", None, where=where)
 
 
+# An 8-bit mask with at least this many distinct values strictly between 0 and 255 beside full-scale 255
+# pixels has soft edges (resized with antialiasing, or saved as JPEG); a label-id map holds a few values.
+_SOFT_EDGE_LEVELS = 8
+
+
+def _warn_soft_edges(arr: np.ndarray, where: str) -> None:
+    """Warn once when an 8-bit mask looks anti-aliased or JPEG-compressed (one O(pixels) histogram)."""
+    counts = np.bincount(arr.ravel(), minlength=256)
+    if counts[255] and int(np.count_nonzero(counts[1:255])) >= _SOFT_EDGE_LEVELS:
+        soft = int(counts[1:255].sum())
+        _warn_mask_once("soft-edges", f"{where}: an 8-bit mask with {soft} pixels strictly between 0 and 255 (soft "
+                                      "edges: resized with antialiasing, or saved as JPEG?) is read as nonzero = "
+                                      "object, which widens the object by its edge; threshold it (mask > 127), "
+                                      "resize masks with NEAREST and store them as PNG")
+
+
 def _array_to_mask(arr: np.ndarray, field: str, source: str | None, *, where: str | None = None) -> np.ndarray:
     where = where or _where(field, source)
+    if arr.dtype == np.uint8 and arr.ndim in (2, 3):
+        _warn_soft_edges(arr if arr.ndim == 2 else arr[..., : 3 if arr.shape[2] >= 3 else 1], where)
     if arr.ndim == 3:  # a colour PNG: object where any colour channel is nonzero
         if not 1 <= arr.shape[2] <= 4:
             raise InputError(f"{where}: expected an HxW mask (or HxWxC with 1 to 4 channels), got shape "
@@ -387,11 +406,23 @@ def _array_to_mask(arr: np.ndarray, field: str, source: str | None, *, where: st
         raise InputError(f"{where}: mask dtype {arr.dtype} is not bool or numeric")
     if arr.dtype.kind == "f" and not np.isfinite(arr).all():
         raise InputError(f"{where}: mask holds NaN or infinite values")
-    if arr.dtype.kind == "f" and ((arr > 0) & (arr < 1)).any():
+    if arr.dtype.kind == "f":
+        warn_float_mask(arr, where)
+    return np.ascontiguousarray(arr != 0)
+
+
+def warn_float_mask(arr: np.ndarray, where: str) -> None:
+    """Warn once (:class:`MaskWarning`) when a finite float mask looks like logits (negative values) or a
+    probability map (values strictly between 0 and 1): it is read as nonzero = object, so those pixels all
+    count as object. :func:`load_mask` and :mod:`samr1.metrics` call it on every float mask."""
+    if (arr < 0).any():
+        _warn_mask_once("logits", f"{where}: a float mask with negative values (logits?) is read as nonzero = "
+                                  "object, so every negative pixel counts as object; threshold it first (e.g. "
+                                  "logits > 0)")
+    elif ((arr > 0) & (arr < 1)).any():
         _warn_mask_once("probability", f"{where}: a float mask with values strictly between 0 and 1 (a probability "
                                        "map?) is read as nonzero = object, so every such pixel counts as object; "
                                        "threshold it first (e.g. mask > 0.5)")
-    return np.ascontiguousarray(arr != 0)
 
 
 # --- COCO run-length encoding (column-major, counts alternate background/foreground from background) ---
@@ -517,9 +548,15 @@ def rle_decode(rle: dict, *, field: str = "mask", source: str | None = None,
     return np.ascontiguousarray(flat.reshape(w, h).T)
 
 
-def rle_encode(mask: np.ndarray, compressed: bool = True) -> dict:
-    """Encode an ``H x W`` mask as a COCO RLE dict (compressed counts string by default)."""
-    m = np.asarray(mask, dtype=bool)
+def rle_encode(mask: Any, compressed: bool = True) -> dict:
+    """Encode a mask as a COCO RLE dict (compressed counts string by default). ``mask`` is any form
+    :func:`load_mask` reads (an ``H x W`` bool array as is; a colour array, a float map, a path: read, and
+    warned about, as everywhere else).
+
+    Raises:
+        InputError: a mask :func:`load_mask` refuses (naming ``mask``).
+    """
+    m = mask if isinstance(mask, np.ndarray) and mask.dtype == bool and mask.ndim == 2 else load_mask(mask)
     h, w = m.shape
     flat = m.T.reshape(-1)
     change = np.flatnonzero(flat[1:] != flat[:-1]) + 1

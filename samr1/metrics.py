@@ -144,6 +144,15 @@ def _check_rule(empty_union: str) -> str:
 
 
 def _as_2d(value: Any, what: str) -> np.ndarray:
+    """An H x W array of ``value``: arrays (and nested lists, tensors) as they are, so that a ground truth's
+    ``ignore_value`` survives; a path, a PIL image or a COCO RLE dict read by :func:`samr1.io.load_mask`
+    (nonzero = object). A float mask that looks like logits or probabilities warns once (nonzero = object)."""
+    import os
+
+    from samr1.io import load_mask, warn_float_mask
+
+    if isinstance(value, (str, bytes, os.PathLike, dict)) or hasattr(value, "getpixel"):
+        return load_mask(value, field=what)
     a = np.asarray(value)
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]
@@ -151,32 +160,56 @@ def _as_2d(value: Any, what: str) -> np.ndarray:
         raise ValueError(f"{what} must be an H x W mask, got shape {a.shape}")
     if a.dtype == object or not (a.dtype == bool or np.issubdtype(a.dtype, np.number)):
         raise ValueError(f"{what} must be a bool or numeric H x W mask, got dtype {a.dtype}")
+    if a.dtype.kind == "f":
+        if not np.isfinite(a).all():
+            raise ValueError(f"{what} holds NaN or infinite values")
+        warn_float_mask(a, what)
     return a
 
 
 def sample_counts(pred: Any, gt: Any, ignore_value: int | None = DEFAULT_IGNORE_VALUE,
-                  where: str = "sample") -> tuple[int, int, int, int]:
+                  where: str = "sample", ignore: Any = None) -> tuple[int, int, int, int]:
     """``(intersection, union, gt_pixels, pred_pixels)`` of one sample, ignore pixels excluded.
 
     Args:
-        pred: H x W predicted mask (bool, or numeric: nonzero = object), or None for a parse failure (then
-            intersection 0, union = gt_pixels).
+        pred: H x W predicted mask (bool, or numeric: nonzero = object; a path, PIL image or COCO RLE is read
+            by :func:`samr1.io.load_mask`), or None for a parse failure (then intersection 0, union =
+            gt_pixels).
         gt: H x W ground truth: bool, or numeric where nonzero = object and ``ignore_value`` (255 by default;
-            None: no ignore value) = ignore region. Same size as ``pred``.
+            None: no ignore value) = ignore region. Same size as ``pred``. A numeric ground truth holding
+            ``ignore_value`` pixels and no other nonzero value (a plain 0/255 PNG) warns: all of it would be
+            an ignore region and the sample would have no target.
         ignore_value: the ground-truth value marking ignore pixels.
         where: names the sample in error messages.
+        ignore: an explicit H x W ignore region (nonzero = ignore); then ``gt`` is a plain mask (nonzero =
+            object) and ``ignore_value`` is not used.
 
     Raises:
         ValueError: a mask is not H x W or the sizes differ (the message names ``where`` and the field).
     """
     g = _as_2d(gt, f"{where}: gt")
-    if g.dtype == bool or ignore_value is None:
+    if ignore is not None:
+        x = _as_2d(ignore, f"{where}: ignore") != 0
+        if x.shape != g.shape:
+            raise ValueError(f"{where}: ignore is {x.shape[0]}x{x.shape[1]} but gt is {g.shape[0]}x{g.shape[1]} "
+                             "(H x W)")
+        target = (g != 0) & ~x
+        valid = ~x
+    elif g.dtype == bool or ignore_value is None:
         target = g != 0
         valid = None
     else:
-        ignore = g == ignore_value
-        target = (g != 0) & ~ignore
-        valid = ~ignore
+        in_ignore = g == ignore_value
+        target = (g != 0) & ~in_ignore
+        valid = ~in_ignore
+        if not target.any() and in_ignore.any():
+            import warnings
+
+            warnings.warn(f"a ground truth holds only 0 and {ignore_value} (first: {where}): with ignore_value="
+                          f"{ignore_value} all of it is an ignore region and the sample has no target. If "
+                          f"{ignore_value} marks the object (a 0/255 PNG), pass the mask as bool (gt > 0) or "
+                          "ignore_value=None; a ReasonSeg sample with no target passes its region as ignore=",
+                          UserWarning, stacklevel=3)
     gt_pixels = int(np.count_nonzero(target))
     if pred is None:
         return 0, gt_pixels, gt_pixels, 0
@@ -205,11 +238,12 @@ class SegmentationMetrics:
         self.ignore_value = ignore_value
         self.rows: list[SampleRow] = []
 
-    def add(self, pred: Any, gt: Any, id: Any = None) -> SampleRow:
-        """Evaluate one sample (``pred`` None = parse failure) and keep its row."""
+    def add(self, pred: Any, gt: Any, id: Any = None, ignore: Any = None) -> SampleRow:
+        """Evaluate one sample (``pred`` None = parse failure) and keep its row; ``ignore``: an explicit ignore
+        region (see :func:`sample_counts`)."""
         index = len(self.rows)
         where = f"sample {index}" + ("" if id is None else f" ({id!r})")
-        inter, union, gt_pixels, pred_pixels = sample_counts(pred, gt, self.ignore_value, where)
+        inter, union, gt_pixels, pred_pixels = sample_counts(pred, gt, self.ignore_value, where, ignore)
         skipped = False
         if pred is None:
             iou: float | None = 0.0  # a parse failure scores 0 even on an empty ground truth
@@ -240,7 +274,8 @@ class SegmentationMetrics:
 
 
 def evaluate(preds: Sequence[Any], gts: Sequence[Any], empty_union: str = "lisa",
-             ignore_value: int | None = DEFAULT_IGNORE_VALUE, ids: Iterable[Any] | None = None) -> MetricsResult:
+             ignore_value: int | None = DEFAULT_IGNORE_VALUE, ids: Iterable[Any] | None = None,
+             ignores: Sequence[Any] | None = None) -> MetricsResult:
     """gIoU, cIoU and per-sample rows over parallel lists.
 
     Args:
@@ -249,13 +284,17 @@ def evaluate(preds: Sequence[Any], gts: Sequence[Any], empty_union: str = "lisa"
         empty_union: "lisa" (IoU 1), "visionreasoner" (IoU 0) or "segzero" (skip the sample).
         ignore_value: ground-truth value of ignore regions (255); None: no ignore regions.
         ids: optional identifiers, one per sample, copied into the rows and error messages.
+        ignores: optional, per sample None or an explicit H x W ignore region (then that sample's gt is a
+            plain mask and ``ignore_value`` is not used; see :func:`sample_counts`).
     """
     if len(preds) != len(gts):
         raise ValueError(f"preds ({len(preds)}) and gts ({len(gts)}) must be parallel lists")
+    if ignores is not None and len(ignores) != len(preds):
+        raise ValueError(f"ignores ({len(ignores)}) must be parallel to preds ({len(preds)})")
     id_list = list(ids) if ids is not None else [None] * len(preds)
     if len(id_list) != len(preds):
         raise ValueError(f"ids ({len(id_list)}) must be parallel to preds ({len(preds)})")
     acc = SegmentationMetrics(empty_union, ignore_value)
-    for p, g, i in zip(preds, gts, id_list, strict=True):
-        acc.add(p, g, i)
+    for p, g, i, x in zip(preds, gts, id_list, ignores if ignores is not None else [None] * len(preds), strict=True):
+        acc.add(p, g, i, x)
     return acc.result()

@@ -424,10 +424,7 @@ def evaluate_rows(segmenter: ReasoningSegmenter, rows: Sequence[Any], indices: S
         items = [ds[j] for j in local]
         results = segmenter.segment_batch([it["sam_image"] for it in items], [rows[idx[j]].query for j in local])
         for j, it, res in zip(local, items, results, strict=True):
-            gt = it["mask"].astype(np.uint8)
-            if it["ignore"] is not None:
-                gt[it["ignore"]] = 255
-            row = acc.add(res.mask if res.ok else None, gt, id=idx[j])
+            row = acc.add(res.mask if res.ok else None, it["mask"], id=idx[j], ignore=it["ignore"])
             if not res.ok:
                 code = res.answer.code or "no_mask"
                 reasons[code] = reasons.get(code, 0) + 1

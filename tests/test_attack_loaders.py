@@ -293,6 +293,37 @@ def test_check_rows_decodes_each_image_file_once(tmp_path, monkeypatch):
 # ------------------------------------------------------------------------------------------- masks
 
 
+def test_a_mask_resized_with_antialiasing_or_saved_as_jpeg_warns_once(fresh_mask_warnings, tmp_path):
+    """Pillow's default resize of a 0/255 mask, and a JPEG of it, add soft edges that nonzero = object reads as
+    object (about 5 % more pixels): it used to pass in silence. They warn once; the NEAREST resize and the PNG of
+    the same mask do not; random shapes and sizes."""
+    import warnings
+
+    from samr1.io import MaskWarning, load_mask
+
+    rng = np.random.default_rng()
+    for _ in range(3):
+        h, w = (int(v) for v in rng.integers(40, 90, 2))
+        m = np.zeros((h, w), np.uint8)
+        y, x = int(rng.integers(5, h // 2)), int(rng.integers(5, w // 2))
+        m[y:y + h // 3, x:x + w // 3] = 255
+        big = (int(w * rng.uniform(2.2, 4.0)), int(h * rng.uniform(2.2, 4.0)))
+        soft = Image.fromarray(m).resize(big)  # Pillow's default filter for mode L: bicubic, soft edges
+        hard = Image.fromarray(m).resize(big, Image.NEAREST)
+        Image.fromarray(m).save(tmp_path / "m.jpg", quality=75)
+        Image.fromarray(m).save(tmp_path / "m.png")
+        for value, warns in ((soft, True), (str(tmp_path / "m.jpg"), True), (hard, False), (str(tmp_path / "m.png"), False)):
+            import samr1.io as io_mod
+
+            io_mod._warned_masks.clear()
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                load_mask(value)
+            said = [str(c.message) for c in caught if issubclass(c.category, MaskWarning)]
+            assert len(said) == (1 if warns else 0), (value, said)
+            assert not said or "soft edges" in said[0]
+
+
 @pytest.fixture
 def fresh_mask_warnings(monkeypatch):
     import samr1.io as io_mod
@@ -322,6 +353,12 @@ MASK_FORMS = {
     "la-alpha-only": (Image.fromarray(np.stack([np.zeros((4, 4), np.uint8), np.eye(4, dtype=np.uint8) * 255], -1),
                                       "LA"), 0, True),
     "palette-index": (Image.fromarray(np.array([[0, 1], [2, 0]], np.uint8), "P"), 2, False),
+    "float-logits": (np.where(np.eye(5, dtype=bool), 4.0, -4.0).astype(np.float32), 25, True),
+    "label-ids": (np.arange(25, dtype=np.uint8).reshape(5, 5) % 4, 18, False),  # ids 1-3: no 255, no soft edge
+    "label-ids-with-255": (np.array([[0, 1, 2, 255]], np.uint8), 3, False),  # a few ids: not soft edges
+    "soft-edges-grey": (np.array([[0] * 4 + list(range(0, 256, 16)) + [255] * 4], np.uint8), 15 + 4, True),
+    "soft-edges-rgb": (np.repeat(np.array([[0] * 4 + list(range(0, 256, 16)) + [255] * 4], np.uint8)[..., None], 3, 2),
+                       15 + 4, True),
 }
 
 
@@ -341,3 +378,22 @@ def test_each_mask_form_means_what_the_docs_say(fresh_mask_warnings, name):
     said = [w for w in caught if issubclass(w.category, MaskWarning)]
     assert int(got.sum()) == pixels
     assert len(said) == (1 if warns else 0), [str(w.message) for w in said]
+
+
+@pytest.mark.parametrize("name", list(MASK_FORMS))
+def test_rle_encode_reads_every_mask_form_as_load_mask_does(fresh_mask_warnings, name):
+    """rle_encode took only H x W arrays (an RGB PNG array failed with a bare unpacking error, a probability map
+    was encoded without the warning load_mask gives): it reads every form load_mask reads, the same way."""
+    import warnings
+
+    from samr1.io import load_mask, rle_decode, rle_encode
+
+    mask = MASK_FORMS[name][0]
+    if isinstance(mask, Image.Image) and mask.mode == "P":
+        mask.putpalette([255, 255, 255, 0, 0, 0, 0, 0, 0] + [0] * 759)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = load_mask(mask)
+        np.testing.assert_array_equal(rle_decode(rle_encode(mask)), want)
+    with pytest.raises(InputError, match="mask"):
+        rle_encode(np.zeros((2, 3, 9), np.uint8))

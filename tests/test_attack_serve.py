@@ -163,6 +163,29 @@ def test_a_size_in_any_spelling_scores_as_the_integer_form(server, spelling):
     assert status == 200 and got["rewards"] == pytest.approx(want["rewards"])
 
 
+def test_instance_mask_lists_meet_the_same_caps_and_name_the_bad_instance(server):
+    """A row's mask may be a list of instance masks (keys or inline RLEs): each inline one counts against the
+    request's pixel budget, the list's length is capped, and a null or non-mask instance is a 400 naming it."""
+    from samr1.serve.app import MAX_INSTANCES
+
+    def rle(h: int, w: int, k: int) -> str:
+        return f'{{"size": [{h}, {w}], "counts": [{k}, {h * w - k}]}}'
+
+    status, body = _request(server.url, "/score", _score_json(["[" + ", ".join(rle(1000, 1000, k) for k in range(3))
+                                                                + "]"]), "application/json")
+    assert status == 400 and "items[0].mask[2]" in body["error"] and "in all" in body["error"], body
+    long = "[" + ", ".join([rle(4, 4, 1)] * (MAX_INSTANCES + 1)) + "]"
+    status, body = _request(server.url, "/score", _score_json([long]), "application/json")
+    assert status == 400 and f"at most {MAX_INSTANCES}" in body["error"], body
+    for bad in ("null", "3", '"not-a-key"', "[[1, 2]]"):
+        status, body = _request(server.url, "/score", _score_json([f"[{rle(4, 4, 1)}, {bad}]"]), "application/json")
+        assert status == 400 and body["error"].startswith("items[0].mask[1]"), (bad, body)
+    # within the caps a list of inline RLEs scores (200, one reward for the row)
+    status, body = _request(server.url, "/score", _score_json([f"[{rle(4, 4, 1)}, {rle(4, 4, 2)}]"]),
+                            "application/json")
+    assert status == 200 and len(body["rewards"]) == 1, body
+
+
 # ------------------------------------------------------------------------------------------- nesting
 
 NESTED = {

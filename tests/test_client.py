@@ -204,3 +204,62 @@ def test_client_inside_a_real_grpo_trainer_step(engine, tmp_path):
         assert r_c == pytest.approx(r_l, abs=1e-6)
     # 2 prompts x G=2 per step: 2 distinct images, each uploaded once
     assert uploads == client.stats["images_uploaded"] == sum(n for _, _, n in seen["client"]) == 2
+
+
+def _instance_forms(instances: list[np.ndarray]) -> dict[str, object]:
+    """One multi-object target in every form a dataset may hold it."""
+    return {"list of arrays": list(instances), "N x H x W array": np.stack(instances),
+            "list of RLEs": [rle_encode(m) for m in instances],
+            "list of 0/255 PNG arrays": [m.astype(np.uint8) * 255 for m in instances]}
+
+
+def _single_forms(mask: np.ndarray) -> dict[str, object]:
+    """One target mask as the ways it is read from disk: bool, 0/255 grey, RGB, RGBA, H x W x 1."""
+    u8 = mask.astype(np.uint8) * 255
+    return {"bool": mask, "grey 0/255": u8, "RGB": np.repeat(u8[..., None], 3, 2),
+            "RGBA": np.dstack([np.repeat(u8[..., None], 3, 2), np.full_like(u8, 255)]), "H x W x 1": u8[..., None]}
+
+
+@requires_serve
+def test_every_mask_form_scores_alike_in_process_and_over_http(engine):
+    """A target mask read as H x W x 3 (``np.array(Image.open(rgb_png))``) was taken for an instance stack by
+    the reward (every IoU 0, a misleading size error), and instance lists scored differently over HTTP (the
+    client sent one mask). Every form of one target now gives the reward of its bool form, in process and
+    through the client, on random scenes and sizes; both presets that read instances."""
+    rng = np.random.default_rng()
+    for preset, comps in (("samr1", ("think", "answer", "iou", "mask_iou")),
+                          ("visionreasoner", ("think", "answer", "iou", "accuracy"))):
+        sc = make_scene(int(rng.integers(1 << 30)), size=(int(rng.integers(120, 200)), int(rng.integers(120, 200))),
+                        n_objects=3)
+        objs = [o.mask for o in sc.objects if o.mask.any()][:2]
+        union = np.logical_or.reduce(objs)
+        if preset == "samr1":
+            completions = [_completion(objs[0], rng, k) for k in ("good", "good", "off", "bad")]
+            forms = _single_forms(objs[0])
+        else:
+            h, w = union.shape
+            parts = []
+            for m in objs:
+                ys, xs = np.nonzero(m)
+                parts.append({"bbox_2d": [int(xs.min() * 840 / w), int(ys.min() * 840 / h), int(xs.max() * 840 / w),
+                                          int(ys.max() * 840 / h)], "point_2d": [int(xs[0] * 840 / w), int(ys[0] * 840 / h)]})
+            completions = [f"<think>t</think><answer>{json.dumps(parts)}</answer>",
+                           f"<think>t</think><answer>{json.dumps(parts[:1])}</answer>"]
+            forms = {**_instance_forms(objs), "union RGB": np.repeat(union.astype(np.uint8)[..., None] * 255, 3, 2)}
+        n = len(completions)
+        reward = SamR1Reward(engine, preset=preset, components=comps)
+        base = objs[0] if preset == "samr1" else list(objs)
+        want = reward(None, completions, image=[sc.image] * n, mask=[base] * n)
+        assert max(want) > min(want)  # the answers differ: a form read wrongly would show
+        with ServerThread(serve.create_app(engine, reward=SamR1Reward(engine, preset=preset, components=comps))) as srv:
+            client = SamR1Client(srv.url, timeout_s=60)
+            for name, form in forms.items():
+                if name == "union RGB":  # ONE mask, the union: the mask reward is the instance list's (union rule)
+                    iou = SamR1Reward(engine, preset=preset, components=("iou",))
+                    assert iou(None, completions, image=[sc.image] * n, mask=[form] * n) == pytest.approx(
+                        iou(None, completions, image=[sc.image] * n, mask=[base] * n), abs=1e-6)
+                    continue
+                got = reward(None, completions, image=[sc.image] * n, mask=[form] * n)
+                assert got == pytest.approx(want, abs=1e-5), (preset, name)
+                over = client(None, completions, image=[sc.image] * n, mask=[form] * n)
+                assert over == pytest.approx(want, abs=1e-5), (preset, name, "over HTTP")

@@ -269,7 +269,9 @@ def test_repeated_prompts_are_decoded_once(sam, kind, monkeypatch):
     engine = SamEngine(sam) if kind == "sam" else _sam2_engine()
     rng = np.random.default_rng()
     images, masks, distinct = _step(rng, [(90, 130), (77, 51)], 5)
-    distinct[5] = dataclasses.replace(distinct[0])  # the first image's first prompt, on the second image
+    # one prompt on both images (inside both; hand-built, so not tied to one image's size): kept apart
+    distinct[0] = Answer(ok=True, bbox=(4.0, 6.0, 40.0, 50.0), points=[(20.0, 25.0)], labels=[1])
+    distinct[5] = dataclasses.replace(distinct[0])
     picks = [int(k) for k in rng.integers(0, len(distinct), 23)]
     picks += [k for k in range(len(distinct)) if k not in picks]
     rng.shuffle(picks)
@@ -327,6 +329,10 @@ def _malformed_prompts(rng):
         (Answer(ok=True, bbox=box[:3], points=pt, labels=[1]), ".bbox"),
         (Answer(ok=True, bbox=(*box[:3], float("nan")), points=pt, labels=[1]), ".bbox"),
         (Answer(ok=True, bbox=("a", 1, 2, 3), points=pt, labels=[1]), ".bbox"),
+        (Answer(ok=True, bbox=(box[2], box[1], box[0], box[3]), points=pt, labels=[1]), ".bbox"),  # x reversed
+        (Answer(ok=True, bbox=(box[0], box[3], box[2], box[1]), points=pt, labels=[1]), ".bbox"),  # y reversed
+        ("<answer>" + str(list(box)) + "</answer>", ": expected a samr1.answer.Answer"),  # a completion, unparsed
+        ({"bbox": list(box)}, ": expected a samr1.answer.Answer"),
         (Answer(ok=True, bbox=box, points=[(x, y, 1.0)], labels=[1]), ".points[0]"),
         (Answer(ok=True, bbox=box, points=[pt[0], (float("inf"), y)], labels=[1, 1]), ".points[1]"),
         (Answer(ok=True, bbox=None, points=[(x, float("nan"))], labels=[1]), ".points[0]"),
@@ -371,3 +377,63 @@ def test_a_malformed_hand_built_prompt_is_named_by_its_own_index(sam, kind):
         assert re.match(want, str(errors[i]))
         assert engine.stats["score_calls"] == calls and engine.stats["encoder_images"] == encoded  # refused up front
 
+
+
+@pytest.mark.parametrize("kind", ["sam", pytest.param("sam2", marks=requires_sam2)])
+def test_an_answer_for_another_image_size_or_outside_its_image_is_refused(sam, kind):
+    """An answer parsed for (W, H) (PIL's ``image.size``) instead of (H, W), or a hand-built prompt in
+    model-frame numbers, is stretched or off the image: it used to score a plausible wrong IoU. Refused once the
+    image is loaded, before any decode, by score (fused and multi-object paths), segment_batch and row_errors,
+    naming the answer and its image; the same answer parsed for the right size scores as before."""
+    from PIL import Image
+
+    engine = SamEngine(sam) if kind == "sam" else _sam2_engine()
+    rng = np.random.default_rng()
+    for _ in range(3):
+        h, w = (int(v) for v in rng.choice(np.arange(40, 97), 2, replace=False))  # never square
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        pil = Image.fromarray(img)
+        gt = np.zeros((h, w), bool)
+        gt[h // 4: h // 2, w // 4: w // 2] = True
+        x1, y1 = int(rng.integers(0, 300)), int(rng.integers(0, 300))
+        one = f'{{"bbox_2d": [{x1}, {y1}, {x1 + 200}, {y1 + 300}], "point_2d": [{x1 + 50}, {y1 + 50}]}}'
+        texts = {"single": f"<answer>{one}</answer>", "multi": f"<answer>[{one}, {one.replace('50', '60')}]</answer>"}
+        for form, text in texts.items():
+            right = parse_answer(text, (h, w))
+            swapped = parse_answer(text, pil.size)  # (W, H)
+            assert right.ok and swapped.ok and right.image_size == (h, w) and swapped.image_size == (w, h)
+            n = int(rng.integers(1, 5))
+            i = int(rng.integers(0, n + 1))
+            answers = [right] * n
+            answers.insert(i, swapped)
+            images = [pil if rng.random() < 0.5 else img for _ in answers]
+            want = re.escape(f"answers[{i}] was parsed for a {w}x{h} image (H x W) but images[{i}] is {h}x{w}")
+            # the multi-object path checks object by object: its first object is named
+            named = want.replace(r"\ was", r"(\.objects\[0\])?\ was") if form == "multi" else want
+            with pytest.raises(InputError, match=named):
+                engine.score(images, answers, [gt] * len(answers))
+            with pytest.raises(InputError, match=named):
+                engine.segment_batch(images, answers)
+            errors = engine.row_errors(images, answers, [gt] * len(answers))
+            assert [k for k, e in enumerate(errors) if e is not None] == [i] and re.match(want, str(errors[i]))
+            good = engine.score(images[:i] + images[i + 1:], answers[:i] + answers[i + 1:], [gt] * n)
+            assert all(0.0 <= v <= 1.0 for v in good)
+        # model-frame numbers given as original pixels: a box or a point off the image
+        off = [Answer(ok=True, bbox=(1.0, 1.0, w + 5.0, h - 1.0), points=[(2.0, 2.0)], labels=[1]),
+               Answer(ok=True, bbox=(1.0, 1.0, 9.0, 9.0), points=[(2.0, h + 0.5)], labels=[1])]
+        for bad, where in zip(off, (".bbox", ".points[0]"), strict=True):
+            want = re.escape(f"answers[1]{where}") + ".*" + re.escape(f"lies outside images[1] ({h}x{w}, H x W)")
+            with pytest.raises(InputError, match=want):
+                engine.score([img, img], [parse_answer(texts["single"], (h, w)), bad], [gt, gt])
+            errors = engine.row_errors([img, img], [parse_answer(texts["single"], (h, w)), bad], [gt, gt])
+            assert errors[0] is None and re.match(want, str(errors[1]))
+        # one object of a multi-object answer off the image is named by its object index
+        from samr1.answer import AnswerObject
+
+        inside = AnswerObject(bbox=(1.0, 1.0, 9.0, 9.0), points=[(2.0, 2.0)], labels=[1])
+        outside = AnswerObject(bbox=(1.0, 1.0, 9.0, 9.0), points=[(w + 3.0, 2.0)], labels=[1])
+        multi = Answer(ok=True, bbox=inside.bbox, points=inside.points, labels=[1], objects=(inside, outside))
+        with pytest.raises(InputError, match=re.escape("answers[0].objects[1].points[0]")):
+            engine.score([img], [multi], [gt])
+        with pytest.raises(InputError, match=re.escape("answers[0].objects[1].points[0]")):
+            engine.segment_batch([img], [multi])

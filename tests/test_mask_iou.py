@@ -589,3 +589,25 @@ def test_triton_cuda_grouped():
         rows = (index == b).nonzero().flatten()
         check_against_reference(x[rows].cuda(), gts[b].cuda(), iszs[b], sizes[b], tuple(t.cpu()[rows] for t in got),
                                 seed, "triton")
+
+
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_an_input_size_that_is_not_the_resize_of_the_original_is_refused(backend):
+    """input_size follows from the original size and the frame; a swapped one, or one made for another frame
+    (tiny-shapes' 384 called with the default 1024), used to crop the wrong pixels and give a plausible wrong
+    IoU (0.34 for 1.0 measured). Refused by name on random non-square sizes; the right one still scores."""
+    gen = torch.Generator().manual_seed(int(np.random.default_rng().integers(1 << 31)))
+    for _ in range(4):
+        h, w = (int(v) for v in torch.randint(20, 300, (2,), generator=gen))
+        if h == w:
+            w += 7
+        x = torch.randn(2, 256, 256, generator=gen)
+        gt = make_gt((h, w), gen)
+        for frame in (1024, 384):
+            right = isz_of((h, w), frame)
+            mask_iou_from_logits(x, gt, right, (h, w), backend=backend, frame=frame)
+            for wrong in (right[::-1], isz_of((h, w), 1024 if frame == 384 else 384)):
+                if wrong == right:
+                    continue
+                with pytest.raises(ValueError, match=r"input_size .*(is not the ResizeLongestSide size|must be within)"):
+                    mask_iou_from_logits(x, gt, wrong, (h, w), backend=backend, frame=frame)

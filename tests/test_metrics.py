@@ -77,9 +77,67 @@ def test_ignore_regions_are_excluded_from_intersection_and_union():
 def test_ignore_only_ground_truth_is_an_empty_union_when_nothing_else_is_predicted():
     gt = np.full((3, 3), 255, np.uint8)
     pred = np.ones((3, 3), bool)  # everything predicted is inside the ignore region
-    assert evaluate([pred], [gt], empty_union="lisa").giou == 1.0
-    assert evaluate([pred], [gt], empty_union="visionreasoner").giou == 0.0
-    assert evaluate([pred], [gt], empty_union="segzero").n_scored == 0
+    with pytest.warns(UserWarning, match="only 0 and 255"):  # it may be a plain 0/255 mask: said, not silent
+        assert evaluate([pred], [gt], empty_union="lisa").giou == 1.0
+    # given as an explicit region (how samr1 eval passes ReasonSeg's), the same sample says nothing
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for rule, want in (("lisa", 1.0), ("visionreasoner", 0.0)):
+            assert evaluate([pred], [np.zeros((3, 3), bool)], empty_union=rule, ignores=[gt != 0]).giou == want
+        assert evaluate([pred], [np.zeros((3, 3), bool)], empty_union="segzero", ignores=[gt != 0]).n_scored == 0
+
+
+def test_a_plain_0_255_mask_is_not_read_as_an_ignore_region_in_silence():
+    """``np.array(Image.open(mask_png))`` of a 0/255 mask under the default ignore_value=255 is all ignore: the
+    sample has no target, and an empty prediction scored 1.0 without a word. It warns now (bool or
+    ignore_value=None read it as the object); a 255-coded ReasonSeg mask that holds a target does not warn."""
+    import warnings
+
+    rng = np.random.default_rng()
+    for _ in range(5):
+        h, w = (int(v) for v in rng.integers(4, 30, 2))
+        obj = rng.random((h, w)) < 0.3
+        obj[0, 0] = True
+        plain = obj.astype(np.uint8) * 255
+        with pytest.warns(UserWarning, match="only 0 and 255"):
+            sample_counts(np.zeros((h, w), bool), plain)
+        assert sample_counts(obj, plain, ignore_value=None) == sample_counts(obj, obj)
+        coded = np.where(rng.random((h, w)) < 0.2, 255, obj).astype(np.uint8)
+        coded[0, 0] = 1
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            got = sample_counts(obj, coded)
+        # and the explicit region gives the same counts as the 255 coding
+        assert got == sample_counts(obj, coded == 1, ignore=coded == 255)
+
+
+def test_logits_probabilities_paths_and_rles_are_read_as_masks_are(tmp_path):
+    """A float prediction with negative values (logits) or values in (0, 1) counts every nonzero pixel as
+    object: it warns (once per kind, as samr1.io's masks do) instead of passing in silence; a ground truth
+    given as a PNG path or a COCO RLE is read by load_mask (it used to fail with 'shape ()')."""
+    import warnings
+
+    from PIL import Image
+
+    import samr1.io as io_mod
+    from samr1.io import MaskWarning, rle_encode
+
+    rng = np.random.default_rng()
+    gt = rng.random((12, 17)) < 0.4
+    for pred, kind in ((np.where(gt, 4.0, -4.0), "negative values"), (np.where(gt, 0.9, 0.1), "between 0 and 1")):
+        io_mod._warned_masks.clear()
+        with pytest.warns(MaskWarning, match=kind):
+            sample_counts(pred, gt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sample_counts(gt.astype(np.float32), gt)  # 0/1 floats: a mask
+    Image.fromarray(gt.astype(np.uint8) * 255).save(tmp_path / "gt.png")
+    want = sample_counts(gt, gt)
+    assert sample_counts(gt, str(tmp_path / "gt.png")) == want == sample_counts(gt, rle_encode(gt))
+    with pytest.raises(ValueError, match="NaN"):
+        sample_counts(np.full((12, 17), np.nan), gt)
 
 
 def test_streaming_equals_batch_on_random_masks():

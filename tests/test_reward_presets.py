@@ -54,7 +54,11 @@ def test_published_ground_truth_is_computed_on_the_original_then_scaled(size):
 def test_instance_lists_are_told_from_nested_list_masks():
     one = [[True, False], [False, True]]
     assert not is_instance_list(one) and not is_instance_list(np.zeros((4, 4)))
-    assert is_instance_list([one, one]) and is_instance_list([]) and is_instance_list(np.zeros((2, 4, 4)))
+    assert is_instance_list([one, one]) and is_instance_list([]) and is_instance_list(np.zeros((2, 6, 5)))
+    # an H x W x C array (C <= 4: a colour PNG read with np.array) is one mask; with the image's size known,
+    # the sides decide even for a toy 4 x 4 image
+    assert not is_instance_list(np.zeros((6, 5, 3))) and not is_instance_list(np.zeros((6, 5, 1)))
+    assert is_instance_list(np.zeros((2, 4, 4)), (4, 4)) and not is_instance_list(np.zeros((4, 4, 3)), (4, 4))
     assert is_instance_list([np.zeros((4, 4), bool)]) and is_instance_list([{"size": [4, 4], "counts": "0"}])
     union, inst = load_instances([np.eye(4, dtype=bool), np.zeros((4, 4), bool), np.fliplr(np.eye(4, dtype=bool))])
     assert union.sum() == 8 and len(inst) == 2  # the empty instance is dropped, the union kept

@@ -157,13 +157,15 @@ class EmbeddingCache:
     # --- lookups ---
 
 
-    def lookup(self, images: Sequence[Any]) -> EmbeddingBatch:
+    def lookup(self, images: Sequence[Any], fields: Sequence[str] | None = None) -> EmbeddingBatch:
         """Embeddings of the distinct images among ``images`` and the row of each requested image.
 
         Each image may be an ``H x W x 3`` uint8 RGB array, a PIL image or a path. All distinct misses are
-        encoded in one encoder call.
+        encoded in one encoder call. ``fields``: each image's name in errors (default ``images[i]``).
         """
         images = list(images)
+        if fields is None:
+            fields = [f"images[{i}]" for i in range(len(images))]
         # Hash each distinct object once (the same array object repeated G times in a GRPO batch), then
         # deduplicate by content.
         by_obj: dict[int, str] = {}
@@ -173,8 +175,8 @@ class EmbeddingCache:
         for i, img in enumerate(images):
             k = by_obj.get(id(img))
             if k is None:
-                arr = load_image(img, field=f"images[{i}]")
-                check_resizable(arr, getattr(self.encoder, "frame", None), f"images[{i}]")
+                arr = load_image(img, field=fields[i])
+                check_resizable(arr, getattr(self.encoder, "frame", None), fields[i])
                 k = f"{self.model_id}|{image_key(arr, self.hash)}"
                 by_obj[id(img)] = k
                 if k not in arrays:

@@ -30,7 +30,6 @@ from samr1.engine.config import SamEngineConfig
 from samr1.engine.frozen import frozen_on
 from samr1.engine.kept import KeepsLogits
 from samr1.engine.scoring import ScoringEngine, distinct_masks, iou_excluding, n_objects, prompt_rows
-from samr1.io import InputError
 from samr1.threads import torch_threads
 
 __all__ = ["SamEngine"]
@@ -177,7 +176,9 @@ class SamEngine(ScoringEngine, KeepsLogits):
         t0 = time.perf_counter()
         # --- embeddings of the step's distinct images: the cache loads each image once (by object, then by
         # content), serves hits, reads the store, and encodes all misses in ONE batched encoder call
-        step = self.cache.lookup([images[i] for i in ok])
+        step = self.cache.lookup([images[i] for i in ok], [f"images[{i}]" for i in ok])
+        self.check_sizes([answers[i] for i in ok], [f"answers[{i}]" for i in ok],
+                         [step.original_sizes[step.index[r]] for r in range(len(ok))], [f"images[{i}]" for i in ok])
         t1 = self._now()
         # --- ground truths, loaded once per (mask object, image) and checked against their image's size
         gt_index, distinct_gts, gt_img, ignores = distinct_masks(
@@ -228,17 +229,17 @@ class SamEngine(ScoringEngine, KeepsLogits):
     def segment_batch(self, images: Sequence[Any], answers: Sequence[Any]) -> list[np.ndarray]:
         """Masks for several (image, answer) pairs in one encoder call and one decode pass."""
         with self._thread_scope(), torch.inference_mode():
-            return self._segment_batch(images, answers)
+            return self._segment_checked(images, answers)
 
-    def _segment_batch(self, images: Sequence[Any], answers: Sequence[Any]) -> list[np.ndarray]:
-        if len(images) != len(answers):
-            raise InputError(f"images ({len(images)}) and answers ({len(answers)}) must be parallel lists")
-        self.check_prompts(answers)
-        if any(n_objects(a) > 1 for a in answers):  # multi-object answers: OR of the objects' masks
-            return self._segment_unions(images, answers)
+    def _segment_parts(self, images: Sequence[Any], answers: Sequence[Any], names: Sequence[str],
+                       fields: Sequence[str]) -> list[np.ndarray]:
+        """:meth:`segment_batch` of single-object (or "no object") answers whose prompts were checked;
+        ``names`` / ``fields`` name each answer and image in errors."""
         out: list[np.ndarray | None] = [None] * len(answers)
         ok = [i for i, a in enumerate(answers) if n_objects(a) > 0]  # "no object" answers: empty masks
-        step = self.cache.lookup(list(images))  # every image is checked, even those of failed answers
+        step = self.cache.lookup(list(images), fields)  # every image is checked, even those of failed answers
+        self.check_sizes([answers[i] for i in ok], [names[i] for i in ok],
+                         [step.original_sizes[step.index[i]] for i in ok], [fields[i] for i in ok])
         for i in range(len(answers)):
             if i not in ok:
                 out[i] = np.zeros(step.original_sizes[step.index[i]], dtype=bool)

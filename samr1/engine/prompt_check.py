@@ -24,7 +24,7 @@ from typing import Any
 
 from samr1.io import InputError
 
-__all__ = ["prompt_error"]
+__all__ = ["prompt_error", "size_error"]
 
 
 def _numbers(value: Any, n: int) -> list[float] | None:
@@ -45,8 +45,13 @@ def _numbers(value: Any, n: int) -> list[float] | None:
 
 
 def _object_error(bbox: Any, points: Any, labels: Any, where: str) -> str | None:
-    if bbox is not None and _numbers(bbox, 4) is None:
-        return f"{where}.bbox must be None or [x1, y1, x2, y2] (4 finite numbers, original pixels), got {bbox!r}"
+    if bbox is not None:
+        box = _numbers(bbox, 4)
+        if box is None:
+            return f"{where}.bbox must be None or [x1, y1, x2, y2] (4 finite numbers, original pixels), got {bbox!r}"
+        if box[0] > box[2] or box[1] > box[3]:  # SAM reads corners 2 and 3 as top-left and bottom-right
+            return (f"{where}.bbox {list(bbox)!r} has its corners reversed: SAM's box is [x1, y1, x2, y2] with "
+                    "x1 <= x2 and y1 <= y2 (an [x, y, w, h] box must be converted)")
     try:
         pts = list(points or ())
     except TypeError:
@@ -76,6 +81,9 @@ def prompt_error(answer: Any, field: str) -> InputError | None:
     (None). A multi-object answer is checked object by object (``field.objects[j]``)."""
     from samr1.engine.scoring import n_objects
 
+    if not hasattr(answer, "ok"):
+        return InputError(f"{field}: expected a samr1.answer.Answer (parse the completion with "
+                          f"samr1.answer.parse_answer(text, (H, W))), got {type(answer).__name__}")
     k = n_objects(answer)
     if k == 0:
         return None
@@ -88,4 +96,47 @@ def prompt_error(answer: Any, field: str) -> InputError | None:
                             getattr(part, "labels", None), where)
         if why is not None:
             return InputError(why)
+    return None
+
+
+def _parts(answer: Any, field: str) -> list[tuple[Any, str]]:
+    from samr1.engine.scoring import n_objects
+
+    if n_objects(answer) > 1:
+        return [(o, f"{field}.objects[{j}]") for j, o in enumerate(answer.objects)]
+    return [(answer, field)]
+
+
+def size_error(answer: Any, field: str, size: tuple[int, int], image_field: str | None = None) -> InputError | None:
+    """The :class:`InputError` naming ``field`` when an answer (whose prompts passed :func:`prompt_error`) does
+    not belong to an ``H x W`` = ``size`` image, else None:
+
+    * it was parsed for another size (``Answer.image_size``; PIL's ``image.size`` is ``(W, H)``, and a
+      ``(W, H)`` size gives boxes that look plausible but are stretched);
+    * a box corner or a point lies outside ``[0, W] x [0, H]`` (model-frame numbers given as original
+      pixels; :func:`samr1.answer.parse_answer` clips what it rescales, so its answers always lie inside).
+    """
+    from samr1.engine.scoring import n_objects
+
+    if n_objects(answer) == 0:
+        return None
+    h, w = (int(v) for v in size)
+    image = image_field or "its image"
+    recorded = getattr(answer, "image_size", None)
+    if recorded is not None and tuple(int(v) for v in recorded) != (h, w):
+        rh, rw = (int(v) for v in recorded)
+        return InputError(f"{field} was parsed for a {rh}x{rw} image (H x W) but {image} is {h}x{w}: pass "
+                          "parse_answer the image's (H, W) (PIL's image.size is (W, H))")
+    for part, where in _parts(answer, field):
+        coords = []
+        if getattr(part, "bbox", None) is not None:
+            x1, y1, x2, y2 = (float(v) for v in part.bbox)
+            coords += [("bbox", x1, y1), ("bbox", x2, y2)]
+        coords += [(f"points[{j}]", float(x), float(y)) for j, (x, y) in enumerate(part.points or ())]
+        for name, x, y in coords:
+            if not (0.0 <= x <= w and 0.0 <= y <= h):
+                value = list(part.bbox) if name == "bbox" else [x, y]
+                return InputError(f"{where}.{name} {value!r} lies outside {image} ({h}x{w}, H x W): prompts are "
+                                  f"in its original pixels, x in [0, {w}] and y in [0, {h}] (parse_answer "
+                                  "rescales a model-frame answer)")
     return None

@@ -41,7 +41,7 @@ from samr1.engine.config import SamEngineConfig
 from samr1.engine.frozen import frozen_on
 from samr1.engine.kept import KeepsLogits
 from samr1.engine.scoring import ScoringEngine, distinct_masks, iou_excluding, n_objects, prompt_rows
-from samr1.io import InputError, load_image
+from samr1.io import load_image
 from samr1.lru import ByteLRU
 from samr1.ops.mask_iou_sam2 import BACKENDS as SAM2_IOU_BACKENDS
 
@@ -328,6 +328,8 @@ class Sam2Engine(ScoringEngine, KeepsLogits):
         # --- features of the step's distinct images: cache, store, else one encode per image
         keys: list[str] = []
         index, entries = self._lookup([images[i] for i in ok], [f"images[{i}]" for i in ok], keys)
+        self.check_sizes([answers[i] for i in ok], [f"answers[{i}]" for i in ok], [entries[j].size for j in index],
+                         [f"images[{i}]" for i in ok])
         t1 = self._now()
         # --- ground truths, loaded once per (mask object, image) and checked against their image's size. Its own
         # stage: counted inside the IoU stage it made that stage look as slow warm as cold
@@ -362,15 +364,19 @@ class Sam2Engine(ScoringEngine, KeepsLogits):
 
     def segment_batch(self, images: Sequence[Any], answers: Sequence[Any]) -> list[np.ndarray]:
         """Masks for several (image, answer) pairs; each distinct image encoded once, one decode pass."""
-        if len(images) != len(answers):
-            raise InputError(f"images ({len(images)}) and answers ({len(answers)}) must be parallel lists")
-        self.check_prompts(answers)
-        if any(n_objects(a) > 1 for a in answers):  # multi-object answers: OR of the objects' masks
-            return self._segment_unions(images, answers)
         with torch.inference_mode():
-            index, entries = self._lookup(list(images), [f"images[{i}]" for i in range(len(images))])
+            return self._segment_checked(images, answers)
+
+    def _segment_parts(self, images: Sequence[Any], answers: Sequence[Any], names: Sequence[str],
+                       fields: Sequence[str]) -> list[np.ndarray]:
+        """:meth:`segment_batch` of single-object (or "no object") answers whose prompts were checked;
+        ``names`` / ``fields`` name each answer and image in errors."""
+        with torch.inference_mode():
+            index, entries = self._lookup(list(images), list(fields))
             out = [np.zeros(entries[j].size, dtype=bool) for j in index]
             ok = [i for i, a in enumerate(answers) if n_objects(a) > 0]  # "no object" answers: empty masks
+            self.check_sizes([answers[i] for i in ok], [names[i] for i in ok], [entries[index[i]].size for i in ok],
+                             [fields[i] for i in ok])
             if ok:
                 low_res = self._decode(entries, [index[i] for i in ok], [answers[i] for i in ok])
                 for r, i in enumerate(ok):

@@ -203,8 +203,8 @@ class ScoringEngine:
     """The ``score`` / multi-object skeleton of the engines (a mixin).
 
     An engine provides ``device`` (a ``torch.device``), ``_lock``, ``_counters`` and ``_last`` (dicts read
-    by its ``stats``), ``segment_batch(images, answers) -> list of H x W bool masks`` for single-object
-    answers, and :meth:`_score_rows`, its fused path.
+    by its ``stats``), ``segment_batch(images, answers) -> list of H x W bool masks``, :meth:`_segment_parts`
+    (its single-object path, which the multi-object path calls) and :meth:`_score_rows`, its fused path.
     """
 
     device: torch.device
@@ -213,6 +213,24 @@ class ScoringEngine:
     _last: dict[str, Any]
 
     def segment_batch(self, images: Sequence[Any], answers: Sequence[Any]) -> list[np.ndarray]:  # pragma: no cover
+        raise NotImplementedError
+
+    def _segment_checked(self, images: Sequence[Any], answers: Sequence[Any]) -> list[np.ndarray]:
+        """``segment_batch`` of both engines (inside the engine's own scope): parallel lists and the prompts
+        checked up front, then the multi-object path (OR of each object's mask) or :meth:`_segment_parts`."""
+        if len(images) != len(answers):
+            raise InputError(f"images ({len(images)}) and answers ({len(answers)}) must be parallel lists")
+        self.check_prompts(answers)
+        names = [f"answers[{i}]" for i in range(len(answers))]
+        fields = [f"images[{i}]" for i in range(len(images))]
+        if any(n_objects(a) > 1 for a in answers):
+            return self._segment_unions(images, answers, names, fields)
+        return self._segment_parts(images, answers, names, fields)
+
+    def _segment_parts(self, images: Sequence[Any], answers: Sequence[Any], names: Sequence[str],
+                       fields: Sequence[str]) -> list[np.ndarray]:  # pragma: no cover - abstract
+        """``segment_batch`` of single-object answers whose prompts were checked, naming answer ``i`` and its
+        image ``names[i]`` / ``fields[i]`` in errors (the multi-object path names ``answers[i].objects[j]``)."""
         raise NotImplementedError
 
     def _score_rows(self, images: Sequence[Any], answers: Sequence[Any], gt_masks: Sequence[Any],
@@ -246,13 +264,26 @@ class ScoringEngine:
         return low.index_select(0, torch.as_tensor(inverse, dtype=torch.long, device=low.device))
 
     @staticmethod
-    def check_prompts(answers: Sequence[Any]) -> None:
+    def check_prompts(answers: Sequence[Any], names: Sequence[str] | None = None) -> None:
         """Raise the first :func:`samr1.engine.prompt_check.prompt_error` of ``answers`` (naming
-        ``answers[i]``, the caller's own index), before anything is loaded, encoded or decoded."""
+        ``answers[i]``, the caller's own index, or ``names[i]``), before anything is loaded, encoded or
+        decoded."""
         from samr1.engine.prompt_check import prompt_error
 
         for i, a in enumerate(answers):
-            err = prompt_error(a, f"answers[{i}]")
+            err = prompt_error(a, names[i] if names is not None else f"answers[{i}]")
+            if err is not None:
+                raise err
+
+    @staticmethod
+    def check_sizes(answers: Sequence[Any], names: Sequence[str], sizes: Sequence[Sequence[int]],
+                    image_fields: Sequence[str]) -> None:
+        """Raise the first :func:`samr1.engine.prompt_check.size_error` of ``answers`` against their images'
+        original ``(H, W)`` ``sizes`` (parallel lists), once the images are loaded and before any decode."""
+        from samr1.engine.prompt_check import size_error
+
+        for a, name, size, image in zip(answers, names, sizes, image_fields, strict=True):
+            err = size_error(a, name, size, image)
             if err is not None:
                 raise err
 
@@ -284,7 +315,7 @@ class ScoringEngine:
         Raises:
             InputError: the lists are not parallel (a caller's bug, not a row's).
         """
-        from samr1.engine.prompt_check import prompt_error
+        from samr1.engine.prompt_check import prompt_error, size_error
         from samr1.io import load_image
 
         n = len(answers)
@@ -301,6 +332,10 @@ class ScoringEngine:
         out: list[InputError | None] = []
         for i in range(n) if rows is None else rows:
             a, x = answers[i], None if ignore is None else ignore[i]
+            bad_prompt = prompt_error(a, f"answers[{i}]")  # not an Answer, or a prompt SAM cannot read
+            if bad_prompt is not None:
+                out.append(bad_prompt)
+                continue
             if getattr(a, "ok", False) and getattr(a, "no_object", False):
                 def empty_path(i: int, x: Any = x) -> None:
                     gt = np.asarray(load_mask(gt_masks[i], field=f"gt_masks[{i}]"))
@@ -311,13 +346,13 @@ class ScoringEngine:
             if n_objects(a) == 0:
                 out.append(None)  # not ok: score() skips it (0.0) without reading anything
                 continue
-            bad_prompt = prompt_error(a, f"answers[{i}]")
-            if bad_prompt is not None:
-                out.append(bad_prompt)
-                continue
             size = once(("image", id(images[i])), i, image_size)
             if isinstance(size, InputError):
                 out.append(size)
+                continue
+            bad_size = size_error(a, f"answers[{i}]", size, f"images[{i}]")
+            if bad_size is not None:
+                out.append(bad_size)
                 continue
 
             def masks_fit(i: int, x: Any = x, size: tuple[int, int] = size) -> None:
@@ -371,7 +406,8 @@ class ScoringEngine:
                 ious[i] = float(v)
         if multi:
             t0 = time.perf_counter()
-            masks = self._segment_unions([images[i] for i in multi], [answers[i] for i in multi])
+            masks = self._segment_unions([images[i] for i in multi], [answers[i] for i in multi],
+                                         [f"answers[{i}]" for i in multi], [f"images[{i}]" for i in multi])
             for i, m in zip(multi, masks, strict=True):
                 gt = load_gt(gt_masks[i], f"gt_masks[{i}]", m.shape)
                 ign = None if ignore is None or ignore[i] is None else load_gt(ignore[i], f"ignore[{i}]", m.shape)
@@ -381,17 +417,22 @@ class ScoringEngine:
             self._last = last
         return ious
 
-    def _segment_unions(self, images: Sequence[Any], answers: Sequence[Any]) -> list[np.ndarray]:
+    def _segment_unions(self, images: Sequence[Any], answers: Sequence[Any], names: Sequence[str],
+                        image_fields: Sequence[str]) -> list[np.ndarray]:
         """H x W bool masks when some answers hold several objects: every object's prompt goes through the
         plain batched path (each distinct image encoded once, one decode pass for all prompts) and each
-        answer's masks are OR-ed."""
-        flat_images, flat_answers, owner = [], [], []
+        answer's masks are OR-ed. ``names`` / ``image_fields``: each answer's and image's name in errors."""
+        flat_images, flat_answers, owner, flat_names, flat_fields = [], [], [], [], []
         for i, (img, a) in enumerate(zip(images, answers, strict=True)):
-            for part in (a.per_object() if n_objects(a) > 1 else [a]):
+            parts = a.per_object() if n_objects(a) > 1 else [a]
+            for j, part in enumerate(parts):
                 flat_images.append(img)
                 flat_answers.append(part)
                 owner.append(i)
+                flat_names.append(f"{names[i]}.objects[{j}]" if len(parts) > 1 else names[i])
+                flat_fields.append(image_fields[i])
         out: list[np.ndarray | None] = [None] * len(answers)
-        for i, m in zip(owner, self.segment_batch(flat_images, flat_answers), strict=True):
+        flat = self._segment_parts(flat_images, flat_answers, flat_names, flat_fields)
+        for i, m in zip(owner, flat, strict=True):
             out[i] = m if out[i] is None else (out[i] | m)
         return out  # type: ignore[return-value]

@@ -297,6 +297,13 @@ def _check_image(gt, input_size, original_size, frame: int, device: torch.device
     if not (0 < ih <= frame and 0 < iw <= frame):
         raise ValueError(f"{where}input_size {(ih, iw)} must be within (0, frame={frame}]: it is the image size after "
                          "ResizeLongestSide, before padding to the frame")
+    from samr1.geometry import resize_longest_side
+
+    want = resize_longest_side(H, W, frame)
+    if (ih, iw) != want:  # swapped, or made for another frame: the crop would cut the wrong pixels
+        raise ValueError(f"{where}input_size {(ih, iw)} is not the ResizeLongestSide size {want} of original_size "
+                         f"{(H, W)} at frame={frame} (both are (H, W); is input_size swapped, or is frame not the "
+                         "SAM's image_encoder.img_size?)")
     return (ih, iw), (H, W)
 
 

@@ -29,12 +29,24 @@ GT_RULES: tuple[str, ...] = ("published", "resize")
 """How ground-truth boxes and points reach the policy's frame (see the module docstring)."""
 
 
-def is_instance_list(value: Any) -> bool:
+def is_instance_list(value: Any, image_size: tuple[int, int] | None = None) -> bool:
     """Whether a row's mask value holds several instance masks: a list/tuple of masks (arrays, PIL images,
-    COCO RLE dicts, paths, or H x W nested lists), an ``N x H x W`` array, or ``[]`` (no instance). A list of
-    rows of numbers (one H x W mask as nested lists) is one mask."""
-    if isinstance(value, np.ndarray):
-        return value.ndim == 3
+    COCO RLE dicts, paths, or H x W nested lists), an ``N x H x W`` array (or tensor), or ``[]`` (no
+    instance). A list of rows of numbers (one H x W mask as nested lists) is one mask, and so is an
+    ``H x W x C`` array with ``C <= 4`` (a colour or alpha PNG read with ``np.array(Image.open(path))``,
+    which :func:`samr1.io.load_mask` reads as one mask): with ``image_size`` = (H, W) known, an array whose
+    first two sides are the image's is that; without it, one whose last side is 1-4 (no image is 4 px wide)."""
+    if hasattr(value, "ndim") and hasattr(value, "shape") and not isinstance(value, (list, tuple)):
+        if value.ndim != 3:
+            return False
+        shape = tuple(int(v) for v in value.shape)
+        if image_size is not None:
+            size = tuple(int(v) for v in image_size)
+            if shape[:2] == size and shape[2] <= 4:
+                return False
+            if shape[1:] == size:
+                return True
+        return not shape[2] <= 4
     if not isinstance(value, (list, tuple)):
         return False
     if not value:
@@ -55,7 +67,7 @@ def load_instances(value: Any, field: str = "mask", source: str | None = None,
     Raises:
         InputError: naming ``field`` (and the instance index), when a mask is malformed or sizes differ.
     """
-    if not is_instance_list(value):
+    if not is_instance_list(value, expected_size):
         m = load_mask(value, field=field, source=source, expected_size=expected_size)
         return m, ([m] if m.any() else [])
     masks = []

@@ -8,7 +8,8 @@ the segmentation page at ``GET /`` (plain HTML + script from :mod:`samr1.view`, 
   reads it), ``box``, ``size`` [H, W], ``timings`` (seconds). A policy answer that does not parse is a
   200 with ``ok: false`` and ``reason`` (the request was fine; the model failed).
 - ``POST /score``: the reward as a service. A JSON body ``{"items": [{"image": KEY, "completion": TEXT,
-  "mask": KEY or RLE dict, "ignore": KEY or RLE dict (optional)}, ...]}`` (keys from
+  "mask": KEY or RLE dict or a list of those, "ignore": KEY or RLE dict (optional)}, ...]}`` (a list: the
+  instance masks of a multi-object target, at most :data:`MAX_INSTANCES`; keys from
   :mod:`samr1.serve.protocol`; ``ignore``: ReasonSeg's ignore region, whose pixels count in neither I nor U,
   as in the in-process reward). When the server does not
   hold some keys it answers ``{"missing": {"images": [...], "masks": [...]}}`` and scores nothing; the
@@ -68,6 +69,8 @@ from samr1.view import static_file
 __all__ = ["ServerConfig", "SamR1Service", "create_app"]
 
 _log = logging.getLogger("samr1.serve")
+MAX_INSTANCES = 256
+"""Most instance masks one ``/score`` row's mask list may hold (VisionReasoner's targets hold a few)."""
 
 
 @dataclass
@@ -247,14 +250,23 @@ class SamR1Service:
                 miss_images[ik] = None
             completions.append(c)
             images.append(img)
-            masks.append(self._score_mask(m, f"items[{i}].mask", i, inline, miss_masks))
+            if isinstance(m, list):  # a multi-object target: its instance masks (each a key or an RLE)
+                if len(m) > MAX_INSTANCES:
+                    raise InputError(f"items[{i}].mask: {len(m)} instance masks; this server takes at most "
+                                     f"{MAX_INSTANCES} a row")
+                masks.append([self._score_mask(v, f"items[{i}].mask[{k}]", i, inline, miss_masks, null=False)
+                              for k, v in enumerate(m)])
+            else:
+                masks.append(self._score_mask(m, f"items[{i}].mask", i, inline, miss_masks))
             ignores.append(self._score_mask(it.get("ignore"), f"items[{i}].ignore", i, inline, miss_masks))
         return completions, images, masks, ignores, {"images": list(miss_images), "masks": list(miss_masks)}
 
-    def _score_mask(self, m: Any, field: str, i: int, inline: _InlineMasks, missing: dict[str, None]) -> Any:
-        """A ``/score`` item's mask (or ignore region): None for null, the held array for a key (recorded in
-        ``missing`` when not held), the checked dict for an inline RLE."""
-        if m is None:
+    def _score_mask(self, m: Any, field: str, i: int, inline: _InlineMasks, missing: dict[str, None],
+                    null: bool = True) -> Any:
+        """A ``/score`` item's mask (or ignore region, or one instance of a mask list): None for null (where
+        ``null`` allows it), the held array for a key (recorded in ``missing`` when not held), the checked dict
+        for an inline RLE."""
+        if m is None and null:
             return None
         if isinstance(m, str):
             if not m.startswith(MASK_KEY_PREFIX):
@@ -266,7 +278,8 @@ class SamR1Service:
             return mask
         if isinstance(m, dict):
             return inline.add(m, i, field)
-        raise InputError(f"{field}: expected a mask key, a COCO RLE dict or null")
+        raise InputError(f"{field}: expected a mask key, a COCO RLE dict" + (" or null" if null else "")
+                         + (", or a list of those (instance masks)" if field.endswith(".mask") else ""))
 
 
 class _InlineMasks:
