@@ -143,16 +143,17 @@ def _check_rule(empty_union: str) -> str:
     return empty_union
 
 
-def _as_2d(value: Any, what: str) -> np.ndarray:
-    """An H x W array of ``value``: arrays (and nested lists, tensors) as they are, so that a ground truth's
-    ``ignore_value`` survives; a path, a PIL image or a COCO RLE dict read by :func:`samr1.io.load_mask`
-    (nonzero = object). A float mask that looks like logits or probabilities warns once (nonzero = object)."""
+def _as_2d(value: Any, what: str, values: bool = False) -> np.ndarray:
+    """An H x W array of ``value``: arrays (and nested lists, tensors) as they are; a path or a PIL image read
+    by :func:`samr1.io.load_label_mask` with ``values`` (a ground truth: a one-channel image keeps its values,
+    so its ``ignore_value`` survives), else by :func:`samr1.io.load_mask` (nonzero = object), as is a COCO RLE
+    dict. A float mask that looks like logits or probabilities warns once (nonzero = object)."""
     import os
 
-    from samr1.io import load_mask, warn_float_mask
+    from samr1.io import load_label_mask, load_mask, warn_float_mask
 
     if isinstance(value, (str, bytes, os.PathLike, dict)) or hasattr(value, "getpixel"):
-        return load_mask(value, field=what)
+        return (load_label_mask if values else load_mask)(value, field=what)
     a = np.asarray(value)
     if a.ndim == 3 and a.shape[-1] == 1:
         a = a[..., 0]
@@ -187,7 +188,7 @@ def sample_counts(pred: Any, gt: Any, ignore_value: int | None = DEFAULT_IGNORE_
     Raises:
         ValueError: a mask is not H x W or the sizes differ (the message names ``where`` and the field).
     """
-    g = _as_2d(gt, f"{where}: gt")
+    g = _as_2d(gt, f"{where}: gt", values=ignore is None and ignore_value is not None)
     if ignore is not None:
         x = _as_2d(ignore, f"{where}: ignore") != 0
         if x.shape != g.shape:

@@ -356,9 +356,11 @@ MASK_FORMS = {
     "float-logits": (np.where(np.eye(5, dtype=bool), 4.0, -4.0).astype(np.float32), 25, True),
     "label-ids": (np.arange(25, dtype=np.uint8).reshape(5, 5) % 4, 18, False),  # ids 1-3: no 255, no soft edge
     "label-ids-with-255": (np.array([[0, 1, 2, 255]], np.uint8), 3, False),  # a few ids: not soft edges
-    "soft-edges-grey": (np.array([[0] * 4 + list(range(0, 256, 16)) + [255] * 4], np.uint8), 15 + 4, True),
-    "soft-edges-rgb": (np.repeat(np.array([[0] * 4 + list(range(0, 256, 16)) + [255] * 4], np.uint8)[..., None], 3, 2),
-                       15 + 4, True),
+    "soft-edges-grey": (np.array([[0] * 4 + list(range(0, 256, 16)) + [255] * 20], np.uint8), 15 + 20, True),
+    "soft-edges-rgb": (np.repeat(np.array([[0] * 4 + list(range(0, 256, 16)) + [255] * 20], np.uint8)[..., None], 3,
+                                 2), 15 + 20, True),
+    # VOC-style: class ids 1-12 over large regions, a thin 255 boundary between them: ids, not soft edges
+    "voc-ids-and-boundary": (np.array([[k // 3 + 1 for k in range(36)] + [255]], np.uint8), 37, False),
 }
 
 

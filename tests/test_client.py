@@ -261,5 +261,15 @@ def test_every_mask_form_scores_alike_in_process_and_over_http(engine):
                     continue
                 got = reward(None, completions, image=[sc.image] * n, mask=[form] * n)
                 assert got == pytest.approx(want, abs=1e-5), (preset, name)
-                over = client(None, completions, image=[sc.image] * n, mask=[form] * n)
+                loads: list[int] = []
+                with pytest.MonkeyPatch.context() as mp:  # the server reads the group's one target once
+                    import samr1.rewards.reward as reward_mod
+
+                    def counted(*a, _real=reward_mod.load_instances, _loads=loads, **k):
+                        _loads.append(1)
+                        return _real(*a, **k)
+
+                    mp.setattr(reward_mod, "load_instances", counted)
+                    over = client(None, completions, image=[sc.image] * n, mask=[form] * n)
                 assert over == pytest.approx(want, abs=1e-5), (preset, name, "over HTTP")
+                assert len(loads) == 1, (preset, name, len(loads))

@@ -133,9 +133,17 @@ def test_logits_probabilities_paths_and_rles_are_read_as_masks_are(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         sample_counts(gt.astype(np.float32), gt)  # 0/1 floats: a mask
-    Image.fromarray(gt.astype(np.uint8) * 255).save(tmp_path / "gt.png")
+    Image.fromarray(gt.astype(np.uint8)).save(tmp_path / "gt.png")
     want = sample_counts(gt, gt)
     assert sample_counts(gt, str(tmp_path / "gt.png")) == want == sample_counts(gt, rle_encode(gt))
+    # a ReasonSeg-coded ground truth (1 object, 255 ignore) keeps its ignore region as an array, a PIL image
+    # or a PNG path alike (a path or PIL image read as bool would make the region object)
+    coded = np.where(rng.random((12, 17)) < 0.2, 255, gt).astype(np.uint8)
+    coded[0, 0] = 1
+    Image.fromarray(coded).save(tmp_path / "coded.png")
+    pred = rng.random((12, 17)) < 0.5
+    assert (sample_counts(pred, Image.fromarray(coded)) == sample_counts(pred, str(tmp_path / "coded.png"))
+            == sample_counts(pred, coded) == sample_counts(pred, coded == 1, ignore=coded == 255))
     with pytest.raises(ValueError, match="NaN"):
         sample_counts(np.full((12, 17), np.nan), gt)
 

@@ -29,6 +29,7 @@ from samr1.config import ConfigError, with_overrides
 from samr1.engine.config import SamEngineConfig
 from samr1.engine.frozen import frozen_on
 from samr1.engine.kept import KeepsLogits
+from samr1.engine.prompt_check import prompt_labels, prompt_points
 from samr1.engine.scoring import ScoringEngine, distinct_masks, iou_excluding, n_objects, prompt_rows
 from samr1.threads import torch_threads
 
@@ -277,8 +278,8 @@ class SamEngine(ScoringEngine, KeepsLogits):
         from samr1.sam.prompts import PromptBatch
 
         boxes = [a.bbox for a in answers]
-        points = [list(a.points or ()) for a in answers]  # None: a box-only prompt, as SAM 2's engine reads it
-        labels = [list(getattr(a, "labels", None) or [1] * len(p)) for a, p in zip(answers, points, strict=True)]
+        points = [prompt_points(a) for a in answers]  # None: a box-only prompt, as SAM 2's engine reads it
+        labels = [prompt_labels(a, len(p)) for a, p in zip(answers, points, strict=True)]
         batch = PromptBatch.from_lists(img_index, boxes, points, labels,
                                        original_sizes=original_sizes, device=self.device)
         logits, iou_pred = decode_batch(self.sam, emb, batch, multimask=self.multimask, threads=self._threads())

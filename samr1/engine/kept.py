@@ -36,8 +36,10 @@ def prompt_key(answer: Any) -> tuple:
     """What SAM's decoder reads of a single-object ``answer``: (box XYXY or None, points ((x, y), ...),
     labels), in original image pixels, as the engines' ``_decode`` reads them (labels default to 1). Two
     answers with equal keys on equal pixels decode to the same logits."""
-    pts = tuple((float(x), float(y)) for x, y in (answer.points or ()))
-    labels = tuple(int(v) for v in (getattr(answer, "labels", None) or [1] * len(pts)))
+    from samr1.engine.prompt_check import prompt_labels, prompt_points
+
+    pts = tuple((float(x), float(y)) for x, y in prompt_points(answer))
+    labels = tuple(int(v) for v in prompt_labels(answer, len(pts)))
     bbox = None if answer.bbox is None else tuple(float(v) for v in answer.bbox)
     return bbox, pts, labels
 

@@ -1,7 +1,9 @@
 """The one check of an answer's SAM prompts, run before anything is encoded or decoded.
 
-An answer from :func:`samr1.answer.parse_answer` always passes; the check is for answers built by hand (the
-Python API, a custom parser) whose prompt the decoders cannot read. Without it, such an answer failed inside
+An answer from :func:`samr1.answer.parse_answer` always passes the prompt check (and skips it: its numbers
+were checked as they were parsed); the check is for answers built by hand (the Python API, a custom parser)
+whose prompt the decoders cannot read. :func:`size_error` applies to every answer: one parsed for another
+image size is refused. Without it, such an answer failed inside
 the batched decode with a message that named its position among the decoded prompts rather than the
 caller's index (SAM), or with an unpacking error, or not at all (SAM 2 decoded a NaN coordinate into an
 empty mask). Both engines now refuse it up front with a message that names ``answers[i]`` (and
@@ -24,7 +26,21 @@ from typing import Any
 
 from samr1.io import InputError
 
-__all__ = ["prompt_error", "size_error"]
+__all__ = ["prompt_error", "prompt_labels", "prompt_points", "size_error"]
+
+
+def prompt_points(answer: Any) -> list:
+    """The points the decoders read of a single-object answer: ``answer.points`` as a list (None: none; a
+    numpy array or a tensor works too, where ``points or ()`` would raise)."""
+    pts = getattr(answer, "points", None)
+    return [] if pts is None else list(pts)
+
+
+def prompt_labels(answer: Any, n_points: int) -> list:
+    """One SAM label per point: ``answer.labels`` as a list, or all 1 (foreground) when there are none."""
+    lab = getattr(answer, "labels", None)
+    lab = [] if lab is None else list(lab)
+    return lab if lab else [1] * n_points
 
 
 def _numbers(value: Any, n: int) -> list[float] | None:
@@ -53,7 +69,7 @@ def _object_error(bbox: Any, points: Any, labels: Any, where: str) -> str | None
             return (f"{where}.bbox {list(bbox)!r} has its corners reversed: SAM's box is [x1, y1, x2, y2] with "
                     "x1 <= x2 and y1 <= y2 (an [x, y, w, h] box must be converted)")
     try:
-        pts = list(points or ())
+        pts = [] if points is None else list(points)
     except TypeError:
         return f"{where}.points must be a list of [x, y] pairs, got {points!r}"
     for j, p in enumerate(pts):
@@ -84,6 +100,8 @@ def prompt_error(answer: Any, field: str) -> InputError | None:
     if not hasattr(answer, "ok"):
         return InputError(f"{field}: expected a samr1.answer.Answer (parse the completion with "
                           f"samr1.answer.parse_answer(text, (H, W))), got {type(answer).__name__}")
+    if _parsed(answer):  # parse_answer checked every number of every object: nothing to read again
+        return None
     k = n_objects(answer)
     if k == 0:
         return None
@@ -97,6 +115,14 @@ def prompt_error(answer: Any, field: str) -> InputError | None:
         if why is not None:
             return InputError(why)
     return None
+
+
+def _parsed(answer: Any) -> bool:
+    """Whether ``answer`` came from :func:`samr1.answer.parse_answer` (only it sets ``syntax``, how the
+    payload parsed, and ``image_size``): its prompts are finite, well formed, sorted and clipped to
+    ``image_size`` by construction, so the per-number checks are skipped on the reward's hot path (about 10
+    us an answer). A hand-built answer leaves ``syntax`` None."""
+    return getattr(answer, "syntax", None) is not None and getattr(answer, "image_size", None) is not None
 
 
 def _parts(answer: Any, field: str) -> list[tuple[Any, str]]:
@@ -125,14 +151,18 @@ def size_error(answer: Any, field: str, size: tuple[int, int], image_field: str 
     recorded = getattr(answer, "image_size", None)
     if recorded is not None and tuple(int(v) for v in recorded) != (h, w):
         rh, rw = (int(v) for v in recorded)
+        field = field.split(".objects[", 1)[0]  # the size is the whole answer's, whichever object is checked
         return InputError(f"{field} was parsed for a {rh}x{rw} image (H x W) but {image} is {h}x{w}: pass "
                           "parse_answer the image's (H, W) (PIL's image.size is (W, H))")
+    if _parsed(answer):  # clipped to image_size by parse_answer: the size is all there is to compare
+        return None
     for part, where in _parts(answer, field):
         coords = []
         if getattr(part, "bbox", None) is not None:
             x1, y1, x2, y2 = (float(v) for v in part.bbox)
             coords += [("bbox", x1, y1), ("bbox", x2, y2)]
-        coords += [(f"points[{j}]", float(x), float(y)) for j, (x, y) in enumerate(part.points or ())]
+        pts = getattr(part, "points", None)
+        coords += [(f"points[{j}]", float(x), float(y)) for j, (x, y) in enumerate([] if pts is None else pts)]
         for name, x, y in coords:
             if not (0.0 <= x <= w and 0.0 <= y <= h):
                 value = list(part.bbox) if name == "bbox" else [x, y]

@@ -40,6 +40,7 @@ from samr1.config import with_overrides
 from samr1.engine.config import SamEngineConfig
 from samr1.engine.frozen import frozen_on
 from samr1.engine.kept import KeepsLogits
+from samr1.engine.prompt_check import prompt_labels, prompt_points
 from samr1.engine.scoring import ScoringEngine, distinct_masks, iou_excluding, n_objects, prompt_rows
 from samr1.io import load_image
 from samr1.lru import ByteLRU
@@ -263,8 +264,8 @@ class Sam2Engine(ScoringEngine, KeepsLogits):
             x0, y0, x1, y1 = (float(v) for v in answer.bbox)
             coords += [(x0, y0), (x1, y1)]
             labels += [2, 3]
-        pts = list(answer.points or [])
-        lab = list(getattr(answer, "labels", None) or [1] * len(pts))
+        pts = prompt_points(answer)
+        lab = prompt_labels(answer, len(pts))
         coords += [(float(x), float(y)) for x, y in pts]
         labels += [int(v) for v in lab]
         arr = np.asarray(coords, dtype=np.float32).reshape(-1, 2)

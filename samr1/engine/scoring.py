@@ -303,10 +303,13 @@ class ScoringEngine:
     def row_errors(self, images: Sequence[Any], answers: Sequence[Any], gt_masks: Sequence[Any],
                    rows: Sequence[int] | None = None, ignore: Sequence[Any] | None = None) -> list[InputError | None]:
         """Per row, the :class:`InputError` that :meth:`score` would raise for it, or None, by the very checks
-        ``score`` runs and only those: for an answer with objects, the image does not load or cannot be encoded
-        (:meth:`_check_image`), the ground truth (or the ``ignore`` region) does not load or is not of its
-        image's size; for the answer "no object" (no image is read), the ground truth does not load or the
-        ignore region is not of its size; an answer that is not ok is never refused (``score`` skips it).
+        ``score`` runs and only those: a value that is not an :class:`samr1.answer.Answer`, or a prompt SAM
+        cannot read (:func:`samr1.engine.prompt_check.prompt_error`); for an answer with objects, the image
+        does not load or cannot be encoded (:meth:`_check_image`), the answer was parsed for another size or
+        its prompts lie off the image (:func:`samr1.engine.prompt_check.size_error`), the ground truth (or the
+        ``ignore`` region) does not load or is not of its image's size; for the answer "no object" (no image is
+        read), the ground truth does not load or the ignore region is not of its size; an Answer that is not ok
+        is never refused (``score`` skips it).
         Nothing is encoded or decoded (each distinct image and mask object is loaded once), so a caller can drop
         the refused rows and score the rest in ONE call. ``rows``: check only these indices (default: all; the
         result is parallel to ``rows``). Each message names the row's own field (``images[i]``,

@@ -232,6 +232,7 @@ class SamR1Service:
         miss_images: dict[str, None] = {}
         miss_masks: dict[str, None] = {}
         inline = _InlineMasks(self.config.limits)
+        lists: dict[tuple, list] = {}
         for i, it in enumerate(items):
             if not isinstance(it, dict):
                 raise InputError(f"items[{i}]: expected an object with image, completion and mask")
@@ -254,8 +255,11 @@ class SamR1Service:
                 if len(m) > MAX_INSTANCES:
                     raise InputError(f"items[{i}].mask: {len(m)} instance masks; this server takes at most "
                                      f"{MAX_INSTANCES} a row")
-                masks.append([self._score_mask(v, f"items[{i}].mask[{k}]", i, inline, miss_masks, null=False)
-                              for k, v in enumerate(m)])
+                got = [self._score_mask(v, f"items[{i}].mask[{k}]", i, inline, miss_masks, null=False)
+                       for k, v in enumerate(m)]
+                # the G rows of a group share ONE list object, as in process: the reward loads a target once
+                ident = tuple(id(x) if x is not None else ("missing", v) for x, v in zip(got, m, strict=True))
+                masks.append(lists.setdefault(ident, got))
             else:
                 masks.append(self._score_mask(m, f"items[{i}].mask", i, inline, miss_masks))
             ignores.append(self._score_mask(it.get("ignore"), f"items[{i}].ignore", i, inline, miss_masks))
