@@ -328,6 +328,13 @@ def test_resolution_ceiling_rises_with_the_frame_and_the_cli_reports_it(tmp_path
     assert main(["shapes-check", "--ceiling", "128", "--scenes", "3", "--json", str(out)]) == 0
     assert json.loads(out.read_text())[0]["all"] == coarse["all"]
     line = capsys.readouterr().out.strip()
+    # an existing --json file is the user's: refused before any work (the error names --force), kept as it was
+    before = out.read_bytes()
+    assert main(["shapes-check", "--ceiling", "128", "--scenes", "3", "--json", str(out)]) != 0
+    err = capsys.readouterr().err
+    assert "--force" in err and out.read_bytes() == before
+    assert main(["shapes-check", "--ceiling", "128", "--scenes", "3", "--json", str(out), "--force"]) == 0
+    capsys.readouterr()
     assert line.startswith("frame 128 (low-res 32 x 32): ceiling IoU") and f"{coarse['all']:.3f}" in line, line
     for bad in (["--ceiling", "128", "250"], ["--ceiling", "0"]):  # refused before any work is done
         assert main(["shapes-check", *bad, "--scenes", "1"]) == 2

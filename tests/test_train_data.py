@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import pickle
 
 import numpy as np
@@ -145,6 +146,11 @@ def test_refcocog_polygons_and_rle(tmp_path):
     assert abs(xs.min() - x1) <= 1 and abs(xs.max() - x2) <= 1 and abs(ys.min() - y1) <= 1 and abs(ys.max() - y2) <= 1
     assert abs(int(poly.sum()) - (x2 - x1) * (y2 - y1)) <= (x2 - x1) + (y2 - y1) + 1
     assert np.array_equal(ds[2]["mask"], rle_mask)  # uncompressed RLE round trip, exact
+    # a split the refs do not hold is named with the ones they do (it read as "no usable rows"); the HF word
+    # for RefCOCOg's "val" finds it
+    with pytest.raises(InputError, match=r"no split 'testB'.*\['train', 'val'\]"):
+        load_rows(str(tmp_path), split="testB")
+    assert [r.query for r in load_rows(str(tmp_path), split="validation")] == ["not train"]
 
 
 class _RunsCode:
@@ -338,3 +344,49 @@ def test_resume_resolution_and_group_check(tmp_path):
             fix_bs = int(msg.split("--per-device-train-batch-size ")[1].split(",")[0])
             fix_spg = int(msg.split("--steps-per-generation ")[1].split(" ")[0])
             assert (fix_bs * spg) % g == 0 and fix_bs >= bs and (bs * fix_spg) % g == 0
+
+
+def test_exponent_numbers_without_a_dot_are_numbers_in_yaml_and_grpo_overrides(tmp_path):
+    """PyYAML reads ``5e-3`` (no dot) as the string '5e-3', so ``beta: 5e-3`` failed with a message about the
+    KL coefficient and ``--grpo weight_decay=1e-2`` with one about GRPOConfig's type. Every exponent spelling
+    is a number now, in the YAML file and in --grpo, equal to the dotted spelling; strings stay strings."""
+    from samr1.train.grpo_args import parse_key_value
+
+    rng = np.random.default_rng()
+    for _ in range(20):
+        mant, exp = int(rng.integers(1, 10)), int(rng.integers(-9, 4))
+        sign = str(rng.choice(["", "+", "-"]))
+        for spelling in (f"{sign}{mant}e{exp}", f"{sign}{mant}E{exp:+d}", f"{sign}{mant}.0e{exp}", f"{sign}.{mant}e{exp}"):
+            want = float(spelling)
+            assert parse_key_value(f"weight_decay={spelling}") == ("weight_decay", want), spelling
+            path = tmp_path / "cfg.yaml"
+            path.write_text(f"learning_rate: {spelling}\n")
+            assert load_yaml_config(path) == {"learning_rate": want}, spelling
+    path = tmp_path / "cfg.yaml"
+    path.write_text("beta: 5e-3\nlearning_rate: 1e-6\n")
+    cfg = TrainConfig(data="d.jsonl", model="m", **load_yaml_config(path))
+    assert cfg.beta == 0.005 and cfg.learning_rate == 1e-6
+    assert parse_key_value("report_to=e5") == ("report_to", "e5") and parse_key_value("x=1e") == ("x", "1e")
+
+
+def test_reasonseg_files_that_are_not_annotations_are_counted_bad_rows(tmp_path):
+    """LISA's explanatory ``train.json`` (a JSON list) beside the labelme files crashed the loader with an
+    AttributeError, and a labelme file without ``text`` gave no row and no count. Both are bad rows now,
+    reported by name (or skipped and counted with --skip-bad-rows); the good files load as before."""
+    rng = np.random.default_rng()
+    h, w = int(rng.integers(30, 60)), int(rng.integers(30, 60))
+    shapes = [{"label": "target", "points": [[2, 2], [w // 2, 2], [w // 2, h // 2]]}]
+    for name, anno in (("good", {"text": ["what is it?"], "shapes": shapes}), ("no_text", {"shapes": shapes}),
+                       ("empty_text", {"text": [], "shapes": shapes}), ("number_text", {"text": 7, "shapes": shapes})):
+        Image.fromarray(_rand_image(rng, h, w)).save(tmp_path / f"{name}.jpg")
+        (tmp_path / f"{name}.json").write_text(json.dumps(anno))
+    (tmp_path / "train.json").write_text(json.dumps([{"image": "good.jpg", "query": "x"}]))
+    rows = load_rows(str(tmp_path))
+    with pytest.raises(InputError, match="4 bad"):
+        check_rows(rows)
+    good, bad = check_rows(rows, skip_bad=True)
+    assert [r.query for r in good] == ["what is it?"]
+    why = {os.path.basename(b.position): b.reason for b in bad}
+    assert set(why) == {"no_text.json", "empty_text.json", "number_text.json", "train.json"}, why
+    assert "labelme annotation object" in why["train.json"] and "got a JSON list" in why["train.json"]
+    assert all("field 'text'" in why[k] for k in ("no_text.json", "empty_text.json", "number_text.json"))

@@ -1,8 +1,8 @@
 """``samr1 shapes-check``: held-out quality of a ``tiny-shapes`` checkpoint on two scene generators (the card's
 ``heldout_*`` and ``alt_generator`` numbers), or the resolution ceiling of an input frame.
 
-    samr1 shapes-check [--weights PATH] [--scenes 100] [--json OUT] [--figure PNG]
-    samr1 shapes-check --ceiling 256 384 [--scenes 100] [--json OUT]
+    samr1 shapes-check [--weights PATH] [--scenes 100] [--json OUT] [--figure PNG] [--force]
+    samr1 shapes-check --ceiling 256 384 [--scenes 100] [--json OUT] [--force]
 
 Prints mean IoU for box, box + centre point and centre point prompts, best-of-3 (multimask, the engine's
 default) and single-mask, overall and by object size, on
@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", default=None, metavar="OUT", help="also write the results here as JSON")
     p.add_argument("--figure", default=None, metavar="PNG",
                    help="also draw 6 scenes of each generator with the box-prompted masks into this PNG")
+    p.add_argument("--force", action="store_true", help="replace the --json / --figure files if they exist")
     p.add_argument("--ceiling", type=int, nargs="+", default=None, metavar="FRAME",
                    help="instead of evaluating a model, print the resolution ceiling at these input frames")
     p.set_defaults(func=_run)
@@ -60,10 +61,10 @@ def _check_args(args: argparse.Namespace) -> None:
                 check_frame(frame)
             except ValueError as exc:
                 raise UsageError(f"--ceiling: {exc}") from None
-    # results are rewritten on each run (force): only an unwritable path is refused, and before the work
+    # an existing file is refused (as by every command) unless --force, and before the work
     for path, flag in ((args.json, "--json"), (args.figure, "--figure")):
         if path:
-            check_output_file(path, flag, force=True)
+            check_output_file(path, flag, force=args.force)
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -342,10 +342,12 @@ def load_yaml_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read ``--config train.yaml``: a mapping of :class:`TrainConfig` field names to values."""
     import yaml
 
+    from samr1.train.yaml_numbers import safe_load
+
     path = os.fspath(path)
     try:
         with open(path, encoding="utf-8") as f:
-            values = yaml.safe_load(f)
+            values = safe_load(f)  # 1e-6 is a number, as in YAML 1.2
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as exc:

@@ -257,6 +257,15 @@ def rows_from_refcocog(folder: str, split: str = "train", image_dir: str | None 
                           if os.path.isdir(d)), os.path.join(folder, "images"))
     images = {im["id"]: im for im in inst.get("images", [])}
     anns = {a["id"]: a for a in inst.get("annotations", [])}
+    splits = sorted({str(ref.get("split")) for ref in refs if isinstance(ref, dict)})
+    try:
+        named = resolve_split(split, splits)  # "validation" finds RefCOCOg's "val", as for HF data
+    except ImportError:  # datasets not installed: exact names only
+        named = split if split in splits else None
+    if named is None:
+        raise InputError(f"{refs_path}: no split {split!r}; its refs hold the splits {splits} (choose one with "
+                         "--split)")
+    split = named
     rows = []
     for r_i, ref in enumerate(refs):
         if ref.get("split") != split:
@@ -316,8 +325,18 @@ def rows_from_reasonseg(folder: str) -> list[TrainRow]:
         except (OSError, ValueError) as exc:
             rows.append(TrainRow(img, "", InputError(f"cannot read the annotation: {exc}"), jp))
             continue
+        # a bad file is a bad row (reported, or skipped and counted with --skip-bad-rows), never a crash or a
+        # silent loss: e.g. LISA's explanatory train.json (a list) beside the labelme files
+        if not isinstance(anno, dict):
+            rows.append(TrainRow(img, "", InputError(f"expected a labelme annotation object (text, shapes), got a "
+                                                     f"JSON {type(anno).__name__}"), jp))
+            continue
         texts = anno.get("text", [])
-        texts = [texts] if isinstance(texts, str) else list(texts)
+        texts = [texts] if isinstance(texts, str) else list(texts) if isinstance(texts, (list, tuple)) else None
+        if not texts:
+            rows.append(TrainRow(img, "", InputError("field 'text': no query (missing, empty or not a list of "
+                                                     "strings)"), jp))
+            continue
         for t_i, text in enumerate(texts):
             rows.append(TrainRow(img, str(text), ("reasonseg", jp), f"{jp} text {t_i}", None, ignore_value=255))
     return rows
@@ -409,6 +428,8 @@ def _check_one(row: TrainRow) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _check_fields(row: TrainRow) -> None:
+    if isinstance(row.mask, InputError):  # the loader's own finding (an unreadable annotation) says the most
+        raise row.mask
     if row.image is None:
         raise InputError("field 'image': the row has no image")
     if not isinstance(row.query, str) or not row.query.strip():

@@ -150,12 +150,14 @@ def parse_key_value(text: str) -> tuple[str, Any]:
     """
     import yaml
 
+    from samr1.train.yaml_numbers import safe_load
+
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
         raise ValueError(f"{text!r}: write KEY=VALUE, e.g. --grpo top_p=0.9")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = safe_load(raw) if raw.strip() else ""  # 1e-2 is a number, as in YAML 1.2
     except yaml.YAMLError:
         value = raw  # not YAML (e.g. an unbalanced bracket): keep the text, the type check judges it
     return key, value
