@@ -18,6 +18,7 @@ lookup for the distinct images, one batched SAM decode.
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -443,6 +444,10 @@ def evaluate_rows(segmenter: ReasoningSegmenter, rows: Sequence[Any], indices: S
     return out
 
 
+RUN_KEYS = ("model", "sam", "data", "split", "max_samples", "n_rows")
+"""What the shards of one ``samr1 eval`` run agree on (as recorded in each results file)."""
+
+
 def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Merge the results of ``--num-shards K`` evaluations (each from :func:`evaluate_rows` plus its ``shard``
     ``[i, K]`` and ``empty_union``) into the result of one unsharded run.
@@ -452,8 +457,9 @@ def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     unions), summing in the same order as an unsharded run, so the numbers are equal, not just close.
 
     Raises:
-        ValueError: shards of different runs (K, empty-union rule), a shard missing or given twice, or a
-            sample index present twice.
+        ValueError: shards of different runs (K, empty-union rule, model, SAM, data, the rows evaluated), a
+            shard missing or given twice, a sample index present twice, or (when the shards record
+            ``n_rows``) indices that do not cover 0..n_rows-1 less the bad rows skipped.
     """
     import math
 
@@ -465,6 +471,13 @@ def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     rules = {p.get("empty_union") for p in parts}
     if len(ks) != 1 or len(rules) != 1:
         raise ValueError(f"these results come from different runs: num_shards {sorted(ks)}, empty_union {sorted(rules)}")
+    # one run = one policy, one SAM, one dataset, the same rows: a stale shard of another checkpoint or data
+    # would otherwise be averaged in without a word
+    for key in RUN_KEYS:
+        values = {json.dumps(p.get(key), sort_keys=True) for p in parts}
+        if len(values) > 1:
+            raise ValueError(f"these results come from different runs: {key} differs between shards "
+                             f"({', '.join(sorted(values))})")
     k = ks.pop()
     got = sorted(tuple(p.get("shard") or (0, 1))[0] for p in parts)
     if got != list(range(k)):
@@ -473,6 +486,13 @@ def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     seen = [s["index"] for s in samples]
     if len(set(seen)) != len(seen):
         raise ValueError("a sample index appears in two shards: were they run with the same --num-shards?")
+    n_rows = parts[0].get("n_rows")
+    if n_rows is not None:
+        skipped = {int(b["index"]) for p in parts for b in p.get("bad_rows", [])}
+        missing = sorted(set(range(int(n_rows))) - set(seen) - skipped)
+        if missing or len(seen) + len(skipped) != int(n_rows):
+            raise ValueError(f"the shards evaluated {len(seen)} of {n_rows} rows (and skipped {len(skipped)} bad "
+                             f"ones); missing indices {missing[:10]}{'...' if len(missing) > 10 else ''}")
     scored = [s for s in samples if not s["skipped"]]
     giou = float(sum(s["iou"] for s in scored) / len(scored)) if scored else math.nan
     inter = sum(s["intersection"] for s in scored)
@@ -481,7 +501,10 @@ def merge_results(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
     for p in parts:
         for code, c in p.get("parse_failure_reasons", {}).items():
             reasons[code] = reasons.get(code, 0) + c
-    merged = {key: parts[0][key] for key in parts[0] if key not in ("samples", "shard")}
+    merged = {key: parts[0][key] for key in parts[0] if key not in ("samples", "shard", "bad_rows")}
+    bad_rows = sorted((b for p in parts for b in p.get("bad_rows", [])), key=lambda b: b["index"])
+    if bad_rows or any("bad_rows" in p for p in parts):
+        merged["bad_rows"] = bad_rows
     merged.update({"giou": giou, "ciou": float(inter / union) if union else math.nan, "n": len(samples),
                    "n_scored": len(scored), "n_skipped": len(samples) - len(scored),
                    "n_parse_failures": sum(1 for s in samples if not s["parsed"]),

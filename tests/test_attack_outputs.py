@@ -204,3 +204,33 @@ def test_train_sam_refuses_a_non_empty_out_before_training(tmp_path, capsys):
     (tmp_path / "card.json").write_text("{}")
     assert main(["train-sam", "--out", str(tmp_path), "--steps", "2", "--warmup", "0"]) == 6
     assert "--overwrite" in capsys.readouterr().err and (tmp_path / "card.json").read_text() == "{}"
+
+
+@pytest.mark.parametrize("change", [("--data", "three"), ("--learning-rate", "5e-4"), ("--seed", "7"),
+                                    ("--max-samples", "3"), ("--num-generations", "4"),
+                                    ("--components", "think,answer")])
+def test_a_resume_with_other_run_settings_is_refused_and_the_record_kept(world, tmp_path, capsys, change):
+    """``--resume`` with other data, seed, sample cap, optimiser, group size or reward continued in silence and
+    replaced train_config.json: the first run's settings were lost and two experiments mixed under one
+    name. It is refused before anything is loaded, naming each difference; the folder is untouched. A resume
+    that changes only steps or saving goes on, and the settings it ran with before are kept in
+    train_config.history.jsonl."""
+    from samr1.train.driver import RESUME_KEYS
+
+    out = tmp_path / "run"
+    assert _train(world, out, "--save-steps", "1") == 0
+    recorded = json.loads((out / "train_config.json").read_text())
+    assert set(RESUME_KEYS) <= set(recorded)
+    capsys.readouterr()
+    before = _tree(out)
+    flag, value = change
+    value = str(world[value]) if value in world else value
+    assert _train(world, out, "--resume", "latest", "--max-steps", "2", flag, value) == 2
+    err = capsys.readouterr().err
+    key = flag[2:].replace("-", "_")
+    assert "--resume continues the run recorded" in err and f"{key}: recorded" in err, err
+    assert _tree(out) == before
+    # the same run, more steps: resumed; the previous record is kept, the new one says max_steps 2
+    assert _train(world, out, "--resume", "latest", "--max-steps", "2", "--save-steps", "1") == 0
+    history = [json.loads(x) for x in (out / "train_config.history.jsonl").read_text().splitlines()]
+    assert history == [recorded] and json.loads((out / "train_config.json").read_text())["max_steps"] == 2

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import numpy as np
 import pytest
@@ -144,3 +145,51 @@ def test_cli_eval_writes_results_rows_figure_and_sharded_merge_equals_unsharded(
     # bad flags are usage errors before any model loads
     assert main(["eval", "--model", model_path, "--data", path, "--out", str(tmp_path / "x.json"),
                  "--num-shards", "2", "--shard", "2"]) == 2
+
+
+def test_cli_eval_checks_every_row_before_the_models_and_merge_refuses_other_runs(policy, manifest, tmp_path,
+                                                                                   capsys):
+    """A bad row at the end of the set used to stop eval there, after every sample before it was generated,
+    and no results were written; shards of another model, data or sample cap were merged without a word.
+    Now the bad row is reported before any model loads (or left out and listed with --skip-bad-rows), and
+    merge refuses shards that disagree on the run or leave rows out."""
+    from samr1.cli import main
+
+    path, _ = manifest
+    folder = os.path.dirname(path)
+    lines = open(path, encoding="utf-8").read().splitlines()
+    bad_path = os.path.join(folder, "with_missing.jsonl")
+    with open(bad_path, "w", encoding="utf-8") as f:
+        f.write("\n".join([*lines, json.dumps({"image": "nowhere.png", "query": "q", "mask": "m0.png"})]) + "\n")
+    base = ["eval", "--model", policy[0], "--sam", "tiny-shapes", "--template", TEMPLATE, "--max-new-tokens", "2",
+            "--batch-size", "2", "--no-progress", "--device", "cpu"]
+    import samr1.pipeline as pipeline_mod
+
+    loads = []
+    with pytest.MonkeyPatch.context() as mp:  # no model is loaded before the rows are checked
+        real = pipeline_mod.ReasoningSegmenter.from_pretrained
+        mp.setattr(pipeline_mod.ReasoningSegmenter, "from_pretrained",
+                   classmethod(lambda cls, *a, **k: loads.append(1) or real(*a, **k)))
+        assert main([*base, "--data", bad_path, "--out", str(tmp_path / "bad.json")]) == 3
+    err = capsys.readouterr().err
+    assert "1 bad evaluation row" in err and "with_missing.jsonl:5" in err and "--skip-bad-rows" in err, err
+    assert not loads and not (tmp_path / "bad.json").exists()
+    assert main([*base, "--data", bad_path, "--out", str(tmp_path / "skip.json"), "--skip-bad-rows"]) == 0
+    res = json.loads((tmp_path / "skip.json").read_text())
+    assert res["n"] == 4 and res["n_rows"] == 5 and [b["index"] for b in res["bad_rows"]] == [4]
+    # shards of one run with a skipped row merge; a shard of another data set or sample cap does not
+    for s in range(2):
+        assert main([*base, "--data", bad_path, "--skip-bad-rows", "--num-shards", "2", "--shard", str(s),
+                     "--out", str(tmp_path / f"k{s}.json")]) == 0
+    assert main(["eval", "--merge", str(tmp_path / "k0.json"), str(tmp_path / "k1.json"),
+                 "--out", str(tmp_path / "k.json")]) == 0
+    merged = json.loads((tmp_path / "k.json").read_text())
+    assert merged["n"] == 4 and [b["index"] for b in merged["bad_rows"]] == [4]
+    assert main([*base, "--data", path, "--num-shards", "2", "--shard", "1", "--out", str(tmp_path / "o1.json")]) == 0
+    assert main([*base, "--data", bad_path, "--skip-bad-rows", "--max-samples", "4", "--num-shards", "2", "--shard",
+                 "1", "--out", str(tmp_path / "m1.json")]) == 0
+    capsys.readouterr()
+    for other in ("o1.json", "m1.json"):
+        assert main(["eval", "--merge", str(tmp_path / "k0.json"), str(tmp_path / other),
+                     "--out", str(tmp_path / f"x{other}"), "--force"]) == 2
+        assert "different runs" in capsys.readouterr().err

@@ -390,3 +390,37 @@ def test_reasonseg_files_that_are_not_annotations_are_counted_bad_rows(tmp_path)
     assert set(why) == {"no_text.json", "empty_text.json", "number_text.json", "train.json"}, why
     assert "labelme annotation object" in why["train.json"] and "got a JSON list" in why["train.json"]
     assert all("field 'text'" in why[k] for k in ("no_text.json", "empty_text.json", "number_text.json"))
+
+
+def test_eval_data_reads_its_own_split_and_the_images_folder(tmp_path):
+    """--eval-data ignored --image-dir (RefCOCOg's COCO images elsewhere: every row 'bad', and
+    --skip-bad-rows did not help) and its split could not be chosen (the loader's advice named the training
+    --split). It reads --eval-image-dir (default --image-dir) and --eval-split (default val when training on
+    train), and the advice names those flags."""
+    from samr1.train.driver import _prepare_eval_rows
+
+    rng = np.random.default_rng()
+    h, w = int(rng.integers(30, 60)), int(rng.integers(30, 60))
+    coco = tmp_path / "coco"
+    coco.mkdir()
+    Image.fromarray(_rand_image(rng, h, w)).save(coco / "C_1.jpg")
+    ref = tmp_path / "refc"
+    ref.mkdir()
+    poly = [[2, 2, w - 3, 2, w - 3, h - 3, 2, h - 3]]
+    (ref / "instances.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "C_1.jpg", "height": h, "width": w}],
+        "annotations": [{"id": 5, "image_id": 1, "iscrowd": 0, "segmentation": poly}]}))
+    with open(ref / "refs(umd).p", "wb") as f:
+        pickle.dump([{"ref_id": 0, "image_id": 1, "ann_id": 5, "split": s, "sentences": [{"sent": f"the {s} one"}]}
+                     for s in ("train", "val", "testA")], f)
+    logged: list[str] = []
+    cfg = TrainConfig(data=str(ref), model="m", eval_data=str(ref), image_dir=str(coco), split="train")
+    assert [r.query for r in _prepare_eval_rows(cfg, logged.append)] == ["the val one"]
+    cfg = TrainConfig(data=str(ref), model="m", eval_data=str(ref), eval_image_dir=str(coco), eval_split="testA")
+    assert [r.query for r in _prepare_eval_rows(cfg, logged.append)] == ["the testA one"]
+    cfg = TrainConfig(data=str(ref), model="m", eval_data=str(ref), image_dir=str(coco), eval_split="nope")
+    with pytest.raises(InputError, match=r"--eval-data .*no split 'nope'.*--eval-split"):
+        _prepare_eval_rows(cfg, logged.append)
+    cfg = TrainConfig(data=str(ref), model="m", eval_data=str(ref), split="train")  # images not beside: bad rows
+    with pytest.raises(InputError, match="bad held-out evaluation row"):
+        _prepare_eval_rows(cfg, logged.append)

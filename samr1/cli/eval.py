@@ -41,6 +41,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="replace existing outputs (the results JSON, its samples JSONL and figure)")
     p.add_argument("--batch-size", type=int, default=8, help="requests per batched generation (default 8)")
     p.add_argument("--max-samples", type=int, default=None, help="evaluate the first N samples only")
+    p.add_argument("--skip-bad-rows", action="store_true",
+                   help="leave out rows whose image or mask does not load (listed and counted in the results as "
+                        "bad_rows); without it they are reported before any model is loaded")
     p.add_argument("--empty-union", default="lisa", choices=["lisa", "visionreasoner", "segzero"],
                    help="IoU of an empty prediction on an empty ground truth: lisa 1 (default), visionreasoner 0, "
                         "segzero: skip the sample")
@@ -195,12 +198,24 @@ def _run(args: argparse.Namespace) -> int:
     if args.max_samples is not None:
         rows = rows[:args.max_samples]
     indices = shard_indices(len(rows), args.num_shards, args.shard)
+    # every image and mask of this shard loads before any model does: a bad row found at sample 5,000 of a 7B
+    # run would otherwise cost the whole run (reported by position; --skip-bad-rows leaves them out, counted)
+    from samr1.train.data import check_rows
+
+    good, bad = check_rows([rows[i] for i in indices], skip_bad=args.skip_bad_rows, what="evaluation")
+    kept = {id(r) for r in good}
+    bad_rows = [{"index": indices[b.index], "position": b.position, "reason": b.reason} for b in bad]
+    if bad:
+        print(f"samr1 eval: left out {len(bad)} bad row(s) (--skip-bad-rows); first: {bad[0]}")
+    indices = [i for i in indices if id(rows[i]) in kept]
     device = resolve_device(args.device)
     engine = SamEngine(load_sam(args.sam, checkpoint=args.sam_checkpoint, device=device))
     seg = ReasoningSegmenter.from_pretrained(args.model, engine, device=device, **generation_settings(args))
     result = evaluate_rows(seg, rows, indices, batch_size=args.batch_size, empty_union=args.empty_union,
                            progress=not args.no_progress)
-    result.update({"model": args.model, "sam": args.sam, "data": args.data, "shard": [args.shard, args.num_shards]})
+    result.update({"model": args.model, "sam": args.sam, "data": args.data, "split": args.split,
+                   "max_samples": args.max_samples, "n_rows": len(rows), "bad_rows": bad_rows,
+                   "shard": [args.shard, args.num_shards]})
     write_outputs(result, args.out, f"{os.path.basename(os.path.normpath(args.model))} on "
                                     f"{os.path.basename(os.path.normpath(args.data))}")
     _summary(result, paths)

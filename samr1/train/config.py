@@ -109,6 +109,10 @@ class TrainConfig:
                                      "as heldout/*; the best policy so far is kept in <output_dir>/best")
     eval_steps: int = _f(0, "evaluate --eval-data every N optimizer steps, before the first and after the last "
                             "(0: only after the last)")
+    eval_split: str | None = _f(None, "split of --eval-data for HF / RefCOCOg data (default: val when --split is "
+                                      "train, else --split)")
+    eval_image_dir: str | None = _f(None, "RefCOCOg only: the COCO images folder of --eval-data (default: "
+                                          "--image-dir)")
     eval_samples: int | None = _f(None, "evaluate at most this many --eval-data rows (the first N)")
     eval_batch_size: int = _f(16, "prompts per batched greedy generation during --eval-data evaluation")
 
@@ -270,6 +274,9 @@ class TrainConfig:
              "the training dataset's own)")
         need(self.eval_data is None or (isinstance(self.eval_data, str) and bool(self.eval_data)), "eval_data",
              "a data path, or omitted")
+        for name in ("eval_split", "eval_image_dir"):
+            v = getattr(self, name)
+            need(v is None or (isinstance(v, str) and bool(v)), name, "a non-empty string, or omitted")
         need(isinstance(self.eval_steps, int) and self.eval_steps >= 0, "eval_steps", "must be >= 0")
         need(self.eval_samples is None or (isinstance(self.eval_samples, int) and self.eval_samples >= 1),
              "eval_samples", "must be a positive integer, or omitted for all rows")

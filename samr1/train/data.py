@@ -487,14 +487,15 @@ def select_rows(rows: Sequence[TrainRow], max_samples: int | None, seed: int) ->
 
 
 def check_rows(rows: Sequence[TrainRow], *, max_samples: int | None = None, seed: int = 0, skip_bad: bool = False,
-               workers: int = 4) -> tuple[list[TrainRow], list[BadRow]]:
+               workers: int = 4, what: str = "training") -> tuple[list[TrainRow], list[BadRow]]:
     """Load every selected row's image and mask before training (each image file decoded once, however many
     rows name it); return (good rows, bad rows).
 
     Rows are walked in :func:`select_rows` order until ``max_samples`` good rows are found. A row is bad when
     its image or mask is missing or unreadable, its query is empty, or the mask's ``H x W`` differs from the
     image's. Without ``skip_bad`` any bad row raises :class:`InputError` listing the bad rows' positions
-    (first 10) and how to proceed; with it they are returned for counting.
+    (first 10) and how to proceed; with it they are returned for counting. ``what`` names the rows' use in
+    those messages ("training", "evaluation").
     """
     order = select_rows(rows, max_samples, seed)
     want = len(order) if max_samples is None else min(max_samples, len(order))
@@ -527,10 +528,10 @@ def check_rows(rows: Sequence[TrainRow], *, max_samples: int | None = None, seed
     if bad and not skip_bad:
         listed = "\n  ".join(str(b) for b in bad[:10])
         more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
-        raise InputError(f"{len(bad)} bad training row(s) found before training:\n  {listed}{more}\n"
+        raise InputError(f"{len(bad)} bad {what} row(s) found before {what}:\n  {listed}{more}\n"
                          "fix them, or pass --skip-bad-rows to skip and count them")
     if not good:
-        raise InputError("no usable training rows" + (f" ({len(bad)} bad rows skipped)" if bad else ""))
+        raise InputError(f"no usable {what} rows" + (f" ({len(bad)} bad rows skipped)" if bad else ""))
     return good, bad
 
 

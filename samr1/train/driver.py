@@ -28,14 +28,39 @@ from samr1.train.config import ConfigError, TrainConfig
 from samr1.train.grpo_args import batch_error
 
 __all__ = ["train", "group_locality_warning", "build_grpo_config", "plot_learning_curve", "ProgressCallback",
-           "resolve_resume", "resume_block_error", "RUN_RECORDS", "policy_record", "RecordCallback",
+           "resolve_resume", "resume_block_error", "resume_config_error", "RUN_RECORDS", "RESUME_KEYS",
+           "policy_record", "RecordCallback",
            "trainer_callback_base"]
 
 # What a training run writes into its output folder: the records ``--overwrite`` removes before a new run, so
 # that two runs' metrics, checkpoints and summaries never mix (samr1.outdirs). "runs" is TensorBoard's folder.
 RUN_RECORDS = ("checkpoint-*", "final", "best", "merged", "completions", "metrics.jsonl", "reward_calls.jsonl",
-               "summary.json", "train_config.json", "grpo_config.json", "README.md", "learning_curve.png", "runs",
-               "rollouts")
+               "summary.json", "train_config.json", "train_config.history.jsonl", "grpo_config.json", "README.md",
+               "learning_curve.png", "runs", "rollouts")
+
+# What makes a run the same run: a resumed run must agree with the recorded one on these (its data and their
+# order, the policy and its prompt, the reward, the batch and optimiser), or it would silently continue
+# another experiment under the first one's name. Steps, saving, logging and evaluation may change.
+RESUME_KEYS = ("model", "data", "data_format", "image_dir", "split", "max_samples", "skip_bad_rows", "seed",
+               "sam", "sam_checkpoint", "multimask", "reward_preset", "components", "prompt", "reward_options",
+               "num_generations", "loss_type", "epsilon", "epsilon_high", "beta", "learning_rate", "temperature",
+               "policy_image_size", "answer_frame", "max_completion_length", "per_device_train_batch_size",
+               "gradient_accumulation_steps", "steps_per_generation", "num_iterations", "max_grad_norm",
+               "warmup_steps", "use_peft", "lora_r", "lora_alpha", "lora_dropout", "lora_target_modules", "grpo")
+
+
+def resume_config_error(recorded: dict[str, Any], current: dict[str, Any]) -> str | None:
+    """Why a resumed run's settings ``current`` (``TrainConfig.to_dict()``) would continue another experiment
+    than the one ``recorded`` in its folder's ``train_config.json``, or None (only :data:`RESUME_KEYS` count;
+    a key the record lacks is not compared)."""
+    diffs = [f"{k}: recorded {json.dumps(recorded[k])}, now {json.dumps(current.get(k))}"
+             for k in RESUME_KEYS if k in recorded and json.dumps(recorded[k], sort_keys=True)
+             != json.dumps(current.get(k), sort_keys=True)]
+    if not diffs:
+        return None
+    return ("--resume continues the run recorded in train_config.json, but these settings differ:\n  "
+            + "\n  ".join(diffs) + "\nrerun with the recorded values, or start a new run in another --output-dir (a "
+            "path that only moved: write the new path into train_config.json first)")
 
 
 # ------------------------------------------------------------------------------------------- checks
@@ -344,11 +369,20 @@ def _prepare_data(cfg: TrainConfig, log) -> tuple[Any, int, int]:
     return PolicyDataset(good, cfg.prompt, cfg.policy_image_size), len(rows), len(bad)
 
 
-def _prepare_eval_rows(cfg: TrainConfig) -> list[Any]:
+def _prepare_eval_rows(cfg: TrainConfig, log) -> list[Any]:
+    from samr1.io import InputError
     from samr1.train.data import check_rows, load_rows
 
-    rows = load_rows(cfg.eval_data, "auto", split="val" if cfg.split == "train" else cfg.split)
-    good, _ = check_rows(rows)
+    split = cfg.eval_split or ("val" if cfg.split == "train" else cfg.split)
+    try:
+        rows = load_rows(cfg.eval_data, "auto", split=split, image_dir=cfg.eval_image_dir or cfg.image_dir)
+    except InputError as exc:  # the loaders' advice names the training flags; these are --eval-data's
+        raise InputError(f"--eval-data {cfg.eval_data}: "
+                         + str(exc).replace("--split", "--eval-split").replace("--image-dir", "--eval-image-dir")
+                         ) from None
+    good, bad = check_rows(rows, skip_bad=cfg.skip_bad_rows, what="held-out evaluation")
+    if bad:
+        log(f"samr1 train: left out {len(bad)} bad --eval-data row(s) (--skip-bad-rows); first: {bad[0]}")
     return good[:cfg.eval_samples] if cfg.eval_samples else good
 
 
@@ -403,10 +437,21 @@ def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None, overwrit
                           "Qwen2.5-VL checkpoint directory (nothing is downloaded)")
     resume = resolve_resume(cfg.resume, cfg.output_dir)
     spg = cfg.steps_per_generation or cfg.gradient_accumulation_steps
+    recorded_path = os.path.join(cfg.output_dir, "train_config.json")
     if resume is not None:
         why = resume_block_error(resume, cfg.gradient_accumulation_steps, spg, cfg.num_iterations)
         if why:
             raise ConfigError(f"resume: {why}")
+        if os.path.isfile(recorded_path):
+            try:
+                with open(recorded_path, encoding="utf-8") as f:
+                    recorded = json.load(f)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"resume: {recorded_path} cannot be read ({type(exc).__name__}: {exc}); it records "
+                                  "the run being resumed") from None
+            why = resume_config_error(recorded if isinstance(recorded, dict) else {}, cfg.to_dict())
+            if why:
+                raise ConfigError(f"resume: {why}", field="resume")
     merged_dir = os.path.join(cfg.output_dir, "merged")
     if cfg.merge_adapter and os.path.isdir(merged_dir) and os.listdir(merged_dir):
         raise ConfigError(f"merge_adapter: {merged_dir} exists and is not empty (nothing is overwritten); move it "
@@ -429,7 +474,7 @@ def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None, overwrit
     cuda = state.device.type == "cuda"
     args = build_grpo_config(cfg, use_cpu=not cuda, cuda=cuda)
     dataset, n_loaded, n_bad = _prepare_data(cfg, log if state.is_main_process else (lambda m: None))
-    eval_rows = _prepare_eval_rows(cfg) if cfg.eval_data else []
+    eval_rows = _prepare_eval_rows(cfg, log if state.is_main_process else (lambda m: None)) if cfg.eval_data else []
     # The policy's processor pads on the left, as TRL pads its prompt ids (samr1.policy.inputs), and the
     # answer frame must be the frame the model sees: both checked before anything heavy is loaded.
     from samr1.policy import check_frame, load_processor, write_record
@@ -495,7 +540,11 @@ def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None, overwrit
     from transformers import PrinterCallback
 
     if state.is_main_process:
-        with open(os.path.join(cfg.output_dir, "train_config.json"), "w", encoding="utf-8") as f:
+        if resume is not None and os.path.isfile(recorded_path):  # the settings it ran with so far are kept
+            with open(recorded_path, encoding="utf-8") as f, \
+                    open(os.path.join(cfg.output_dir, "train_config.history.jsonl"), "a", encoding="utf-8") as h:
+                h.write(json.dumps(json.load(f)) + "\n")
+        with open(recorded_path, "w", encoding="utf-8") as f:
             json.dump(cfg.to_dict(), f, indent=1)
         # every resolved GRPOConfig setting (samr1's, TRL's defaults and the grpo: overrides) as TRL sees it
         with open(os.path.join(cfg.output_dir, "grpo_config.json"), "w", encoding="utf-8") as f:
