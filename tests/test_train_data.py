@@ -424,3 +424,14 @@ def test_eval_data_reads_its_own_split_and_the_images_folder(tmp_path):
     cfg = TrainConfig(data=str(ref), model="m", eval_data=str(ref), split="train")  # images not beside: bad rows
     with pytest.raises(InputError, match="bad held-out evaluation row"):
         _prepare_eval_rows(cfg, logged.append)
+
+
+def test_an_images_folder_for_data_that_does_not_read_one_warns(tmp_path):
+    """--image-dir is RefCOCOg's; given with a manifest it changed nothing in silence."""
+    from samr1.train.data import load_rows
+    from samr1.train.scene_data import write_scene_manifest
+
+    manifest = write_scene_manifest(tmp_path / "d", 2, size=(30, 40), seed=1)
+    with pytest.warns(UserWarning, match="read for RefCOCOg data only"):
+        rows = load_rows(str(manifest), image_dir=str(tmp_path))
+    assert len(rows) == 2

@@ -364,8 +364,14 @@ def detect_format(path: str) -> str:
 
 
 def load_rows(path: str, data_format: str = "auto", *, split: str = "train", image_dir: str | None = None) -> list[TrainRow]:
-    """Rows of ``path`` in ``data_format`` (see :func:`detect_format`)."""
+    """Rows of ``path`` in ``data_format`` (see :func:`detect_format`). ``split`` is read by HF and RefCOCOg
+    data, ``image_dir`` by RefCOCOg data only: given for another format it warns (it would change nothing)."""
     fmt = detect_format(path) if data_format == "auto" else data_format
+    if image_dir is not None and fmt != "refcocog":
+        import warnings
+
+        warnings.warn(f"{path}: an images folder ({image_dir}) is read for RefCOCOg data only; this is {fmt} data, "
+                      "whose rows name their own images, so it is ignored", UserWarning, stacklevel=2)
     if fmt == "manifest":
         return rows_from_manifest(path)
     if fmt == "hf":

@@ -371,11 +371,12 @@ def _prepare_data(cfg: TrainConfig, log) -> tuple[Any, int, int]:
 
 def _prepare_eval_rows(cfg: TrainConfig, log) -> list[Any]:
     from samr1.io import InputError
-    from samr1.train.data import check_rows, load_rows
+    from samr1.train.data import check_rows, detect_format, load_rows
 
     split = cfg.eval_split or ("val" if cfg.split == "train" else cfg.split)
     try:
-        rows = load_rows(cfg.eval_data, "auto", split=split, image_dir=cfg.eval_image_dir or cfg.image_dir)
+        inherit = cfg.image_dir if detect_format(cfg.eval_data) == "refcocog" else None  # --image-dir is RefCOCOg's
+        rows = load_rows(cfg.eval_data, "auto", split=split, image_dir=cfg.eval_image_dir or inherit)
     except InputError as exc:  # the loaders' advice names the training flags; these are --eval-data's
         raise InputError(f"--eval-data {cfg.eval_data}: "
                          + str(exc).replace("--split", "--eval-split").replace("--image-dir", "--eval-image-dir")
