@@ -27,6 +27,7 @@ Use :func:`evaluate` on lists, or :class:`SegmentationMetrics` to accumulate sam
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -204,8 +205,6 @@ def sample_counts(pred: Any, gt: Any, ignore_value: int | None = DEFAULT_IGNORE_
         target = (g != 0) & ~in_ignore
         valid = ~in_ignore
         if not target.any() and in_ignore.any():
-            import warnings
-
             warnings.warn(f"a ground truth holds only 0 and {ignore_value} (first: {where}): with ignore_value="
                           f"{ignore_value} all of it is an ignore region and the sample has no target. If "
                           f"{ignore_value} marks the object (a 0/255 PNG), pass the mask as bool (gt > 0) or "

@@ -177,9 +177,10 @@ class SamEngine(ScoringEngine, KeepsLogits):
         t0 = time.perf_counter()
         # --- embeddings of the step's distinct images: the cache loads each image once (by object, then by
         # content), serves hits, reads the store, and encodes all misses in ONE batched encoder call
-        step = self.cache.lookup([images[i] for i in ok], [f"images[{i}]" for i in ok])
+        fields = [f"images[{i}]" for i in ok]
+        step = self.cache.lookup([images[i] for i in ok], fields)
         self.check_sizes([answers[i] for i in ok], [f"answers[{i}]" for i in ok],
-                         [step.original_sizes[step.index[r]] for r in range(len(ok))], [f"images[{i}]" for i in ok])
+                         [step.original_sizes[step.index[r]] for r in range(len(ok))], fields)
         t1 = self._now()
         # --- ground truths, loaded once per (mask object, image) and checked against their image's size
         gt_index, distinct_gts, gt_img, ignores = distinct_masks(

@@ -60,7 +60,9 @@ def _numbers(value: Any, n: int) -> list[float] | None:
     return out if all(math.isfinite(v) for v in out) else None
 
 
-def _object_error(bbox: Any, points: Any, labels: Any, where: str) -> str | None:
+def _object_error(part: Any, where: str) -> str | None:
+    """Why one object's prompt (an answer, or an :class:`samr1.answer.AnswerObject`) cannot be read, or None."""
+    bbox, labels = getattr(part, "bbox", None), getattr(part, "labels", None)
     if bbox is not None:
         box = _numbers(bbox, 4)
         if box is None:
@@ -69,9 +71,9 @@ def _object_error(bbox: Any, points: Any, labels: Any, where: str) -> str | None
             return (f"{where}.bbox {list(bbox)!r} has its corners reversed: SAM's box is [x1, y1, x2, y2] with "
                     "x1 <= x2 and y1 <= y2 (an [x, y, w, h] box must be converted)")
     try:
-        pts = [] if points is None else list(points)
+        pts = prompt_points(part)
     except TypeError:
-        return f"{where}.points must be a list of [x, y] pairs, got {points!r}"
+        return f"{where}.points must be a list of [x, y] pairs, got {part.points!r}"
     for j, p in enumerate(pts):
         if _numbers(p, 2) is None:
             return f"{where}.points[{j}] must be [x, y] (2 finite numbers, original pixels), got {p!r}"
@@ -102,16 +104,10 @@ def prompt_error(answer: Any, field: str) -> InputError | None:
                           f"samr1.answer.parse_answer(text, (H, W))), got {type(answer).__name__}")
     if _parsed(answer):  # parse_answer checked every number of every object: nothing to read again
         return None
-    k = n_objects(answer)
-    if k == 0:
+    if n_objects(answer) == 0:
         return None
-    if k == 1:
-        parts = [(answer, field)]
-    else:
-        parts = [(o, f"{field}.objects[{j}]") for j, o in enumerate(answer.objects)]
-    for part, where in parts:
-        why = _object_error(getattr(part, "bbox", None), getattr(part, "points", None),
-                            getattr(part, "labels", None), where)
+    for part, where in _parts(answer, field):
+        why = _object_error(part, where)
         if why is not None:
             return InputError(why)
     return None
@@ -161,8 +157,7 @@ def size_error(answer: Any, field: str, size: tuple[int, int], image_field: str 
         if getattr(part, "bbox", None) is not None:
             x1, y1, x2, y2 = (float(v) for v in part.bbox)
             coords += [("bbox", x1, y1), ("bbox", x2, y2)]
-        pts = getattr(part, "points", None)
-        coords += [(f"points[{j}]", float(x), float(y)) for j, (x, y) in enumerate([] if pts is None else pts)]
+        coords += [(f"points[{j}]", float(x), float(y)) for j, (x, y) in enumerate(prompt_points(part))]
         for name, x, y in coords:
             if not (0.0 <= x <= w and 0.0 <= y <= h):
                 value = list(part.bbox) if name == "bbox" else [x, y]

@@ -328,9 +328,10 @@ class Sam2Engine(ScoringEngine, KeepsLogits):
         t0 = time.perf_counter()
         # --- features of the step's distinct images: cache, store, else one encode per image
         keys: list[str] = []
-        index, entries = self._lookup([images[i] for i in ok], [f"images[{i}]" for i in ok], keys)
+        fields = [f"images[{i}]" for i in ok]
+        index, entries = self._lookup([images[i] for i in ok], fields, keys)
         self.check_sizes([answers[i] for i in ok], [f"answers[{i}]" for i in ok], [entries[j].size for j in index],
-                         [f"images[{i}]" for i in ok])
+                         fields)
         t1 = self._now()
         # --- ground truths, loaded once per (mask object, image) and checked against their image's size. Its own
         # stage: counted inside the IoU stage it made that stage look as slow warm as cold

@@ -264,14 +264,13 @@ class ScoringEngine:
         return low.index_select(0, torch.as_tensor(inverse, dtype=torch.long, device=low.device))
 
     @staticmethod
-    def check_prompts(answers: Sequence[Any], names: Sequence[str] | None = None) -> None:
+    def check_prompts(answers: Sequence[Any]) -> None:
         """Raise the first :func:`samr1.engine.prompt_check.prompt_error` of ``answers`` (naming
-        ``answers[i]``, the caller's own index, or ``names[i]``), before anything is loaded, encoded or
-        decoded."""
+        ``answers[i]``, the caller's own index), before anything is loaded, encoded or decoded."""
         from samr1.engine.prompt_check import prompt_error
 
         for i, a in enumerate(answers):
-            err = prompt_error(a, names[i] if names is not None else f"answers[{i}]")
+            err = prompt_error(a, f"answers[{i}]")
             if err is not None:
                 raise err
 

@@ -439,6 +439,7 @@ def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None, overwrit
     resume = resolve_resume(cfg.resume, cfg.output_dir)
     spg = cfg.steps_per_generation or cfg.gradient_accumulation_steps
     recorded_path = os.path.join(cfg.output_dir, "train_config.json")
+    recorded: Any = None  # the settings of the run being resumed, as its folder records them
     if resume is not None:
         why = resume_block_error(resume, cfg.gradient_accumulation_steps, spg, cfg.num_iterations)
         if why:
@@ -541,10 +542,9 @@ def train(cfg: TrainConfig, *, log=None, callbacks: list | None = None, overwrit
     from transformers import PrinterCallback
 
     if state.is_main_process:
-        if resume is not None and os.path.isfile(recorded_path):  # the settings it ran with so far are kept
-            with open(recorded_path, encoding="utf-8") as f, \
-                    open(os.path.join(cfg.output_dir, "train_config.history.jsonl"), "a", encoding="utf-8") as h:
-                h.write(json.dumps(json.load(f)) + "\n")
+        if recorded is not None:  # the settings it ran with so far are kept
+            with open(os.path.join(cfg.output_dir, "train_config.history.jsonl"), "a", encoding="utf-8") as h:
+                h.write(json.dumps(recorded) + "\n")
         with open(recorded_path, "w", encoding="utf-8") as f:
             json.dump(cfg.to_dict(), f, indent=1)
         # every resolved GRPOConfig setting (samr1's, TRL's defaults and the grpo: overrides) as TRL sees it
