@@ -86,6 +86,9 @@ WORKER = textwrap.dedent('''
         res["failure"] = str(exc)
     with open(f"{out_dir}/rank{rank}.json", "w") as f:
         json.dump(res, f)
+    from samr1.train.driver import end_process_group
+
+    end_process_group()  # as samr1 train ends: exiting with gloo's threads alive can abort (SIGABRT)
 ''')
 
 

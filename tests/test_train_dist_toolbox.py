@@ -59,6 +59,9 @@ WORKER = textwrap.dedent('''
     with open(f"{out_dir}/rank{rank}.json", "w") as f:
         json.dump({"sharded": sharded, "whole": whole, "extra": extra, "codes": local._last.codes,
                    "ious": [float(x) for x in local._last.ious]}, f)
+    from samr1.train.driver import end_process_group
+
+    end_process_group()  # as samr1 train ends: exiting with gloo's threads alive can abort (SIGABRT)
 ''')
 
 

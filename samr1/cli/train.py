@@ -145,7 +145,7 @@ def _run(args: argparse.Namespace) -> int:
     from samr1.cli import require_extra
 
     require_extra("train")  # before the config and the data are read: TRL, transformers, datasets, yaml
-    from samr1.train.driver import train
+    from samr1.train.driver import end_process_group, train
 
     cfg = config_from_args(args)
     _note_default_sam(args, cfg)
@@ -165,6 +165,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"samr1 train: skipped {summary['bad_rows_skipped']} bad row(s)")
         print(f"samr1 train: outputs in {summary['output_dir']} (summary.json, metrics.jsonl, learning_curve.png)")
         print(json.dumps(summary), file=sys.stderr)
+    end_process_group()  # every rank has returned from train(): nothing collective is left to run
     return 0
 
 

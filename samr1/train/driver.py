@@ -29,6 +29,7 @@ from samr1.train.grpo_args import batch_error
 
 __all__ = ["train", "group_locality_warning", "build_grpo_config", "plot_learning_curve", "ProgressCallback",
            "resolve_resume", "resume_block_error", "resume_config_error", "RUN_RECORDS", "RESUME_KEYS",
+           "end_process_group",
            "policy_record", "RecordCallback",
            "trainer_callback_base"]
 
@@ -61,6 +62,17 @@ def resume_config_error(recorded: dict[str, Any], current: dict[str, Any]) -> st
     return ("--resume continues the run recorded in train_config.json, but these settings differ:\n  "
             + "\n  ".join(diffs) + "\nrerun with the recorded values, or start a new run in another --output-dir (a "
             "path that only moved: write the new path into train_config.json first)")
+
+
+def end_process_group() -> None:
+    """Tear down the torch.distributed process group, if any, before the process exits (``samr1 train``
+    under torchrun / accelerate launch does, once training has ended on every rank). A process that exits
+    with gloo's worker threads still alive can abort in its C++ teardown ("terminate called without an active
+    exception", SIGABRT): the launcher then reports a run that finished as failed."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 # ------------------------------------------------------------------------------------------- checks
